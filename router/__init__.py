@@ -1,0 +1,33 @@
+"""Routed inference: decisions, model surgery, routed layers, routers and ``RoutedModel``.
+
+Imports torch and transformers only (no Lightning, search or train code).
+"""
+
+from .cache import RoutedCache
+from .decisions import EXECUTE, REPEAT, SKIP, all_execute, check_decisions, expand_path, parse_decisions
+from .loading import DEFAULT_MODEL, load_model, load_tokenizer
+from .model import RoutedModel
+from .routers import LayerRouter, RouterConfig, Routers, window_pool
+from .surgery import UnsupportedArchitectureError, layer_list, supported_architectures
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EXECUTE",
+    "REPEAT",
+    "SKIP",
+    "LayerRouter",
+    "RoutedCache",
+    "RoutedModel",
+    "RouterConfig",
+    "Routers",
+    "UnsupportedArchitectureError",
+    "all_execute",
+    "check_decisions",
+    "expand_path",
+    "layer_list",
+    "load_model",
+    "load_tokenizer",
+    "parse_decisions",
+    "supported_architectures",
+    "window_pool",
+]

@@ -1,0 +1,44 @@
+"""A fingerprint of a base model, so routers are never loaded into a model they were not trained for.
+
+The fingerprint has two parts: an architecture string (model type, layer count, hidden size, vocabulary)
+that must match exactly, and a few weight statistics that must match within a tolerance (so the same
+weights loaded in bf16 or float32 still match, while another checkpoint of the same shape does not).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+PROBE_RTOL = 0.02
+
+
+def architecture_string(config, num_layers: int) -> str:
+    """``"llama-L30-d576-v49152"``: what must match exactly."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return f"{text.model_type}-L{num_layers}-d{text.hidden_size}-v{text.vocab_size}"
+
+
+@torch.no_grad()
+def weight_probe(model: nn.Module, layers: list[nn.Module]) -> list[float]:
+    """Mean absolute value of sampled weights: input embeddings, first and last decoder layer."""
+    probes = []
+    modules = [model.get_input_embeddings(), layers[0], layers[-1]]
+    for module in modules:
+        values = [p.detach().flatten()[:4096].float() for p in module.parameters() if p.dim() >= 2][:4]
+        if not values:
+            values = [p.detach().flatten()[:4096].float() for p in module.parameters()]
+        flat = torch.cat([v.cpu() for v in values]) if values else torch.zeros(1)
+        probes.append(round(float(flat.abs().mean()), 6))
+    return probes
+
+
+def probe_mismatch(saved: list[float], current: list[float]) -> bool:
+    """True when two weight probes differ by more than the tolerance."""
+    if not saved:
+        return False
+    if len(saved) != len(current):
+        return True
+    return any(not math.isclose(a, b, rel_tol=PROBE_RTOL, abs_tol=1e-6) for a, b in zip(saved, current))

@@ -1,0 +1,208 @@
+"""``RoutedLayer``: a decoder layer that is skipped, executed once or executed twice per row.
+
+All routed layers of one model share a ``RoutingState`` that holds the decisions ``[B, L]`` of the current
+call. Decisions are fixed per sequence: given by the caller, or made by the routers layer by layer during
+the first (prefill) forward of a call and reused for every later forward (decode steps) of that call.
+
+Rows of a batch may differ. Without a KV cache a layer runs only on the rows that execute it (rows and
+batch-shaped arguments are gathered, results scattered back). With a cache the full batch runs and each
+row keeps what its decision asks for, so the cache stays batch-shaped. A repeat's second pass writes the
+cache slot ``L + i`` (see ``cache.RoutedCache``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+
+from .cache import RoutedCache
+from .decisions import EXECUTE, REPEAT, SKIP
+
+_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
+
+
+class RoutingState:
+    """What the routed layers of one model share during a call (set by ``RoutedModel``, never by hand)."""
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+        self.active = False
+        self.routers: nn.Module | None = None
+        self.budget = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current call's decisions and options."""
+        self.decisions: torch.Tensor | None = None  # [B, L]; -1 where the routers have not decided yet
+        self.plan: list[int | None] = [EXECUTE] * self.num_layers  # per layer: the value shared by all rows, or None
+        self.pending: list[bool] = [False] * self.num_layers  # layers the routers still have to decide
+        self.pad_mask: torch.Tensor | None = None
+        self.record: dict[int, torch.Tensor] | None = None
+        self.start: torch.Tensor | None = None  # [B] first layer each row runs (rows start from `start_hidden`)
+        self.start_hidden: torch.Tensor | None = None
+        self.warned_nonfinite = False
+
+    def set_decisions(self, decisions: torch.Tensor) -> None:
+        """Fix the decisions ``[B, L]`` for the rest of the call."""
+        self.decisions = decisions
+        self.pending = [False] * self.num_layers
+        self.plan = [_uniform(col) for col in decisions.t().cpu().tolist()]
+
+    def begin_routing(self, batch_size: int, pad_mask: torch.Tensor | None, device) -> None:
+        """Let the routers decide every layer at the next forward (prefill)."""
+        self.decisions = torch.full((batch_size, self.num_layers), -1, dtype=torch.long, device=device)
+        self.pending = [True] * self.num_layers
+        self.plan = [None] * self.num_layers
+        self.pad_mask = pad_mask
+
+    def decide(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Decisions ``[B]`` of layer ``index`` for this call, asking the router at prefill."""
+        if self.pending[index]:
+            self._route(index, hidden)
+        return _match_batch(self.decisions[:, index], hidden.shape[0])
+
+    def _route(self, index: int, hidden: torch.Tensor) -> None:
+        mask = None if self.pad_mask is None else _match_batch(self.pad_mask, hidden.shape[0])
+        if mask is not None and mask.shape[1] != hidden.shape[1]:
+            raise ValueError(f"attention_mask has {mask.shape[1]} positions, the prompt has {hidden.shape[1]}")
+        logits = self.routers(index, hidden, mask)  # [B, 3]
+        logits[:, SKIP] += self.budget
+        finite = torch.isfinite(logits).all(-1)
+        choice = torch.where(finite, logits.argmax(-1), torch.full_like(finite, EXECUTE, dtype=torch.long))
+        if not bool(finite.all()) and not self.warned_nonfinite:
+            warnings.warn(f"router {index} produced a non-finite logit; executing the layer for those rows", stacklevel=2)
+            self.warned_nonfinite = True
+        rows = self.decisions.shape[0]
+        self.decisions[:, index] = choice.view(rows, -1)[:, 0] if choice.shape[0] != rows else choice
+        self.pending[index] = False
+        self.plan[index] = _uniform(self.decisions[:, index].tolist())
+
+
+def _uniform(values: list[int]) -> int | None:
+    first = values[0]
+    return first if all(v == first for v in values) else None
+
+
+def _match_batch(t: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Expand per-sequence tensors to a batch expanded by generate (beams, num_return_sequences)."""
+    if t.shape[0] == batch_size:
+        return t
+    if batch_size % t.shape[0]:
+        raise ValueError(f"the model runs {batch_size} rows but decisions were made for {t.shape[0]} sequences")
+    return t.repeat_interleave(batch_size // t.shape[0], dim=0)
+
+
+class RoutedLayer(nn.Module):
+    """Wraps decoder layer ``index``; reads its decision from the shared ``RoutingState``."""
+
+    def __init__(self, layer: nn.Module, index: int, state: RoutingState):
+        super().__init__()
+        self.layer = layer
+        self.routed_index = index
+        self.__dict__["state"] = state  # shared, not a submodule
+        self._tuple_output = False
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        """Skip, execute or repeat the wrapped layer for each row, as the routing state says."""
+        state = self.state
+        if not state.active:
+            return self.layer(hidden_states, *args, **kwargs)
+        i = self.routed_index
+        hidden_states = self._start_rows(hidden_states)
+        if state.record is not None:
+            state.record[i] = hidden_states
+        plan = state.plan[i] if not state.pending[i] else None
+        if plan is None:
+            decisions = state.decide(i, hidden_states)
+            plan = state.plan[i]
+        if plan == SKIP:
+            return self._wrap(hidden_states)
+        if plan is not None:
+            out = self._call(hidden_states, args, kwargs)
+            return self._wrap(self._call(out, args, kwargs, repeat=True) if plan == REPEAT else out)
+        cache = _find_cache(args, kwargs)
+        if cache is None:
+            return self._wrap(self._run_rows(hidden_states, decisions, args, kwargs))
+        return self._wrap(self._run_batch(hidden_states, decisions, args, kwargs))
+
+    def _start_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        if state.start is None:
+            return hidden
+        rows = (state.start == self.routed_index).nonzero().flatten()
+        if rows.numel() == 0:
+            return hidden
+        return hidden.index_copy(0, rows, state.start_hidden[rows].to(hidden.dtype))
+
+    def _call(self, hidden: torch.Tensor, args, kwargs, repeat: bool = False) -> torch.Tensor:
+        if repeat:
+            cache = _find_cache(args, kwargs)
+            if cache is not None:
+                if not isinstance(cache, RoutedCache):
+                    raise ValueError(
+                        "a repeated layer needs its own KV-cache slot: pass past_key_values=routed.new_cache() "
+                        f"instead of a {type(cache).__name__}"
+                    )
+                with cache.repeat_slots():
+                    return self._unwrap(self.layer(hidden, *args, **kwargs))
+        return self._unwrap(self.layer(hidden, *args, **kwargs))
+
+    def _run_rows(self, hidden: torch.Tensor, decisions: torch.Tensor, args, kwargs) -> torch.Tensor:
+        """No cache: run the layer only on the rows that execute (then repeat) it."""
+        batch = hidden.shape[0]
+        for wanted in (EXECUTE, REPEAT):
+            rows = (decisions >= wanted).nonzero().flatten()
+            if rows.numel() == 0:
+                break
+            sub_args, sub_kwargs = _gather((args, kwargs), rows, batch)
+            out = self._call(hidden[rows], sub_args, sub_kwargs)
+            hidden = hidden.index_copy(0, rows, out.to(hidden.dtype))
+        return hidden
+
+    def _run_batch(self, hidden: torch.Tensor, decisions: torch.Tensor, args, kwargs) -> torch.Tensor:
+        """With a cache: run the full batch, keep per row the input, the first or the second pass."""
+        once = self._call(hidden, args, kwargs)
+        keep = decisions.view(-1, *([1] * (hidden.dim() - 1)))
+        out = torch.where(keep == SKIP, hidden, once)
+        if bool((decisions == REPEAT).any()):
+            twice = self._call(once, args, kwargs, repeat=True)
+            out = torch.where(keep == REPEAT, twice, out)
+        return out
+
+    def _unwrap(self, output):
+        if isinstance(output, tuple):
+            self._tuple_output = True
+            return output[0]
+        return output
+
+    def _wrap(self, hidden: torch.Tensor):
+        return (hidden,) if self._tuple_output else hidden
+
+
+def _find_cache(args, kwargs) -> Cache | None:
+    for name in _CACHE_KWARGS:
+        if isinstance(kwargs.get(name), Cache):
+            return kwargs[name]
+    return next((a for a in args if isinstance(a, Cache)), None)
+
+
+def _gather(obj, rows: torch.Tensor, batch: int):
+    """Index every batch-shaped tensor (2-D or more, first dim == batch) of a nested structure by ``rows``."""
+    if isinstance(obj, torch.Tensor):
+        return obj[rows] if obj.dim() >= 2 and obj.shape[0] == batch else obj
+    if isinstance(obj, tuple):
+        return tuple(_gather(o, rows, batch) for o in obj)
+    if isinstance(obj, list):
+        return [_gather(o, rows, batch) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _gather(v, rows, batch) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,94 @@
+"""Model surgery: the only module that knows where an architecture keeps its decoder layers.
+
+``wrap_layers`` replaces, in place, each decoder layer ``i`` of a causal LM by a
+``RoutedLayer(layer, index=i)``; ``unwrap_layers`` puts the original objects back. The layer list keeps
+its length, so the model's own loop, masks, rotary embeddings and per-layer attention types stay correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+# model_type -> dotted path from the *ForCausalLM object to its nn.ModuleList of decoder layers.
+# Every entry here is exercised by tests/router/test_architectures.py with a tiny random config.
+LAYER_PATHS: dict[str, str] = {
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "gemma3_text": "model.layers",
+    "phi3": "model.layers",
+    "olmo2": "model.layers",
+    "gpt_neox": "gpt_neox.layers",
+    "gpt2": "transformer.h",
+}
+
+
+class UnsupportedArchitectureError(ValueError):
+    """Raised for a model whose layer layout drllm does not know."""
+
+
+def supported_architectures() -> list[str]:
+    """The ``config.model_type`` values drllm can wrap."""
+    return sorted(LAYER_PATHS)
+
+
+def _resolve(model: nn.Module, path: str) -> nn.Module:
+    obj = model
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The decoder layer list of a causal LM.
+
+    Raises:
+        UnsupportedArchitectureError: for an unknown ``config.model_type``, listing the supported ones.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in LAYER_PATHS:
+        raise UnsupportedArchitectureError(
+            f"drllm does not know where model_type {model_type!r} ({type(model).__name__}) keeps its decoder "
+            f"layers; supported architectures: {', '.join(supported_architectures())}"
+        )
+    try:
+        layers = _resolve(model, LAYER_PATHS[model_type])
+    except AttributeError as err:
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} has no {LAYER_PATHS[model_type]!r}; pass the *ForCausalLM model, "
+            f"not the bare backbone"
+        ) from err
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedArchitectureError(f"{LAYER_PATHS[model_type]} of {type(model).__name__} is not a ModuleList")
+    return layers
+
+
+def wrap_layers(model: nn.Module, make_wrapper: Callable[[nn.Module, int], nn.Module]) -> list[nn.Module]:
+    """Replace every decoder layer ``i`` by ``make_wrapper(layer, i)`` in place.
+
+    Returns:
+        The original layer objects, in order, for ``unwrap_layers``.
+
+    Raises:
+        ValueError: when the model's layers are already wrapped.
+    """
+    layers = layer_list(model)
+    originals = list(layers)
+    if any(hasattr(layer, "routed_index") for layer in originals):
+        raise ValueError("this model's layers are already wrapped by drllm; call unwrap() first")
+    for i, layer in enumerate(originals):
+        layers[i] = make_wrapper(layer, i)
+    return originals
+
+
+def unwrap_layers(model: nn.Module, originals: list[nn.Module]) -> nn.Module:
+    """Put the original layer objects back in place and return the model."""
+    layers = layer_list(model)
+    if len(layers) != len(originals):
+        raise ValueError(f"model has {len(layers)} layers but {len(originals)} originals were kept")
+    for i, layer in enumerate(originals):
+        layers[i] = layer
+    return model

@@ -1,0 +1,1 @@
+"""Search: tasks, rewards, the batched path evaluator and MCTS over decision vectors."""

@@ -1,0 +1,581 @@
+"""Benchmark tasks: load dataset rows as :class:`Example`, build prompts and targets, grade outputs.
+
+A task is either multiple choice (``kind == "choice"``: ARC, MMLU, multiple-choice jsonl), scored
+by option log-likelihood (``"mc-loglik"``) or by the letter the model names (``"mc-letter"``), or
+exact answer (``kind == "exact"``: GSM8K, MATH, exact-answer jsonl), scored by teacher forcing the
+target (``"teacher-forced"``) or by decoding and grading (``"generate"``).
+
+Data comes from local jsonl copies (see ``resolve_data_dir``); when a file is missing the Hugging
+Face hub is tried (unless ``DRLLM_NO_HUB=1``). GSM8K and MATH release only a training split here, so
+their ``"validation"`` split is a deterministic held-out part of the training file: the rows whose
+sha256(id) is 0 mod 10 (about 10%), and ``"train"`` is the rest. ``"all"`` is the whole file. A
+hash is used instead of a tail slice because the MATH file is sorted by subject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drllm.search.grading import extract_choice, grade_exact
+
+CHOICE_SCORINGS = ("mc-loglik", "mc-letter")
+EXACT_SCORINGS = ("teacher-forced", "generate")
+STYLES = ("plain", "chat")
+KNOWN_TASKS = ("arc_easy", "arc_challenge", "mmlu", "gsm8k", "math") + tuple(f"math:{n}" for n in range(1, 6))
+_PROJECT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One benchmark item.
+
+    Attributes:
+        id: Stable identifier.
+        question: The question text.
+        choices: Option texts for multiple choice; empty for exact-answer tasks.
+        answer: Gold option index (multiple choice) or gold final answer string (exact).
+        labels: Option labels as released (A-E or 1-4) for multiple choice.
+        meta: Extra fields (level, subject, ...); not compared.
+    """
+
+    id: str
+    question: str
+    choices: tuple[str, ...] = ()
+    answer: int | str = 0
+    labels: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+def _data_dir_candidates(data_dir: str | Path | None = None) -> list[Path]:
+    """Directories where benchmark data may live, in the order they are tried."""
+    if data_dir is not None:
+        return [Path(data_dir)]
+    env = os.environ.get("DRLLM_DATA")
+    if env:
+        return [Path(env)]
+    return [Path.cwd().parent / "shared" / "data", _PROJECT_DATA]
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """Find the benchmark data directory.
+
+    Args:
+        data_dir: An explicit directory; wins when given.
+
+    Returns:
+        ``data_dir`` if given, else ``$DRLLM_DATA``, else the first of ``../shared/data`` (relative
+        to the working directory) and ``<project root>/../shared/data`` that exists (the latter when
+        neither does).
+    """
+    candidates = _data_dir_candidates(data_dir)
+    return next((c for c in candidates if c.is_dir()), candidates[-1])
+
+
+def effective_style(style: str, tokenizer: Any = None) -> str:
+    """The prompt style actually used: "chat" falls back to "plain" without a chat template.
+
+    Args:
+        style: "plain" or "chat".
+        tokenizer: A tokenizer, possibly with a ``chat_template``.
+
+    Returns:
+        "plain" or "chat".
+
+    Raises:
+        ValueError: If the style is unknown.
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; expected one of {STYLES}")
+    if style == "chat" and not getattr(tokenizer, "chat_template", None):
+        return "plain"
+    return style
+
+
+def _chat(tokenizer: Any, content: str) -> str:
+    """Wrap one user message with the tokenizer's chat template, ready for the reply."""
+    messages = [{"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _heldout(example_id: str) -> bool:
+    """Whether an id falls in the held-out 10% (sha256 of the id is 0 mod 10)."""
+    return int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % 10 == 0
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Read one JSON object per non-blank line."""
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _hub_rows(hub: tuple[str, str], split: str) -> list[dict]:
+    """Load rows from the Hugging Face hub with ``datasets.load_dataset`` (raises when offline)."""
+    if os.environ.get("DRLLM_NO_HUB") == "1":
+        raise RuntimeError("hub disabled by DRLLM_NO_HUB=1")
+    import datasets
+
+    return [dict(row) for row in datasets.load_dataset(hub[0], hub[1], split=split)]
+
+
+class Task:
+    """Base class of every task; subclasses set the class attributes and implement ``_convert``.
+
+    Attributes:
+        name: Task name as given to :func:`get_task`.
+        kind: "choice" or "exact".
+        default_scoring: Scoring used when none is given.
+        scorings: Scorings this task supports.
+        default_split_eval: Split to evaluate on.
+        splits: Splits :meth:`load` accepts.
+    """
+
+    name: str = ""
+    kind: str = "exact"
+    default_scoring: str = "teacher-forced"
+    scorings: tuple[str, ...] = EXACT_SCORINGS
+    default_split_eval: str = "validation"
+    splits: tuple[str, ...] = ("train", "validation")
+    files: dict[str, str] = {}
+    hub: tuple[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def load(
+        self, split: str = "train", data_dir: str | Path | None = None, limit: int | None = None
+    ) -> list[Example]:
+        """Load a split as examples.
+
+        Args:
+            split: Split name; see ``splits``.
+            data_dir: Data directory; see :func:`resolve_data_dir`.
+            limit: Keep only the first ``limit`` examples.
+
+        Returns:
+            The examples, in file order.
+
+        Raises:
+            ValueError: If the split is unknown.
+            FileNotFoundError: If the file is missing locally and the hub fallback fails.
+        """
+        if split not in self.splits:
+            raise ValueError(f"task {self.name!r} has no split {split!r}; available splits: {self.splits}")
+        source = self._source_split(split)
+        rows = self._rows(source, data_dir)
+        examples = [ex for ex in (self._convert(row, source, i) for i, row in enumerate(rows)) if ex]
+        examples = [ex for ex in examples if self._keep(ex, split)]
+        return examples[:limit] if limit is not None else examples
+
+    def _source_split(self, split: str) -> str:
+        """The released split a requested split is read from."""
+        return split
+
+    def _keep(self, ex: Example, split: str) -> bool:
+        """Whether an example belongs to the requested split (and any filter)."""
+        return True
+
+    def _rows(self, source: str, data_dir: str | Path | None) -> list[dict]:
+        """Raw rows of a released split: the local file, else the hub."""
+        relative = self.files[source]
+        tried = [base / relative for base in _data_dir_candidates(data_dir)]
+        for path in tried:
+            if path.is_file():
+                return _read_jsonl(path)
+        hub_note = "no hub fallback for this task"
+        if self.hub is not None:
+            try:
+                return _hub_rows(self.hub, source)
+            except Exception as err:  # noqa: BLE001 - any hub failure means "not available"
+                hub_note = f"hub fallback datasets.load_dataset{self.hub} failed: {type(err).__name__}: {err}"
+        places = ", ".join(str(p) for p in tried)
+        raise FileNotFoundError(
+            f"data for task {self.name!r} split {source!r} not found; looked in: {places}; {hub_note}. "
+            "Pass data_dir or set DRLLM_DATA."
+        )
+
+    def _convert(self, row: dict, source: str, index: int) -> Example | None:
+        """Turn one raw row into an example (None to skip it)."""
+        raise NotImplementedError
+
+    def _check_scoring(self, scoring: str | None) -> str:
+        """Default and validate a scoring name."""
+        scoring = scoring or self.default_scoring
+        if scoring not in self.scorings:
+            raise ValueError(
+                f"task {self.name!r} has no scoring {scoring!r}; expected one of {self.scorings}"
+            )
+        return scoring
+
+    def prompt(
+        self, ex: Example, tokenizer: Any = None, style: str = "plain", scoring: str | None = None
+    ) -> str:
+        """Build the prompt text for an example; see the subclasses for the formats."""
+        raise NotImplementedError
+
+    def target(
+        self, ex: Example, scoring: str | None = None, style: str = "plain", tokenizer: Any = None
+    ) -> str:
+        """Text appended to the prompt for teacher forcing."""
+        raise NotImplementedError
+
+    def grade(self, ex: Example, text: str) -> bool:
+        """Grade a generated completion."""
+        raise NotImplementedError
+
+
+class ChoiceTask(Task):
+    """Multiple-choice task: options scored by log-likelihood or named by label."""
+
+    kind = "choice"
+    default_scoring = "mc-loglik"
+    scorings = CHOICE_SCORINGS
+
+    def header(self, ex: Example) -> str:
+        """Text put before the question (MMLU names the subject); empty by default."""
+        return ""
+
+    def prompt(
+        self, ex: Example, tokenizer: Any = None, style: str = "plain", scoring: str | None = None
+    ) -> str:
+        r"""Build the prompt.
+
+        Plain loglik: ``"Question: {q}\nAnswer:"``. Plain letter: the question, one ``"A. option"``
+        line per option, then ``"Answer:"``. Chat: the same content as one user message, asking for
+        the letter in letter scoring, through the tokenizer's chat template.
+
+        Args:
+            ex: The example.
+            tokenizer: Needed for the chat style (falls back to plain without a chat template).
+            style: "plain" or "chat".
+            scoring: "mc-loglik" or "mc-letter" (default: ``default_scoring``).
+
+        Returns:
+            The prompt text.
+        """
+        scoring = self._check_scoring(scoring)
+        options = "\n".join(f"{label}. {text}" for label, text in zip(ex.labels, ex.choices, strict=True))
+        if effective_style(style, tokenizer) == "plain":
+            if scoring == "mc-loglik":
+                return f"{self.header(ex)}Question: {ex.question}\nAnswer:"
+            return f"{self.header(ex)}Question: {ex.question}\n{options}\nAnswer:"
+        if scoring == "mc-loglik":
+            return _chat(tokenizer, f"{self.header(ex)}{ex.question}")
+        ask = "Answer with the label of the correct option only."
+        return _chat(tokenizer, f"{self.header(ex)}{ex.question}\n\n{options}\n\n{ask}")
+
+    def continuations(
+        self, ex: Example, scoring: str, style: str = "plain", tokenizer: Any = None
+    ) -> list[str]:
+        """Texts appended to the prompt, one per option.
+
+        Args:
+            ex: The example.
+            scoring: "mc-loglik" (option texts) or "mc-letter" (labels).
+            style: Prompt style; plain continuations start with a space, chat ones do not.
+            tokenizer: Decides whether "chat" falls back to plain.
+
+        Returns:
+            One continuation per option.
+        """
+        scoring = self._check_scoring(scoring)
+        space = " " if effective_style(style, tokenizer) == "plain" else ""
+        items = ex.choices if scoring == "mc-loglik" else ex.labels
+        return [f"{space}{item}" for item in items]
+
+    def target(
+        self, ex: Example, scoring: str | None = None, style: str = "plain", tokenizer: Any = None
+    ) -> str:
+        """The gold continuation (see :meth:`continuations`)."""
+        return self.continuations(ex, self._check_scoring(scoring), style, tokenizer)[int(ex.answer)]
+
+    def grade(self, ex: Example, text: str) -> bool:
+        """True when the completion names the gold option (by label or by its text)."""
+        return extract_choice(text, ex.labels, ex.choices) == ex.answer
+
+
+class ExactTask(Task):
+    """Exact-answer task: the model writes a final answer."""
+
+    def prompt(
+        self, ex: Example, tokenizer: Any = None, style: str = "plain", scoring: str | None = None
+    ) -> str:
+        r"""Build the prompt: plain ``"Question: {q}\nAnswer:"``, or chat asking for only the answer.
+
+        Args:
+            ex: The example.
+            tokenizer: Needed for the chat style (falls back to plain without a chat template).
+            style: "plain" or "chat".
+            scoring: "teacher-forced" or "generate"; both use the same prompt.
+
+        Returns:
+            The prompt text.
+        """
+        self._check_scoring(scoring)
+        if effective_style(style, tokenizer) == "plain":
+            return f"Question: {ex.question}\nAnswer:"
+        ask = "Give only the final answer, with no explanation."
+        return _chat(tokenizer, f"{ex.question}\n\n{ask}")
+
+    def target(
+        self, ex: Example, scoring: str | None = None, style: str = "plain", tokenizer: Any = None
+    ) -> str:
+        """The answer as the model should write it: ``" {answer}"`` plain, ``"{answer}"`` chat."""
+        self._check_scoring(scoring)
+        space = " " if effective_style(style, tokenizer) == "plain" else ""
+        return f"{space}{ex.answer}"
+
+    def grade(self, ex: Example, text: str) -> bool:
+        """True when the completion's final answer matches the gold answer."""
+        return grade_exact(text, str(ex.answer))
+
+
+class ArcTask(ChoiceTask):
+    """ARC-Easy or ARC-Challenge (labels as released: A-E or 1-4)."""
+
+    def __init__(self, name: str, folder: str) -> None:
+        self.name = name
+        self.files = {s: f"arc/{folder}/{s}.jsonl" for s in self.splits}
+        self.hub = ("ai2_arc", folder)
+
+    def _convert(self, row: dict, source: str, index: int) -> Example:
+        """ARC row -> example; the gold index is found by matching answerKey with the labels."""
+        labels = tuple(str(label) for label in row["choices"]["label"])
+        return Example(
+            id=str(row["id"]),
+            question=row["question"],
+            choices=tuple(row["choices"]["text"]),
+            answer=labels.index(str(row["answerKey"])),
+            labels=labels,
+        )
+
+
+class MmluTask(ChoiceTask):
+    """MMLU, 57 subjects; ``dev`` is the 5-shot pool, ``validation`` the evaluation split."""
+
+    name = "mmlu"
+    splits = ("dev", "validation")
+    files = {"dev": "mmlu/dev.jsonl", "validation": "mmlu/validation.jsonl"}
+    hub = ("cais/mmlu", "all")
+
+    def header(self, ex: Example) -> str:
+        """A line naming the subject, put before the question."""
+        subject = ex.meta.get("subject", "").replace("_", " ")
+        return f"The following is a question about {subject}.\n"
+
+    def _convert(self, row: dict, source: str, index: int) -> Example:
+        """MMLU row -> example; the answer is a letter locally and an index on the hub."""
+        answer = row["answer"]
+        answer = answer if isinstance(answer, int) else "ABCD".index(answer)
+        return Example(
+            id=f"mmlu-{row['subject']}-{source}-{index}",
+            question=row["question"],
+            choices=tuple(row["choices"]),
+            answer=answer,
+            labels=("A", "B", "C", "D"),
+            meta={"subject": row["subject"]},
+        )
+
+
+class HeldoutExactTask(ExactTask):
+    """Exact-answer task with only a released train file: validation is a hashed 10% of it."""
+
+    splits = ("train", "validation", "all")
+
+    def _source_split(self, split: str) -> str:
+        """Every split reads the released train file."""
+        return "train"
+
+    def _keep(self, ex: Example, split: str) -> bool:
+        """Route examples to train / validation by the hash of their id."""
+        return split == "all" or _heldout(ex.id) == (split == "validation")
+
+
+class Gsm8kTask(HeldoutExactTask):
+    """GSM8K grade-school math; the gold answer is the number after ``####``."""
+
+    name = "gsm8k"
+    files = {"train": "gsm8k/train.jsonl"}
+    hub = ("gsm8k", "main")
+
+    def _convert(self, row: dict, source: str, index: int) -> Example:
+        """GSM8K row -> example; the id uses the row number in the released file."""
+        final = row["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
+        return Example(id=f"gsm8k-{source}-{index}", question=row["question"], answer=final)
+
+
+class MathTask(HeldoutExactTask):
+    """Hendrycks MATH, optionally filtered to one difficulty level."""
+
+    files = {"train": "math/train.jsonl"}
+
+    def __init__(self, level: int | None = None) -> None:
+        self.level = level
+        self.name = "math" if level is None else f"math:{level}"
+
+    def _convert(self, row: dict, source: str, index: int) -> Example | None:
+        """MATH row -> example; rows without an answer are skipped; level "?" becomes None."""
+        if row.get("answer") is None:
+            return None
+        digits = row["level"].removeprefix("Level ").strip()
+        level = int(digits) if digits.isdigit() else None
+        meta = {"level": level, "type": row.get("type")}
+        return Example(id=str(row["id"]), question=row["problem"], answer=str(row["answer"]), meta=meta)
+
+    def _keep(self, ex: Example, split: str) -> bool:
+        """Apply the level filter, then the held-out split."""
+        if self.level is not None and ex.meta["level"] != self.level:
+            return False
+        return super()._keep(ex, split)
+
+
+def _parse_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(1-based line number, object) for each non-blank line; malformed lines raise ValueError."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number}: invalid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append((number, row))
+    if not rows:
+        raise ValueError(f"{path} is empty: expected one JSON object per line")
+    return rows
+
+
+def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
+    """Raise ValueError naming the first missing key."""
+    missing = [key for key in keys if key not in row]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}; row has {sorted(row)}")
+
+
+def _choice_answer(row: dict, labels: tuple[str, ...], where: str) -> int:
+    """Gold index of a multiple-choice jsonl row (answer is an index or a label)."""
+    answer = row["answer"]
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        if 0 <= answer < len(labels):
+            return answer
+        raise ValueError(f"{where}: answer index {answer} out of range for {len(labels)} choices")
+    if isinstance(answer, str) and answer in labels:
+        return labels.index(answer)
+    raise ValueError(f"{where}: answer {answer!r} is neither an index nor one of the labels {list(labels)}")
+
+
+class _JsonlSource:
+    """Loading shared by the jsonl tasks: the file is the only split, so any split name loads it."""
+
+    splits: tuple[str, ...] = ("all",)
+    default_split_eval = "all"
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name, self.path = name, path
+
+    def load(
+        self, split: str = "all", data_dir: str | Path | None = None, limit: int | None = None
+    ) -> list[Example]:
+        """Load and check every row of the file (``split`` and ``data_dir`` are ignored)."""
+        examples, seen = [], {}
+        for number, row in _parse_jsonl(self.path):
+            where = f"{self.path} line {number}"
+            ex = self._row_example(row, where)
+            if ex.id in seen:
+                raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
+            seen[ex.id] = number
+            examples.append(ex)
+        return examples[:limit] if limit is not None else examples
+
+
+class JsonlChoiceTask(_JsonlSource, ChoiceTask):
+    """Custom multiple-choice rows ``{"id", "question", "choices", "answer"[, "labels"]}``."""
+
+    def _row_example(self, row: dict, where: str) -> Example:
+        """Check one row and build its example."""
+        _require(row, ("id", "question", "choices", "answer"), where)
+        choices = row["choices"]
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"{where}: choices must be a list of at least 2 strings")
+        labels = tuple(str(x) for x in row.get("labels") or [chr(65 + i) for i in range(len(choices))])
+        if len(labels) != len(choices):
+            raise ValueError(f"{where}: {len(labels)} labels for {len(choices)} choices")
+        answer = _choice_answer(row, labels, where)
+        return Example(str(row["id"]), str(row["question"]), tuple(choices), answer, labels)
+
+
+class JsonlExactTask(_JsonlSource, ExactTask):
+    """Custom exact-answer rows ``{"id", "prompt", "target"}``; plain prompts and targets are verbatim."""
+
+    def _row_example(self, row: dict, where: str) -> Example:
+        """Check one row and build its example."""
+        _require(row, ("id", "prompt", "target"), where)
+        if not isinstance(row["prompt"], str) or not isinstance(row["target"], str):
+            raise ValueError(f"{where}: prompt and target must be strings")
+        return Example(id=str(row["id"]), question=row["prompt"], answer=row["target"])
+
+    def prompt(
+        self, ex: Example, tokenizer: Any = None, style: str = "plain", scoring: str | None = None
+    ) -> str:
+        """The row's prompt verbatim (plain), or as the user message (chat)."""
+        self._check_scoring(scoring)
+        if effective_style(style, tokenizer) == "plain":
+            return ex.question
+        return _chat(tokenizer, ex.question)
+
+    def target(
+        self, ex: Example, scoring: str | None = None, style: str = "plain", tokenizer: Any = None
+    ) -> str:
+        """The row's target verbatim (plain), or without leading whitespace (chat)."""
+        self._check_scoring(scoring)
+        return str(ex.answer) if effective_style(style, tokenizer) == "plain" else str(ex.answer).lstrip()
+
+
+def _jsonl_task(name: str) -> Task:
+    """Build a jsonl task; its kind is decided by the first row of the file."""
+    path = Path(name.removeprefix("jsonl:"))
+    if not path.is_file():
+        raise FileNotFoundError(f"task {name!r}: no file at {path.resolve()}")
+    number, first = _parse_jsonl(path)[0]
+    if "prompt" in first and "target" in first:
+        return JsonlExactTask(name, path)
+    if "question" in first and "choices" in first:
+        return JsonlChoiceTask(name, path)
+    raise ValueError(
+        f"{path} line {number}: cannot tell the row kind; expected keys id/prompt/target (exact) "
+        f"or id/question/choices/answer (multiple choice), got {sorted(first)}"
+    )
+
+
+def get_task(name: str) -> Task:
+    """Build a task by name.
+
+    Args:
+        name: One of :data:`KNOWN_TASKS`, or ``"jsonl:PATH"`` for a custom file.
+
+    Returns:
+        The task.
+
+    Raises:
+        ValueError: If the name is unknown.
+    """
+    if name.startswith("jsonl:"):
+        return _jsonl_task(name)
+    builders = {
+        "arc_easy": lambda: ArcTask("arc_easy", "ARC-Easy"),
+        "arc_challenge": lambda: ArcTask("arc_challenge", "ARC-Challenge"),
+        "mmlu": MmluTask,
+        "gsm8k": Gsm8kTask,
+        "math": MathTask,
+    }
+    builders.update({f"math:{level}": (lambda level=level: MathTask(level)) for level in range(1, 6)})
+    if name not in builders:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(KNOWN_TASKS)}, or 'jsonl:PATH'")
+    return builders[name]()

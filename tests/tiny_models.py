@@ -1,0 +1,91 @@
+"""Tiny random causal LMs, one per supported architecture, built offline from configs (seeded)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import transformers as tf
+
+VOCAB = 96
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=128, num_hidden_layers=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _configs():
+    return {
+        "llama": tf.LlamaConfig(**COMMON),
+        "mistral": tf.MistralConfig(**COMMON, sliding_window=6),
+        "qwen2": tf.Qwen2Config(**COMMON),
+        "qwen3": tf.Qwen3Config(**COMMON, head_dim=8),
+        "gemma3_text": tf.Gemma3TextConfig(
+            **COMMON, head_dim=8, sliding_window=5, query_pre_attn_scalar=8,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        ),
+        "phi3": tf.Phi3Config(**COMMON),
+        "olmo2": tf.Olmo2Config(**COMMON),
+        "gpt_neox": tf.GPTNeoXConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=4,
+            max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        ),
+        "gpt2": tf.GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=128, pad_token_id=0, bos_token_id=1,
+            eos_token_id=2,
+        ),
+    }
+
+
+ARCHITECTURES = sorted(_configs())
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, **overrides) -> torch.nn.Module:
+    """A fresh tiny model in eval mode (eager attention, float32)."""
+    config = _configs()[arch]
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    n = sum(p.numel() for p in model.parameters())
+    assert n < 200_000, f"{arch} tiny model has {n} parameters: a config key is misspelled"
+    return model
+
+
+def explicit_model(model: torch.nn.Module, decisions) -> torch.nn.Module:
+    """A deep copy of ``model`` whose layer list is the expanded path (repeats as separate copies)."""
+    from drllm.router import expand_path, layer_list
+    from drllm.router.surgery import LAYER_PATHS
+
+    order = expand_path(decisions)
+    clone = copy.deepcopy(model)
+    originals = list(layer_list(clone))
+    types = getattr(clone.config, "layer_types", None)
+    new = []
+    for j, i in enumerate(order):
+        layer = copy.deepcopy(originals[i])
+        for module in layer.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = j
+        new.append(layer)
+    parent_path, _, name = LAYER_PATHS[clone.config.model_type].rpartition(".")
+    parent = clone
+    for part in parent_path.split("."):
+        parent = getattr(parent, part)
+    setattr(parent, name, torch.nn.ModuleList(new))
+    for key in ("num_hidden_layers", "n_layer"):
+        if hasattr(clone.config, key):
+            setattr(clone.config, key, len(order))
+    if types is not None:
+        clone.config.layer_types = [types[i] for i in order]
+    return clone
+
+
+def prompts(batch: int = 3, length: int = 9, seed: int = 1, pad_rows: int = 1):
+    """Left-padded random prompts: ``(input_ids, attention_mask)``; the first ``pad_rows`` rows are shorter."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for r in range(min(pad_rows, batch)):
+        mask[r, : 2 + r] = 0
+        ids[r, : 2 + r] = 0
+    return ids, mask

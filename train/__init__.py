@@ -1,0 +1,1 @@
+"""Training and evaluation of routers, and the drllm command line."""

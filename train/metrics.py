@@ -1,0 +1,74 @@
+"""Routing metrics: F1 and accuracy per decision class, and layers executed, from a confusion matrix.
+
+Classes are 0 = skip, 1 = execute, 2 = repeat. Every score is computed from one ``[3, 3]`` confusion
+matrix (rows = target, columns = prediction). Conventions for absent classes: a class with no target
+examples has recall (``acc_*``) 0; a class absent from both target and prediction has F1 0 and is left
+out of the macro F1, which averages the classes present in the target or the prediction (as
+scikit-learn does by default). Pure torch; no Lightning.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CLASS_NAMES = ("skip", "execute", "repeat")
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int = 3) -> Tensor:
+    """Count (target, prediction) pairs.
+
+    Args:
+        pred: Predicted classes, integer tensor of any shape.
+        target: Target classes, same shape as ``pred``.
+        num_classes: Number of classes; values must lie in ``[0, num_classes)``.
+
+    Returns:
+        int64 tensor ``[num_classes, num_classes]``; entry ``[t, p]`` counts target t predicted as p.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred has shape {tuple(pred.shape)}, target has {tuple(target.shape)}")
+    for name, values in (("pred", pred), ("target", target)):
+        if values.is_floating_point() or values.is_complex():
+            raise TypeError(f"{name} has dtype {values.dtype}, expected integer class labels")
+        if values.numel() and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} has values outside [0, {num_classes}): {values.unique().tolist()}")
+    flat = target.reshape(-1).long() * num_classes + pred.reshape(-1).long()
+    return torch.bincount(flat.cpu(), minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _safe_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """Elementwise ``numerator / denominator`` with 0 where the denominator is 0."""
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1), torch.zeros_like(numerator))
+
+
+def routing_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
+    """Scores of predicted routing decisions against target decisions.
+
+    Args:
+        pred: Predicted decisions, ``[N, L]`` (one row per example) or flat ``[M]``.
+        target: Target decisions, same shape as ``pred``.
+
+    Returns:
+        Dict with ``macro_f1``, ``f1_{skip,execute,repeat}``, ``acc_{skip,execute,repeat}`` (recall:
+        accuracy on the targets of that class), ``accuracy`` and, for 2-D input only,
+        ``layers_pred`` and ``layers_target`` (mean over examples of the row sum, the layers executed).
+    """
+    if pred.dim() not in (1, 2):
+        raise ValueError(f"pred has shape {tuple(pred.shape)}, expected [N, L] or a flat vector")
+    if pred.numel() == 0:
+        raise ValueError("pred and target are empty; there is nothing to score")
+    cm = confusion_matrix(pred, target, num_classes=len(CLASS_NAMES)).double()
+    hits = cm.diagonal()
+    support, predicted = cm.sum(dim=1), cm.sum(dim=0)
+    recall = _safe_ratio(hits, support)
+    f1 = _safe_ratio(2 * hits, support + predicted)  # = 2PR / (P + R), 0 when the class never occurs
+    present = (support + predicted) > 0
+    metrics = {"macro_f1": f1[present].mean().item(), "accuracy": (hits.sum() / cm.sum()).item()}
+    for index, name in enumerate(CLASS_NAMES):
+        metrics[f"f1_{name}"] = f1[index].item()
+        metrics[f"acc_{name}"] = recall[index].item()
+    if pred.dim() == 2:
+        metrics["layers_pred"] = pred.sum(dim=1).double().mean().item()
+        metrics["layers_target"] = target.sum(dim=1).double().mean().item()
+    return metrics
