@@ -5,7 +5,7 @@ Imports torch and transformers only (no Lightning, search or train code).
 
 from .cache import RoutedCache
 from .decisions import EXECUTE, REPEAT, SKIP, all_execute, check_decisions, expand_path, parse_decisions
-from .loading import DEFAULT_MODEL, load_model, load_tokenizer
+from .loading import DEFAULT_MODEL, batch_prompts, encode_prompt, load_model, load_tokenizer
 from .model import RoutedModel
 from .routers import LayerRouter, RouterConfig, Routers, window_pool
 from .surgery import UnsupportedArchitectureError, layer_list, supported_architectures
@@ -22,6 +22,8 @@ __all__ = [
     "Routers",
     "UnsupportedArchitectureError",
     "all_execute",
+    "batch_prompts",
+    "encode_prompt",
     "check_decisions",
     "expand_path",
     "layer_list",

@@ -64,3 +64,32 @@ def load_tokenizer(name_or_path: str, **kwargs):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt: special tokens (BOS) are added unless the text already starts with them.
+
+    Every part of drllm (search, training features, evaluation, generation) encodes prompts this way, so
+    the routers see the same tokens at training and at inference.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    add = not (bos and text.startswith(bos))
+    ids = tokenizer(text, add_special_tokens=add)["input_ids"]
+    if not ids:
+        raise ValueError("the prompt is empty (0 tokens)")
+    return list(ids)
+
+
+def batch_prompts(tokenizer, texts: list[str], device=None):
+    """Left-padded ``(input_ids, attention_mask)`` for prompts encoded with ``encode_prompt``."""
+    import torch
+
+    encoded = [encode_prompt(tokenizer, t) for t in texts]
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(encoded), width, dtype=torch.long)
+    for r, e in enumerate(encoded):
+        ids[r, width - len(e) :] = torch.tensor(e)
+        mask[r, width - len(e) :] = 1
+    return ids.to(device), mask.to(device)

@@ -23,7 +23,7 @@ from .decisions import check_decisions
 from .fingerprint import architecture_string, probe_mismatch, weight_probe
 from .layer import RoutedLayer, RoutingState
 from .loading import load_model
-from .routers import RouterConfig, Routers
+from .routers import RouterConfig, Routers, window_pool
 from .surgery import unwrap_layers, wrap_layers
 
 
@@ -179,6 +179,27 @@ class RoutedModel(nn.Module):
             generate_kwargs["past_key_values"] = self.new_cache()
         with self.forced(decisions, attention_mask, batch):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
+    @torch.no_grad()
+    def layer_inputs(self, input_ids, attention_mask=None, decisions=None, num_windows: int | None = None):
+        """Window-pooled hidden states entering every layer under ``decisions`` (what router i reads).
+
+        Runs the backbone once (no LM head). ``num_windows`` defaults to the routers' W, else 8.
+
+        Returns:
+            ``(pooled [B, L, W, d] float32, valid [B, L, W] bool)``.
+        """
+        if num_windows is None:
+            num_windows = self.routers.config.num_windows if self.routers is not None else 8
+        batch = self._check_inputs(input_ids, attention_mask, None)
+        if decisions is None:
+            decisions = torch.ones(self.num_layers, dtype=torch.long)
+        with self.forced(decisions, attention_mask, batch) as state:
+            state.record = {}
+            self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            recorded = [state.record[i] for i in range(self.num_layers)]
+        pooled = [window_pool(h, attention_mask, num_windows) for h in recorded]
+        return torch.stack([p for p, _ in pooled], 1), torch.stack([v for _, v in pooled], 1)
 
     def _check_inputs(self, input_ids, attention_mask, inputs_embeds) -> int:
         ids = input_ids if input_ids is not None else inputs_embeds

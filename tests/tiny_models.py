@@ -89,3 +89,28 @@ def prompts(batch: int = 3, length: int = 9, seed: int = 1, pad_rows: int = 1):
         mask[r, : 2 + r] = 0
         ids[r, : 2 + r] = 0
     return ids, mask
+
+
+CHARS = " abcdefghijklmnopqrstuvwxyz0123456789.,?:!'-\nABCDEFGHIJKLMNOPQRSTUVWXYZ#$+=()"
+
+
+def tiny_tokenizer(chat: bool = False):
+    """A character-level tokenizer whose ids fit the tiny models' vocabulary (pad 0, bos 1, eos 2, unk 3)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({c: 4 + k for k, c in enumerate(CHARS)})
+    assert len(vocab) <= VOCAB
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    tok.padding_side = "left"
+    if chat:
+        tok.chat_template = (
+            "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}assistant:{% endif %}"
+        )
+    return tok

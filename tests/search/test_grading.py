@@ -1,9 +1,6 @@
 """Tests for drllm.search.grading: answer extraction, normalisation and option parsing."""
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from drllm.search.grading import (
     answers_match,
     extract_choice,
@@ -11,6 +8,8 @@ from drllm.search.grading import (
     grade_exact,
     normalize_answer,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(
@@ -119,7 +118,7 @@ _ANSWERS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_ANSWERS)
 def test_normalize_answer_is_idempotent(raw):
     once = normalize_answer(raw)

@@ -1,0 +1,238 @@
+"""The batched path evaluator: rewards for many (example, decisions) rows per forward pass.
+
+Scorings (the reward is 1.0 for a correct answer, else 0.0):
+
+- ``teacher-forced``: one forward over prompt + target; correct when the argmax at every target position
+  is the next target token, which is exactly when greedy decoding would produce the target.
+- ``mc-loglik`` / ``mc-letter``: the gold continuation has the highest summed log-likelihood. All options
+  of an example share one row: the prompt is followed by every option, each option attending only to the
+  prompt and to itself (a 4D mask, positions restarting after the prompt), so the prompt is run once.
+- ``generate``: greedy decoding through ``RoutedModel.generate``, then the task grades the text.
+
+Prefix reuse: every path of an example executes the same layers up to its first non-execute decision.
+The evaluator runs each example once along the default path, records the hidden states entering every
+layer, and starts each row at its first change (layers before it are skipped, the recorded state is put in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from drllm.router import RoutedModel, encode_prompt
+
+
+@dataclass
+class Prepared:
+    """One example turned into a token row with its scoring targets."""
+
+    index: int
+    example: object
+    tokens: torch.Tensor  # [n]
+    positions: torch.Tensor  # [n]
+    allowed: torch.Tensor  # [n, n] bool: query i may attend key j
+    targets: list[tuple[torch.Tensor, torch.Tensor]]  # per option: (predicting positions, target tokens)
+    gold: int
+    prompt: str = ""
+    target: str = ""
+    prefix: list[torch.Tensor] | None = field(default=None, repr=False)  # hidden entering each layer [n, d]
+    base_reward: float | None = None
+    base_scores: list[float] | None = None
+
+
+class PathEvaluator:
+    """Scores (prepared example, decisions) rows in batches; see the module docstring."""
+
+    def __init__(self, routed: RoutedModel, tokenizer, task, scoring: str | None = None, style: str = "plain",
+                 max_rows: int = 32, max_new_tokens: int = 32, reuse_prefix: bool = True):
+        self.routed, self.tokenizer, self.task = routed, tokenizer, task
+        self.scoring = task._check_scoring(scoring)
+        self.style, self.max_rows, self.max_new_tokens = style, max_rows, max_new_tokens
+        self.reuse_prefix = reuse_prefix
+        self.paths_evaluated = 0
+
+    # ------------------------------------------------------------------ preparation
+    def prepare(self, examples, start_index: int = 0) -> list[Prepared]:
+        """Tokenize examples into rows (prompt followed by the target or by every option)."""
+        return [self._prepare_one(ex, start_index + k) for k, ex in enumerate(examples)]
+
+    def _prepare_one(self, ex, index: int) -> Prepared:
+        task, tok = self.task, self.tokenizer
+        prompt = task.prompt(ex, tok, style=self.style, scoring=self.scoring)
+        p = encode_prompt(tok, prompt)
+        if task.kind == "choice":
+            conts = task.continuations(ex, self.scoring, style=self.style, tokenizer=tok)
+            gold, target = int(ex.answer), conts[int(ex.answer)]
+        else:
+            conts = [task.target(ex, self.scoring, style=self.style, tokenizer=tok)]
+            gold, target = 0, conts[0]
+        pieces = [tok(c, add_special_tokens=False)["input_ids"] for c in conts]
+        if any(len(c) == 0 for c in pieces):
+            raise ValueError(f"example {ex.id}: a continuation encodes to no tokens")
+        tokens, positions, owner = list(p), list(range(len(p))), [-1] * len(p)
+        targets = []
+        for k, c in enumerate(pieces):
+            start = len(tokens)
+            predict = [len(p) - 1] + [start + t for t in range(len(c) - 1)]
+            targets.append((torch.tensor(predict), torch.tensor(c)))
+            tokens += c
+            positions += range(len(p), len(p) + len(c))
+            owner += [k] * len(c)
+        own = torch.tensor(owner)
+        n = len(tokens)
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        same = (own[:, None] == own[None, :]) | (own[None, :] == -1)
+        return Prepared(index, ex, torch.tensor(tokens), torch.tensor(positions), causal & same, targets, gold,
+                        prompt=prompt, target=target)
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def rewards(self, rows: list[tuple[Prepared, tuple[int, ...]]]) -> list[float]:
+        """Rewards for (prepared example, decisions) rows."""
+        if self.scoring == "generate":
+            return self._generate_rewards(rows)
+        todo = [p for p, _ in rows if self.reuse_prefix and p.prefix is None]
+        self._run_prefix(list({id(p): p for p in todo}.values()))
+        out: list[float | None] = [None] * len(rows)
+        pending = []
+        for k, (p, path) in enumerate(rows):
+            start = _first_change(path) if self.reuse_prefix else 0
+            if self.reuse_prefix and start == len(path):
+                out[k] = p.base_reward
+            else:
+                pending.append((k, p, path, start))
+        for chunk in _chunks(pending, self.max_rows):
+            scores = self._forward(chunk)
+            for (k, p, _, _), s in zip(chunk, scores):
+                out[k] = _reward(s, p.gold, self.task.kind)
+        self.paths_evaluated += len(rows)
+        return [float(r) for r in out]
+
+    def scores(self, rows: list[tuple[Prepared, tuple[int, ...]]]) -> list[list[float]]:
+        """Per-option summed log-likelihoods (choice) or per-token correctness (exact) of each row."""
+        out = []
+        for chunk in _chunks([(k, p, path, 0) for k, (p, path) in enumerate(rows)], self.max_rows):
+            out += self._forward(chunk)
+        return out
+
+    def release(self, prepared: Prepared) -> None:
+        """Free an example's recorded prefix states once its search is done."""
+        prepared.prefix = None
+
+    def _run_prefix(self, prepared: list[Prepared]) -> None:
+        """Run the default path once per example, recording the hidden states entering every layer."""
+        L = self.routed.num_layers
+        for chunk in _chunks(prepared, self.max_rows):
+            rows = [(k, p, (1,) * L, 0) for k, p in enumerate(chunk)]
+            record: dict[int, torch.Tensor] = {}
+            scores = self._forward(rows, record=record)
+            for p, s in zip(chunk, scores):
+                p.base_scores = s
+                p.base_reward = _reward(s, p.gold, self.task.kind)
+            n = [len(p.tokens) for p in chunk]
+            for r, p in enumerate(chunk):
+                p.prefix = [record[i][r, : n[r]].clone() for i in range(L)]
+
+    def _forward(self, rows, record: dict | None = None) -> list[list[float]]:
+        """One forward over rows ``(key, prepared, path, start)``; returns each row's option scores."""
+        routed = self.routed
+        device = routed.device
+        dtype = routed.model.get_input_embeddings().weight.dtype
+        width = max(len(p.tokens) for _, p, _, _ in rows)
+        batch = len(rows)
+        ids = torch.zeros(batch, width, dtype=torch.long)
+        pos = torch.zeros(batch, width, dtype=torch.long)
+        allowed = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)  # padding attends to itself
+        decisions = torch.tensor([list(path) for _, _, path, _ in rows], dtype=torch.long)
+        starts = torch.tensor([start for _, _, _, start in rows], dtype=torch.long)
+        for r, (_, p, _, start) in enumerate(rows):
+            n = len(p.tokens)
+            ids[r, :n], pos[r, :n], allowed[r, :n, :n] = p.tokens, p.positions, p.allowed
+            decisions[r, :start] = 0
+        mask = _attention_masks(allowed, pos, routed.model.config, dtype, device)
+        with routed.forced(decisions, None, batch) as state:
+            if starts.gt(0).any():
+                state.start = torch.where(starts > 0, starts, -1).to(device)  # -1: nothing to put in
+                state.start_hidden = self._start_hidden(rows, width, dtype).to(device)
+            if record is not None:
+                state.record = record
+            hidden = routed.model.base_model(
+                input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device), use_cache=False
+            ).last_hidden_state
+        return [self._row_scores(hidden[r], p) for r, (_, p, _, _) in enumerate(rows)]
+
+    def _start_hidden(self, rows, width: int, dtype) -> torch.Tensor:
+        first = next(p for _, p, _, s in rows if s > 0).prefix[0]
+        out = torch.zeros(len(rows), width, first.shape[-1], dtype=dtype, device=first.device)
+        for r, (_, p, _, start) in enumerate(rows):
+            if 0 < start < len(p.prefix):
+                out[r, : len(p.tokens)] = p.prefix[start]
+        return out
+
+    def _row_scores(self, hidden: torch.Tensor, p: Prepared) -> list[float]:
+        where = torch.cat([w for w, _ in p.targets]).to(hidden.device)
+        want = torch.cat([t for _, t in p.targets]).to(hidden.device)
+        logits = self._logits(hidden[where])  # [m, V]
+        logp = logits.float().log_softmax(-1)
+        picked = logp.gather(-1, want[:, None])[:, 0].detach()
+        if self.task.kind == "exact":
+            return [float(logits.argmax(-1).eq(want).all())]
+        sizes = [len(t) for _, t in p.targets]
+        return [float(s.sum()) for s in picked.split(sizes)]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        model = self.routed.model
+        logits = model.get_output_embeddings()(hidden)
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def _generate_rewards(self, rows) -> list[float]:
+        from drllm.router import batch_prompts
+
+        out = []
+        for chunk in _chunks(rows, self.max_rows):
+            ids, mask = batch_prompts(self.tokenizer, [p.prompt for p, _ in chunk], self.routed.device)
+            decisions = torch.tensor([list(path) for _, path in chunk])
+            gen = self.routed.generate(ids, attention_mask=mask, decisions=decisions, do_sample=False,
+                                       max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+            texts = self.tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+            out += [float(self.task.grade(p.example, t)) for (p, _), t in zip(chunk, texts)]
+        self.paths_evaluated += len(rows)
+        return out
+
+
+def _attention_masks(allowed: torch.Tensor, pos: torch.Tensor, config, dtype, device):
+    """Additive 4D masks ``[B, 1, T, T]`` from ``allowed [B, T, T]``, with sliding windows where the model has them.
+
+    Models with both full and sliding layers (``config.layer_types``) take a dict of masks, one per type.
+    """
+    def additive(ok: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(ok.shape[0], 1, *ok.shape[1:], dtype=dtype)
+        return mask.masked_fill_(~ok[:, None], torch.finfo(dtype).min).to(device)
+
+    types = set(getattr(config, "layer_types", None) or [])
+    window = getattr(config, "sliding_window", None)
+    if not window or types == {"full_attention"}:
+        return additive(allowed)
+    eye = torch.eye(allowed.shape[-1], dtype=torch.bool)
+    slid = allowed & ((pos[:, :, None] - pos[:, None, :] < window) | eye)
+    if "sliding_attention" in types and len(types) > 1:
+        return {t: additive(slid if t == "sliding_attention" else allowed) for t in types}
+    return additive(slid)
+
+
+def _reward(scores: list[float], gold: int, kind: str) -> float:
+    if kind == "exact":
+        return float(scores[0])
+    best = max(range(len(scores)), key=lambda k: scores[k])
+    return float(best == gold)
+
+
+def _first_change(path) -> int:
+    return next((i for i, d in enumerate(path) if d != 1), len(path))
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

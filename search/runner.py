@@ -1,0 +1,173 @@
+"""``drllm search``: run MCTS over decision vectors for many examples, trees advancing in lockstep.
+
+A window of ``batch_size`` examples is searched at once: every round, each unfinished tree proposes one
+path, one batched evaluator call scores them all, and each finished example is written (and flushed)
+to the output at once, then replaced by the next example. Each tree is seeded from (seed, example id),
+so an example's result does not depend on the batch size, its neighbours or a resume.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from drllm.router import RoutedModel, load_tokenizer
+
+from .evaluator import PathEvaluator
+from .mcts import PathSearch, SearchConfig, tree_seed
+from .output import SearchOutput, read_rows
+from .tasks import get_task
+
+
+@dataclass
+class _Active:
+    prepared: object
+    tree: PathSearch
+    path: tuple | None = None
+
+
+def run_search(model, task: str, output: str, split: str = "train", limit: int | None = None,
+               simulations: int = 50, batch_size: int = 8, scoring: str | None = None, style: str = "plain",
+               seed: int = 0, data_dir: str | None = None, tokenizer=None, max_rows: int = 64,
+               max_new_tokens: int = 32, progress: bool = True) -> dict:
+    """Search paths for the examples of a task and append them to ``output`` (resumable).
+
+    Args:
+        model: a model name or path (``"smollm2-135m-instruct"`` for the embedded default) or a RoutedModel.
+        task: task name (``arc_easy``, ``gsm8k``, ``math:3``, ``jsonl:PATH``, ...).
+        output: the JSONL file to append to; examples already in it are skipped.
+        split: dataset split to search on.
+        limit: at most this many examples (the first ones of the split).
+        simulations: MCTS simulations per example.
+        batch_size: examples searched in lockstep (rows per evaluator call).
+        scoring: reward; the task's default when None.
+        style: prompt style, ``plain`` or ``chat``.
+        seed: base seed; each tree uses a seed derived from (seed, example id).
+        data_dir: benchmark data folder (default: ``$DRLLM_DATA`` or ``../shared/data``).
+        tokenizer: the tokenizer, when ``model`` is a RoutedModel.
+        max_rows: rows per forward pass of the evaluator.
+        max_new_tokens: decoding budget of the ``generate`` scoring.
+        progress: show a progress bar.
+
+    Returns:
+        The summary (see ``summarize``) over every example in the output file for this task.
+    """
+    if batch_size < 1 or simulations < 0:
+        raise ValueError(f"batch_size must be >= 1 and simulations >= 0, got {batch_size} and {simulations}")
+    task_obj = get_task(task)
+    examples = task_obj.load(split, data_dir=data_dir, limit=limit)
+    routed, tokenizer, model_name = _load(model, tokenizer)
+    evaluator = PathEvaluator(routed, tokenizer, task_obj, scoring, style, max_rows, max_new_tokens)
+    config = SearchConfig(simulations=simulations)
+    with SearchOutput(output) as out:
+        todo = [ex for ex in examples if str(ex.id) not in out.done]
+        bar = _progress(len(examples), len(examples) - len(todo), progress)
+        meta = {"task": task, "model": model_name, "scoring": evaluator.scoring, "style": style}
+        _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar)
+        bar.close()
+    rows = [r for r in read_rows(output) if r.get("task") == task]
+    summary = summarize(rows)
+    if progress:
+        print(format_summary(summary))
+    return summary
+
+
+def _load(model, tokenizer):
+    if isinstance(model, RoutedModel):
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer together with a RoutedModel")
+        return model, tokenizer, str(getattr(model.model.config, "name_or_path", "") or "model")
+    return RoutedModel.from_pretrained(model), load_tokenizer(model), str(model)
+
+
+def _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar) -> None:
+    queue = list(reversed(todo))
+    active: list[_Active] = []
+    start, improved, finished = time.perf_counter(), 0, 0
+    L = evaluator.routed.num_layers
+    while queue or active:
+        while queue and len(active) < batch_size:
+            ex = queue.pop()
+            prepared = evaluator.prepare([ex])[0]
+            active.append(_Active(prepared, PathSearch(L, tree_seed(seed, str(ex.id)), config)))
+        for a in active:
+            a.path = a.tree.request()
+        asking = [a for a in active if a.path is not None]
+        if asking:
+            rewards = evaluator.rewards([(a.prepared, a.path) for a in asking])
+            for a, r in zip(asking, rewards):
+                a.tree.give(r)
+        for a in [a for a in active if a.tree.done]:
+            row = _row(a, meta, L)
+            out.write(row)
+            evaluator.release(a.prepared)
+            active.remove(a)
+            finished += 1
+            improved += int(row["layers"] < L and row["reward"] >= 1.0 or row["reward"] > row["base_reward"])
+        rate = evaluator.paths_evaluated / max(time.perf_counter() - start, 1e-9)
+        bar.n = bar.total - len(queue) - len(active)
+        bar.set_postfix(paths_per_s=f"{rate:.1f}", improved=f"{improved / max(finished, 1):.0%}", refresh=False)
+        bar.refresh()
+
+
+def _row(a: _Active, meta: dict, num_layers: int) -> dict:
+    res = a.tree.result()
+    return {
+        "id": str(a.prepared.example.id),
+        "task": meta["task"],
+        "model": meta["model"],
+        "prompt": a.prepared.prompt,
+        "target": a.prepared.target,
+        "decisions": list(res.decisions),
+        "layers": int(res.layers),
+        "reward": float(res.reward),
+        "base_reward": float(res.base_reward),
+        "correct_paths": [list(p) for p in res.correct_paths],
+        "simulations": int(res.simulations),
+        "evaluations": int(res.evaluations),
+        "scoring": meta["scoring"],
+        "style": meta["style"],
+        "num_layers": num_layers,
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Base accuracy, share with a shorter correct path, share of base-wrong examples fixed, layers saved."""
+    n = len(rows)
+    if n == 0:
+        return {"examples": 0}
+    L = rows[0].get("num_layers") or len(rows[0]["decisions"])
+    right = [r for r in rows if r["base_reward"] >= 1.0]
+    wrong = [r for r in rows if r["base_reward"] < 1.0]
+    shorter = [r for r in right if r["reward"] >= 1.0 and r["layers"] < L]
+    fixed = [r for r in wrong if r["reward"] >= 1.0]
+    return {
+        "examples": n,
+        "num_layers": L,
+        "base_accuracy": len(right) / n,
+        "path_accuracy": sum(r["reward"] >= 1.0 for r in rows) / n,
+        "shorter_when_right": len(shorter) / max(len(right), 1),
+        "fixed_when_wrong": len(fixed) / max(len(wrong), 1),
+        "mean_layers": sum(r["layers"] for r in rows) / n,
+        "mean_layers_saved": sum(L - r["layers"] for r in rows) / n,
+        "mean_evaluations": sum(r.get("evaluations", 0) for r in rows) / n,
+    }
+
+
+def format_summary(s: dict) -> str:
+    """The summary as a few readable lines."""
+    if not s.get("examples"):
+        return "no examples searched"
+    return (
+        f"searched {s['examples']} examples on a {s['num_layers']}-layer model\n"
+        f"  base accuracy          {s['base_accuracy']:.1%}   (accuracy with the found paths: {s['path_accuracy']:.1%})\n"
+        f"  shorter correct path   {s['shorter_when_right']:.1%} of base-correct examples\n"
+        f"  fixed                  {s['fixed_when_wrong']:.1%} of base-wrong examples\n"
+        f"  mean layers            {s['mean_layers']:.2f} ({s['mean_layers_saved']:+.2f} saved per example)"
+    )
+
+
+def _progress(total: int, done: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="search", unit="ex", disable=not enabled, dynamic_ncols=True)

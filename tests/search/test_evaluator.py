@@ -1,0 +1,110 @@
+"""The batched path evaluator agrees with scoring each row alone through RoutedModel."""
+
+import json
+import random
+
+import pytest
+import torch
+from tiny_models import tiny_model, tiny_tokenizer
+
+from drllm.router import RoutedModel, encode_prompt
+from drllm.search.evaluator import PathEvaluator
+from drllm.search.tasks import get_task
+
+PATHS = [(1, 1, 1, 1), (1, 0, 1, 1), (1, 1, 2, 1), (0, 2, 1, 0), (1, 1, 1, 0), (2, 2, 2, 2)]
+
+
+@pytest.fixture
+def choice_task(tmp_path):
+    rows = [
+        {"id": f"q{k}", "question": q, "choices": c, "answer": a}
+        for k, (q, c, a) in enumerate([
+            ("what is red?", ["a color", "a dog", "seven"], 0),
+            ("is ice cold?", ["yes", "no"], 1),
+            ("pick b", ["aa", "bb", "cc", "dd"], 2),
+        ])
+    ]
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return get_task(f"jsonl:{path}")
+
+
+@pytest.fixture
+def exact_task(tmp_path):
+    rows = [{"id": f"e{k}", "prompt": f"say {w}:", "target": f" {w}"} for k, w in enumerate(["ab", "xyz", "q"])]
+    path = tmp_path / "ex.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return get_task(f"jsonl:{path}")
+
+
+def _alone_loglik(routed, tok, prompt, cont, path):
+    p = encode_prompt(tok, prompt)
+    c = tok(cont, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + c])
+    with torch.no_grad():
+        logp = routed(ids, decisions=torch.tensor(path)).logits.log_softmax(-1)[0]
+    return sum(float(logp[len(p) - 1 + t, c[t]]) for t in range(len(c)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text", "mistral", "phi3"])
+def test_choice_scores_match_rows_alone(arch, choice_task):
+    routed = RoutedModel(tiny_model(arch))
+    tok = tiny_tokenizer()
+    ev = PathEvaluator(routed, tok, choice_task, max_rows=4)
+    prepared = ev.prepare(choice_task.load())
+    rows = [(p, path) for p in prepared for path in PATHS]
+    random.Random(0).shuffle(rows)
+    rewards = ev.rewards(rows)
+    scores = ev.scores(rows)
+    for (p, path), reward, score in zip(rows, rewards, scores):
+        conts = choice_task.continuations(p.example, "mc-loglik")
+        alone = [_alone_loglik(routed, tok, p.prompt, c, path) for c in conts]
+        assert score == pytest.approx(alone, abs=1e-4)
+        assert reward == float(max(range(len(alone)), key=alone.__getitem__) == p.gold)
+
+
+def test_prefix_reuse_changes_nothing(choice_task):
+    routed = RoutedModel(tiny_model("qwen3"))
+    tok = tiny_tokenizer()
+    rows_of = lambda ev: [(p, path) for p in ev.prepare(choice_task.load()) for path in PATHS]  # noqa: E731
+    with_reuse = PathEvaluator(routed, tok, choice_task, max_rows=5)
+    without = PathEvaluator(routed, tok, choice_task, max_rows=5, reuse_prefix=False)
+    assert with_reuse.rewards(rows_of(with_reuse)) == without.rewards(rows_of(without))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_teacher_forced_reward_equals_greedy_generation(arch, exact_task):
+    tok = tiny_tokenizer()
+    for seed in range(2):
+        routed = RoutedModel(tiny_model(arch, seed=seed))
+        ev = PathEvaluator(routed, tok, exact_task, max_rows=8)
+        prepared = ev.prepare(exact_task.load())
+        rows = [(p, path) for p in prepared for path in PATHS]
+        rewards = ev.rewards(rows)
+        for (p, path), reward in zip(rows, rewards):
+            prompt = encode_prompt(tok, p.prompt)
+            target = tok(p.target, add_special_tokens=False)["input_ids"]
+            out = routed.generate(torch.tensor([prompt]), decisions=list(path), max_new_tokens=len(target),
+                                  min_new_tokens=len(target), do_sample=False, pad_token_id=0)
+            assert reward == float(out[0, len(prompt):].tolist() == target)
+
+
+def test_teacher_forced_positive_case(exact_task):
+    """Make a target the model's own greedy output, so the reward must be 1 for that path."""
+    tok = tiny_tokenizer()
+    routed = RoutedModel(tiny_model("llama"))
+    ex = exact_task.load()[0]
+    prompt = exact_task.prompt(ex)
+    ids = torch.tensor([encode_prompt(tok, prompt)])
+    path = (1, 0, 2, 1)
+    out = routed.generate(ids, decisions=list(path), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    own = tok.decode(out[0, ids.shape[1]:])
+    ex_own = type(ex)(id=ex.id, question=ex.question, answer=own, meta=ex.meta)
+    ev = PathEvaluator(routed, tok, exact_task)
+    task_target = exact_task.target
+    exact_task.target = lambda e, *a, **k: own  # the target is exactly what greedy decoding produces
+    try:
+        prepared = ev.prepare([ex_own])
+        assert ev.rewards([(prepared[0], path)]) == [1.0]
+    finally:
+        exact_task.target = task_target

@@ -1,0 +1,147 @@
+"""Tests of the teacher-forced feature cache and of the cached vs online training modes."""
+
+import json
+import random
+
+import pytest
+import tokenizers
+import torch
+import transformers
+from drllm.router import RoutedModel
+from drllm.train.data import RouterDataModule
+from drllm.train.features import FeatureSet, build_features, cache_key, online_pooled
+from drllm.train.module import RouterModule
+from tiny_models import tiny_model
+
+WORDS = [f"w{i}" for i in range(4, 96)]
+
+
+def tiny_tokenizer():
+    """A whitespace word-level tokenizer whose ids fit the tiny models' vocabulary (pad id 0)."""
+    vocab = {"[PAD]": 0, "[BOS]": 1, "[EOS]": 2, "[UNK]": 3, **{w: i for i, w in enumerate(WORDS, start=4)}}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]"
+    )
+    tok.padding_side = "left"
+    return tok
+
+
+def synthetic_rows(n=20, num_layers=4, seed=0):
+    """Rows as the search writes them, with prompts of 2 to 12 words and mixed decisions."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
+        decisions = [rng.choice([0, 1, 1, 1, 2]) for _ in range(num_layers)]
+        rows.append(
+            {
+                "id": f"ex{i}",
+                "task": "toy",
+                "model": "tiny",
+                "prompt": prompt,
+                "target": "w5",
+                "decisions": decisions,
+                "layers": sum(decisions),
+                "reward": 1.0,
+                "base_reward": 0.0,
+                "correct_paths": [decisions],
+                "simulations": 5,
+            }
+        )
+    return rows
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def routed():
+    return RoutedModel.from_pretrained(tiny_model("llama"))
+
+
+def _count_calls(monkeypatch, routed):
+    calls = []
+    original = routed.layer_inputs
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(routed, "layer_inputs", counting)
+    return calls
+
+
+def test_features_shapes_and_row_order(routed):
+    tok, rows = tiny_tokenizer(), synthetic_rows(7)
+    features = build_features(routed, tok, rows, num_windows=4, batch_size=3, progress=False)
+    assert features.pooled.shape == (7, 4, 4, 32) and features.pooled.dtype == torch.float32
+    assert features.valid.shape == (7, 4, 4) and features.valid.dtype == torch.bool
+    assert features.ids == [r["id"] for r in rows]
+    assert features.decisions.tolist() == [r["decisions"] for r in rows]
+    # each row equals the same row computed alone (length-sorted batching does not reorder rows)
+    for i in (0, 5):
+        pooled, valid = online_pooled(routed, tok, [rows[i]["prompt"]], features.decisions[i : i + 1], 4)
+        torch.testing.assert_close(features.pooled[i], pooled[0], atol=1e-4, rtol=1e-4)
+        assert torch.equal(features.valid[i], valid[0])
+
+
+def test_cache_is_reused_and_keyed_by_windows(routed, tmp_path, monkeypatch):
+    tok, rows = tiny_tokenizer(), synthetic_rows(6)
+    calls = _count_calls(monkeypatch, routed)
+    first = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path, progress=False)
+    assert len(calls) == 2
+    second = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path, progress=False)
+    assert len(calls) == 2, "the second build must read the cache, not run the model"
+    assert torch.equal(first.pooled, second.pooled) and first.ids == second.ids
+    assert not list(tmp_path.glob("*.tmp"))
+    assert cache_key(routed, rows, 4) != cache_key(routed, rows, 2)
+    changed = [dict(r) for r in rows]
+    changed[0]["decisions"] = [0, 1, 1, 1] if rows[0]["decisions"] != [0, 1, 1, 1] else [1, 1, 1, 1]
+    assert cache_key(routed, rows, 4) != cache_key(routed, changed, 4)
+    build_features(routed, tok, rows, 2, batch_size=4, cache_dir=tmp_path, progress=False)
+    assert len(calls) == 4 and len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
+def test_feature_set_round_trip(routed, tmp_path):
+    features = build_features(routed, tiny_tokenizer(), synthetic_rows(3), 3, progress=False)
+    features.save(tmp_path / "f.safetensors")
+    loaded = FeatureSet.load(tmp_path / "f.safetensors")
+    assert loaded.ids == features.ids and torch.equal(loaded.valid, features.valid)
+    assert torch.equal(loaded.pooled, features.pooled) and torch.equal(loaded.decisions, features.decisions)
+
+
+def _modules(routed, rows, tok):
+    features = build_features(routed, tok, rows, 4, batch_size=len(rows), progress=False)
+    counts = RouterDataModule(features=features, val_fraction=0.2).class_counts()
+    routers = routed.add_routers(num_windows=4, hidden_size=16, seed=0)
+    cached = RouterModule(routers, counts)
+    online = RouterModule(routers, counts, routed=routed, tokenizer=tok)
+    return features, cached, online
+
+
+def test_cached_and_online_give_the_same_loss(routed):
+    tok, rows = tiny_tokenizer(), synthetic_rows(8)
+    features, cached, online = _modules(routed, rows, tok)
+    batch_cached = {"pooled": features.pooled, "valid": features.valid, "decisions": features.decisions}
+    batch_online = {"prompt": [r["prompt"] for r in rows], "decisions": features.decisions}
+    loss_cached, logits_cached = cached.batch_loss(batch_cached)
+    loss_online, logits_online = online.batch_loss(batch_online)
+    torch.testing.assert_close(logits_cached, logits_online, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_cached, loss_online, atol=1e-6, rtol=1e-5)
+
+
+def test_only_router_parameters_get_gradients(routed):
+    tok, rows = tiny_tokenizer(), synthetic_rows(5)
+    _, _, online = _modules(routed, rows, tok)
+    loss, _ = online.batch_loss(
+        {"prompt": [r["prompt"] for r in rows], "decisions": torch.tensor([r["decisions"] for r in rows])}
+    )
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in routed.model.parameters())
+    assert all(p.grad is not None for p in online.routers.parameters())
+    # the frozen model is not a submodule of the LightningModule: checkpoints hold router weights only
+    assert all(k.startswith("routers.") for k in online.state_dict())

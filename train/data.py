@@ -1,0 +1,116 @@
+"""The Lightning data module for router training: a seeded train/validation split by example.
+
+Two modes share the split and the batching:
+
+- cached: items are ``{"pooled" [L, W, d], "valid" [L, W], "decisions" [L]}`` from a
+  :class:`~drllm.train.features.FeatureSet`; training never runs the base model.
+- online: items are ``{"prompt": str, "decisions" [L]}``; the module runs the frozen model each step.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .features import FeatureSet
+
+
+class _CachedItems(Dataset):
+    """Indexable view of a FeatureSet's examples."""
+
+    def __init__(self, features: FeatureSet, indices: list[int]):
+        self.features, self.indices = features, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        i, f = self.indices[k], self.features
+        return {"pooled": f.pooled[i], "valid": f.valid[i], "decisions": f.decisions[i]}
+
+
+class _OnlineItems(Dataset):
+    """Prompts and labelled decisions, for a module that runs the base model itself."""
+
+    def __init__(self, rows: list[dict], indices: list[int]):
+        self.rows, self.indices = rows, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        row = self.rows[self.indices[k]]
+        return {"prompt": row["prompt"], "decisions": torch.tensor(row["decisions"], dtype=torch.long)}
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded random split of ``range(n)`` into (train, val); at least one of each when ``n >= 2``."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction is {val_fraction}, expected a value in [0, 1)")
+    if n < 1:
+        raise ValueError("there are no examples to split")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = 0 if n < 2 else min(n - 1, max(1, round(n * val_fraction)))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+class RouterDataModule(L.LightningDataModule):
+    """Train/validation loaders over cached features or over prompts (online mode).
+
+    Args:
+        features: a FeatureSet (cached mode).
+        rows: rows from ``read_paths`` (online mode; give ``features=None``).
+        batch_size: examples per batch.
+        val_fraction: share of examples held out for validation (at least one when N >= 2).
+        seed: seed of the split.
+    """
+
+    def __init__(
+        self,
+        features: FeatureSet | None = None,
+        rows: list[dict] | None = None,
+        batch_size: int = 16,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if (features is None) == (rows is None):
+            raise ValueError("give exactly one of features (cached mode) or rows (online mode)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.features, self.rows, self.batch_size = features, rows, batch_size
+        n = len(features) if features is not None else len(rows)
+        self.train_indices, self.val_indices = split_indices(n, val_fraction, seed)
+        if not self.val_indices:
+            warnings.warn("only one example: validating on the training example", stacklevel=2)
+            self.val_indices = list(self.train_indices)
+
+    @property
+    def online(self) -> bool:
+        """Whether batches carry prompts for the module to run through the model."""
+        return self.rows is not None
+
+    def _decisions(self, indices: list[int]) -> torch.Tensor:
+        if self.features is not None:
+            return self.features.decisions[indices]
+        return torch.tensor([self.rows[i]["decisions"] for i in indices], dtype=torch.long)
+
+    def class_counts(self) -> torch.Tensor:
+        """Counts of skip / execute / repeat ``[3]`` over every layer of the training split."""
+        return torch.bincount(self._decisions(self.train_indices).flatten(), minlength=3)
+
+    def _items(self, indices: list[int]) -> Dataset:
+        if self.features is not None:
+            return _CachedItems(self.features, indices)
+        return _OnlineItems(self.rows, indices)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches (the shuffle follows Lightning's seed)."""
+        return DataLoader(self._items(self.train_indices), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in a fixed order."""
+        return DataLoader(self._items(self.val_indices), batch_size=self.batch_size, shuffle=False)

@@ -1,0 +1,161 @@
+"""Teacher-forced router inputs: the window-pooled hidden states entering each layer, cached on disk.
+
+While training, the frozen model follows each example's labelled path, so what router ``i`` reads is fixed
+per example: one forward per example gives ``pooled [L, W, d]`` and ``valid [L, W]``. ``build_features``
+computes them for every row once and caches them as ``<cache_dir>/<key>.safetensors``, where the key hashes
+the model's fingerprint and weight probe, W, and every row's id, prompt and decisions; the file is written
+to a temporary name and renamed, so an interrupted build is never read back. ``online_pooled`` is the same
+computation for one batch, without a cache (the online training mode).
+
+Prompts are tokenized as the search tokenizes them: ``tokenizer(prompts, padding=True,
+add_special_tokens=False)`` with left padding (the prompt text already carries any BOS or chat template).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    """Pooled router inputs for N examples (all on CPU).
+
+    Attributes:
+        pooled: ``[N, L, W, d]`` float32 window means of the hidden states entering each layer.
+        valid: ``[N, L, W]`` bool, False for windows past a short prompt's clamped window count.
+        decisions: ``[N, L]`` long labelled paths (0 skip, 1 execute, 2 repeat).
+        ids: the N example ids, in row order.
+    """
+
+    pooled: torch.Tensor
+    valid: torch.Tensor
+    decisions: torch.Tensor
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_windows(self) -> int:
+        """W, the number of windows per layer."""
+        return self.pooled.shape[2]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to ``path`` (safetensors) through a temporary file, so a partial file never appears."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "pooled": self.pooled.contiguous(),
+            "valid": self.valid.contiguous(),
+            "decisions": self.decisions.contiguous(),
+        }
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp), metadata={"ids": json.dumps(self.ids), "format": str(FORMAT_VERSION)})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FeatureSet:
+        """Read a file written by :meth:`save`."""
+        with safe_open(str(path), framework="pt") as f:
+            ids = json.loads(f.metadata()["ids"])
+            tensors = {k: f.get_tensor(k) for k in ("pooled", "valid", "decisions")}
+        return cls(ids=ids, **tensors)
+
+
+def cache_key(routed, rows: list[dict], num_windows: int) -> str:
+    """sha256 over the model fingerprint and weight probe, W and every row's id, prompt and decisions."""
+    digest = hashlib.sha256()
+    header = {
+        "format": FORMAT_VERSION,
+        "fingerprint": routed.fingerprint,
+        "weight_probe": list(routed.weight_probe),
+        "num_windows": int(num_windows),
+    }
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for row in rows:
+        digest.update(json.dumps([str(row["id"]), row["prompt"], list(row["decisions"])]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], device: torch.device | str = "cpu"):
+    """``(input_ids, attention_mask)`` for prompts, left-padded, no added special tokens."""
+    batch = tokenizer(
+        list(prompts), return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left"
+    )
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+def online_pooled(routed, tokenizer, prompts: list[str], decisions: torch.Tensor, num_windows: int):
+    """Pooled inputs of every router for one batch, the model following ``decisions`` ``[B, L]``.
+
+    Returns:
+        ``(pooled [B, L, W, d] float32, valid [B, L, W] bool)`` on the model's device.
+    """
+    input_ids, attention_mask = tokenize_prompts(tokenizer, prompts, routed.device)
+    decisions = torch.as_tensor(decisions, dtype=torch.long).to(routed.device)
+    return routed.layer_inputs(input_ids, attention_mask, decisions=decisions, num_windows=num_windows)
+
+
+def build_features(
+    routed,
+    tokenizer,
+    rows: list[dict],
+    num_windows: int,
+    batch_size: int = 8,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Teacher-forced pooled inputs for every row, reused from ``cache_dir`` when the key matches.
+
+    Args:
+        routed: the ``RoutedModel`` (frozen) whose layers the routers will route.
+        tokenizer: its tokenizer.
+        rows: rows from :func:`drllm.train.paths.read_paths` (``id``, ``prompt``, ``decisions``).
+        num_windows: W.
+        batch_size: prompts per forward; prompts are grouped by token length to limit padding.
+        cache_dir: folder of cached feature files; None disables caching.
+        progress: show a tqdm bar.
+
+    Returns:
+        The :class:`FeatureSet`, in row order.
+    """
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{cache_key(routed, rows, num_windows)}.safetensors"
+        if path.is_file():
+            return FeatureSet.load(path)
+    features = _compute(routed, tokenizer, rows, num_windows, batch_size, progress)
+    if path is not None:
+        features.save(path)
+    return features
+
+
+def _compute(routed, tokenizer, rows, num_windows, batch_size, progress) -> FeatureSet:
+    """Run the frozen model over the rows in batches of similar length; results back in row order."""
+    lengths = [
+        len(ids) for ids in tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    ]
+    order = sorted(range(len(rows)), key=lambda i: lengths[i])
+    decisions = torch.tensor([r["decisions"] for r in rows], dtype=torch.long)  # [N, L]
+    pooled, valid = [None] * len(rows), [None] * len(rows)
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc="router features", disable=not progress, unit="batch"):
+        chunk = order[start : start + batch_size]
+        p, v = online_pooled(
+            routed, tokenizer, [rows[i]["prompt"] for i in chunk], decisions[chunk], num_windows
+        )
+        for j, i in enumerate(chunk):
+            pooled[i], valid[i] = p[j].float().cpu(), v[j].cpu()
+    return FeatureSet(torch.stack(pooled), torch.stack(valid), decisions, [str(r["id"]) for r in rows])

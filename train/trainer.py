@@ -1,0 +1,189 @@
+"""``train_routers``: from a search's paths file to saved routers and their validation metrics.
+
+    metrics = train_routers("smollm2-135m-instruct", "runs/arc/paths.jsonl", "runs/arc/routers")
+
+Steps: load the model and tokenizer (or take them), read and check the paths, build (or reuse) the
+teacher-forced feature cache, attach fresh seeded routers, train them with Lightning (checkpoints in
+``<output>/checkpoints``, resumed from ``last.ckpt``), then save the best epoch's routers as
+``router_config.json`` + ``routers.safetensors`` and its validation metrics as ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from drllm.router import RoutedModel, load_tokenizer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from .data import RouterDataModule
+from .features import build_features
+from .module import RouterModule
+from .paths import read_paths
+
+MONITOR = "val/macro_f1"
+
+
+def train_routers(
+    model: str | RoutedModel,
+    paths: str,
+    output: str,
+    epochs: int = 25,
+    num_windows: int = 8,
+    hidden_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    batch_size: int = 16,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    logger: str | None = "csv",
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    precision: str = "32-true",
+    online: bool = False,
+    cache_dir: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    tokenizer=None,
+) -> dict:
+    """Train routers on the paths found by search and save the best epoch's routers in ``output``.
+
+    Args:
+        model: a model name or folder (``RoutedModel.from_pretrained``), or an already built ``RoutedModel``.
+        paths: the search's JSONL output.
+        output: folder for routers, ``metrics.json``, checkpoints, logs and the feature cache.
+        epochs: training epochs (a resumed run continues up to this many in all).
+        num_windows: W, windows pooled per prompt.
+        hidden_size: router bottleneck width.
+        lr: AdamW learning rate (warmup then cosine decay).
+        weight_decay: AdamW weight decay.
+        batch_size: examples per batch (features are built in batches of the same size).
+        val_fraction: share of examples held out for validation, split by example with ``seed``.
+        seed: seed of the split, the routers' initial weights and the shuffling.
+        logger: ``"csv"``, ``"wandb"`` (offline without an API key) or ``None``/``"none"``.
+        accelerator: Lightning accelerator.
+        devices: Lightning devices.
+        strategy: Lightning strategy.
+        precision: Lightning precision.
+        online: run the frozen model every step instead of caching its pooled hidden states.
+        cache_dir: feature cache folder; defaults to ``<output>/feature_cache``.
+        resume: continue from ``<output>/checkpoints/last.ckpt`` when it exists.
+        progress: show progress bars.
+        tokenizer: the tokenizer, required when ``model`` is a ``RoutedModel``.
+
+    Returns:
+        The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``).
+    """
+    routed, tokenizer = _load(model, tokenizer, accelerator)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = read_paths(paths, routed.num_layers)
+    routed.model.requires_grad_(False)
+    if online:
+        data = RouterDataModule(rows=rows, batch_size=batch_size, val_fraction=val_fraction, seed=seed)
+    else:
+        cache_dir = cache_dir or output / "feature_cache"
+        features = build_features(routed, tokenizer, rows, num_windows, batch_size, cache_dir, progress)
+        data = RouterDataModule(
+            features=features, batch_size=batch_size, val_fraction=val_fraction, seed=seed
+        )
+    L.seed_everything(seed, verbose=False)
+    routers = routed.add_routers(num_windows, hidden_size, seed).train()
+    frozen = {"routed": routed, "tokenizer": tokenizer} if online else {}
+    module = RouterModule(routers, data.class_counts().tolist(), lr=lr, weight_decay=weight_decay, **frozen)
+    checkpoint, latest = _checkpoints(output / "checkpoints")
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=_logger(logger, output),
+        callbacks=[checkpoint, latest],
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        default_root_dir=str(output),
+    )
+    last = output / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
+    return _export(routed, checkpoint, last, output)
+
+
+def _load(model, tokenizer, accelerator: str):
+    """The ``RoutedModel`` and tokenizer: taken as given, or loaded by name (on the GPU when there is one)."""
+    if isinstance(model, RoutedModel):
+        if tokenizer is None:
+            raise ValueError("train_routers got a RoutedModel without its tokenizer; pass tokenizer=")
+        return model, tokenizer
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a name, a folder or a RoutedModel, got {type(model).__name__}")
+    routed = RoutedModel.from_pretrained(str(model))
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        routed.to("cuda")
+    return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model))
+
+
+def _checkpoints(folder: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The best epoch by validation macro F1, and ``last.ckpt`` rewritten after every epoch.
+
+    Both save at the end of the training epoch (after validation), so ``last.ckpt`` resumes at the next
+    epoch. ``save_last=True`` is not used: Lightning 2.6 writes ``last.ckpt`` only in epochs that improve
+    the monitored metric, so a resumed run would repeat epochs.
+    """
+    best = ModelCheckpoint(
+        dirpath=folder,
+        monitor=MONITOR,
+        mode="max",
+        save_top_k=1,
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=True,
+    )
+    latest = ModelCheckpoint(
+        dirpath=folder,
+        monitor=None,
+        save_top_k=1,
+        filename="last",
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    return best, latest
+
+
+def _logger(kind: str | None, output: Path):
+    """A CSV or Weights & Biases logger writing under ``output`` (or False for none)."""
+    if kind in (None, False, "none", ""):
+        return False
+    if kind == "csv":
+        return CSVLogger(str(output), name="logs")
+    if kind == "wandb":
+        offline = os.environ.get("WANDB_MODE") == "offline" or not os.environ.get("WANDB_API_KEY")
+        return WandbLogger(project="drllm", save_dir=str(output), offline=offline)
+    raise ValueError(f"logger must be 'csv', 'wandb' or 'none', got {kind!r}")
+
+
+def _export(routed: RoutedModel, checkpoint: ModelCheckpoint, last: Path, output: Path) -> dict:
+    """Load the best checkpoint's routers, save them and ``metrics.json``; return the metrics."""
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    if not best.is_file():
+        best = last
+    if not best.is_file():
+        raise RuntimeError(f"training wrote no checkpoint in {last.parent}")
+    state = torch.load(best, map_location="cpu", weights_only=False)
+    prefix = "routers."
+    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    routed.routers.load_state_dict(weights)
+    routed.save_pretrained(output)
+    routed.load_routers(output)  # checks the saved files against the model; routers on its device, eval
+    metrics = dict(state.get("drllm_val_metrics") or {})
+    tmp = output / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, output / "metrics.json")
+    return metrics
