@@ -27,6 +27,13 @@ from .routers import RouterConfig, Routers, window_pool
 from .surgery import unwrap_layers, wrap_layers
 
 
+def padded_positions(attention_mask):
+    """Position ids that restart at 0 on each row's first real token (left padding), as generate makes them."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return None
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 class RoutedModel(nn.Module):
     """A causal LM whose decoder layers are skipped, executed or repeated per input (see module docstring)."""
 
@@ -196,10 +203,22 @@ class RoutedModel(nn.Module):
             decisions = torch.ones(self.num_layers, dtype=torch.long)
         with self.forced(decisions, attention_mask, batch) as state:
             state.record = {}
-            self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                  position_ids=padded_positions(attention_mask))
             recorded = [state.record[i] for i in range(self.num_layers)]
         pooled = [window_pool(h, attention_mask, num_windows) for h in recorded]
         return torch.stack([p for p, _ in pooled], 1), torch.stack([v for _, v in pooled], 1)
+
+    @torch.no_grad()
+    def route(self, input_ids, attention_mask=None) -> torch.Tensor:
+        """The routers' decisions ``[B, L]`` for prompts (one backbone pass, no LM head), at ``self.budget``."""
+        if self.routers is None:
+            raise ValueError("this model has no routers; call add_routers() or load_routers() first")
+        batch = self._check_inputs(input_ids, attention_mask, None)
+        with self.forced(None, attention_mask, batch):
+            self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                  position_ids=padded_positions(attention_mask))
+        return self.last_decisions
 
     def _check_inputs(self, input_ids, attention_mask, inputs_embeds) -> int:
         ids = input_ids if input_ids is not None else inputs_embeds

@@ -7,8 +7,8 @@ the model's fingerprint and weight probe, W, and every row's id, prompt and deci
 to a temporary name and renamed, so an interrupted build is never read back. ``online_pooled`` is the same
 computation for one batch, without a cache (the online training mode).
 
-Prompts are tokenized as the search tokenizes them: ``tokenizer(prompts, padding=True,
-add_special_tokens=False)`` with left padding (the prompt text already carries any BOS or chat template).
+Prompts are tokenized as the search tokenizes them (``drllm.router.encode_prompt``: special tokens are
+added unless the text already starts with BOS), left-padded.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+
+from drllm.router import batch_prompts, encode_prompt
 
 FORMAT_VERSION = 1
 
@@ -90,11 +92,8 @@ def cache_key(routed, rows: list[dict], num_windows: int) -> str:
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], device: torch.device | str = "cpu"):
-    """``(input_ids, attention_mask)`` for prompts, left-padded, no added special tokens."""
-    batch = tokenizer(
-        list(prompts), return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left"
-    )
-    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    """Left-padded ``(input_ids, attention_mask)``, encoded exactly as the search and generation encode prompts."""
+    return batch_prompts(tokenizer, list(prompts), device)
 
 
 def online_pooled(routed, tokenizer, prompts: list[str], decisions: torch.Tensor, num_windows: int):
@@ -145,7 +144,7 @@ def build_features(
 def _compute(routed, tokenizer, rows, num_windows, batch_size, progress) -> FeatureSet:
     """Run the frozen model over the rows in batches of similar length; results back in row order."""
     lengths = [
-        len(ids) for ids in tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+        len(encode_prompt(tokenizer, r["prompt"])) for r in rows
     ]
     order = sorted(range(len(rows)), key=lambda i: lengths[i])
     decisions = torch.tensor([r["decisions"] for r in rows], dtype=torch.long)  # [N, L]

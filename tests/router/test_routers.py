@@ -1,0 +1,199 @@
+"""Routers: pooling, decisions made once at prefill, budget, save/load and refusal of mismatched files."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import prompts, tiny_model
+
+from drllm.router import RoutedModel, Routers, UnsupportedArchitectureError, window_pool
+from drllm.router.routers import CONFIG_NAME, WEIGHTS_NAME
+
+
+def _naive_pool(hidden, mask, w):
+    rows, valid = [], []
+    for b in range(hidden.shape[0]):
+        real = hidden[b][mask[b].bool()]
+        n = real.shape[0]
+        k = min(w, n)
+        means = [real[[r for r in range(n) if r * k // n == j]].mean(0) for j in range(k)]
+        means += [torch.zeros(hidden.shape[-1])] * (w - k)
+        rows.append(torch.stack(means))
+        valid.append([True] * k + [False] * (w - k))
+    return torch.stack(rows), torch.tensor(valid)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    windows=st.integers(1, 16),
+    left=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_window_pool_matches_naive(lengths, windows, left, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = max(lengths) + 2
+    hidden = torch.randn(len(lengths), t, 5, generator=g)
+    mask = torch.zeros(len(lengths), t, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        if left:
+            mask[b, t - n :] = 1
+        else:
+            mask[b, :n] = 1
+    pooled, valid = window_pool(hidden, mask, windows)
+    ref, ref_valid = _naive_pool(hidden, mask, windows)
+    assert torch.equal(valid, ref_valid)
+    torch.testing.assert_close(pooled, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_window_pool_refuses_empty_rows_and_bad_shapes():
+    with pytest.raises(ValueError, match="no real"):
+        window_pool(torch.randn(2, 3, 4), torch.tensor([[1, 1, 1], [0, 0, 0]]), 2)
+    with pytest.raises(ValueError, match=r"\[B, T, d\]"):
+        window_pool(torch.randn(3, 4), None, 2)
+
+
+def test_routers_decide_once_at_prefill_and_reuse_for_every_token():
+    model = tiny_model("llama")
+    routed = RoutedModel(model)
+    routers = routed.add_routers(num_windows=3, hidden_size=8, seed=1)
+    calls = []
+    for r in routers.layers:
+        r.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    ids, mask = prompts(batch=2, length=7)
+    out = routed.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert len(calls) == routed.num_layers  # one router call per layer, at prefill only
+    decided = routed.last_decisions.clone()
+    # the same decisions, given explicitly, reproduce the generation exactly
+    again = routed.generate(ids, attention_mask=mask, decisions=decided, max_new_tokens=5, do_sample=False,
+                            pad_token_id=0)
+    assert torch.equal(out, again)
+    assert torch.equal(routed.route(ids, mask), decided)
+
+
+def test_router_decisions_depend_only_on_real_tokens():
+    routed = RoutedModel(tiny_model("qwen3"))
+    routed.add_routers(num_windows=4, hidden_size=8, seed=3)
+    ids, mask = prompts(batch=3, length=9, pad_rows=2)
+    batch = routed.route(ids, mask)
+    for r in range(3):
+        keep = mask[r].bool()
+        assert torch.equal(routed.route(ids[r : r + 1, keep])[0], batch[r])
+
+
+def test_budget_shifts_towards_skipping():
+    routed = RoutedModel(tiny_model("llama"))
+    routed.add_routers(num_windows=2, hidden_size=8)
+    ids, mask = prompts()
+    routed.budget = 100.0
+    assert routed.route(ids, mask).eq(0).all()
+    routed.budget = -100.0
+    assert routed.route(ids, mask).ne(0).all()
+
+
+def test_non_finite_router_logit_falls_back_to_execute():
+    routed = RoutedModel(tiny_model("llama"))
+    routers = routed.add_routers(num_windows=2, hidden_size=8)
+    with torch.no_grad():
+        routers.layers[1].net[2].bias.fill_(float("nan"))
+    ids, mask = prompts()
+    with pytest.warns(UserWarning, match="non-finite"):
+        decisions = routed.route(ids, mask)
+    assert decisions[:, 1].eq(1).all()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny_model("llama")
+    routed = RoutedModel(model)
+    routed.add_routers(num_windows=3, hidden_size=8, seed=5)
+    routed.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert config["num_layers"] == 4 and config["hidden_size"] == 32 and config["num_windows"] == 3
+    assert config["bottleneck"] == 8 and config["fingerprint"].startswith("llama-L4-d32")
+    ids, mask = prompts()
+    expected = routed.route(ids, mask)
+    other = RoutedModel.from_pretrained(routed.unwrap(), routers=tmp_path)
+    assert torch.equal(other.route(ids, mask), expected)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: tiny_model("llama", num_hidden_layers=3), "layer count 4, this model has 3"),
+        (lambda: tiny_model("llama", hidden_size=48, intermediate_size=64), "hidden size 32, this model has 48"),
+        (lambda: tiny_model("mistral"), "fingerprint llama-L4-d32-v96, this model has mistral-L4-d32-v96"),
+        (lambda: tiny_model("llama", seed=7), "trained on other weights"),
+    ],
+)
+def test_loading_routers_into_another_model_is_refused(tmp_path, make, message):
+    routed = RoutedModel(tiny_model("llama"))
+    routed.add_routers(num_windows=3, hidden_size=8)
+    routed.save_pretrained(tmp_path)
+    other = RoutedModel(make())
+    with pytest.raises(ValueError, match=message):
+        other.load_routers(tmp_path)
+    assert other.routers is None
+
+
+def test_router_files_must_be_safetensors(tmp_path):
+    routed = RoutedModel(tiny_model("llama"))
+    routed.add_routers(num_windows=3, hidden_size=8)
+    routed.save_pretrained(tmp_path)
+    torch.save(routed.routers.state_dict(), tmp_path / WEIGHTS_NAME)  # a pickle under the safetensors name
+    with pytest.raises(ValueError, match="not a valid safetensors"):
+        Routers.from_pretrained(tmp_path)
+    (tmp_path / WEIGHTS_NAME).unlink()
+    with pytest.raises(FileNotFoundError, match="safetensors only"):
+        Routers.from_pretrained(tmp_path)
+
+
+def test_window_count_mismatch_between_config_and_weights_is_refused(tmp_path):
+    routed = RoutedModel(tiny_model("llama"))
+    routed.add_routers(num_windows=3, hidden_size=8)
+    routed.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config["bottleneck"] = 16
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match"):
+        Routers.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("decisions", "message"),
+    [
+        ([1, 1, 1], "decisions has 3 columns, the model has 4 layers"),
+        ([1, 1, 3, 1], r"got values \[3\]"),
+        ([[1, 1, 1, 1]] * 2, "decisions has 2 rows, the input batch has 3 rows"),
+        ([1.5, 1, 1, 1], "non-integer"),
+    ],
+)
+def test_bad_decisions_are_refused(decisions, message):
+    routed = RoutedModel(tiny_model("llama"))
+    ids, mask = prompts()
+    with pytest.raises(ValueError, match=message):
+        routed(ids, attention_mask=mask, decisions=decisions)
+
+
+def test_bad_prompts_are_refused():
+    routed = RoutedModel(tiny_model("llama"))
+    with pytest.raises(ValueError, match="empty"):
+        routed(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="context is 128 tokens"):
+        routed(torch.ones(1, 129, dtype=torch.long))
+
+
+def test_unknown_architecture_lists_supported_ones():
+    from transformers import BertConfig, BertLMHeadModel
+
+    model = BertLMHeadModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=32, is_decoder=True))
+    with pytest.raises(UnsupportedArchitectureError, match="gpt2, gpt_neox, llama"):
+        RoutedModel(model)
+
+
+def test_wrapping_twice_is_refused():
+    routed = RoutedModel(tiny_model("llama"))
+    with pytest.raises(ValueError, match="already wrapped"):
+        RoutedModel(routed.model)

@@ -1,0 +1,135 @@
+"""Static baselines and ``run_eval`` on tiny random models: decision vectors, files, parity with transformers."""
+
+import json
+
+import pytest
+import torch
+from drllm.router import RoutedModel, encode_prompt
+from drllm.search.tasks import get_task
+from drllm.train.baselines import angular_block, angular_distances, block_states, drop_last, layers_to_drop, random_skips
+from drllm.train.evaluate import run_eval
+from drllm.train.report import ROW_KEYS
+from tiny_models import prompts, tiny_model, tiny_tokenizer
+
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
+
+
+def choice_file(path, n=6):
+    """A small multiple-choice jsonl task file."""
+    rows = [{"id": f"q{i}", "question": f"what is {WORDS[i % 8]} {i}?",
+             "choices": [WORDS[(i + k) % 8] for k in range(3)], "answer": i % 3} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f"jsonl:{path}"
+
+
+def exact_file(path, n=3):
+    rows = [{"id": f"e{i}", "prompt": f"add {i} and 1:", "target": f" {i + 1}"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f"jsonl:{path}"
+
+
+def bias_routers(routed, skip_layers):
+    """Routers whose logits are constant: skip the given layers, execute the others."""
+    routed.add_routers(num_windows=2, hidden_size=8)
+    with torch.no_grad():
+        for i, router in enumerate(routed.routers.layers):
+            last = router.net[2]
+            last.weight.zero_()
+            last.bias.copy_(torch.tensor([3.0, 0.0, -3.0] if i in skip_layers else [-3.0, 3.0, -3.0]))
+
+
+def test_static_vectors():
+    assert drop_last(6, 2) == [1, 1, 1, 0, 0, 1]
+    assert drop_last(4, 0) == [1, 1, 1, 1]
+    for seed in range(5):
+        d = random_skips(6, 3, seed)
+        assert len(d) == 6 and d[-1] == 1 and d.count(0) == 3 and set(d) <= {0, 1}
+        assert d == random_skips(6, 3, seed)
+    assert layers_to_drop(4.4, 6) == 2 and layers_to_drop(7.0, 6) == 0
+    with pytest.raises(ValueError, match="cannot skip 6 layers"):
+        drop_last(6, 6)
+
+
+def test_angular_picks_identity_block():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        for i in (1, 2):
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    routed = RoutedModel.from_pretrained(model)
+    ids, mask = prompts()
+    states = block_states(routed, ids, mask)
+    assert states.shape == (3, 5, 32)
+    torch.testing.assert_close(states[:, 1], states[:, 3])
+    distances = angular_distances(states, 2)
+    assert distances.shape == (3,) and float(distances[1]) < 1e-3 < float(distances.max())
+    assert angular_block(routed, ids, mask, 2) == [1, 0, 0, 1]
+    assert angular_block(routed, ids, mask, 0) == [1, 1, 1, 1]
+
+
+def plain_accuracy(model, tokenizer, task_name):
+    """Accuracy of option log-likelihood scoring with the unwrapped model, one prompt + option at a time."""
+    task = get_task(task_name)
+    right = []
+    for ex in task.load():
+        prompt = encode_prompt(tokenizer, task.prompt(ex, tokenizer))
+        scores = []
+        for option in task.continuations(ex, "mc-loglik", tokenizer=tokenizer):
+            cont = tokenizer(option, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + cont])
+            with torch.no_grad():
+                logp = model(ids).logits[0].log_softmax(-1)
+            scores.append(sum(float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(cont)))
+        right.append(max(range(len(scores)), key=scores.__getitem__) == ex.answer)
+    return sum(right) / len(right)
+
+
+def test_run_eval_base_matches_transformers(tmp_path):
+    task = choice_file(tmp_path / "mc.jsonl")
+    tok = tiny_tokenizer()
+    routed = RoutedModel.from_pretrained(tiny_model("llama", seed=3))
+    rows = run_eval(routed, task, str(tmp_path / "out"), tokenizer=tok, batch_size=4, progress=False)
+    assert [r["method"] for r in rows] == ["base"]
+    base = rows[0]
+    assert base["accuracy"] == pytest.approx(plain_accuracy(tiny_model("llama", seed=3), tok, task))
+    assert base["layers_per_prompt"] == 4 and base["n"] == 6
+    for name in ("results.json", "results.md", "tradeoff.png", "decisions.png"):
+        assert (tmp_path / "out" / name).is_file()
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(ROW_KEYS) <= set(saved[0])
+
+
+def test_run_eval_routed_and_baselines(tmp_path):
+    task = choice_file(tmp_path / "mc.jsonl")
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    bias_routers(routed, skip_layers={1, 2})
+    rows = run_eval(routed, task, str(tmp_path / "out"), tokenizer=tiny_tokenizer(), budgets=(-1.0, 0.0),
+                    random_seeds=2, calibration=3, batch_size=4, progress=False)
+    by = {(r["method"], r["budget"]): r for r in rows}
+    assert set(by) == {("base", None), ("routed", -1.0), ("routed", 0.0), ("drop-last", None),
+                       ("angular", None), ("random", None)}
+    assert by[("routed", 0.0)]["layers_per_prompt"] == 2
+    assert all(r["layers_per_prompt"] == 2 for r in rows if r["method"] not in ("base", "routed"))
+    assert by[("drop-last", None)]["skipped"] == [1, 2]
+    assert "accuracy_std" in by[("random", None)]
+    for r in rows:
+        assert set(ROW_KEYS) <= set(r)
+        assert r["layer_applications"] > r["layers_per_prompt"]
+    decisions = json.loads((tmp_path / "out" / "decisions.json").read_text())
+    assert [1, 0, 0, 1] in next(d["decisions"] for d in decisions if d["budget"] == 0.0)
+    assert routed.budget == 0.0
+
+
+def test_run_eval_exact_and_errors(tmp_path):
+    task = exact_file(tmp_path / "ex.jsonl")
+    tok = tiny_tokenizer()
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    with pytest.raises(ValueError, match="known baselines: drop-last, angular, random"):
+        run_eval(routed, task, str(tmp_path / "out"), tokenizer=tok, baselines=("nope",))
+    bias_routers(routed, skip_layers={2})
+    rows = run_eval(routed, task, str(tmp_path / "out"), tokenizer=tok, budgets=(0.0,), max_new_tokens=3,
+                    baselines=("drop-last",), progress=False)
+    assert [(r["method"], r["layers_per_prompt"]) for r in rows] == [("base", 4), ("routed", 3), ("drop-last", 3)]
+    prompt_tokens = sum(len(encode_prompt(tok, f"add {i} and 1:")) for i in range(3)) / 3
+    base = rows[0]
+    assert 4 * (prompt_tokens + 1) <= base["layer_applications"] <= 4 * (prompt_tokens + 3)

@@ -1,0 +1,196 @@
+"""The ``drllm`` command: ``generate``, ``search``, ``train``, ``eval`` and ``demo`` subcommands.
+
+Each subcommand is a plain typed function; jsonargparse turns its signature and docstring into flags and
+``--help``, and every subcommand takes ``--config FILE.yaml`` with the same keys (see ``configs/``).
+Flags may be written with dashes or underscores (``--batch-size`` or ``--batch_size``).
+Heavy imports (transformers models, Lightning) happen inside the subcommands.
+"""
+
+from __future__ import annotations
+
+import sys
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def generate(prompt: str, model: str = DEFAULT_MODEL, decisions: str | None = None, routers: str | None = None,
+             budget: float = 0.0, max_new_tokens: int = 40, chat: bool = True, stream: bool = False) -> str:
+    """Generate a completion with routed layers and print it with the layers executed.
+
+    Args:
+        prompt: the prompt text.
+        model: model name or path; "smollm2-135m-instruct" is the embedded default.
+        decisions: a path such as "1,1,0,2,..." (one value per layer: 0 skip, 1 execute, 2 repeat).
+        routers: a router directory (router_config.json + routers.safetensors); used when no decisions.
+        budget: bias added to every router's skip logit (+ skips more).
+        max_new_tokens: tokens to generate.
+        chat: wrap the prompt in the tokenizer's chat template when it has one.
+        stream: print tokens as they are generated.
+    """
+    from drllm.router import RoutedModel, batch_prompts, load_tokenizer, parse_decisions
+    from drllm.router.decisions import format_decisions
+
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+    routed = RoutedModel.from_pretrained(model, routers=routers)
+    routed.budget = budget
+    tok = load_tokenizer(model)
+    path = parse_decisions(decisions, routed.num_layers) if decisions else None
+    text = prompt
+    if chat and getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    ids, mask = batch_prompts(tok, [text], routed.device)
+    streamer = None
+    if stream:
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    out = routed.generate(ids, attention_mask=mask, decisions=path, max_new_tokens=max_new_tokens, do_sample=False,
+                          pad_token_id=tok.pad_token_id, streamer=streamer)
+    completion = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    used = routed.last_decisions[0]
+    layers = int(used.sum())
+    if not stream:
+        print(completion)
+    print(f"\n[layers executed per token: {layers} of {routed.num_layers}; path {format_decisions(used)}; "
+          f"layer applications: {layers * (ids.shape[1] + out.shape[1] - ids.shape[1])}]")
+    return completion
+
+
+def search(task: str, output: str, model: str = DEFAULT_MODEL, split: str = "train", limit: int | None = None,
+           simulations: int = 50, batch_size: int = 8, scoring: str | None = None, style: str = "plain",
+           seed: int = 0, data_dir: str | None = None) -> dict:
+    """Search skip/execute/repeat paths per example with MCTS and append them to a JSONL file (resumable).
+
+    Args:
+        task: arc_easy, arc_challenge, mmlu, gsm8k, math, math:1..5, or jsonl:PATH.
+        output: JSONL file; examples already in it are skipped, so a killed search resumes.
+        model: model name or path; "smollm2-135m-instruct" is the embedded default.
+        split: dataset split.
+        limit: at most this many examples.
+        simulations: MCTS simulations per example.
+        batch_size: examples searched in lockstep.
+        scoring: mc-loglik, mc-letter, teacher-forced or generate (default: the task's).
+        style: prompt style, plain or chat.
+        seed: base seed (each example's tree is seeded from it and the example id).
+        data_dir: benchmark data folder (default: $DRLLM_DATA, else ../shared/data).
+    """
+    from drllm.search.runner import run_search
+
+    return run_search(model, task, output, split=split, limit=limit, simulations=simulations, batch_size=batch_size,
+                      scoring=scoring, style=style, seed=seed, data_dir=data_dir)
+
+
+def train(paths: str, output: str, model: str = DEFAULT_MODEL, epochs: int = 25, num_windows: int = 8,
+          hidden_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.01, batch_size: int = 16,
+          val_fraction: float = 0.1, seed: int = 0, logger: str = "csv", accelerator: str = "auto",
+          devices: int = 1, strategy: str = "auto", precision: str = "32-true", online: bool = False) -> dict:
+    """Train routers on a search output file, the base model frozen.
+
+    Args:
+        paths: the JSONL file written by ``drllm search``.
+        output: directory for router_config.json, routers.safetensors, metrics.json and logs.
+        model: the base model the paths were searched on.
+        epochs: training epochs.
+        num_windows: W, windows of the prompt each router pools over.
+        hidden_size: router bottleneck width.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: examples per step.
+        val_fraction: share of examples held out for validation.
+        seed: seed of the split, the router initialisation and training.
+        logger: csv or wandb.
+        accelerator: Lightning accelerator (auto, cpu, gpu).
+        devices: Lightning devices.
+        strategy: Lightning strategy (auto, ddp, ...).
+        precision: Lightning precision (32-true, bf16-mixed, ...).
+        online: run the frozen model every step instead of using cached router inputs.
+    """
+    from drllm.train.trainer import train_routers
+
+    return train_routers(model, paths, output, epochs=epochs, num_windows=num_windows, hidden_size=hidden_size, lr=lr,
+                         weight_decay=weight_decay, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
+                         logger=logger, accelerator=accelerator, devices=devices, strategy=strategy,
+                         precision=precision, online=online)
+
+
+def eval(task: str, output: str, model: str = DEFAULT_MODEL, routers: str | None = None,  # noqa: A001
+         split: str | None = None, limit: int | None = None, budgets: list[float] | None = None,
+         baselines: list[str] | None = None, max_new_tokens: int = 32, scoring: str | None = None,
+         style: str = "plain", data_dir: str | None = None) -> list:
+    """Evaluate accuracy against compute: base model, routed model over budgets, static baselines.
+
+    Args:
+        task: task name (as for search).
+        output: directory for results.json, results.md, tradeoff.png and decisions.png.
+        model: model name or path.
+        routers: router directory.
+        split: evaluation split (default: the task's validation split).
+        limit: at most this many examples.
+        budgets: router budget biases to sweep (default -2,-1,0,1,2).
+        baselines: any of drop-last, angular, random (default: all three).
+        max_new_tokens: decoding budget for exact-answer tasks.
+        scoring: as for search (default: the task's).
+        style: prompt style, plain or chat.
+        data_dir: benchmark data folder.
+    """
+    from drllm.train.evaluate import run_eval
+
+    kwargs = {"budgets": tuple(budgets)} if budgets is not None else {}
+    if baselines is not None:
+        kwargs["baselines"] = tuple(baselines)
+    return run_eval(model, task, output, routers=routers, split=split, limit=limit, max_new_tokens=max_new_tokens,
+                    scoring=scoring, style=style, data_dir=data_dir, **kwargs)
+
+
+def demo(output: str = "runs/demo", model: str = DEFAULT_MODEL, task: str = "arc_easy", train_examples: int = 48,
+         eval_examples: int = 100, simulations: int = 16, epochs: int = 25, seed: int = 0,
+         data_dir: str | None = None) -> dict:
+    """Run search -> train -> eval on the embedded default model and write report.md (resumable).
+
+    Args:
+        output: run directory.
+        model: model name or path.
+        task: task name.
+        train_examples: training questions searched.
+        eval_examples: validation questions evaluated.
+        simulations: MCTS simulations per question.
+        epochs: router training epochs.
+        seed: seed for search, training and baselines.
+        data_dir: benchmark data folder.
+    """
+    from drllm.train.demo import run_demo
+
+    return run_demo(output=output, model=model, task=task, train_examples=train_examples,
+                    eval_examples=eval_examples, simulations=simulations, epochs=epochs, seed=seed,
+                    data_dir=data_dir)
+
+
+COMMANDS = {"generate": generate, "search": search, "train": train, "eval": eval, "demo": demo}
+
+
+def normalize_flags(argv: list[str]) -> list[str]:
+    """``--batch-size=4`` -> ``--batch_size=4``: dashes inside flag names become underscores."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``drllm`` console script."""
+    from jsonargparse import CLI
+
+    argv = normalize_flags(sys.argv[1:] if argv is None else list(argv))
+    try:
+        CLI(list(COMMANDS.values()), args=argv, as_positional=False)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"drllm: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
