@@ -20,6 +20,7 @@ from transformers.cache_utils import Cache
 
 from .cache import RoutedCache
 from .decisions import EXECUTE, REPEAT, SKIP
+from .routers import window_weights
 
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
@@ -44,6 +45,7 @@ class RoutingState:
         self.start: torch.Tensor | None = None  # [B] first layer each row runs (rows start from `start_hidden`)
         self.start_hidden: torch.Tensor | None = None
         self.warned_nonfinite = False
+        self.pool_weights = None  # window pooling weights of the prompt, shared by every router
 
     def set_decisions(self, decisions: torch.Tensor) -> None:
         """Fix the decisions ``[B, L]`` for the rest of the call."""
@@ -68,7 +70,10 @@ class RoutingState:
         mask = None if self.pad_mask is None else _match_batch(self.pad_mask, hidden.shape[0])
         if mask is not None and mask.shape[1] != hidden.shape[1]:
             raise ValueError(f"attention_mask has {mask.shape[1]} positions, the prompt has {hidden.shape[1]}")
-        logits = self.routers(index, hidden, mask)  # [B, 3]
+        if self.pool_weights is None or self.pool_weights[0].shape[0] != hidden.shape[0]:
+            self.pool_weights = window_weights(mask, hidden.shape[0], hidden.shape[1],
+                                               self.routers.config.num_windows, hidden.device)
+        logits = self.routers(index, hidden, mask, self.pool_weights)  # [B, 3]
         logits[:, SKIP] += self.budget
         finite = torch.isfinite(logits).all(-1)
         choice = torch.where(finite, logits.argmax(-1), torch.full_like(finite, EXECUTE, dtype=torch.long))
@@ -78,7 +83,7 @@ class RoutingState:
         rows = self.decisions.shape[0]
         self.decisions[:, index] = choice.view(rows, -1)[:, 0] if choice.shape[0] != rows else choice
         self.pending[index] = False
-        self.plan[index] = _uniform(self.decisions[:, index].tolist())
+        self.plan[index] = _uniform(self.decisions[:, index].tolist())  # one device sync per layer, at prefill
 
 
 def _uniform(values: list[int]) -> int | None:

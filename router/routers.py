@@ -21,40 +21,49 @@ CONFIG_NAME = "router_config.json"
 WEIGHTS_NAME = "routers.safetensors"
 
 
-def window_pool(hidden: torch.Tensor, mask: torch.Tensor | None, num_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def window_weights(mask: torch.Tensor | None, batch: int, length: int, num_windows: int,
+                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooling weights ``[B, W, T]`` (each valid row averages one window of real tokens) and ``valid [B, W]``.
+
+    A row with n real tokens uses ``min(W, n)`` windows; real token r (in order) falls in window
+    ``floor(r * W_row / n)``. Padding may sit anywhere. Compute once per batch, reuse for every layer.
+    """
+    if num_windows < 1:
+        raise ValueError(f"num_windows must be >= 1, got {num_windows}")
+    real = torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None else mask.to(device).bool()
+    if real.shape != (batch, length):
+        raise ValueError(f"mask has shape {list(real.shape)}, hidden states need [{batch}, {length}]")
+    n = real.sum(1)  # [B]
+    if (n == 0).any():
+        raise ValueError("a row has no real (non-padding) tokens; cannot pool an empty prompt")
+    windows = n.clamp(max=num_windows)  # [B]
+    rank = real.long().cumsum(1) - 1  # [B, T] order of each real token
+    slot = torch.div(rank * windows[:, None], n[:, None], rounding_mode="floor")  # [B, T]
+    member = (slot[:, None, :] == torch.arange(num_windows, device=real.device)[None, :, None]) & real[:, None, :]
+    counts = member.sum(-1, keepdim=True)  # [B, W, 1]
+    weights = member.float() / counts.clamp(min=1)
+    return weights, counts[..., 0] > 0
+
+
+def window_pool(hidden: torch.Tensor, mask: torch.Tensor | None, num_windows: int,
+                weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-pool each row's real tokens over W contiguous windows.
 
     Args:
         hidden: ``[B, T, d]`` hidden states.
         mask: ``[B, T]`` 1 for real tokens, 0 for padding (any position), or None (all real).
         num_windows: W; a row with n real tokens uses ``min(W, n)`` windows.
+        weights: precomputed ``window_weights`` for this mask (optional).
 
     Returns:
         ``(means [B, W, d] float32, valid [B, W] bool)``; windows past a row's clamped count are zero and
-        invalid. Token r of n real tokens (in order) falls in window ``floor(r * W_row / n)``.
+        invalid.
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden states must be [B, T, d], got shape {list(hidden.shape)}")
-    if num_windows < 1:
-        raise ValueError(f"num_windows must be >= 1, got {num_windows}")
-    b, t, d = hidden.shape
-    real = torch.ones(b, t, dtype=torch.bool, device=hidden.device) if mask is None else mask.to(hidden.device).bool()
-    if real.shape != (b, t):
-        raise ValueError(f"mask has shape {list(real.shape)}, hidden states need [{b}, {t}]")
-    n = real.sum(1)  # [B]
-    if (n == 0).any():
-        raise ValueError("a row has no real (non-padding) tokens; cannot pool an empty prompt")
-    windows = n.clamp(max=num_windows)  # [B]
-    rank = real.long().cumsum(1) - 1  # [B, T] order of each real token
-    slot = torch.div(rank * windows[:, None], n[:, None], rounding_mode="floor").clamp(0, num_windows - 1)
-    slot = torch.where(real, slot, torch.full_like(slot, num_windows))  # padding goes to a dump window
-    sums = torch.zeros(b, num_windows + 1, d, dtype=torch.float32, device=hidden.device)
-    sums.scatter_add_(1, slot[:, :, None].expand(-1, -1, d), hidden.float())
-    counts = torch.zeros(b, num_windows + 1, dtype=torch.float32, device=hidden.device)
-    counts.scatter_add_(1, slot, real.float())
-    counts, sums = counts[:, :num_windows], sums[:, :num_windows]
-    valid = counts > 0
-    return sums / counts.clamp(min=1)[:, :, None], valid
+    b, t, _ = hidden.shape
+    matrix, valid = weights if weights is not None else window_weights(mask, b, t, num_windows, hidden.device)
+    return torch.bmm(matrix, hidden.float()), valid
 
 
 class LayerRouter(nn.Module):
@@ -95,9 +104,9 @@ class Routers(nn.Module):
             LayerRouter(config.hidden_size, config.bottleneck) for _ in range(config.num_layers)
         )
 
-    def forward(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None, weights=None) -> torch.Tensor:
         """Logits ``[B, 3]`` of router ``index`` for hidden states ``[B, T, d]`` entering layer ``index``."""
-        pooled, valid = window_pool(hidden, mask, self.config.num_windows)
+        pooled, valid = window_pool(hidden, mask, self.config.num_windows, weights)
         return self.layers[index](pooled, valid)
 
     def forward_pooled(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

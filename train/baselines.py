@@ -16,7 +16,6 @@ from __future__ import annotations
 import random
 
 import torch
-
 from drllm.router import layer_list
 from drllm.router.model import padded_positions
 
@@ -62,7 +61,7 @@ def random_skips(num_layers: int, n: int, seed: int) -> list[int]:
 
 
 def layers_to_drop(mean_layers: float, num_layers: int) -> int:
-    """Layers a static baseline skips to match ``mean_layers`` executed per prompt: ``max(0, round(L - mean))``."""
+    """Layers a static baseline skips to match ``mean_layers`` per prompt: ``max(0, round(L - mean))``."""
     return max(0, round(num_layers - mean_layers))
 
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from drllm.router import RoutedModel, batch_prompts, load_tokenizer
 from drllm.search.evaluator import PathEvaluator
 from drllm.search.tasks import get_task
@@ -45,7 +44,8 @@ def run_eval(model, task: str, output: str, routers: str | None = None, split: s
     Args:
         model: a model name or folder, or a ``RoutedModel`` (then pass ``tokenizer``).
         task: task name (``arc_easy``, ``gsm8k``, ``jsonl:PATH``, ...).
-        output: folder for ``results.json``, ``results.md``, ``tradeoff.png``, ``decisions.png``, ``decisions.json``.
+        output: folder for ``results.json``, ``results.md``, ``tradeoff.png``, ``decisions.png`` and
+            ``decisions.json`` (the base and routed decision vectors).
         routers: folder of saved routers to load; None keeps the routers already on a ``RoutedModel``.
         split: evaluation split; the task's default evaluation split when None.
         limit: at most this many examples (the first ones of the split).
@@ -126,7 +126,7 @@ def _baseline_n(reference, num_layers: int, baselines, progress: bool) -> int:
 
 
 def calibration_split(task) -> str:
-    """The split that training data (search paths, angular calibration) comes from: ``train`` when it exists."""
+    """The split training data (search paths, angular calibration) comes from: ``train`` when it exists."""
     if "train" in task.splits:
         return "train"
     others = [s for s in task.splits if s != task.default_split_eval]
@@ -162,7 +162,8 @@ def _baseline_rows(scorer, examples, baselines, n: int, calib: list[str], seeds:
 def _random_row(scorer, examples, n: int, seeds: int):
     """The ``random`` baseline: mean over seeds, with the accuracy's standard deviation."""
     L = scorer.routed.num_layers
-    runs = [scorer.run("random", examples, _static(random_skips(L, n, seed))) for seed in range(max(1, seeds))]
+    seeds = range(max(1, seeds))
+    runs = [scorer.run("random", examples, _static(random_skips(L, n, seed))) for seed in seeds]
     accs = [row["accuracy"] for row, _ in runs]
     row = dict(runs[0][0])
     row["accuracy"] = statistics.fmean(accs)
@@ -201,7 +202,8 @@ class _Scorer:
 
     def __init__(self, routed, tokenizer, task, scoring, style, batch_size, max_new_tokens, progress):
         self.routed, self.tokenizer, self.task = routed, tokenizer, task
-        self.style, self.batch_size, self.max_new_tokens, self.progress = style, batch_size, max_new_tokens, progress
+        self.style, self.batch_size, self.progress = style, batch_size, progress
+        self.max_new_tokens = max_new_tokens
         self.choice = task.kind == "choice"
         self.scoring = task._check_scoring(scoring)
         if self.choice:
@@ -266,7 +268,8 @@ class _Scorer:
                                    max_new_tokens=self.max_new_tokens, pad_token_id=pad)
         paths = self.routed.last_decisions.tolist()
         correct, tokens = [], []
-        for ex, row, n_prompt in zip(chunk, gen[:, ids.shape[1] :].tolist(), mask.sum(1).tolist(), strict=True):
+        new = gen[:, ids.shape[1] :].tolist()
+        for ex, row, n_prompt in zip(chunk, new, mask.sum(1).tolist(), strict=True):
             kept = _until_eos(row, self.eos)
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
             correct.append(bool(self.task.grade(ex, text)))
@@ -276,7 +279,8 @@ class _Scorer:
 
 def _eos_ids(tokenizer, model) -> set[int]:
     ids = set()
-    for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+    config = getattr(model, "generation_config", None)
+    for value in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
         if isinstance(value, int):
             ids.add(value)
         elif value is not None:

@@ -1,4 +1,4 @@
-"""Static baselines and ``run_eval`` on tiny random models: decision vectors, files, parity with transformers."""
+"""Static baselines and ``run_eval`` on tiny random models: decision vectors, files, transformers parity."""
 
 import json
 
@@ -6,7 +6,14 @@ import pytest
 import torch
 from drllm.router import RoutedModel, encode_prompt
 from drllm.search.tasks import get_task
-from drllm.train.baselines import angular_block, angular_distances, block_states, drop_last, layers_to_drop, random_skips
+from drllm.train.baselines import (
+    angular_block,
+    angular_distances,
+    block_states,
+    drop_last,
+    layers_to_drop,
+    random_skips,
+)
 from drllm.train.evaluate import run_eval
 from drllm.train.report import ROW_KEYS
 from tiny_models import prompts, tiny_model, tiny_tokenizer
@@ -129,7 +136,8 @@ def test_run_eval_exact_and_errors(tmp_path):
     bias_routers(routed, skip_layers={2})
     rows = run_eval(routed, task, str(tmp_path / "out"), tokenizer=tok, budgets=(0.0,), max_new_tokens=3,
                     baselines=("drop-last",), progress=False)
-    assert [(r["method"], r["layers_per_prompt"]) for r in rows] == [("base", 4), ("routed", 3), ("drop-last", 3)]
+    got = [(r["method"], r["layers_per_prompt"]) for r in rows]
+    assert got == [("base", 4), ("routed", 3), ("drop-last", 3)]
     prompt_tokens = sum(len(encode_prompt(tok, f"add {i} and 1:")) for i in range(3)) / 3
     base = rows[0]
     assert 4 * (prompt_tokens + 1) <= base["layer_applications"] <= 4 * (prompt_tokens + 3)

@@ -1,0 +1,140 @@
+"""Greedy decode speed of routed paths against the all-execute path, and the routers' share of prefill.
+
+For each path executing k of L layers it prints decode tokens/s at batch 1, the speed-up over the
+all-execute path, the ideal L/k, and the speed-up as a fraction of that ideal. It also prints the
+"reachable" ideal, which accounts for the time that does not scale with layers (embedding, LM head,
+sampling, Python), measured with every layer skipped. Last, the routers' share of prefill time: a prefill
+with routers deciding against the same prefill with their decisions given.
+
+    python benchmarks/generate_speed.py                       # SmolLM2-135M-Instruct on CPU
+    python benchmarks/generate_speed.py --shape llama-3.2-3b  # random weights, Llama-3.2-3B shape (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from drllm.router import RoutedModel
+
+SHAPES = {
+    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
+                         tie_word_embeddings=True),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
+                         tie_word_embeddings=True),
+}
+
+
+def load(args) -> RoutedModel:
+    device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    if args.shape:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**SHAPES[args.shape], torch_dtype=dtype)).to(dtype)
+        return RoutedModel(model.eval())
+    return RoutedModel.from_pretrained(args.model).to(device)
+
+
+def spread_path(num_layers: int, k: int) -> list[int]:
+    """Execute k layers: keep the first and last, skip evenly spaced layers in between."""
+    drop = num_layers - k
+    inner = list(range(1, num_layers - 1))
+    skipped = {inner[round(j * (len(inner) - 1) / max(drop - 1, 1))] for j in range(drop)} if drop else set()
+    while len(skipped) < drop:  # rounding collisions
+        skipped.add(next(i for i in inner if i not in skipped))
+    return [0 if i in skipped else 1 for i in range(num_layers)]
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int, device) -> float:
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def decode_tps(routed, ids, path, new_tokens: int, repeats: int) -> float:
+    """Decode tokens/s: (new_tokens - 1) / (generate time - prefill-only generate time)."""
+    kw = dict(decisions=path, do_sample=False, pad_token_id=0)
+    full = timed(lambda: routed.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw),
+                 repeats, routed.device)
+    first = timed(lambda: routed.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw), repeats, routed.device)
+    return (new_tokens - 1) / max(full - first, 1e-9)
+
+
+def router_share(routed, ids, repeats: int) -> dict:
+    routed.add_routers()
+    with torch.no_grad():
+        decided = routed.route(ids)
+    base = routed.model.base_model
+
+    def with_routers():
+        with torch.no_grad(), routed.forced(None, None, ids.shape[0]):
+            base(input_ids=ids, use_cache=False)
+
+    def given():
+        with torch.no_grad(), routed.forced(decided, None, ids.shape[0]):
+            base(input_ids=ids, use_cache=False)
+
+    t_routed, t_given = timed(with_routers, repeats, routed.device), timed(given, repeats, routed.device)
+    return {"prefill_with_routers_s": t_routed, "prefill_given_s": t_given,
+            "router_share": max(t_routed - t_given, 0.0) / t_routed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--keep", type=float, nargs="*", default=[0.75, 0.5])
+    args = parser.parse_args()
+    routed = load(args)
+    L = routed.num_layers
+    torch.manual_seed(0)
+    ids = torch.randint(10, 1000, (1, args.prompt_tokens), device=routed.device)
+    decode_tps(routed, ids, [1] * L, 4, 1)  # warm-up
+    base_tps = decode_tps(routed, ids, [1] * L, args.new_tokens, args.repeats)
+    fixed_tps = decode_tps(routed, ids, [0] * L, args.new_tokens, args.repeats)
+    t_all, t_fixed = 1 / base_tps, 1 / fixed_tps
+    rows = []
+    print(f"{'path':>12} {'tok/s':>8} {'speed-up':>9} {'ideal L/k':>10} {'of ideal':>9} {'reachable':>10} {'of reach.':>9}")
+    print(f"{'all ' + str(L):>12} {base_tps:8.1f} {1.0:9.2f} {1.0:10.2f} {1.0:9.2f} {1.0:10.2f} {1.0:9.2f}")
+    for frac in args.keep:
+        k = max(1, round(L * frac))
+        tps = decode_tps(routed, ids, spread_path(L, k), args.new_tokens, args.repeats)
+        speed, ideal = tps / base_tps, L / k
+        reach = t_all / (t_fixed + (t_all - t_fixed) * k / L)
+        rows.append(dict(k=k, tps=tps, speedup=speed, ideal=ideal, of_ideal=speed / ideal, reachable=reach,
+                         of_reachable=speed / reach))
+        print(f"{f'{k} of {L}':>12} {tps:8.1f} {speed:9.2f} {ideal:10.2f} {speed / ideal:9.2f} {reach:10.2f} "
+              f"{speed / reach:9.2f}")
+    print(f"time per token that does not scale with layers: {t_fixed * 1e3:.1f} ms of {t_all * 1e3:.1f} ms")
+    share = router_share(routed, ids, args.repeats)
+    print(f"routers' share of prefill time: {share['router_share']:.2%} "
+          f"({share['prefill_with_routers_s'] * 1e3:.1f} ms with routers, {share['prefill_given_s'] * 1e3:.1f} ms given)")
+    print(json.dumps({"device": str(routed.device), "num_layers": L, "all_tps": base_tps, "fixed_ms": t_fixed * 1e3,
+                      "paths": rows, **share}))
+
+
+if __name__ == "__main__":
+    main()

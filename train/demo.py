@@ -1,0 +1,242 @@
+"""``run_demo``: search, router training and evaluation end to end, then a plain-words ``report.md``.
+
+    run_demo("runs/demo")      # SmolLM2-135M-Instruct on ARC-Easy, small sizes
+
+Stages, each writing under ``output`` and loading the model once for all of them:
+
+1. search paths on the training split into ``paths.jsonl`` (resumes by example id);
+2. train routers into ``routers/`` (skipped when finished with the same arguments);
+3. evaluate base, routed and static baselines on the validation split into ``eval/`` (same).
+
+A finished stage leaves a ``.done`` file holding its arguments as JSON; a stage is skipped when its
+outputs exist and the marker matches the arguments of this call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from drllm.router import DEFAULT_MODEL, RoutedModel, load_tokenizer
+from drllm.search.runner import run_search
+from drllm.search.tasks import get_task
+
+from . import report
+from .evaluate import calibration_split, run_eval
+from .trainer import train_routers
+
+MARKER = ".done"
+
+
+def run_demo(output: str = "runs/demo", model: str = DEFAULT_MODEL, task: str = "arc_easy",
+             train_examples: int = 48, eval_examples: int = 100, simulations: int = 16, epochs: int = 25,
+             budgets=(-1.0, 0.0, 1.0, 2.0), seed: int = 0, data_dir: str | None = None, progress: bool = True,
+             routed: RoutedModel | None = None, tokenizer=None) -> dict:
+    """Run search, router training and evaluation, and write ``<output>/report.md``.
+
+    Args:
+        output: folder for every stage's files and the report.
+        model: model name or folder (ignored for loading when ``routed`` is given; still recorded).
+        task: task name (``arc_easy``, ``jsonl:PATH``, ...).
+        train_examples: training-split examples searched.
+        eval_examples: validation-split examples evaluated.
+        simulations: MCTS simulations per searched example.
+        epochs: router training epochs.
+        budgets: router budget biases evaluated.
+        seed: seed of search and router training (the random baseline always draws seeds 0, 1, 2).
+        data_dir: benchmark data folder.
+        progress: show banners, progress bars and summaries.
+        routed: an already built ``RoutedModel`` to use instead of loading ``model`` (tests).
+        tokenizer: its tokenizer.
+
+    Returns:
+        ``{"search": summary, "train": router metrics, "eval": result rows, "report": path of report.md}``.
+    """
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    routed, tokenizer = _load(model, routed, tokenizer)
+    task_obj = get_task(task)
+    paths = out / "paths.jsonl"
+    _say(progress, f"[1/3] search {task} ({train_examples} training examples, {simulations} simulations)"
+                   f" -> {paths}")
+    search = run_search(routed, task, str(paths), split=calibration_split(task_obj), limit=train_examples,
+                        simulations=simulations, seed=seed, data_dir=data_dir, tokenizer=tokenizer,
+                        progress=progress)
+    train_args = {"model": str(model), "task": task, "paths": str(paths), "train_examples": train_examples,
+                  "simulations": simulations, "epochs": epochs, "seed": seed}
+    metrics = _train_stage(routed, tokenizer, out / "routers", train_args, progress)
+    eval_args = {**train_args, "eval_examples": eval_examples, "budgets": [float(b) for b in budgets]}
+    split = "validation" if "validation" in task_obj.splits else task_obj.default_split_eval
+    rows, decisions = _eval_stage(routed, tokenizer, out, eval_args, split, data_dir, progress)
+    text = report_text(search, metrics, rows, decisions, routed.num_layers, task, str(model))
+    path = out / "report.md"
+    path.write_text(text)
+    _say(progress, f"report: {path}")
+    return {"search": search, "train": metrics, "eval": rows, "report": str(path)}
+
+
+def _load(model, routed, tokenizer):
+    if routed is not None:
+        if tokenizer is None:
+            raise ValueError("run_demo got a RoutedModel without its tokenizer; pass tokenizer=")
+        return routed, tokenizer
+    routed = RoutedModel.from_pretrained(model)
+    if torch.cuda.is_available():
+        routed.to("cuda")
+    return routed, tokenizer if tokenizer is not None else load_tokenizer(model)
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, flush=True)
+
+
+def _finished(folder: Path, args: dict, files: tuple[str, ...]) -> bool:
+    """Whether a stage's files exist and its marker holds exactly ``args``."""
+    marker = folder / MARKER
+    if not marker.is_file() or not all((folder / f).is_file() for f in files):
+        return False
+    try:
+        return json.loads(marker.read_text()) == json.loads(json.dumps(args))
+    except json.JSONDecodeError:
+        return False
+
+
+def _mark(folder: Path, args: dict) -> None:
+    (folder / MARKER).write_text(json.dumps(args, indent=2, sort_keys=True) + "\n")
+
+
+def _train_stage(routed, tokenizer, folder: Path, args: dict, progress: bool) -> dict:
+    """Stage 2: train the routers (or reuse finished ones); the routers end up loaded from ``folder``."""
+    if _finished(folder, args, ("routers.safetensors", "metrics.json")):
+        _say(progress, f"[2/3] train routers: already done in {folder}, reusing them")
+    else:
+        _say(progress, f"[2/3] train routers ({args['epochs']} epochs) -> {folder}")
+        stale = (folder / MARKER).is_file()  # finished with other arguments: start over, do not resume
+        (folder / MARKER).unlink(missing_ok=True)
+        (folder.parent / "eval" / MARKER).unlink(missing_ok=True)
+        train_routers(routed, args["paths"], str(folder), epochs=args["epochs"], seed=args["seed"],
+                      resume=not stale, progress=progress, tokenizer=tokenizer)
+        _mark(folder, args)
+    routed.load_routers(folder)
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir, progress: bool):
+    """Stage 3: evaluate (or reuse a finished evaluation); returns the rows and the saved decisions."""
+    folder = out / "eval"
+    if _finished(folder, args, ("results.json", "decisions.json")):
+        _say(progress, f"[3/3] evaluate: already done in {folder}, reusing the results")
+    else:
+        _say(progress, f"[3/3] evaluate on {split} ({args['eval_examples']} examples) -> {folder}")
+        (folder / MARKER).unlink(missing_ok=True)
+        run_eval(routed, args["task"], str(folder), routers=str(out / "routers"), split=split,
+                 limit=args["eval_examples"], budgets=tuple(args["budgets"]), data_dir=data_dir,
+                 tokenizer=tokenizer, progress=progress)
+        _mark(folder, args)
+    rows = json.loads((folder / "results.json").read_text())
+    return rows, json.loads((folder / "decisions.json").read_text())
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report_text(search: dict, metrics: dict, rows: list[dict], decisions: list[dict], num_layers: int,
+                task: str, model: str) -> str:
+    """The demo's ``report.md``: what search, the routers and the evaluation found, in plain words."""
+    parts = [
+        f"# Dr.LLM demo: {task} on {model}\n",
+        f"The model has {num_layers} layers. Links: [trade-off plot](eval/tradeoff.png), "
+        "[per-layer decisions](eval/decisions.png), [results table](eval/results.md).\n",
+        "## Search\n", *_search_lines(search),
+        "## Routers\n", *_router_lines(metrics),
+        "## Evaluation\n", report.markdown_table(rows, num_layers),
+        *_budget_lines(rows, num_layers),
+        "## Against static baselines at matched compute\n", *_baseline_lines(rows),
+        "## Where the routers skip and repeat\n", *_where_lines(rows, decisions),
+    ]
+    return "\n".join(parts)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _search_lines(s: dict) -> list[str]:
+    if not s.get("examples"):
+        return ["No training example was searched.\n"]
+    return [
+        f"Search looked at {s['examples']} training questions. With every layer run once the model answered "
+        f"{_pct(s['base_accuracy'])} of them correctly.",
+        f"- For {_pct(s['shorter_when_right'])} of the questions it got right, search found a correct path "
+        "with fewer layers.",
+        f"- For {_pct(s['fixed_when_wrong'])} of the questions it got wrong, search found a path "
+        "that answers correctly.",
+        f"- The chosen paths run {s['mean_layers']:.2f} layers on average (of {s['num_layers']}).\n",
+    ]
+
+
+def _router_lines(m: dict) -> list[str]:
+    if "macro_f1" not in m:
+        return ["The routers' validation metrics were not recorded.\n"]
+    text = f"On held-out searched questions the routers' decisions reach a macro F1 of {m['macro_f1']:.3f}"
+    if "layers_pred" in m and "layers_target" in m:
+        text += f"; they pick {m['layers_pred']:.2f} layers where search picked {m['layers_target']:.2f}"
+    return [text + ".\n"]
+
+
+def _base(rows: list[dict]) -> dict | None:
+    return next((r for r in rows if r["method"] == "base"), None)
+
+
+def _budget_lines(rows: list[dict], num_layers: int) -> list[str]:
+    base = _base(rows)
+    routed = sorted((r for r in rows if r["method"] == "routed"), key=lambda r: r["budget"])
+    if base is None or not routed:
+        return ["No routed rows were evaluated.\n"]
+    lines = [f"The base model answers {_pct(base['accuracy'])} running all {num_layers} layers."]
+    for r in routed:
+        saved = base["layers_per_prompt"] - r["layers_per_prompt"]
+        diff = 100 * (r["accuracy"] - base["accuracy"])
+        verdict = ("the same as base" if abs(diff) < 1e-9 else
+                   f"{abs(diff):.1f} points {'above' if diff > 0 else 'below'} base")
+        lines.append(f"- Budget {r['budget']:g}: {r['layers_per_prompt']:.2f} layers per prompt, "
+                     f"{saved:+.2f} layers saved vs base, {_pct(r['accuracy'])} accuracy ({verdict}).")
+    return lines + [""]
+
+
+def _baseline_lines(rows: list[dict]) -> list[str]:
+    routed = [r for r in rows if r["method"] == "routed"]
+    static = [r for r in rows if r["method"] not in ("base", "routed")]
+    if not routed or not static:
+        return ["No static baseline ran: they skip as many layers as the routers save at budget 0, "
+                "and the routers saved less than one layer (or there were no routers).\n"]
+    ref = min(routed, key=lambda r: abs(r["budget"]))
+    lines = [f"Reference: routers at budget {ref['budget']:g}, {ref['layers_per_prompt']:.2f} layers, "
+             f"{_pct(ref['accuracy'])} accuracy."]
+    for r in static:
+        diff = 100 * (ref["accuracy"] - r["accuracy"])
+        verdict = ("tie" if abs(diff) < 1e-9 else
+                   f"routers win by {diff:.1f} points" if diff > 0 else f"routers LOSE by {-diff:.1f} points")
+        std = f" ± {_pct(r['accuracy_std'])}" if r.get("accuracy_std") is not None else ""
+        lines.append(f"- {r['method']}: {r['layers_per_prompt']:.2f} layers, {_pct(r['accuracy'])}{std} "
+                     f"accuracy: {verdict}.")
+    return lines + [""]
+
+
+def _where_lines(rows: list[dict], decisions: list[dict]) -> list[str]:
+    routed = [d for d in decisions if d["method"] == "routed"]
+    if not routed:
+        return ["No routed decisions were recorded.\n"]
+    ref = min(routed, key=lambda d: abs(d["budget"]))
+    shares = report.decision_shares(ref["decisions"])  # [3, L]
+    lines = [f"From the budget {ref['budget']:g} decisions on {len(ref['decisions'])} evaluation prompts:"]
+    for k, verb in ((0, "skipped"), (2, "repeated")):
+        top = [i for i in shares[k].argsort()[::-1][:3] if shares[k][i] > 0]
+        if top:
+            named = ", ".join(f"layer {i} ({_pct(shares[k][i])} of prompts)" for i in top)
+            lines.append(f"- most often {verb}: {named}.")
+        else:
+            lines.append(f"- no layer is ever {verb}.")
+    return lines + [""]
