@@ -22,12 +22,26 @@ import torch
 from drllm.router import RoutedModel
 
 SHAPES = {
-    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
-                         tie_word_embeddings=True),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
-                         tie_word_embeddings=True),
+    "llama-3.2-3b": dict(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -73,9 +87,14 @@ def timed(fn, repeats: int, device) -> float:
 def decode_tps(routed, ids, path, new_tokens: int, repeats: int) -> float:
     """Decode tokens/s: (new_tokens - 1) / (generate time - prefill-only generate time)."""
     kw = dict(decisions=path, do_sample=False, pad_token_id=0)
-    full = timed(lambda: routed.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw),
-                 repeats, routed.device)
-    first = timed(lambda: routed.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw), repeats, routed.device)
+    full = timed(
+        lambda: routed.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw),
+        repeats,
+        routed.device,
+    )
+    first = timed(
+        lambda: routed.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw), repeats, routed.device
+    )
     return (new_tokens - 1) / max(full - first, 1e-9)
 
 
@@ -94,8 +113,11 @@ def router_share(routed, ids, repeats: int) -> dict:
             base(input_ids=ids, use_cache=False)
 
     t_routed, t_given = timed(with_routers, repeats, routed.device), timed(given, repeats, routed.device)
-    return {"prefill_with_routers_s": t_routed, "prefill_given_s": t_given,
-            "router_share": max(t_routed - t_given, 0.0) / t_routed}
+    return {
+        "prefill_with_routers_s": t_routed,
+        "prefill_given_s": t_given,
+        "router_share": max(t_routed - t_given, 0.0) / t_routed,
+    }
 
 
 def main() -> None:
@@ -117,23 +139,50 @@ def main() -> None:
     fixed_tps = decode_tps(routed, ids, [0] * L, args.new_tokens, args.repeats)
     t_all, t_fixed = 1 / base_tps, 1 / fixed_tps
     rows = []
-    print(f"{'path':>12} {'tok/s':>8} {'speed-up':>9} {'ideal L/k':>10} {'of ideal':>9} {'reachable':>10} {'of reach.':>9}")
+    print(
+        f"{'path':>12} {'tok/s':>8} {'speed-up':>9} {'ideal L/k':>10} {'of ideal':>9}"
+        f" {'reachable':>10} {'of reach.':>9}"
+    )
     print(f"{'all ' + str(L):>12} {base_tps:8.1f} {1.0:9.2f} {1.0:10.2f} {1.0:9.2f} {1.0:10.2f} {1.0:9.2f}")
     for frac in args.keep:
         k = max(1, round(L * frac))
         tps = decode_tps(routed, ids, spread_path(L, k), args.new_tokens, args.repeats)
         speed, ideal = tps / base_tps, L / k
         reach = t_all / (t_fixed + (t_all - t_fixed) * k / L)
-        rows.append(dict(k=k, tps=tps, speedup=speed, ideal=ideal, of_ideal=speed / ideal, reachable=reach,
-                         of_reachable=speed / reach))
-        print(f"{f'{k} of {L}':>12} {tps:8.1f} {speed:9.2f} {ideal:10.2f} {speed / ideal:9.2f} {reach:10.2f} "
-              f"{speed / reach:9.2f}")
+        rows.append(
+            dict(
+                k=k,
+                tps=tps,
+                speedup=speed,
+                ideal=ideal,
+                of_ideal=speed / ideal,
+                reachable=reach,
+                of_reachable=speed / reach,
+            )
+        )
+        print(
+            f"{f'{k} of {L}':>12} {tps:8.1f} {speed:9.2f} {ideal:10.2f} {speed / ideal:9.2f} {reach:10.2f} "
+            f"{speed / reach:9.2f}"
+        )
     print(f"time per token that does not scale with layers: {t_fixed * 1e3:.1f} ms of {t_all * 1e3:.1f} ms")
     share = router_share(routed, ids, args.repeats)
-    print(f"routers' share of prefill time: {share['router_share']:.2%} "
-          f"({share['prefill_with_routers_s'] * 1e3:.1f} ms with routers, {share['prefill_given_s'] * 1e3:.1f} ms given)")
-    print(json.dumps({"device": str(routed.device), "num_layers": L, "all_tps": base_tps, "fixed_ms": t_fixed * 1e3,
-                      "paths": rows, **share}))
+    print(
+        f"routers' share of prefill time: {share['router_share']:.2%} "
+        f"({share['prefill_with_routers_s'] * 1e3:.1f} ms with routers, "
+        f"{share['prefill_given_s'] * 1e3:.1f} ms given)"
+    )
+    print(
+        json.dumps(
+            {
+                "device": str(routed.device),
+                "num_layers": L,
+                "all_tps": base_tps,
+                "fixed_ms": t_fixed * 1e3,
+                "paths": rows,
+                **share,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

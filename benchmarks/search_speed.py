@@ -27,9 +27,16 @@ from drllm.search.mcts import SearchConfig, child_paths
 from drllm.search.tasks import get_task
 
 SHAPES = {
-    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096,
-                         tie_word_embeddings=True),
+    "llama-3.2-3b": dict(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -69,7 +76,7 @@ def ours(routed, tok, task, examples, paths, batch_rows) -> tuple[float, list[fl
     sync()
     t = time.perf_counter()
     prepared = ev.prepare(examples)
-    rows = [(p, path) for p, ps in zip(prepared, paths) for path in ps]
+    rows = [(p, path) for p, ps in zip(prepared, paths, strict=False) for path in ps]
     rewards = []
     for i in range(0, len(rows), batch_rows):
         rewards += ev.rewards(rows[i : i + batch_rows])
@@ -85,7 +92,7 @@ def naive(model, tok, task, examples, paths) -> float:
     device = model.get_input_embeddings().weight.device
     sync()
     t = time.perf_counter()
-    for ex, ps in zip(examples, paths):
+    for ex, ps in zip(examples, paths, strict=False):
         prompt = task.prompt(ex, tok, style="plain", scoring="mc-letter")
         ids = tok(prompt, return_tensors="pt").to(device)
         for path in ps:
@@ -94,8 +101,13 @@ def naive(model, tok, task, examples, paths) -> float:
             config.num_hidden_layers = len(order)
             if types:
                 config.layer_types = [types[i] for i in order]
-            out = model.generate(**ids, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 past_key_values=DynamicCache())  # grows to whatever layer indices it sees
+            out = model.generate(
+                **ids,
+                max_new_tokens=10,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                past_key_values=DynamicCache(),
+            )  # grows to whatever layer indices it sees
             task.grade(ex, tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
     sync()
     backbone.layers, config.num_hidden_layers = nn.ModuleList(layers), len(layers)
@@ -111,7 +123,9 @@ def main() -> None:
     parser.add_argument("--task", default="arc_easy")
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--paths", type=int, default=16, help="paths per example for drllm's evaluator")
-    parser.add_argument("--naive-paths", type=int, default=2, help="paths per example for the naive evaluator")
+    parser.add_argument(
+        "--naive-paths", type=int, default=2, help="paths per example for the naive evaluator"
+    )
     parser.add_argument("--batch-rows", type=int, default=32)
     args = parser.parse_args()
     routed, tok = load(args)
@@ -126,13 +140,26 @@ def main() -> None:
         t_naive = naive(plain, tok, task, examples, [p[: args.naive_paths] for p in paths])
     n_ours, n_naive = len(examples) * args.paths, len(examples) * args.naive_paths
     r_ours, r_naive = n_ours / t_ours, n_naive / t_naive
-    print(f"drllm evaluator: {n_ours} paths in {t_ours:.2f} s = {r_ours:.2f} paths/s "
-          f"({t_ours / n_ours * 1e3:.1f} ms per path)")
-    print(f"naive evaluator: {n_naive} paths in {t_naive:.2f} s = {r_naive:.2f} paths/s "
-          f"({t_naive / n_naive * 1e3:.1f} ms per path)")
+    print(
+        f"drllm evaluator: {n_ours} paths in {t_ours:.2f} s = {r_ours:.2f} paths/s "
+        f"({t_ours / n_ours * 1e3:.1f} ms per path)"
+    )
+    print(
+        f"naive evaluator: {n_naive} paths in {t_naive:.2f} s = {r_naive:.2f} paths/s "
+        f"({t_naive / n_naive * 1e3:.1f} ms per path)"
+    )
     print(f"ratio: {r_ours / r_naive:.1f}x")
-    print(json.dumps({"device": str(routed.device), "ours_paths_per_s": r_ours, "naive_paths_per_s": r_naive,
-                      "ratio": r_ours / r_naive, "examples": len(examples)}))
+    print(
+        json.dumps(
+            {
+                "device": str(routed.device),
+                "ours_paths_per_s": r_ours,
+                "naive_paths_per_s": r_naive,
+                "ratio": r_ours / r_naive,
+                "examples": len(examples),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from drllm.router import RoutedModel, encode_prompt, load_tokenizer
 from drllm.train.data import RouterDataModule
 from drllm.train.features import build_features, online_pooled
@@ -36,12 +37,25 @@ from drllm.train.module import RouterModule
 ARC_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "arc" / "ARC-Easy" / "train.jsonl"
 TOKENIZER = "smollm2-135m-instruct"
 DRLLM_PATHS, DRLLM_EPOCHS = 4000, 25
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=49152)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=49152,
+)
 SHAPES = {
-    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                         num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
-                         max_position_embeddings=4096, tie_word_embeddings=True),
+    "llama-3.2-3b": dict(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -120,8 +134,9 @@ def make_trainer(routed, tokenizer, data, num_windows: int, online: bool, device
     routers = routed.add_routers(num_windows, seed=0).train()
     frozen = {"routed": routed, "tokenizer": tokenizer} if online else {}
     module = RouterModule(routers, data.class_counts().tolist(), **frozen).to(device)
-    optimizer = torch.optim.AdamW(module.routers.parameters(), lr=module.hparams.lr,
-                                  weight_decay=module.hparams.weight_decay)
+    optimizer = torch.optim.AdamW(
+        module.routers.parameters(), lr=module.hparams.lr, weight_decay=module.hparams.weight_decay
+    )
     return module, optimizer
 
 
@@ -163,8 +178,10 @@ def measure(args, routed, tokenizer, rows, device: torch.device) -> dict:
         "cached": RouterDataModule(features=features, batch_size=args.batch_size, seed=0),
         "online": RouterDataModule(rows=rows, batch_size=args.batch_size, seed=0),
     }
-    trainers = {m: make_trainer(routed, tokenizer, d, args.num_windows, m == "online", device)
-                for m, d in modes.items()}
+    trainers = {
+        m: make_trainer(routed, tokenizer, d, args.num_windows, m == "online", device)
+        for m, d in modes.items()
+    }
     for mode, (module, optimizer) in trainers.items():
         train_step(module, optimizer, next(iter(modes[mode].train_dataloader())), device)
     torch.manual_seed(0)
@@ -172,10 +189,15 @@ def measure(args, routed, tokenizer, rows, device: torch.device) -> dict:
     for _ in range(args.epochs):
         for mode, (module, optimizer) in trainers.items():
             epochs[mode].append(timed_epoch(module, optimizer, modes[mode].train_dataloader(), device))
-    return {"build_s": build_s, "train_examples": len(modes["cached"].train_indices),
-            "cache_bytes_per_example": _bytes_per_example(features),
-            "cached_epoch_s": min(epochs["cached"]), "online_epoch_s": min(epochs["online"]),
-            "cached_epochs_s": epochs["cached"], "online_epochs_s": epochs["online"]}
+    return {
+        "build_s": build_s,
+        "train_examples": len(modes["cached"].train_indices),
+        "cache_bytes_per_example": _bytes_per_example(features),
+        "cached_epoch_s": min(epochs["cached"]),
+        "online_epoch_s": min(epochs["online"]),
+        "cached_epochs_s": epochs["cached"],
+        "online_epochs_s": epochs["online"],
+    }
 
 
 def _bytes_per_example(features) -> int:
@@ -189,31 +211,45 @@ def summarize(m: dict, n_examples: int) -> dict:
     cached_pe = m["cached_epoch_s"] / m["train_examples"]
     online_pe = m["online_epoch_s"] / m["train_examples"]
     cached_h = (build_pe * DRLLM_PATHS + cached_pe * DRLLM_PATHS * DRLLM_EPOCHS) / 3600
-    return {"build_s_per_example": build_pe, "cached_epoch_s_per_example": cached_pe,
-            "online_epoch_s_per_example": online_pe, "ratio_online_cached": online_pe / cached_pe,
-            "drllm_cached_hours": cached_h,
-            "drllm_online_hours": online_pe * DRLLM_PATHS * DRLLM_EPOCHS / 3600,
-            "drllm_cache_gib": m["cache_bytes_per_example"] * DRLLM_PATHS / 2**30}
+    return {
+        "build_s_per_example": build_pe,
+        "cached_epoch_s_per_example": cached_pe,
+        "online_epoch_s_per_example": online_pe,
+        "ratio_online_cached": online_pe / cached_pe,
+        "drllm_cached_hours": cached_h,
+        "drllm_online_hours": online_pe * DRLLM_PATHS * DRLLM_EPOCHS / 3600,
+        "drllm_cache_gib": m["cache_bytes_per_example"] * DRLLM_PATHS / 2**30,
+    }
 
 
 def report(info: dict, m: dict, s: dict) -> None:
-    print(f"model {info['model']} ({info['num_layers']} layers, d={info['hidden_size']}) "
-          f"on {info['device']}, "
-          f"{info['threads']} threads; {info['examples']} examples ({m['train_examples']} train), "
-          f"~{info['mean_prompt_tokens']:.0f} prompt tokens, batch {info['batch_size']}, "
-          f"W={info['num_windows']}, prompts from {info['source']}")
+    print(
+        f"model {info['model']} ({info['num_layers']} layers, d={info['hidden_size']}) "
+        f"on {info['device']}, "
+        f"{info['threads']} threads; {info['examples']} examples ({m['train_examples']} train), "
+        f"~{info['mean_prompt_tokens']:.0f} prompt tokens, batch {info['batch_size']}, "
+        f"W={info['num_windows']}, prompts from {info['source']}"
+    )
     print(f"{'phase':<34} {'seconds':>9} {'ms / example':>13}")
     print(f"{'feature cache build (once)':<34} {m['build_s']:9.3f} {s['build_s_per_example'] * 1e3:13.3f}")
-    print(f"{'cached training, per epoch':<34} {m['cached_epoch_s']:9.3f} "
-          f"{s['cached_epoch_s_per_example'] * 1e3:13.3f}")
-    print(f"{'online training, per epoch':<34} {m['online_epoch_s']:9.3f} "
-          f"{s['online_epoch_s_per_example'] * 1e3:13.3f}")
-    print(f"ratio online/cached = {s['ratio_online_cached']:.1f}x (per epoch; fastest of {info['epochs']} "
-          f"alternating epochs each)")
-    print(f"Dr.LLM setting ({DRLLM_PATHS} paths, {DRLLM_EPOCHS} epochs): "
-          f"cached {s['drllm_cached_hours']:.3f} h "
-          f"(build + training), online {s['drllm_online_hours']:.3f} h; cache "
-          f"{s['drllm_cache_gib']:.2f} GiB in memory")
+    print(
+        f"{'cached training, per epoch':<34} {m['cached_epoch_s']:9.3f} "
+        f"{s['cached_epoch_s_per_example'] * 1e3:13.3f}"
+    )
+    print(
+        f"{'online training, per epoch':<34} {m['online_epoch_s']:9.3f} "
+        f"{s['online_epoch_s_per_example'] * 1e3:13.3f}"
+    )
+    print(
+        f"ratio online/cached = {s['ratio_online_cached']:.1f}x (per epoch; fastest of {info['epochs']} "
+        f"alternating epochs each)"
+    )
+    print(
+        f"Dr.LLM setting ({DRLLM_PATHS} paths, {DRLLM_EPOCHS} epochs): "
+        f"cached {s['drllm_cached_hours']:.3f} h "
+        f"(build + training), online {s['drllm_online_hours']:.3f} h; cache "
+        f"{s['drllm_cache_gib']:.2f} GiB in memory"
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -226,8 +262,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--num-windows", type=int, default=8)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default); 1 avoids stalls on a busy machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default); 1 avoids stalls on a busy machine",
+    )
     args = parser.parse_args()
     if args.examples < 2 or args.epochs < 1:
         parser.error(f"need --examples >= 2 and --epochs >= 1, got {args.examples} and {args.epochs}")
@@ -242,10 +282,19 @@ def main() -> None:
     routed, tokenizer = load(args, device)
     rows, source = synthetic_rows(tokenizer, routed.num_layers, args.examples, args.prompt_tokens)
     lengths = [len(encode_prompt(tokenizer, r["prompt"])) for r in rows]
-    info = {"model": args.shape or args.model, "device": str(device), "num_layers": routed.num_layers,
-            "hidden_size": routed.hidden_size, "examples": args.examples, "batch_size": args.batch_size,
-            "num_windows": args.num_windows, "epochs": args.epochs, "source": source,
-            "mean_prompt_tokens": statistics.mean(lengths), "threads": torch.get_num_threads()}
+    info = {
+        "model": args.shape or args.model,
+        "device": str(device),
+        "num_layers": routed.num_layers,
+        "hidden_size": routed.hidden_size,
+        "examples": args.examples,
+        "batch_size": args.batch_size,
+        "num_windows": args.num_windows,
+        "epochs": args.epochs,
+        "source": source,
+        "mean_prompt_tokens": statistics.mean(lengths),
+        "threads": torch.get_num_threads(),
+    }
     m = measure(args, routed, tokenizer, rows, device)
     s = summarize(m, args.examples)
     report(info, m, s)

@@ -29,7 +29,9 @@ class RoutedCache(DynamicCache):
     def __init__(self, config, num_layers: int):
         super().__init__(config=config)
         if len(self.layers) != num_layers:
-            raise ValueError(f"cache built from the config has {len(self.layers)} slots, the model has {num_layers} layers")
+            raise ValueError(
+                f"cache built from the config has {len(self.layers)} slots, the model has {num_layers} layers"
+            )
         self.layers.extend(DynamicCache(config=config).layers)
         self.num_layers = num_layers
         self._offset = 0

@@ -36,7 +36,9 @@ def check_decisions(decisions, num_layers: int, batch_size: int | None = None) -
     d = torch.as_tensor(decisions)
     if d.is_floating_point() or d.dtype == torch.bool:
         if d.is_floating_point() and not torch.equal(d, d.round()):
-            raise ValueError(f"decisions must be integers 0/1/2, got non-integer values {d.flatten()[:8].tolist()}")
+            raise ValueError(
+                f"decisions must be integers 0/1/2, got non-integer values {d.flatten()[:8].tolist()}"
+            )
         d = d.round()
     d = d.long()
     if d.dim() not in (1, 2):

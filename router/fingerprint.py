@@ -41,4 +41,6 @@ def probe_mismatch(saved: list[float], current: list[float]) -> bool:
         return False
     if len(saved) != len(current):
         return True
-    return any(not math.isclose(a, b, rel_tol=PROBE_RTOL, abs_tol=1e-6) for a, b in zip(saved, current))
+    return any(
+        not math.isclose(a, b, rel_tol=PROBE_RTOL, abs_tol=1e-6) for a, b in zip(saved, current, strict=False)
+    )

@@ -38,11 +38,15 @@ class RoutingState:
     def reset(self) -> None:
         """Forget the current call's decisions and options."""
         self.decisions: torch.Tensor | None = None  # [B, L]; -1 where the routers have not decided yet
-        self.plan: list[int | None] = [EXECUTE] * self.num_layers  # per layer: the value shared by all rows, or None
+        self.plan: list[int | None] = [
+            EXECUTE
+        ] * self.num_layers  # per layer: the value shared by all rows, or None
         self.pending: list[bool] = [False] * self.num_layers  # layers the routers still have to decide
         self.pad_mask: torch.Tensor | None = None
         self.record: dict[int, torch.Tensor] | None = None
-        self.start: torch.Tensor | None = None  # [B] first layer each row runs (rows start from `start_hidden`)
+        self.start: torch.Tensor | None = (
+            None  # [B] first layer each row runs (rows start from `start_hidden`)
+        )
         self.start_hidden: torch.Tensor | None = None
         self.warned_nonfinite = False
         self.pool_weights = None  # window pooling weights of the prompt, shared by every router
@@ -69,21 +73,29 @@ class RoutingState:
     def _route(self, index: int, hidden: torch.Tensor) -> None:
         mask = None if self.pad_mask is None else _match_batch(self.pad_mask, hidden.shape[0])
         if mask is not None and mask.shape[1] != hidden.shape[1]:
-            raise ValueError(f"attention_mask has {mask.shape[1]} positions, the prompt has {hidden.shape[1]}")
+            raise ValueError(
+                f"attention_mask has {mask.shape[1]} positions, the prompt has {hidden.shape[1]}"
+            )
         if self.pool_weights is None or self.pool_weights[0].shape[0] != hidden.shape[0]:
-            self.pool_weights = window_weights(mask, hidden.shape[0], hidden.shape[1],
-                                               self.routers.config.num_windows, hidden.device)
+            self.pool_weights = window_weights(
+                mask, hidden.shape[0], hidden.shape[1], self.routers.config.num_windows, hidden.device
+            )
         logits = self.routers(index, hidden, mask, self.pool_weights)  # [B, 3]
         logits[:, SKIP] += self.budget
         finite = torch.isfinite(logits).all(-1)
         choice = torch.where(finite, logits.argmax(-1), torch.full_like(finite, EXECUTE, dtype=torch.long))
         if not bool(finite.all()) and not self.warned_nonfinite:
-            warnings.warn(f"router {index} produced a non-finite logit; executing the layer for those rows", stacklevel=2)
+            warnings.warn(
+                f"router {index} produced a non-finite logit; executing the layer for those rows",
+                stacklevel=2,
+            )
             self.warned_nonfinite = True
         rows = self.decisions.shape[0]
         self.decisions[:, index] = choice.view(rows, -1)[:, 0] if choice.shape[0] != rows else choice
         self.pending[index] = False
-        self.plan[index] = _uniform(self.decisions[:, index].tolist())  # one device sync per layer, at prefill
+        self.plan[index] = _uniform(
+            self.decisions[:, index].tolist()
+        )  # one device sync per layer, at prefill
 
 
 def _uniform(values: list[int]) -> int | None:
@@ -96,7 +108,9 @@ def _match_batch(t: torch.Tensor, batch_size: int) -> torch.Tensor:
     if t.shape[0] == batch_size:
         return t
     if batch_size % t.shape[0]:
-        raise ValueError(f"the model runs {batch_size} rows but decisions were made for {t.shape[0]} sequences")
+        raise ValueError(
+            f"the model runs {batch_size} rows but decisions were made for {t.shape[0]} sequences"
+        )
     return t.repeat_interleave(batch_size // t.shape[0], dim=0)
 
 
@@ -154,7 +168,8 @@ class RoutedLayer(nn.Module):
             if cache is not None:
                 if not isinstance(cache, RoutedCache):
                     raise ValueError(
-                        "a repeated layer needs its own KV-cache slot: pass past_key_values=routed.new_cache() "
+                        "a repeated layer needs its own KV-cache slot: pass "
+                        "past_key_values=routed.new_cache() "
                         f"instead of a {type(cache).__name__}"
                     )
                 with cache.repeat_slots():

@@ -24,13 +24,17 @@ def embedded_gguf(name: str = DEFAULT_MODEL) -> tuple[str, str]:
     try:
         files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError as err:
-        raise FileNotFoundError(f"model {name!r} comes from the {dist} wheel, which is not installed: {install}") from err
+        raise FileNotFoundError(
+            f"model {name!r} comes from the {dist} wheel, which is not installed: {install}"
+        ) from err
     for f in files:
         if f.name.endswith(".gguf") and f.name.startswith(stem):
             path = Path(f.locate())
             if path.is_file():
                 return str(path.parent), path.name
-    raise FileNotFoundError(f"the {dist} wheel is installed but holds no {stem}*.gguf file; reinstall it: {install}")
+    raise FileNotFoundError(
+        f"the {dist} wheel is installed but holds no {stem}*.gguf file; reinstall it: {install}"
+    )
 
 
 def is_embedded(name) -> bool:

@@ -28,7 +28,7 @@ from .surgery import unwrap_layers, wrap_layers
 
 
 def padded_positions(attention_mask):
-    """Position ids that restart at 0 on each row's first real token (left padding), as generate makes them."""
+    """Position ids restarting at 0 on each row's first real token (left padding), as generate makes them."""
     if attention_mask is None or attention_mask.dim() != 2:
         return None
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -115,7 +115,9 @@ class RoutedModel(nn.Module):
         ]
         for what, saved, current in checks:
             if saved != current:
-                raise ValueError(f"{source} were made for a model with {what} {saved}, this model has {current}")
+                raise ValueError(
+                    f"{source} were made for a model with {what} {saved}, this model has {current}"
+                )
         if probe_mismatch(config.weight_probe, self.weight_probe):
             raise ValueError(
                 f"{source} were trained on other weights: weight fingerprint {config.weight_probe}, "
@@ -156,7 +158,9 @@ class RoutedModel(nn.Module):
                 raise ValueError("routing with routers needs the batch size")
             state.begin_routing(batch_size, attention_mask, self.device)
         else:
-            state.set_decisions(torch.ones(batch_size or 1, self.num_layers, dtype=torch.long, device=self.device))
+            state.set_decisions(
+                torch.ones(batch_size or 1, self.num_layers, dtype=torch.long, device=self.device)
+            )
         state.active = True
         try:
             yield state
@@ -203,21 +207,29 @@ class RoutedModel(nn.Module):
             decisions = torch.ones(self.num_layers, dtype=torch.long)
         with self.forced(decisions, attention_mask, batch) as state:
             state.record = {}
-            self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                                  position_ids=padded_positions(attention_mask))
+            self.model.base_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=False,
+                position_ids=padded_positions(attention_mask),
+            )
             recorded = [state.record[i] for i in range(self.num_layers)]
         pooled = [window_pool(h, attention_mask, num_windows) for h in recorded]
         return torch.stack([p for p, _ in pooled], 1), torch.stack([v for _, v in pooled], 1)
 
     @torch.no_grad()
     def route(self, input_ids, attention_mask=None) -> torch.Tensor:
-        """The routers' decisions ``[B, L]`` for prompts (one backbone pass, no LM head), at ``self.budget``."""
+        """The routers' decisions ``[B, L]`` for prompts at ``self.budget`` (one backbone pass)."""
         if self.routers is None:
             raise ValueError("this model has no routers; call add_routers() or load_routers() first")
         batch = self._check_inputs(input_ids, attention_mask, None)
         with self.forced(None, attention_mask, batch):
-            self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                                  position_ids=padded_positions(attention_mask))
+            self.model.base_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=False,
+                position_ids=padded_positions(attention_mask),
+            )
         return self.last_decisions
 
     def _check_inputs(self, input_ids, attention_mask, inputs_embeds) -> int:
@@ -236,7 +248,9 @@ class RoutedModel(nn.Module):
             raise ValueError(f"the prompt has {length} tokens, the model's context is {limit} tokens")
         if attention_mask is not None:
             if tuple(attention_mask.shape[:2]) != (batch, length) and attention_mask.dim() == 2:
-                raise ValueError(f"attention_mask has shape {list(attention_mask.shape)}, input_ids {[batch, length]}")
+                raise ValueError(
+                    f"attention_mask has shape {list(attention_mask.shape)}, input_ids {[batch, length]}"
+                )
             if attention_mask.dim() == 2 and bool((attention_mask.sum(1) == 0).any()):
                 raise ValueError("a row of attention_mask has no real tokens (an empty prompt)")
         return batch
@@ -246,4 +260,8 @@ class RoutedModel(nn.Module):
         if self.last_decisions is None:
             return {}
         per_row = self.last_decisions.sum(-1).tolist()
-        return {"layers_per_row": per_row, "mean_layers": sum(per_row) / len(per_row), "num_layers": self.num_layers}
+        return {
+            "layers_per_row": per_row,
+            "mean_layers": sum(per_row) / len(per_row),
+            "num_layers": self.num_layers,
+        }

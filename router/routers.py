@@ -21,8 +21,9 @@ CONFIG_NAME = "router_config.json"
 WEIGHTS_NAME = "routers.safetensors"
 
 
-def window_weights(mask: torch.Tensor | None, batch: int, length: int, num_windows: int,
-                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def window_weights(
+    mask: torch.Tensor | None, batch: int, length: int, num_windows: int, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooling weights ``[B, W, T]`` (each valid row averages one window of real tokens) and ``valid [B, W]``.
 
     A row with n real tokens uses ``min(W, n)`` windows; real token r (in order) falls in window
@@ -30,7 +31,9 @@ def window_weights(mask: torch.Tensor | None, batch: int, length: int, num_windo
     """
     if num_windows < 1:
         raise ValueError(f"num_windows must be >= 1, got {num_windows}")
-    real = torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None else mask.to(device).bool()
+    real = (
+        torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None else mask.to(device).bool()
+    )
     if real.shape != (batch, length):
         raise ValueError(f"mask has shape {list(real.shape)}, hidden states need [{batch}, {length}]")
     n = real.sum(1)  # [B]
@@ -39,14 +42,20 @@ def window_weights(mask: torch.Tensor | None, batch: int, length: int, num_windo
     windows = n.clamp(max=num_windows)  # [B]
     rank = real.long().cumsum(1) - 1  # [B, T] order of each real token
     slot = torch.div(rank * windows[:, None], n[:, None], rounding_mode="floor")  # [B, T]
-    member = (slot[:, None, :] == torch.arange(num_windows, device=real.device)[None, :, None]) & real[:, None, :]
+    member = (slot[:, None, :] == torch.arange(num_windows, device=real.device)[None, :, None]) & real[
+        :, None, :
+    ]
     counts = member.sum(-1, keepdim=True)  # [B, W, 1]
     weights = member.float() / counts.clamp(min=1)
     return weights, counts[..., 0] > 0
 
 
-def window_pool(hidden: torch.Tensor, mask: torch.Tensor | None, num_windows: int,
-                weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def window_pool(
+    hidden: torch.Tensor,
+    mask: torch.Tensor | None,
+    num_windows: int,
+    weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-pool each row's real tokens over W contiguous windows.
 
     Args:
@@ -104,13 +113,15 @@ class Routers(nn.Module):
             LayerRouter(config.hidden_size, config.bottleneck) for _ in range(config.num_layers)
         )
 
-    def forward(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None, weights=None) -> torch.Tensor:
+    def forward(
+        self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None, weights=None
+    ) -> torch.Tensor:
         """Logits ``[B, 3]`` of router ``index`` for hidden states ``[B, T, d]`` entering layer ``index``."""
         pooled, valid = window_pool(hidden, mask, self.config.num_windows, weights)
         return self.layers[index](pooled, valid)
 
     def forward_pooled(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, L, 3]`` of every router for cached pooled inputs ``[N, L, W, d]``, ``valid [N, L, W]``."""
+        """Logits ``[N, L, 3]`` of every router for pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``."""
         return torch.stack([r(pooled[:, i], valid[:, i]) for i, r in enumerate(self.layers)], dim=1)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:

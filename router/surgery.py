@@ -62,7 +62,9 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
             f"not the bare backbone"
         ) from err
     if not isinstance(layers, nn.ModuleList):
-        raise UnsupportedArchitectureError(f"{LAYER_PATHS[model_type]} of {type(model).__name__} is not a ModuleList")
+        raise UnsupportedArchitectureError(
+            f"{LAYER_PATHS[model_type]} of {type(model).__name__} is not a ModuleList"
+        )
     return layers
 
 

@@ -44,8 +44,17 @@ class Prepared:
 class PathEvaluator:
     """Scores (prepared example, decisions) rows in batches; see the module docstring."""
 
-    def __init__(self, routed: RoutedModel, tokenizer, task, scoring: str | None = None, style: str = "plain",
-                 max_rows: int = 32, max_new_tokens: int = 32, reuse_prefix: bool = True):
+    def __init__(
+        self,
+        routed: RoutedModel,
+        tokenizer,
+        task,
+        scoring: str | None = None,
+        style: str = "plain",
+        max_rows: int = 32,
+        max_new_tokens: int = 32,
+        reuse_prefix: bool = True,
+    ):
         self.routed, self.tokenizer, self.task = routed, tokenizer, task
         self.scoring = task._check_scoring(scoring)
         self.style, self.max_rows, self.max_new_tokens = style, max_rows, max_new_tokens
@@ -83,8 +92,17 @@ class PathEvaluator:
         n = len(tokens)
         causal = torch.ones(n, n, dtype=torch.bool).tril()
         same = (own[:, None] == own[None, :]) | (own[None, :] == -1)
-        return Prepared(index, ex, torch.tensor(tokens), torch.tensor(positions), causal & same, targets, gold,
-                        prompt=prompt, target=target)
+        return Prepared(
+            index,
+            ex,
+            torch.tensor(tokens),
+            torch.tensor(positions),
+            causal & same,
+            targets,
+            gold,
+            prompt=prompt,
+            target=target,
+        )
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -104,7 +122,7 @@ class PathEvaluator:
                 pending.append((k, p, path, start))
         for chunk in _chunks(pending, self.max_rows):
             scores = self._forward(chunk)
-            for (k, p, _, _), s in zip(chunk, scores):
+            for (k, p, _, _), s in zip(chunk, scores, strict=False):
                 out[k] = _reward(s, p.gold, self.task.kind)
         self.paths_evaluated += len(rows)
         return [float(r) for r in out]
@@ -127,7 +145,7 @@ class PathEvaluator:
             rows = [(k, p, (1,) * L, 0) for k, p in enumerate(chunk)]
             record: dict[int, torch.Tensor] = {}
             scores = self._forward(rows, record=record)
-            for p, s in zip(chunk, scores):
+            for p, s in zip(chunk, scores, strict=False):
                 p.base_scores = s
                 p.base_reward = _reward(s, p.gold, self.task.kind)
             n = [len(p.tokens) for p in chunk]
@@ -194,19 +212,26 @@ class PathEvaluator:
         for chunk in _chunks(rows, self.max_rows):
             ids, mask = batch_prompts(self.tokenizer, [p.prompt for p, _ in chunk], self.routed.device)
             decisions = torch.tensor([list(path) for _, path in chunk])
-            gen = self.routed.generate(ids, attention_mask=mask, decisions=decisions, do_sample=False,
-                                       max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
-            texts = self.tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
-            out += [float(self.task.grade(p.example, t)) for (p, _), t in zip(chunk, texts)]
+            gen = self.routed.generate(
+                ids,
+                attention_mask=mask,
+                decisions=decisions,
+                do_sample=False,
+                max_new_tokens=self.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            texts = self.tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
+            out += [float(self.task.grade(p.example, t)) for (p, _), t in zip(chunk, texts, strict=False)]
         self.paths_evaluated += len(rows)
         return out
 
 
 def _attention_masks(allowed: torch.Tensor, pos: torch.Tensor, config, dtype, device):
-    """Additive 4D masks ``[B, 1, T, T]`` from ``allowed [B, T, T]``, with sliding windows where the model has them.
+    """Additive 4D masks ``[B, 1, T, T]`` from ``allowed [B, T, T]``, with the model's sliding windows.
 
     Models with both full and sliding layers (``config.layer_types``) take a dict of masks, one per type.
     """
+
     def additive(ok: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros(ok.shape[0], 1, *ok.shape[1:], dtype=dtype)
         return mask.masked_fill_(~ok[:, None], torch.finfo(dtype).min).to(device)

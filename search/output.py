@@ -14,8 +14,19 @@ import os
 import warnings
 from pathlib import Path
 
-FIELDS = ("id", "task", "model", "prompt", "target", "decisions", "layers", "reward", "base_reward",
-          "correct_paths", "simulations")
+FIELDS = (
+    "id",
+    "task",
+    "model",
+    "prompt",
+    "target",
+    "decisions",
+    "layers",
+    "reward",
+    "base_reward",
+    "correct_paths",
+    "simulations",
+)
 
 
 class OutputLockedError(RuntimeError):
@@ -36,7 +47,9 @@ def finished_ids(path: str | os.PathLike) -> set[str]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {number} is not valid JSON ({err}); refusing to append to it") from err
+            raise ValueError(
+                f"{path} line {number} is not valid JSON ({err}); refusing to append to it"
+            ) from err
         if not isinstance(row, dict) or "id" not in row:
             raise ValueError(f"{path} line {number} has no 'id'; refusing to append to it")
         done.add(str(row["id"]))
@@ -69,7 +82,8 @@ class SearchOutput:
         keep = data.rfind(b"\n") + 1
         if keep < len(data):
             warnings.warn(
-                f"{self.path}: dropping a torn last line ({len(data) - keep} bytes) left by an interrupted search",
+                f"{self.path}: dropping a torn last line ({len(data) - keep} bytes) "
+                "left by an interrupted search",
                 stacklevel=3,
             )
             with open(self.path, "r+b") as f:

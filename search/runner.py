@@ -26,10 +26,23 @@ class _Active:
     path: tuple | None = None
 
 
-def run_search(model, task: str, output: str, split: str = "train", limit: int | None = None,
-               simulations: int = 50, batch_size: int = 8, scoring: str | None = None, style: str = "plain",
-               seed: int = 0, data_dir: str | None = None, tokenizer=None, max_rows: int = 64,
-               max_new_tokens: int = 32, progress: bool = True) -> dict:
+def run_search(
+    model,
+    task: str,
+    output: str,
+    split: str = "train",
+    limit: int | None = None,
+    simulations: int = 50,
+    batch_size: int = 8,
+    scoring: str | None = None,
+    style: str = "plain",
+    seed: int = 0,
+    data_dir: str | None = None,
+    tokenizer=None,
+    max_rows: int = 64,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> dict:
     """Search paths for the examples of a task and append them to ``output`` (resumable).
 
     Args:
@@ -95,7 +108,7 @@ def _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar) -> No
         asking = [a for a in active if a.path is not None]
         if asking:
             rewards = evaluator.rewards([(a.prepared, a.path) for a in asking])
-            for a, r in zip(asking, rewards):
+            for a, r in zip(asking, rewards, strict=False):
                 a.tree.give(r)
         for a in [a for a in active if a.tree.done]:
             row = _row(a, meta, L)
@@ -106,7 +119,9 @@ def _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar) -> No
             improved += int(row["layers"] < L and row["reward"] >= 1.0 or row["reward"] > row["base_reward"])
         rate = evaluator.paths_evaluated / max(time.perf_counter() - start, 1e-9)
         bar.n = bar.total - len(queue) - len(active)
-        bar.set_postfix(paths_per_s=f"{rate:.1f}", improved=f"{improved / max(finished, 1):.0%}", refresh=False)
+        bar.set_postfix(
+            paths_per_s=f"{rate:.1f}", improved=f"{improved / max(finished, 1):.0%}", refresh=False
+        )
         bar.refresh()
 
 
@@ -160,7 +175,8 @@ def format_summary(s: dict) -> str:
         return "no examples searched"
     return (
         f"searched {s['examples']} examples on a {s['num_layers']}-layer model\n"
-        f"  base accuracy          {s['base_accuracy']:.1%}   (accuracy with the found paths: {s['path_accuracy']:.1%})\n"
+        f"  base accuracy          {s['base_accuracy']:.1%}   "
+        f"(accuracy with the found paths: {s['path_accuracy']:.1%})\n"
         f"  shorter correct path   {s['shorter_when_right']:.1%} of base-correct examples\n"
         f"  fixed                  {s['fixed_when_wrong']:.1%} of base-wrong examples\n"
         f"  mean layers            {s['mean_layers']:.2f} ({s['mean_layers_saved']:+.2f} saved per example)"

@@ -8,8 +8,18 @@ import torch
 import transformers as tf
 
 VOCAB = 96
-COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-              max_position_embeddings=128, num_hidden_layers=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    num_hidden_layers=4,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 
 def _configs():
@@ -19,17 +29,33 @@ def _configs():
         "qwen2": tf.Qwen2Config(**COMMON),
         "qwen3": tf.Qwen3Config(**COMMON, head_dim=8),
         "gemma3_text": tf.Gemma3TextConfig(
-            **COMMON, head_dim=8, sliding_window=5, query_pre_attn_scalar=8,
+            **COMMON,
+            head_dim=8,
+            sliding_window=5,
+            query_pre_attn_scalar=8,
             layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
         ),
         "phi3": tf.Phi3Config(**COMMON),
         "olmo2": tf.Olmo2Config(**COMMON),
         "gpt_neox": tf.GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=4,
-            max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=4,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
         ),
         "gpt2": tf.GPT2Config(
-            vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=128, pad_token_id=0, bos_token_id=1,
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=4,
+            n_head=4,
+            n_positions=128,
+            pad_token_id=0,
+            bos_token_id=1,
             eos_token_id=2,
         ),
     }
@@ -81,7 +107,7 @@ def explicit_model(model: torch.nn.Module, decisions) -> torch.nn.Module:
 
 
 def prompts(batch: int = 3, length: int = 9, seed: int = 1, pad_rows: int = 1):
-    """Left-padded random prompts: ``(input_ids, attention_mask)``; the first ``pad_rows`` rows are shorter."""
+    """Left-padded random prompts ``(input_ids, attention_mask)``; the first ``pad_rows`` rows are shorter."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (batch, length), generator=g)
     mask = torch.ones(batch, length, dtype=torch.long)
@@ -105,8 +131,9 @@ def tiny_tokenizer(chat: bool = False):
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     tok.padding_side = "left"
     if chat:
         tok.chat_template = (

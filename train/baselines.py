@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 
 import torch
+
 from drllm.router import layer_list
 from drllm.router.model import padded_positions
 
@@ -93,8 +94,9 @@ def block_states(routed, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     try:
         with routed.forced([1] * routed.num_layers, mask, batch) as state:
             state.record = {}
-            routed.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False,
-                                    position_ids=padded_positions(mask))
+            routed.model.base_model(
+                input_ids=ids, attention_mask=mask, use_cache=False, position_ids=padded_positions(mask)
+            )
             states = [state.record[i] for i in range(routed.num_layers)] + [captured["out"]]
     finally:
         hook.remove()

@@ -13,8 +13,16 @@ import sys
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def generate(prompt: str, model: str = DEFAULT_MODEL, decisions: str | None = None, routers: str | None = None,
-             budget: float = 0.0, max_new_tokens: int = 40, chat: bool = True, stream: bool = False) -> str:
+def generate(
+    prompt: str,
+    model: str = DEFAULT_MODEL,
+    decisions: str | None = None,
+    routers: str | None = None,
+    budget: float = 0.0,
+    max_new_tokens: int = 40,
+    chat: bool = True,
+    stream: bool = False,
+) -> str:
     """Generate a completion with routed layers and print it with the layers executed.
 
     Args:
@@ -38,28 +46,49 @@ def generate(prompt: str, model: str = DEFAULT_MODEL, decisions: str | None = No
     path = parse_decisions(decisions, routed.num_layers) if decisions else None
     text = prompt
     if chat and getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     ids, mask = batch_prompts(tok, [text], routed.device)
     streamer = None
     if stream:
         from transformers import TextStreamer
 
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    out = routed.generate(ids, attention_mask=mask, decisions=path, max_new_tokens=max_new_tokens, do_sample=False,
-                          pad_token_id=tok.pad_token_id, streamer=streamer)
+    out = routed.generate(
+        ids,
+        attention_mask=mask,
+        decisions=path,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        streamer=streamer,
+    )
     completion = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     used = routed.last_decisions[0]
     layers = int(used.sum())
     if not stream:
         print(completion)
-    print(f"\n[layers executed per token: {layers} of {routed.num_layers}; path {format_decisions(used)}; "
-          f"layer applications: {layers * (ids.shape[1] + out.shape[1] - ids.shape[1])}]")
+    print(
+        f"\n[layers executed per token: {layers} of {routed.num_layers}; path {format_decisions(used)}; "
+        f"layer applications: {layers * (ids.shape[1] + out.shape[1] - ids.shape[1])}]"
+    )
     return completion
 
 
-def search(task: str, output: str, model: str = DEFAULT_MODEL, split: str = "train", limit: int | None = None,
-           simulations: int = 50, batch_size: int = 8, scoring: str | None = None, style: str = "plain",
-           seed: int = 0, data_dir: str | None = None) -> dict:
+def search(
+    task: str,
+    output: str,
+    model: str = DEFAULT_MODEL,
+    split: str = "train",
+    limit: int | None = None,
+    simulations: int = 50,
+    batch_size: int = 8,
+    scoring: str | None = None,
+    style: str = "plain",
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> dict:
     """Search skip/execute/repeat paths per example with MCTS and append them to a JSONL file (resumable).
 
     Args:
@@ -77,14 +106,41 @@ def search(task: str, output: str, model: str = DEFAULT_MODEL, split: str = "tra
     """
     from drllm.search.runner import run_search
 
-    return run_search(model, task, output, split=split, limit=limit, simulations=simulations, batch_size=batch_size,
-                      scoring=scoring, style=style, seed=seed, data_dir=data_dir)
+    return run_search(
+        model,
+        task,
+        output,
+        split=split,
+        limit=limit,
+        simulations=simulations,
+        batch_size=batch_size,
+        scoring=scoring,
+        style=style,
+        seed=seed,
+        data_dir=data_dir,
+    )
 
 
-def train(paths: str, output: str, model: str = DEFAULT_MODEL, epochs: int = 25, num_windows: int = 8,
-          hidden_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.01, batch_size: int = 16,
-          val_fraction: float = 0.1, seed: int = 0, logger: str = "csv", accelerator: str = "auto",
-          devices: int = 1, strategy: str = "auto", precision: str = "32-true", online: bool = False) -> dict:
+def train(
+    paths: str,
+    output: str,
+    model: str = DEFAULT_MODEL,
+    epochs: int = 25,
+    num_windows: int = 8,
+    hidden_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    batch_size: int = 16,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    logger: str = "csv",
+    accelerator: str = "auto",
+    devices: int = 1,
+    strategy: str = "auto",
+    precision: str = "32-true",
+    online: bool = False,
+    resume: bool = True,
+) -> dict:
     """Train routers on a search output file, the base model frozen.
 
     Args:
@@ -105,19 +161,46 @@ def train(paths: str, output: str, model: str = DEFAULT_MODEL, epochs: int = 25,
         strategy: Lightning strategy (auto, ddp, ...).
         precision: Lightning precision (32-true, bf16-mixed, ...).
         online: run the frozen model every step instead of using cached router inputs.
+        resume: continue from ``<output>/checkpoints/last.ckpt`` when it exists.
     """
     from drllm.train.trainer import train_routers
 
-    return train_routers(model, paths, output, epochs=epochs, num_windows=num_windows, hidden_size=hidden_size, lr=lr,
-                         weight_decay=weight_decay, batch_size=batch_size, val_fraction=val_fraction, seed=seed,
-                         logger=logger, accelerator=accelerator, devices=devices, strategy=strategy,
-                         precision=precision, online=online)
+    return train_routers(
+        model,
+        paths,
+        output,
+        epochs=epochs,
+        num_windows=num_windows,
+        hidden_size=hidden_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        logger=logger,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        online=online,
+        resume=resume,
+    )
 
 
-def eval(task: str, output: str, model: str = DEFAULT_MODEL, routers: str | None = None,  # noqa: A001
-         split: str | None = None, limit: int | None = None, budgets: list[float] | None = None,
-         baselines: list[str] | None = None, max_new_tokens: int = 32, scoring: str | None = None,
-         style: str = "plain", data_dir: str | None = None) -> list:
+def eval(
+    task: str,
+    output: str,
+    model: str = DEFAULT_MODEL,
+    routers: str | None = None,  # noqa: A001
+    split: str | None = None,
+    limit: int | None = None,
+    budgets: list[float] | None = None,
+    baselines: list[str] | None = None,
+    max_new_tokens: int = 32,
+    scoring: str | None = None,
+    style: str = "plain",
+    data_dir: str | None = None,
+) -> list:
     """Evaluate accuracy against compute: base model, routed model over budgets, static baselines.
 
     Args:
@@ -139,13 +222,32 @@ def eval(task: str, output: str, model: str = DEFAULT_MODEL, routers: str | None
     kwargs = {"budgets": tuple(budgets)} if budgets is not None else {}
     if baselines is not None:
         kwargs["baselines"] = tuple(baselines)
-    return run_eval(model, task, output, routers=routers, split=split, limit=limit, max_new_tokens=max_new_tokens,
-                    scoring=scoring, style=style, data_dir=data_dir, **kwargs)
+    return run_eval(
+        model,
+        task,
+        output,
+        routers=routers,
+        split=split,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        scoring=scoring,
+        style=style,
+        data_dir=data_dir,
+        **kwargs,
+    )
 
 
-def demo(output: str = "runs/demo", model: str = DEFAULT_MODEL, task: str = "arc_easy", train_examples: int = 48,
-         eval_examples: int = 100, simulations: int = 16, epochs: int = 25, seed: int = 0,
-         data_dir: str | None = None) -> dict:
+def demo(
+    output: str = "runs/demo",
+    model: str = DEFAULT_MODEL,
+    task: str = "arc_easy",
+    train_examples: int = 200,
+    eval_examples: int = 100,
+    simulations: int = 24,
+    epochs: int = 25,
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> dict:
     """Run search -> train -> eval on the embedded default model and write report.md (resumable).
 
     Args:
@@ -161,9 +263,17 @@ def demo(output: str = "runs/demo", model: str = DEFAULT_MODEL, task: str = "arc
     """
     from drllm.train.demo import run_demo
 
-    return run_demo(output=output, model=model, task=task, train_examples=train_examples,
-                    eval_examples=eval_examples, simulations=simulations, epochs=epochs, seed=seed,
-                    data_dir=data_dir)
+    return run_demo(
+        output=output,
+        model=model,
+        task=task,
+        train_examples=train_examples,
+        eval_examples=eval_examples,
+        simulations=simulations,
+        epochs=epochs,
+        seed=seed,
+        data_dir=data_dir,
+    )
 
 
 COMMANDS = {"generate": generate, "search": search, "train": train, "eval": eval, "demo": demo}

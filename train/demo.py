@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from drllm.router import DEFAULT_MODEL, RoutedModel, load_tokenizer
 from drllm.search.runner import run_search
 from drllm.search.tasks import get_task
@@ -29,10 +30,21 @@ from .trainer import train_routers
 MARKER = ".done"
 
 
-def run_demo(output: str = "runs/demo", model: str = DEFAULT_MODEL, task: str = "arc_easy",
-             train_examples: int = 48, eval_examples: int = 100, simulations: int = 16, epochs: int = 25,
-             budgets=(-1.0, 0.0, 1.0, 2.0), seed: int = 0, data_dir: str | None = None, progress: bool = True,
-             routed: RoutedModel | None = None, tokenizer=None) -> dict:
+def run_demo(
+    output: str = "runs/demo",
+    model: str = DEFAULT_MODEL,
+    task: str = "arc_easy",
+    train_examples: int = 200,
+    eval_examples: int = 100,
+    simulations: int = 24,
+    epochs: int = 25,
+    budgets=(-0.5, 0.0, 0.25, 0.5, 0.75, 1.0),
+    seed: int = 0,
+    data_dir: str | None = None,
+    progress: bool = True,
+    routed: RoutedModel | None = None,
+    tokenizer=None,
+) -> dict:
     """Run search, router training and evaluation, and write ``<output>/report.md``.
 
     Args:
@@ -58,13 +70,31 @@ def run_demo(output: str = "runs/demo", model: str = DEFAULT_MODEL, task: str = 
     routed, tokenizer = _load(model, routed, tokenizer)
     task_obj = get_task(task)
     paths = out / "paths.jsonl"
-    _say(progress, f"[1/3] search {task} ({train_examples} training examples, {simulations} simulations)"
-                   f" -> {paths}")
-    search = run_search(routed, task, str(paths), split=calibration_split(task_obj), limit=train_examples,
-                        simulations=simulations, seed=seed, data_dir=data_dir, tokenizer=tokenizer,
-                        progress=progress)
-    train_args = {"model": str(model), "task": task, "paths": str(paths), "train_examples": train_examples,
-                  "simulations": simulations, "epochs": epochs, "seed": seed}
+    _say(
+        progress,
+        f"[1/3] search {task} ({train_examples} training examples, {simulations} simulations) -> {paths}",
+    )
+    search = run_search(
+        routed,
+        task,
+        str(paths),
+        split=calibration_split(task_obj),
+        limit=train_examples,
+        simulations=simulations,
+        seed=seed,
+        data_dir=data_dir,
+        tokenizer=tokenizer,
+        progress=progress,
+    )
+    train_args = {
+        "model": str(model),
+        "task": task,
+        "paths": str(paths),
+        "train_examples": train_examples,
+        "simulations": simulations,
+        "epochs": epochs,
+        "seed": seed,
+    }
     metrics = _train_stage(routed, tokenizer, out / "routers", train_args, progress)
     eval_args = {**train_args, "eval_examples": eval_examples, "budgets": [float(b) for b in budgets]}
     split = "validation" if "validation" in task_obj.splits else task_obj.default_split_eval
@@ -116,8 +146,16 @@ def _train_stage(routed, tokenizer, folder: Path, args: dict, progress: bool) ->
         stale = (folder / MARKER).is_file()  # finished with other arguments: start over, do not resume
         (folder / MARKER).unlink(missing_ok=True)
         (folder.parent / "eval" / MARKER).unlink(missing_ok=True)
-        train_routers(routed, args["paths"], str(folder), epochs=args["epochs"], seed=args["seed"],
-                      resume=not stale, progress=progress, tokenizer=tokenizer)
+        train_routers(
+            routed,
+            args["paths"],
+            str(folder),
+            epochs=args["epochs"],
+            seed=args["seed"],
+            resume=not stale,
+            progress=progress,
+            tokenizer=tokenizer,
+        )
         _mark(folder, args)
     routed.load_routers(folder)
     return json.loads((folder / "metrics.json").read_text())
@@ -131,9 +169,18 @@ def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir, 
     else:
         _say(progress, f"[3/3] evaluate on {split} ({args['eval_examples']} examples) -> {folder}")
         (folder / MARKER).unlink(missing_ok=True)
-        run_eval(routed, args["task"], str(folder), routers=str(out / "routers"), split=split,
-                 limit=args["eval_examples"], budgets=tuple(args["budgets"]), data_dir=data_dir,
-                 tokenizer=tokenizer, progress=progress)
+        run_eval(
+            routed,
+            args["task"],
+            str(folder),
+            routers=str(out / "routers"),
+            split=split,
+            limit=args["eval_examples"],
+            budgets=tuple(args["budgets"]),
+            data_dir=data_dir,
+            tokenizer=tokenizer,
+            progress=progress,
+        )
         _mark(folder, args)
     rows = json.loads((folder / "results.json").read_text())
     return rows, json.loads((folder / "decisions.json").read_text())
@@ -142,19 +189,31 @@ def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir, 
 # --------------------------------------------------------------------------- report
 
 
-def report_text(search: dict, metrics: dict, rows: list[dict], decisions: list[dict], num_layers: int,
-                task: str, model: str) -> str:
+def report_text(
+    search: dict,
+    metrics: dict,
+    rows: list[dict],
+    decisions: list[dict],
+    num_layers: int,
+    task: str,
+    model: str,
+) -> str:
     """The demo's ``report.md``: what search, the routers and the evaluation found, in plain words."""
     parts = [
         f"# Dr.LLM demo: {task} on {model}\n",
         f"The model has {num_layers} layers. Links: [trade-off plot](eval/tradeoff.png), "
         "[per-layer decisions](eval/decisions.png), [results table](eval/results.md).\n",
-        "## Search\n", *_search_lines(search),
-        "## Routers\n", *_router_lines(metrics),
-        "## Evaluation\n", report.markdown_table(rows, num_layers),
+        "## Search\n",
+        *_search_lines(search),
+        "## Routers\n",
+        *_router_lines(metrics),
+        "## Evaluation\n",
+        report.markdown_table(rows, num_layers),
         *_budget_lines(rows, num_layers),
-        "## Against static baselines at matched compute\n", *_baseline_lines(rows),
-        "## Where the routers skip and repeat\n", *_where_lines(rows, decisions),
+        "## Against static baselines at matched compute\n",
+        *_baseline_lines(rows),
+        "## Where the routers skip and repeat\n",
+        *_where_lines(rows, decisions),
     ]
     return "\n".join(parts)
 
@@ -199,10 +258,15 @@ def _budget_lines(rows: list[dict], num_layers: int) -> list[str]:
     for r in routed:
         saved = base["layers_per_prompt"] - r["layers_per_prompt"]
         diff = 100 * (r["accuracy"] - base["accuracy"])
-        verdict = ("the same as base" if abs(diff) < 1e-9 else
-                   f"{abs(diff):.1f} points {'above' if diff > 0 else 'below'} base")
-        lines.append(f"- Budget {r['budget']:g}: {r['layers_per_prompt']:.2f} layers per prompt, "
-                     f"{saved:+.2f} layers saved vs base, {_pct(r['accuracy'])} accuracy ({verdict}).")
+        verdict = (
+            "the same as base"
+            if abs(diff) < 1e-9
+            else f"{abs(diff):.1f} points {'above' if diff > 0 else 'below'} base"
+        )
+        lines.append(
+            f"- Budget {r['budget']:g}: {r['layers_per_prompt']:.2f} layers per prompt, "
+            f"{saved:+.2f} layers saved vs base, {_pct(r['accuracy'])} accuracy ({verdict})."
+        )
     return lines + [""]
 
 
@@ -210,18 +274,28 @@ def _baseline_lines(rows: list[dict]) -> list[str]:
     routed = [r for r in rows if r["method"] == "routed"]
     static = [r for r in rows if r["method"] not in ("base", "routed")]
     if not routed or not static:
-        return ["No static baseline ran: they skip as many layers as the routers save at budget 0, "
-                "and the routers saved less than one layer (or there were no routers).\n"]
-    ref = min(routed, key=lambda r: abs(r["budget"]))
-    lines = [f"Reference: routers at budget {ref['budget']:g}, {ref['layers_per_prompt']:.2f} layers, "
-             f"{_pct(ref['accuracy'])} accuracy."]
+        return [
+            "No static baseline ran: they skip as many layers as the routers save, "
+            "and the routers saved less than one layer at every budget (or there were no routers).\n"
+        ]
+    by_budget = {r["budget"]: r for r in routed}
+    lines = ["Each static baseline skips as many layers as the routers save at the budget it is matched to."]
     for r in static:
+        ref = by_budget.get(r.get("matched_budget"), min(routed, key=lambda x: abs(x["budget"])))
         diff = 100 * (ref["accuracy"] - r["accuracy"])
-        verdict = ("tie" if abs(diff) < 1e-9 else
-                   f"routers win by {diff:.1f} points" if diff > 0 else f"routers LOSE by {-diff:.1f} points")
+        verdict = (
+            "tie"
+            if abs(diff) < 1e-9
+            else f"routers win by {diff:.1f} points"
+            if diff > 0
+            else f"routers LOSE by {-diff:.1f} points"
+        )
         std = f" ± {_pct(r['accuracy_std'])}" if r.get("accuracy_std") is not None else ""
-        lines.append(f"- {r['method']}: {r['layers_per_prompt']:.2f} layers, {_pct(r['accuracy'])}{std} "
-                     f"accuracy: {verdict}.")
+        lines.append(
+            f"- {r['method']} at {r['layers_per_prompt']:.2f} layers: {_pct(r['accuracy'])}{std} accuracy "
+            f"vs routers (budget {ref['budget']:g}, {ref['layers_per_prompt']:.2f} layers) "
+            f"{_pct(ref['accuracy'])}: {verdict}."
+        )
     return lines + [""]
 
 

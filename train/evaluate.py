@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from drllm.router import RoutedModel, batch_prompts, load_tokenizer
 from drllm.search.evaluator import PathEvaluator
 from drllm.search.tasks import get_task
@@ -34,11 +35,25 @@ from .baselines import angular_block, drop_last, layers_to_drop, random_skips
 BASELINES = ("drop-last", "angular", "random")
 
 
-def run_eval(model, task: str, output: str, routers: str | None = None, split: str | None = None,
-             limit: int | None = None, budgets=(-2.0, -1.0, 0.0, 1.0, 2.0), baselines=BASELINES,
-             max_new_tokens: int = 32, data_dir: str | None = None, scoring: str | None = None,
-             style: str = "plain", random_seeds: int = 3, calibration: int = 16, batch_size: int = 16,
-             tokenizer=None, progress: bool = True) -> list[dict]:
+def run_eval(
+    model,
+    task: str,
+    output: str,
+    routers: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    budgets=(-0.5, 0.0, 0.25, 0.5, 0.75, 1.0),
+    baselines=BASELINES,
+    max_new_tokens: int = 32,
+    data_dir: str | None = None,
+    scoring: str | None = None,
+    style: str = "plain",
+    random_seeds: int = 3,
+    calibration: int = 16,
+    batch_size: int = 16,
+    tokenizer=None,
+    progress: bool = True,
+) -> list[dict]:
     """Evaluate base, routed and static-baseline decisions on a task and write the reports into ``output``.
 
     Args:
@@ -81,10 +96,12 @@ def run_eval(model, task: str, output: str, routers: str | None = None, split: s
     if routed.routers is not None:
         results += [scorer.run_routed(examples, b) for b in budgets]
     reference = _reference_row(results)
-    n = _baseline_n(reference, L, baselines, progress)
-    if n:
+    drops = _baseline_drops(results, L, baselines, progress)
+    if drops:
         calib = _calibration_prompts(task_obj, scorer, calibration, data_dir, progress)
-        results += _baseline_rows(scorer, examples, baselines, n, calib, random_seeds)
+        for n, budget in drops:
+            for row, d in _baseline_rows(scorer, examples, baselines, n, calib, random_seeds):
+                results.append(({**row, "matched_budget": budget}, d))
     rows = report.sort_rows([r for r, _ in results])
     _write(results, reference, output, L, f"{task} on {name}")
     return rows
@@ -110,19 +127,30 @@ def _reference_row(results) -> tuple[dict, list] | None:
     return min(routed, key=lambda rd: abs(rd[0]["budget"])) if routed else None
 
 
-def _baseline_n(reference, num_layers: int, baselines, progress: bool) -> int:
-    """Layers the static baselines skip (0 when none should run), with a note saying why."""
+def _baseline_drops(results, num_layers: int, baselines, progress: bool) -> list[tuple[int, float]]:
+    """``(n, budget)`` pairs: static baselines skip n layers, matched to the routed row at that budget.
+
+    One pair per distinct number of layers the routers save over the budget sweep (rounded), so the
+    baselines trace the same compute range as the routers. None without routers or when nothing is saved.
+    """
     if not baselines:
-        return 0
-    if reference is None:
+        return []
+    routed = [row for row, _ in results if row["method"] == "routed"]
+    if not routed:
         _note(progress, "no routers: static baselines skipped (their compute is matched to the routers')")
-        return 0
-    row = reference[0]
-    n = min(layers_to_drop(row["layers_per_prompt"], num_layers), num_layers - 1)
-    if n == 0:
-        _note(progress, f"routers at budget {row['budget']:g} run {row['layers_per_prompt']:.2f} of "
-                        f"{num_layers} layers: nothing to drop, static baselines skipped")
-    return n
+        return []
+    drops: dict[int, float] = {}
+    for row in sorted(routed, key=lambda r: abs(r["budget"])):
+        n = min(layers_to_drop(row["layers_per_prompt"], num_layers), num_layers - 1)
+        if n > 0:
+            drops.setdefault(n, row["budget"])
+    if not drops:
+        _note(
+            progress,
+            f"routers run {min(r['layers_per_prompt'] for r in routed):.2f} or more of "
+            f"{num_layers} layers at every budget: nothing to drop, static baselines skipped",
+        )
+    return sorted(drops.items())
 
 
 def calibration_split(task) -> str:
@@ -187,8 +215,11 @@ def _write(results, reference, output: str, num_layers: int, title: str) -> None
     shown = reference or results[0]
     label = f"routed, budget {shown[0]['budget']:g}" if reference else "base"
     report.plot_decisions(shown[1], out / "decisions.png", title=f"{title}: {label} decisions")
-    saved = [{"method": r["method"], "budget": r["budget"], "decisions": d} for r, d in results
-             if r["method"] in ("base", "routed")]
+    saved = [
+        {"method": r["method"], "budget": r["budget"], "decisions": d}
+        for r, d in results
+        if r["method"] in ("base", "routed")
+    ]
     (out / "decisions.json").write_text(json.dumps(saved) + "\n")
 
 
@@ -207,8 +238,9 @@ class _Scorer:
         self.choice = task.kind == "choice"
         self.scoring = task._check_scoring(scoring)
         if self.choice:
-            self.evaluator = PathEvaluator(routed, tokenizer, task, self.scoring, style, max_rows=batch_size,
-                                           reuse_prefix=False)
+            self.evaluator = PathEvaluator(
+                routed, tokenizer, task, self.scoring, style, max_rows=batch_size, reuse_prefix=False
+            )
         self.eos = _eos_ids(tokenizer, routed.model)
 
     def prompt(self, example) -> str:
@@ -230,8 +262,13 @@ class _Scorer:
         """One row for ``decide(ids, mask) -> [B, L]`` (None: the routers decide), and its decisions."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(examples), desc=label or method, unit="ex", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=len(examples),
+            desc=label or method,
+            unit="ex",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         correct, layers, apps, decisions = [], [], [], []
         _sync()
         start = time.perf_counter()
@@ -249,9 +286,15 @@ class _Scorer:
         _sync()
         seconds = time.perf_counter() - start
         bar.close()
-        row = {"method": method, "budget": None, "accuracy": statistics.fmean(correct),
-               "layers_per_prompt": statistics.fmean(layers), "layer_applications": statistics.fmean(apps),
-               "seconds": seconds, "n": len(examples)}
+        row = {
+            "method": method,
+            "budget": None,
+            "accuracy": statistics.fmean(correct),
+            "layers_per_prompt": statistics.fmean(layers),
+            "layer_applications": statistics.fmean(apps),
+            "seconds": seconds,
+            "n": len(examples),
+        }
         return row, decisions
 
     def _choice(self, chunk, ids, mask, d):
@@ -264,8 +307,14 @@ class _Scorer:
 
     def _exact(self, chunk, ids, mask, d):
         pad = self.tokenizer.pad_token_id
-        gen = self.routed.generate(ids, attention_mask=mask, decisions=d, do_sample=False,
-                                   max_new_tokens=self.max_new_tokens, pad_token_id=pad)
+        gen = self.routed.generate(
+            ids,
+            attention_mask=mask,
+            decisions=d,
+            do_sample=False,
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=pad,
+        )
         paths = self.routed.last_decisions.tolist()
         correct, tokens = [], []
         new = gen[:, ids.shape[1] :].tolist()

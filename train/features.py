@@ -92,7 +92,7 @@ def cache_key(routed, rows: list[dict], num_windows: int) -> str:
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], device: torch.device | str = "cpu"):
-    """Left-padded ``(input_ids, attention_mask)``, encoded exactly as the search and generation encode prompts."""
+    """Left-padded ``(input_ids, attention_mask)``, encoded as search and generation encode prompts."""
     return batch_prompts(tokenizer, list(prompts), device)
 
 
@@ -143,9 +143,7 @@ def build_features(
 
 def _compute(routed, tokenizer, rows, num_windows, batch_size, progress) -> FeatureSet:
     """Run the frozen model over the rows in batches of similar length; results back in row order."""
-    lengths = [
-        len(encode_prompt(tokenizer, r["prompt"])) for r in rows
-    ]
+    lengths = [len(encode_prompt(tokenizer, r["prompt"])) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: lengths[i])
     decisions = torch.tensor([r["decisions"] for r in rows], dtype=torch.long)  # [N, L]
     pooled, valid = [None] * len(rows), [None] * len(rows)

@@ -205,8 +205,14 @@ def _draw_base(ax, rows: list[dict[str, Any]]) -> None:
         acc = 100 * row["accuracy"]
         ax.axhline(acc, color=_COLORS["base"], linestyle="--", linewidth=1, alpha=0.6, zorder=1)
         ax.plot(
-            row["layers_per_prompt"], acc, marker="*", markersize=16, color=_COLORS["base"],
-            linestyle="none", label=f"base ({acc:.1f}%)", zorder=4,
+            row["layers_per_prompt"],
+            acc,
+            marker="*",
+            markersize=16,
+            color=_COLORS["base"],
+            linestyle="none",
+            label=f"base ({acc:.1f}%)",
+            zorder=4,
         )
 
 
@@ -220,16 +226,30 @@ def _draw_method(ax, method: str, rows: list[dict[str, Any]]) -> None:
     stds = [100 * row["accuracy_std"] if row.get("accuracy_std") is not None else 0.0 for row in rows]
     style = "-" if len(rows) > 1 else "none"
     ax.errorbar(
-        xs, ys, yerr=stds if any(stds) else None, color=color, marker=marker, markersize=7,
-        linestyle=style, linewidth=1.8, capsize=4, label=method, zorder=3,
+        xs,
+        ys,
+        yerr=stds if any(stds) else None,
+        color=color,
+        marker=marker,
+        markersize=7,
+        linestyle=style,
+        linewidth=1.8,
+        capsize=4,
+        label=method,
+        zorder=3,
     )
     if len(rows) > 1:
         for x, y, row in zip(xs, ys, rows, strict=True):
             if row.get("budget") is None:
                 continue
             ax.annotate(
-                f"b={row['budget']:g}", (x, y), xytext=(0, 9), textcoords="offset points",
-                ha="center", fontsize=9, color=color,
+                f"b={row['budget']:g}",
+                (x, y),
+                xytext=(0, 9),
+                textcoords="offset points",
+                ha="center",
+                fontsize=9,
+                color=color,
                 bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
             )
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from drllm.router import RoutedModel, load_tokenizer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from drllm.router import RoutedModel, load_tokenizer
 
 from .data import RouterDataModule
 from .features import build_features

@@ -67,8 +67,9 @@ def test_routers_decide_once_at_prefill_and_reuse_for_every_token():
     assert len(calls) == routed.num_layers  # one router call per layer, at prefill only
     decided = routed.last_decisions.clone()
     # the same decisions, given explicitly, reproduce the generation exactly
-    again = routed.generate(ids, attention_mask=mask, decisions=decided, max_new_tokens=5, do_sample=False,
-                            pad_token_id=0)
+    again = routed.generate(
+        ids, attention_mask=mask, decisions=decided, max_new_tokens=5, do_sample=False, pad_token_id=0
+    )
     assert torch.equal(out, again)
     assert torch.equal(routed.route(ids, mask), decided)
 
@@ -122,7 +123,10 @@ def test_save_and_load_round_trip(tmp_path):
     ("make", "message"),
     [
         (lambda: tiny_model("llama", num_hidden_layers=3), "layer count 4, this model has 3"),
-        (lambda: tiny_model("llama", hidden_size=48, intermediate_size=64), "hidden size 32, this model has 48"),
+        (
+            lambda: tiny_model("llama", hidden_size=48, intermediate_size=64),
+            "hidden size 32, this model has 48",
+        ),
         (lambda: tiny_model("mistral"), "fingerprint llama-L4-d32-v96, this model has mistral-L4-d32-v96"),
         (lambda: tiny_model("llama", seed=7), "trained on other weights"),
     ],
@@ -187,8 +191,11 @@ def test_bad_prompts_are_refused():
 def test_unknown_architecture_lists_supported_ones():
     from transformers import BertConfig, BertLMHeadModel
 
-    model = BertLMHeadModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       intermediate_size=32, is_decoder=True))
+    model = BertLMHeadModel(
+        BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, is_decoder=True
+        )
+    )
     with pytest.raises(UnsupportedArchitectureError, match="gpt2, gpt_neox, llama"):
         RoutedModel(model)
 

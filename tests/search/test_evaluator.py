@@ -18,11 +18,13 @@ PATHS = [(1, 1, 1, 1), (1, 0, 1, 1), (1, 1, 2, 1), (0, 2, 1, 0), (1, 1, 1, 0), (
 def choice_task(tmp_path):
     rows = [
         {"id": f"q{k}", "question": q, "choices": c, "answer": a}
-        for k, (q, c, a) in enumerate([
-            ("what is red?", ["a color", "a dog", "seven"], 0),
-            ("is ice cold?", ["yes", "no"], 1),
-            ("pick b", ["aa", "bb", "cc", "dd"], 2),
-        ])
+        for k, (q, c, a) in enumerate(
+            [
+                ("what is red?", ["a color", "a dog", "seven"], 0),
+                ("is ice cold?", ["yes", "no"], 1),
+                ("pick b", ["aa", "bb", "cc", "dd"], 2),
+            ]
+        )
     ]
     path = tmp_path / "mc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -31,7 +33,9 @@ def choice_task(tmp_path):
 
 @pytest.fixture
 def exact_task(tmp_path):
-    rows = [{"id": f"e{k}", "prompt": f"say {w}:", "target": f" {w}"} for k, w in enumerate(["ab", "xyz", "q"])]
+    rows = [
+        {"id": f"e{k}", "prompt": f"say {w}:", "target": f" {w}"} for k, w in enumerate(["ab", "xyz", "q"])
+    ]
     path = tmp_path / "ex.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return get_task(f"jsonl:{path}")
@@ -56,7 +60,7 @@ def test_choice_scores_match_rows_alone(arch, choice_task):
     random.Random(0).shuffle(rows)
     rewards = ev.rewards(rows)
     scores = ev.scores(rows)
-    for (p, path), reward, score in zip(rows, rewards, scores):
+    for (p, path), reward, score in zip(rows, rewards, scores, strict=False):
         conts = choice_task.continuations(p.example, "mc-loglik")
         alone = [_alone_loglik(routed, tok, p.prompt, c, path) for c in conts]
         assert score == pytest.approx(alone, abs=1e-4)
@@ -81,12 +85,18 @@ def test_teacher_forced_reward_equals_greedy_generation(arch, exact_task):
         prepared = ev.prepare(exact_task.load())
         rows = [(p, path) for p in prepared for path in PATHS]
         rewards = ev.rewards(rows)
-        for (p, path), reward in zip(rows, rewards):
+        for (p, path), reward in zip(rows, rewards, strict=False):
             prompt = encode_prompt(tok, p.prompt)
             target = tok(p.target, add_special_tokens=False)["input_ids"]
-            out = routed.generate(torch.tensor([prompt]), decisions=list(path), max_new_tokens=len(target),
-                                  min_new_tokens=len(target), do_sample=False, pad_token_id=0)
-            assert reward == float(out[0, len(prompt):].tolist() == target)
+            out = routed.generate(
+                torch.tensor([prompt]),
+                decisions=list(path),
+                max_new_tokens=len(target),
+                min_new_tokens=len(target),
+                do_sample=False,
+                pad_token_id=0,
+            )
+            assert reward == float(out[0, len(prompt) :].tolist() == target)
 
 
 def test_teacher_forced_positive_case(exact_task):
@@ -98,7 +108,7 @@ def test_teacher_forced_positive_case(exact_task):
     ids = torch.tensor([encode_prompt(tok, prompt)])
     path = (1, 0, 2, 1)
     out = routed.generate(ids, decisions=list(path), max_new_tokens=3, do_sample=False, pad_token_id=0)
-    own = tok.decode(out[0, ids.shape[1]:])
+    own = tok.decode(out[0, ids.shape[1] :])
     ex_own = type(ex)(id=ex.id, question=ex.question, answer=own, meta=ex.meta)
     ev = PathEvaluator(routed, tok, exact_task)
     task_target = exact_task.target

@@ -1,6 +1,9 @@
 """Tests for drllm.search.grading: answer extraction, normalisation and option parsing."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from drllm.search.grading import (
     answers_match,
     extract_choice,
@@ -8,8 +11,6 @@ from drllm.search.grading import (
     grade_exact,
     normalize_answer,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from drllm.search.mcts import (
     PathSearch,
     SearchConfig,
@@ -15,8 +18,6 @@ from drllm.search.mcts import (
     run_lockstep,
     tree_seed,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def hash_reward(path, salt="", rate=0.1):

@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
-from drllm.search import tasks as tasks_module
-from drllm.search.tasks import KNOWN_TASKS, Example, get_task, resolve_data_dir
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+
+from drllm.search import tasks as tasks_module
+from drllm.search.tasks import KNOWN_TASKS, Example, get_task, resolve_data_dir
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CHATML = (

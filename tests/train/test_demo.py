@@ -1,18 +1,29 @@
 """``run_demo`` end to end on a tiny random model, and skipping finished stages on a second call."""
 
 import pytest
-from drllm.router import RoutedModel
-from drllm.train import demo
 from test_evaluate import choice_file
 from tiny_models import tiny_model, tiny_tokenizer
+
+from drllm.router import RoutedModel
+from drllm.train import demo
 
 
 def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
     task = choice_file(tmp_path / "mc.jsonl", n=6)
     out = tmp_path / "demo"
     routed = RoutedModel.from_pretrained(tiny_model("llama"))
-    kwargs = dict(output=str(out), model="tiny", task=task, train_examples=6, eval_examples=4, simulations=4,
-                  epochs=1, budgets=(0.0, 1.0), progress=False, tokenizer=tiny_tokenizer())
+    kwargs = dict(
+        output=str(out),
+        model="tiny",
+        task=task,
+        train_examples=6,
+        eval_examples=4,
+        simulations=4,
+        epochs=1,
+        budgets=(0.0, 1.0),
+        progress=False,
+        tokenizer=tiny_tokenizer(),
+    )
     first = demo.run_demo(routed=routed, **kwargs)
     text = (out / "report.md").read_text()
     for piece in ("## Search", "macro F1", "| method |", "eval/tradeoff.png", "eval/decisions.png"):

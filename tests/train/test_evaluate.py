@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+from tiny_models import prompts, tiny_model, tiny_tokenizer
+
 from drllm.router import RoutedModel, encode_prompt
 from drllm.search.tasks import get_task
 from drllm.train.baselines import (
@@ -16,15 +18,21 @@ from drllm.train.baselines import (
 )
 from drllm.train.evaluate import run_eval
 from drllm.train.report import ROW_KEYS
-from tiny_models import prompts, tiny_model, tiny_tokenizer
 
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
 
 
 def choice_file(path, n=6):
     """A small multiple-choice jsonl task file."""
-    rows = [{"id": f"q{i}", "question": f"what is {WORDS[i % 8]} {i}?",
-             "choices": [WORDS[(i + k) % 8] for k in range(3)], "answer": i % 3} for i in range(n)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"what is {WORDS[i % 8]} {i}?",
+            "choices": [WORDS[(i + k) % 8] for k in range(3)],
+            "answer": i % 3,
+        }
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return f"jsonl:{path}"
 
@@ -110,11 +118,26 @@ def test_run_eval_routed_and_baselines(tmp_path):
     task = choice_file(tmp_path / "mc.jsonl")
     routed = RoutedModel.from_pretrained(tiny_model("llama"))
     bias_routers(routed, skip_layers={1, 2})
-    rows = run_eval(routed, task, str(tmp_path / "out"), tokenizer=tiny_tokenizer(), budgets=(-1.0, 0.0),
-                    random_seeds=2, calibration=3, batch_size=4, progress=False)
+    rows = run_eval(
+        routed,
+        task,
+        str(tmp_path / "out"),
+        tokenizer=tiny_tokenizer(),
+        budgets=(-1.0, 0.0),
+        random_seeds=2,
+        calibration=3,
+        batch_size=4,
+        progress=False,
+    )
     by = {(r["method"], r["budget"]): r for r in rows}
-    assert set(by) == {("base", None), ("routed", -1.0), ("routed", 0.0), ("drop-last", None),
-                       ("angular", None), ("random", None)}
+    assert set(by) == {
+        ("base", None),
+        ("routed", -1.0),
+        ("routed", 0.0),
+        ("drop-last", None),
+        ("angular", None),
+        ("random", None),
+    }
     assert by[("routed", 0.0)]["layers_per_prompt"] == 2
     assert all(r["layers_per_prompt"] == 2 for r in rows if r["method"] not in ("base", "routed"))
     assert by[("drop-last", None)]["skipped"] == [1, 2]
@@ -134,8 +157,16 @@ def test_run_eval_exact_and_errors(tmp_path):
     with pytest.raises(ValueError, match="known baselines: drop-last, angular, random"):
         run_eval(routed, task, str(tmp_path / "out"), tokenizer=tok, baselines=("nope",))
     bias_routers(routed, skip_layers={2})
-    rows = run_eval(routed, task, str(tmp_path / "out"), tokenizer=tok, budgets=(0.0,), max_new_tokens=3,
-                    baselines=("drop-last",), progress=False)
+    rows = run_eval(
+        routed,
+        task,
+        str(tmp_path / "out"),
+        tokenizer=tok,
+        budgets=(0.0,),
+        max_new_tokens=3,
+        baselines=("drop-last",),
+        progress=False,
+    )
     got = [(r["method"], r["layers_per_prompt"]) for r in rows]
     assert got == [("base", 4), ("routed", 3), ("drop-last", 3)]
     prompt_tokens = sum(len(encode_prompt(tok, f"add {i} and 1:")) for i in range(3)) / 3

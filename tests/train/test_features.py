@@ -7,11 +7,12 @@ import pytest
 import tokenizers
 import torch
 import transformers
+from tiny_models import tiny_model
+
 from drllm.router import RoutedModel
 from drllm.train.data import RouterDataModule
 from drllm.train.features import FeatureSet, build_features, cache_key, online_pooled
 from drllm.train.module import RouterModule
-from tiny_models import tiny_model
 
 WORDS = [f"w{i}" for i in range(4, 96)]
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from drllm.train.loss import class_weights, focal_loss
 from drllm.train.metrics import confusion_matrix, routing_metrics
 

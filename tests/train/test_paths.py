@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from drllm.train.paths import read_paths
 
 

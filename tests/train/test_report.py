@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from drllm.train import report
 
 L = 30
@@ -45,7 +46,13 @@ def _is_png(path):
 def test_sort_rows_puts_base_then_routed_by_budget_then_baselines(rows):
     ordered = report.sort_rows(rows)
     assert [r["method"] for r in ordered] == [
-        "base", "routed", "routed", "routed", "drop-last", "angular", "random",
+        "base",
+        "routed",
+        "routed",
+        "routed",
+        "drop-last",
+        "angular",
+        "random",
     ]
     assert [r["budget"] for r in ordered[1:4]] == [-0.5, 0.5, 1.0]
 

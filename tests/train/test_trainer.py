@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from drllm.router import RoutedModel
-from drllm.train.trainer import train_routers
 from test_features import synthetic_rows, tiny_tokenizer, write_rows
 from tiny_models import tiny_model
+
+from drllm.router import RoutedModel
+from drllm.train.trainer import train_routers
 
 CONFIG = Path(__file__).parents[2] / "configs" / "train_tiny.yaml"
 METRIC_KEYS = {

@@ -1,0 +1,123 @@
+"""The drllm command: flags, generate, search (resumable, loadable with datasets), configs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drllm.train.cli import main, normalize_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_normalize_flags():
+    assert normalize_flags(["search", "--batch-size", "4", "--data-dir=/x", "-h", "a-b"]) == [
+        "search",
+        "--batch_size",
+        "4",
+        "--data_dir=/x",
+        "-h",
+        "a-b",
+    ]
+
+
+def test_generate_prints_completion_and_layers(tiny_model_dir, capsys):
+    main(
+        [
+            "generate",
+            "--model",
+            tiny_model_dir,
+            "--prompt",
+            "hello there",
+            "--decisions",
+            "1,0,2,1",
+            "--max-new-tokens",
+            "5",
+            "--chat",
+            "false",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "layers executed per token: 4 of 4" in out and "1021" in out
+
+
+def test_generate_with_wrong_decisions_names_the_problem(tiny_model_dir, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["generate", "--model", tiny_model_dir, "--prompt", "hi", "--decisions", "1,0,2"])
+    assert err.value.code == 2
+    assert "decisions has 3 columns, the model has 4 layers" in capsys.readouterr().err
+
+
+def test_search_writes_resumable_rows_that_datasets_loads(tiny_model_dir, mc_file, tmp_path):
+    out = tmp_path / "paths.jsonl"
+    args = [
+        "search",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        f"jsonl:{mc_file}",
+        "--output",
+        str(out),
+        "--simulations",
+        "6",
+        "--batch-size",
+        "3",
+        "--limit",
+        "5",
+    ]
+    main(args)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5
+    for row in rows:
+        assert {
+            "id",
+            "task",
+            "model",
+            "prompt",
+            "target",
+            "decisions",
+            "layers",
+            "reward",
+            "base_reward",
+            "correct_paths",
+            "simulations",
+        } <= row.keys()
+        assert len(row["decisions"]) == 4 and row["layers"] == sum(row["decisions"])
+    before = out.read_text()
+    main(args)  # everything is finished: nothing is added
+    assert out.read_text() == before
+    main(args[:-1] + ["7"])  # a larger limit adds only the new examples
+    assert len(out.read_text().splitlines()) == 7
+    from datasets import load_dataset
+
+    ds = load_dataset("json", data_files=str(out), split="train")
+    assert len(ds) == 7 and len(ds[0]["decisions"]) == 4
+
+
+def test_unknown_task_is_an_error(tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--model", tiny_model_dir, "--task", "nope", "--output", str(tmp_path / "x.jsonl")])
+    assert "arc_easy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(config, capsys):
+    from jsonargparse import ArgumentParser
+
+    from drllm.train.cli import COMMANDS
+
+    command = config.stem.split("_")[0]
+    assert command in COMMANDS, f"{config.name} should be named <command>_*.yaml"
+    values = yaml.safe_load(config.read_text())
+    parser = ArgumentParser()
+    parser.add_function_arguments(COMMANDS[command])
+    required = {"paths": "p.jsonl", "output": "out", "task": "arc_easy", "prompt": "hi"}
+    args = [
+        f"--{k}={v}"
+        for k, v in required.items()
+        if k not in values and parser._option_string_actions.get(f"--{k}")
+    ]
+    cfg = parser.parse_args(["--config", str(config), *args])
+    for key, value in values.items():
+        assert cfg[key] == value
