@@ -433,127 +433,6 @@ class MathTask(HeldoutExactTask):
         return super()._keep(ex, split)
 
 
-def _parse_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(1-based line number, object) for each non-blank line; malformed lines raise ValueError."""
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-    if not rows:
-        raise ValueError(f"{path} is empty: expected one JSON object per line")
-    return rows
-
-
-def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
-    """Raise ValueError naming the first missing key."""
-    missing = [key for key in keys if key not in row]
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}; row has {sorted(row)}")
-
-
-def _choice_answer(row: dict, labels: tuple[str, ...], where: str) -> int:
-    """Gold index of a multiple-choice jsonl row (answer is an index or a label)."""
-    answer = row["answer"]
-    if isinstance(answer, int) and not isinstance(answer, bool):
-        if 0 <= answer < len(labels):
-            return answer
-        raise ValueError(f"{where}: answer index {answer} out of range for {len(labels)} choices")
-    if isinstance(answer, str) and answer in labels:
-        return labels.index(answer)
-    raise ValueError(f"{where}: answer {answer!r} is neither an index nor one of the labels {list(labels)}")
-
-
-class _JsonlSource:
-    """Loading shared by the jsonl tasks: the file is the only split, so any split name loads it."""
-
-    splits: tuple[str, ...] = ("all",)
-    default_split_eval = "all"
-
-    def __init__(self, name: str, path: Path) -> None:
-        self.name, self.path = name, path
-
-    def load(
-        self, split: str = "all", data_dir: str | Path | None = None, limit: int | None = None
-    ) -> list[Example]:
-        """Load and check every row of the file (``split`` and ``data_dir`` are ignored)."""
-        examples, seen = [], {}
-        for number, row in _parse_jsonl(self.path):
-            where = f"{self.path} line {number}"
-            ex = self._row_example(row, where)
-            if ex.id in seen:
-                raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
-            seen[ex.id] = number
-            examples.append(ex)
-        return examples[:limit] if limit is not None else examples
-
-
-class JsonlChoiceTask(_JsonlSource, ChoiceTask):
-    """Custom multiple-choice rows ``{"id", "question", "choices", "answer"[, "labels"]}``."""
-
-    def _row_example(self, row: dict, where: str) -> Example:
-        """Check one row and build its example."""
-        _require(row, ("id", "question", "choices", "answer"), where)
-        choices = row["choices"]
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise ValueError(f"{where}: choices must be a list of at least 2 strings")
-        labels = tuple(str(x) for x in row.get("labels") or [chr(65 + i) for i in range(len(choices))])
-        if len(labels) != len(choices):
-            raise ValueError(f"{where}: {len(labels)} labels for {len(choices)} choices")
-        answer = _choice_answer(row, labels, where)
-        return Example(str(row["id"]), str(row["question"]), tuple(choices), answer, labels)
-
-
-class JsonlExactTask(_JsonlSource, ExactTask):
-    """Custom exact-answer rows ``{"id", "prompt", "target"}``; plain prompts and targets are verbatim."""
-
-    def _row_example(self, row: dict, where: str) -> Example:
-        """Check one row and build its example."""
-        _require(row, ("id", "prompt", "target"), where)
-        if not isinstance(row["prompt"], str) or not isinstance(row["target"], str):
-            raise ValueError(f"{where}: prompt and target must be strings")
-        return Example(id=str(row["id"]), question=row["prompt"], answer=row["target"])
-
-    def prompt(
-        self, ex: Example, tokenizer: Any = None, style: str = "plain", scoring: str | None = None
-    ) -> str:
-        """The row's prompt verbatim (plain), or as the user message (chat)."""
-        self._check_scoring(scoring)
-        if effective_style(style, tokenizer) == "plain":
-            return ex.question
-        return _chat(tokenizer, ex.question)
-
-    def target(
-        self, ex: Example, scoring: str | None = None, style: str = "plain", tokenizer: Any = None
-    ) -> str:
-        """The row's target verbatim (plain), or without leading whitespace (chat)."""
-        self._check_scoring(scoring)
-        return str(ex.answer) if effective_style(style, tokenizer) == "plain" else str(ex.answer).lstrip()
-
-
-def _jsonl_task(name: str) -> Task:
-    """Build a jsonl task; its kind is decided by the first row of the file."""
-    path = Path(name.removeprefix("jsonl:"))
-    if not path.is_file():
-        raise FileNotFoundError(f"task {name!r}: no file at {path.resolve()}")
-    number, first = _parse_jsonl(path)[0]
-    if "prompt" in first and "target" in first:
-        return JsonlExactTask(name, path)
-    if "question" in first and "choices" in first:
-        return JsonlChoiceTask(name, path)
-    raise ValueError(
-        f"{path} line {number}: cannot tell the row kind; expected keys id/prompt/target (exact) "
-        f"or id/question/choices/answer (multiple choice), got {sorted(first)}"
-    )
-
-
 def get_task(name: str) -> Task:
     """Build a task by name.
 
@@ -567,7 +446,9 @@ def get_task(name: str) -> Task:
         ValueError: If the name is unknown.
     """
     if name.startswith("jsonl:"):
-        return _jsonl_task(name)
+        from drllm.search.task_jsonl import jsonl_task
+
+        return jsonl_task(name)
     builders = {
         "arc_easy": lambda: ArcTask("arc_easy", "ARC-Easy"),
         "arc_challenge": lambda: ArcTask("arc_challenge", "ARC-Challenge"),
