@@ -10,6 +10,7 @@ teacher-forced feature cache, attach fresh seeded routers, train them with Light
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -113,8 +114,41 @@ def train_routers(
         default_root_dir=str(output),
     )
     last = output / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
+    run = _run_identity(routed, paths, num_windows, hidden_size, val_fraction, seed, online)
+    resuming = resume and last.is_file()
+    _check_resume(output / "run.json", run, resuming)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resuming else None)
     return _export(routed, checkpoint, last, output)
+
+
+def _run_identity(routed, paths, num_windows, hidden_size, val_fraction, seed, online) -> dict:
+    """What a checkpoint must share with this run to be resumed: data, model and router shape."""
+    digest = hashlib.sha256(Path(paths).read_bytes()).hexdigest()[:16]
+    return {
+        "paths_sha256": digest,
+        "model": routed.fingerprint,
+        "num_windows": num_windows,
+        "hidden_size": hidden_size,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "online": online,
+    }
+
+
+def _check_resume(record: Path, run: dict, resuming: bool) -> None:
+    """Refuse to resume a checkpoint made from other paths or settings; record this run's identity."""
+    if resuming and record.is_file():
+        saved = json.loads(record.read_text())
+        differ = {k: (saved.get(k), v) for k, v in run.items() if saved.get(k) != v}
+        if differ:
+            details = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
+            raise ValueError(
+                f"{record.parent / 'checkpoints' / 'last.ckpt'} was trained with other inputs ({details}); "
+                "use another --output or --resume false to start over"
+            )
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run, indent=2) + "\n")
+    os.replace(tmp, record)
 
 
 def _load(model, tokenizer, accelerator: str):

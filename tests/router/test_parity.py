@@ -129,3 +129,30 @@ def test_skipping_layer_zero_keeps_cache_length_right():
     a = routed.generate(ids, decisions=path, max_new_tokens=6, do_sample=False)
     b = routed.generate(ids, decisions=path, max_new_tokens=6, do_sample=False, use_cache=False)
     assert torch.equal(a, b)
+
+
+def test_beam_search_and_sampling_follow_the_explicit_model():
+    model = tiny_model("llama")
+    ids, mask = prompts(batch=2, length=7)
+    path = [1, 2, 0, 1]
+    explicit = explicit_model(model, path)
+    routed = RoutedModel(model)
+    beams = dict(attention_mask=mask, max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False,
+                 pad_token_id=0)
+    assert torch.equal(routed.generate(ids, decisions=path, **beams), explicit.generate(ids, **beams))
+    sample = dict(attention_mask=mask, max_new_tokens=6, do_sample=True, top_k=5, pad_token_id=0)
+    torch.manual_seed(11)
+    ours = routed.generate(ids, decisions=path, **sample)
+    torch.manual_seed(11)
+    assert torch.equal(ours, explicit.generate(ids, **sample))
+
+
+def test_router_decisions_are_expanded_per_beam():
+    model = tiny_model("llama")
+    routed = RoutedModel(model)
+    routed.add_routers(num_windows=2, hidden_size=8, seed=4)
+    ids, mask = prompts(batch=2, length=7)
+    decided = routed.route(ids, mask)
+    kw = dict(attention_mask=mask, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)
+    assert torch.equal(routed.generate(ids, **kw), routed.generate(ids, decisions=decided, **kw))
+    assert torch.equal(routed.last_decisions, decided)

@@ -153,7 +153,7 @@ def test_router_files_must_be_safetensors(tmp_path):
         Routers.from_pretrained(tmp_path)
 
 
-def test_window_count_mismatch_between_config_and_weights_is_refused(tmp_path):
+def test_config_that_does_not_match_the_weights_is_refused(tmp_path):
     routed = RoutedModel(tiny_model("llama"))
     routed.add_routers(num_windows=3, hidden_size=8)
     routed.save_pretrained(tmp_path)

@@ -88,3 +88,30 @@ def test_train_routers_needs_a_tokenizer_with_a_model_object(tmp_path, config):
     routed = RoutedModel.from_pretrained(tiny_model("llama"))
     with pytest.raises(ValueError, match="tokenizer"):
         train_routers(routed, str(tmp_path / "p.jsonl"), str(tmp_path / "out"), **config)
+
+
+def test_train_routers_logs_to_wandb_offline(tmp_path, config, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    paths = write_rows(tmp_path / "paths.jsonl", synthetic_rows(12))
+    out = tmp_path / "routers"
+    config.update(logger="wandb", epochs=1)
+    metrics = train_routers(routed, str(paths), str(out), tokenizer=tiny_tokenizer(), **config)
+    assert "macro_f1" in metrics
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs, "an offline W&B run directory is written"
+
+
+def test_resuming_a_checkpoint_made_from_other_paths_is_refused(tmp_path, config):
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    out = tmp_path / "routers"
+    config["epochs"] = 1
+    first = write_rows(tmp_path / "a.jsonl", synthetic_rows(12))
+    train_routers(routed, str(first), str(out), tokenizer=tiny_tokenizer(), **config)
+    second = write_rows(tmp_path / "b.jsonl", synthetic_rows(12)[:10])
+    config["epochs"] = 2
+    with pytest.raises(ValueError, match="paths_sha256"):
+        train_routers(routed, str(second), str(out), tokenizer=tiny_tokenizer(), **config)
+    config["resume"] = False  # starting over is allowed
+    train_routers(routed, str(second), str(out), tokenizer=tiny_tokenizer(), **config)
