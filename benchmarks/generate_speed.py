@@ -18,43 +18,15 @@ import statistics
 import time
 
 import torch
+from shapes import SHAPES, random_llama, sync  # benchmarks/shapes.py
 
 from drllm.router import RoutedModel
-
-SHAPES = {
-    "llama-3.2-3b": dict(
-        hidden_size=3072,
-        intermediate_size=8192,
-        num_hidden_layers=28,
-        num_attention_heads=24,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    ),
-    "smollm2-135m": dict(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    ),
-}
 
 
 def load(args) -> RoutedModel:
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     if args.shape:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = LlamaForCausalLM(LlamaConfig(**SHAPES[args.shape], torch_dtype=dtype)).to(dtype)
-        return RoutedModel(model.eval())
+        return RoutedModel(random_llama(args.shape, device))
     return RoutedModel.from_pretrained(args.model).to(device)
 
 
@@ -68,18 +40,13 @@ def spread_path(num_layers: int, k: int) -> list[int]:
     return [0 if i in skipped else 1 for i in range(num_layers)]
 
 
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, repeats: int, device) -> float:
     times = []
     for _ in range(repeats):
-        sync(device)
+        sync()
         t = time.perf_counter()
         fn()
-        sync(device)
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 

@@ -18,6 +18,7 @@ import random
 import time
 
 import torch
+from shapes import SHAPES, random_llama, sync  # benchmarks/shapes.py
 from torch import nn
 from transformers import DynamicCache
 
@@ -26,32 +27,14 @@ from drllm.search.evaluator import PathEvaluator
 from drllm.search.mcts import SearchConfig, child_paths
 from drllm.search.tasks import get_task
 
-SHAPES = {
-    "llama-3.2-3b": dict(
-        hidden_size=3072,
-        intermediate_size=8192,
-        num_hidden_layers=28,
-        num_attention_heads=24,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    ),
-}
-
 
 def load(args):
     tok = load_tokenizer("smollm2-135m-instruct")
     if not args.shape:
         routed = RoutedModel.from_pretrained(args.model)
         return routed, tok
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(LlamaConfig(**SHAPES[args.shape])).to(dtype).eval()
+    model = random_llama(args.shape, device)
     return RoutedModel(model), tok
 
 
@@ -64,11 +47,6 @@ def sample_paths(num_layers: int, count: int, rng: random.Random) -> list[tuple[
             path = rng.choice(child_paths(path, config))
         out.append(path)
     return out
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def ours(routed, tok, task, examples, paths, batch_rows) -> tuple[float, list[float]]:

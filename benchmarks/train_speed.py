@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from shapes import random_llama  # benchmarks/shapes.py
 
 from drllm.router import RoutedModel, encode_prompt, load_tokenizer
 from drllm.train.data import RouterDataModule
@@ -37,26 +38,6 @@ from drllm.train.module import RouterModule
 ARC_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "arc" / "ARC-Easy" / "train.jsonl"
 TOKENIZER = "smollm2-135m-instruct"
 DRLLM_PATHS, DRLLM_EPOCHS = 4000, 25
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=49152,
-)
-SHAPES = {
-    "llama-3.2-3b": dict(
-        hidden_size=3072,
-        intermediate_size=8192,
-        num_hidden_layers=28,
-        num_attention_heads=24,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    ),
-}
 
 
 def pick_device(name: str) -> torch.device:
@@ -68,14 +49,7 @@ def pick_device(name: str) -> torch.device:
 def load(args, device: torch.device):
     """``(RoutedModel, tokenizer)``: a random-weight llama for ``tiny`` / ``--shape``, else a named model."""
     if args.shape or args.model == "tiny":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        config = SHAPES[args.shape] if args.shape else TINY
-        dtype = torch.bfloat16 if args.shape and device.type == "cuda" else torch.float32
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = LlamaForCausalLM(LlamaConfig(**config, torch_dtype=dtype)).to(dtype)
-        return RoutedModel(model.eval()), load_tokenizer(TOKENIZER)
+        return RoutedModel(random_llama(args.shape or "tiny", device)), load_tokenizer(TOKENIZER)
     return RoutedModel.from_pretrained(args.model).to(device), load_tokenizer(args.model)
 
 
@@ -255,7 +229,9 @@ def report(info: dict, m: dict, s: dict) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="model name or folder, or 'tiny'")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="random weights of this shape")
+    parser.add_argument(
+        "--shape", choices=["llama-3.2-3b", "smollm2-135m"], default=None, help="random weights of this shape"
+    )
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=120)
     parser.add_argument("--batch-size", type=int, default=16)

@@ -103,14 +103,15 @@ def test_unknown_task_is_an_error(tiny_model_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(config, capsys):
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
     from drllm.train.cli import COMMANDS
 
     command = config.stem.split("_")[0]
     assert command in COMMANDS, f"{config.name} should be named <command>_*.yaml"
     values = yaml.safe_load(config.read_text())
-    parser = ArgumentParser()
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(COMMANDS[command])
     required = {"paths": "p.jsonl", "output": "out", "task": "arc_easy", "prompt": "hi"}
     args = [
