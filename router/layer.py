@@ -12,6 +12,7 @@ cache slot ``L + i`` (see ``cache.RoutedCache``).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -73,29 +74,31 @@ class RoutingState:
     def _route(self, index: int, hidden: torch.Tensor) -> None:
         mask = None if self.pad_mask is None else _match_batch(self.pad_mask, hidden.shape[0])
         if mask is not None and mask.shape[1] != hidden.shape[1]:
-            raise ValueError(
-                f"attention_mask has {mask.shape[1]} positions, the prompt has {hidden.shape[1]}"
-            )
+            raise ValueError(f"attention_mask has {mask.shape[1]} positions, the prompt {hidden.shape[1]}")
         if self.pool_weights is None or self.pool_weights[0].shape[0] != hidden.shape[0]:
             self.pool_weights = window_weights(
                 mask, hidden.shape[0], hidden.shape[1], self.routers.config.num_windows, hidden.device
             )
-        logits = self.routers(index, hidden, mask, self.pool_weights)  # [B, 3]
-        logits[:, SKIP] += self.budget
-        finite = torch.isfinite(logits).all(-1)
-        choice = torch.where(finite, logits.argmax(-1), torch.full_like(finite, EXECUTE, dtype=torch.long))
-        if not bool(finite.all()) and not self.warned_nonfinite:
-            warnings.warn(
-                f"router {index} produced a non-finite logit; executing the layer for those rows",
-                stacklevel=2,
-            )
-            self.warned_nonfinite = True
+        logits = self.routers(index, hidden, mask, self.pool_weights).tolist()  # [B, 3]: one sync per layer
         rows = self.decisions.shape[0]
-        self.decisions[:, index] = choice.view(rows, -1)[:, 0] if choice.shape[0] != rows else choice
+        step = len(logits) // rows  # generate may have expanded rows (beams); decide once per sequence
+        choices = [self._choose(index, row) for row in logits[::step]]
+        self.decisions[:, index] = torch.tensor(choices, dtype=torch.long).to(self.decisions.device)
         self.pending[index] = False
-        self.plan[index] = _uniform(
-            self.decisions[:, index].tolist()
-        )  # one device sync per layer, at prefill
+        self.plan[index] = _uniform(choices)
+
+    def _choose(self, index: int, logits: list[float]) -> int:
+        """Argmax with the budget added to the skip logit; execute (and warn once) on a non-finite logit."""
+        if not all(math.isfinite(v) for v in logits):
+            if not self.warned_nonfinite:
+                warnings.warn(
+                    f"router {index} produced a non-finite logit; executing the layer for those rows",
+                    stacklevel=4,
+                )
+                self.warned_nonfinite = True
+            return EXECUTE
+        shifted = [logits[SKIP] + self.budget, logits[EXECUTE], logits[REPEAT]]
+        return max(range(3), key=shifted.__getitem__)
 
 
 def _uniform(values: list[int]) -> int | None:

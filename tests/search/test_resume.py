@@ -62,6 +62,7 @@ def test_killed_search_resumes_to_the_same_result(tiny_model_dir, mc_file, tmp_p
         if done == len(expected):
             break
     subprocess.run(_search(tiny_model_dir, mc_file, out), check=True, capture_output=True)
+    print(f"search killed {kills} times ({partial} times between examples written)")
     assert kills >= 2, "the search finished before it could be killed; make it longer"
     assert partial >= 1, "no kill landed in the middle of the search"
     got = _rows_by_id(out)
