@@ -17,12 +17,16 @@ json_values = st.recursive(
     max_leaves=12,
 )
 path_rows = st.fixed_dictionaries(
-    {"id": st.one_of(st.text(max_size=4), st.integers()), "prompt": st.text(max_size=10),
-     "decisions": st.lists(st.integers(-1, 3), max_size=6)},
+    {
+        "id": st.one_of(st.text(max_size=4), st.integers()),
+        "prompt": st.text(max_size=10),
+        "decisions": st.lists(st.integers(-1, 3), max_size=6),
+    },
     optional={"extra": json_values},
 )
-lines = st.lists(st.one_of(path_rows.map(json.dumps), json_values.map(json.dumps), st.text(max_size=20)),
-                 max_size=6)
+lines = st.lists(
+    st.one_of(path_rows.map(json.dumps), json_values.map(json.dumps), st.text(max_size=20)), max_size=6
+)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -134,10 +135,27 @@ def build_features(
     if cache_dir is not None:
         path = Path(cache_dir) / f"{cache_key(routed, rows, num_windows)}.safetensors"
         if path.is_file():
-            return FeatureSet.load(path)
+            cached = _load_cached(path, len(rows))
+            if cached is not None:
+                return cached
     features = _compute(routed, tokenizer, rows, num_windows, batch_size, progress)
     if path is not None:
         features.save(path)
+    return features
+
+
+def _load_cached(path: Path, rows: int) -> FeatureSet | None:
+    """A cached feature file, or None (with a warning) when it is unreadable or incomplete: it is rebuilt."""
+    try:
+        features = FeatureSet.load(path)
+    except Exception as err:  # a damaged file is never used, whatever the reader raises
+        warnings.warn(f"feature cache {path} is unreadable ({err}); rebuilding it", stacklevel=3)
+        return None
+    if len(features) != rows:
+        warnings.warn(
+            f"feature cache {path} holds {len(features)} rows, expected {rows}; rebuilding it", stacklevel=3
+        )
+        return None
     return features
 
 

@@ -137,8 +137,14 @@ def test_beam_search_and_sampling_follow_the_explicit_model():
     path = [1, 2, 0, 1]
     explicit = explicit_model(model, path)
     routed = RoutedModel(model)
-    beams = dict(attention_mask=mask, max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False,
-                 pad_token_id=0)
+    beams = dict(
+        attention_mask=mask,
+        max_new_tokens=5,
+        num_beams=3,
+        num_return_sequences=2,
+        do_sample=False,
+        pad_token_id=0,
+    )
     assert torch.equal(routed.generate(ids, decisions=path, **beams), explicit.generate(ids, **beams))
     sample = dict(attention_mask=mask, max_new_tokens=6, do_sample=True, top_k=5, pad_token_id=0)
     torch.manual_seed(11)

@@ -204,3 +204,19 @@ def test_wrapping_twice_is_refused():
     routed = RoutedModel(tiny_model("llama"))
     with pytest.raises(ValueError, match="already wrapped"):
         RoutedModel(routed.model)
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.integers(-2, 4), min_size=0, max_size=7), rows=st.integers(1, 3))
+def test_check_decisions_accepts_exactly_valid_vectors(values, rows):
+    from drllm.router import check_decisions
+
+    valid = len(values) == 4 and all(v in (0, 1, 2) for v in values)
+    try:
+        out = check_decisions(values, 4, batch_size=rows)
+    except ValueError as err:
+        assert not valid
+        assert "columns" in str(err) or "values" in str(err) or "shape" in str(err)
+        return
+    assert valid and out.shape == (rows, 4) and out.dtype == torch.long
+    assert out.sum(-1).tolist() == [sum(values)] * rows

@@ -146,3 +146,17 @@ def test_only_router_parameters_get_gradients(routed):
     assert all(p.grad is not None for p in online.routers.parameters())
     # the frozen model is not a submodule of the LightningModule: checkpoints hold router weights only
     assert all(k.startswith("routers.") for k in online.state_dict())
+
+
+def test_a_damaged_cache_file_is_rebuilt_never_used(routed, tmp_path):
+    tok = tiny_tokenizer()
+    rows = synthetic_rows(6)
+    first = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path, progress=False)
+    (cached,) = tmp_path.glob("*.safetensors")
+    cached.write_bytes(
+        cached.read_bytes()[:100]
+    )  # as if the machine died while the file was written in place
+    with pytest.warns(UserWarning, match="rebuilding"):
+        again = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path, progress=False)
+    torch.testing.assert_close(again.pooled, first.pooled)
+    assert FeatureSet.load(cached).pooled.shape == first.pooled.shape  # the file was rewritten whole
