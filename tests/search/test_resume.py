@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from drllm.search.output import OutputLockedError, SearchOutput, finished_ids
+from drllm.search.output import OutputLockedError, SearchOutput
 
 
 def _rows_by_id(path):
@@ -40,31 +40,39 @@ def _search(model_dir, task_file, out):
     ]
 
 
+def _lines(path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _kill_after(cmd, out, lines: int, extra: float) -> bool:
+    """Start a search; SIGKILL it ``extra`` seconds after ``out`` holds ``lines`` lines. True if killed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and _lines(out) < lines and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(extra)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
 @pytest.mark.slow
 def test_killed_search_resumes_to_the_same_result(tiny_model_dir, mc_file, tmp_path):
     reference = tmp_path / "reference.jsonl"
     subprocess.run(_search(tiny_model_dir, mc_file, reference), check=True, capture_output=True)
     expected = _rows_by_id(reference)
     out = tmp_path / "killed.jsonl"
+    cmd = _search(tiny_model_dir, mc_file, out)
     rng = random.Random(0)
-    kills, partial = 0, 0
-    for _ in range(12):
-        proc = subprocess.Popen(
-            _search(tiny_model_dir, mc_file, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(2.0, 6.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-        done = len(finished_ids(out)) if out.exists() else 0
-        partial += int(0 < done < len(expected))
-        if done == len(expected):
-            break
-    subprocess.run(_search(tiny_model_dir, mc_file, out), check=True, capture_output=True)
-    print(f"search killed {kills} times ({partial} times between examples written)")
-    assert kills >= 2, "the search finished before it could be killed; make it longer"
-    assert partial >= 1, "no kill landed in the middle of the search"
+    # kill points: once before anything is written, then after a random number of finished examples,
+    # each plus a random delay so the kill lands at any moment of the next example
+    points = [(0, 0.5)] + [(n, rng.uniform(0.0, 0.3)) for n in sorted(rng.sample(range(1, len(expected)), 4))]
+    kills = sum(_kill_after(cmd, out, n, extra) for n, extra in points)
+    subprocess.run(cmd, check=True, capture_output=True)
+    print(f"search killed at {kills} of {len(points)} kill points")
+    assert kills >= 3, "the search finished before it could be killed; make it longer"
     got = _rows_by_id(out)
     assert got.keys() == expected.keys()
     for key, row in expected.items():
