@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from drllm.search.output import FIELDS
 from drllm.train.cli import main, normalize_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,19 +71,7 @@ def test_search_writes_resumable_rows_that_datasets_loads(tiny_model_dir, mc_fil
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 5
     for row in rows:
-        assert {
-            "id",
-            "task",
-            "model",
-            "prompt",
-            "target",
-            "decisions",
-            "layers",
-            "reward",
-            "base_reward",
-            "correct_paths",
-            "simulations",
-        } <= row.keys()
+        assert set(FIELDS) <= row.keys()
         assert len(row["decisions"]) == 4 and row["layers"] == sum(row["decisions"])
     before = out.read_text()
     main(args)  # everything is finished: nothing is added
