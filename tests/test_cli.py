@@ -111,3 +111,45 @@ def test_every_shipped_config_parses(config, capsys):
     cfg = parser.parse_args(["--config", str(config), *args])
     for key, value in values.items():
         assert cfg[key] == value
+
+
+def test_search_train_eval_through_the_cli(tiny_model_dir, mc_file, tmp_path):
+    paths, routers, evaluation = tmp_path / "paths.jsonl", tmp_path / "routers", tmp_path / "eval"
+    task = f"jsonl:{mc_file}"
+    main(["search", "--model", tiny_model_dir, "--task", task, "--output", str(paths), "--simulations", "4"])
+    main(
+        [
+            "train",
+            "--model",
+            tiny_model_dir,
+            "--paths",
+            str(paths),
+            "--output",
+            str(routers),
+            "--config",
+            str(ROOT / "configs" / "train_tiny.yaml"),
+            "--num-windows",
+            "2",
+        ]
+    )
+    assert json.loads((routers / "router_config.json").read_text())["num_windows"] == 2
+    main(
+        [
+            "eval",
+            "--model",
+            tiny_model_dir,
+            "--task",
+            task,
+            "--output",
+            str(evaluation),
+            "--routers",
+            str(routers),
+            "--budgets",
+            "[-1.0, 0.0, 2.0]",
+            "--baselines",
+            "[drop-last]",
+        ]
+    )
+    rows = json.loads((evaluation / "results.json").read_text())
+    assert [r["method"] for r in rows][:4] == ["base", "routed", "routed", "routed"]
+    assert (evaluation / "tradeoff.png").is_file() and (evaluation / "decisions.png").is_file()
