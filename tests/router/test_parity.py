@@ -162,3 +162,16 @@ def test_router_decisions_are_expanded_per_beam():
     kw = dict(attention_mask=mask, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)
     assert torch.equal(routed.generate(ids, **kw), routed.generate(ids, decisions=decided, **kw))
     assert torch.equal(routed.last_decisions, decided)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_cached_equals_uncached(dtype):
+    model = tiny_model("qwen3").to(dtype)
+    ids, mask = prompts(batch=2, length=7)
+    routed = RoutedModel(model)
+    routed.add_routers(num_windows=2, hidden_size=8)
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    cached = routed.generate(ids, decisions=[1, 2, 0, 1], **kw)
+    assert torch.equal(cached, routed.generate(ids, decisions=[1, 2, 0, 1], use_cache=False, **kw))
+    routed.generate(ids, **kw)  # routers (float32) read half-precision hidden states
+    assert routed.last_decisions.shape == (2, 4)
