@@ -42,6 +42,7 @@ def run_search(
     max_rows: int = 64,
     max_new_tokens: int = 32,
     progress: bool = True,
+    hub_fields: dict | None = None,
 ) -> dict:
     """Search paths for the examples of a task and append them to ``output`` (resumable).
 
@@ -61,13 +62,14 @@ def run_search(
         max_rows: rows per forward pass of the evaluator.
         max_new_tokens: decoding budget of the ``generate`` scoring.
         progress: show a progress bar.
+        hub_fields: column mapping for ``hf:`` tasks (question_field, answer_field, choices_field, config).
 
     Returns:
         The summary (see ``summarize``) over every example in the output file for this task.
     """
     if batch_size < 1 or simulations < 0:
         raise ValueError(f"batch_size must be >= 1 and simulations >= 0, got {batch_size} and {simulations}")
-    task_obj = get_task(task)
+    task_obj = get_task(task, **(hub_fields or {}))
     examples = task_obj.load(split, data_dir=data_dir, limit=limit)
     routed, tokenizer, model_name = _load(model, tokenizer)
     evaluator = PathEvaluator(routed, tokenizer, task_obj, scoring, style, max_rows, max_new_tokens)

@@ -433,11 +433,13 @@ class MathTask(HeldoutExactTask):
         return super()._keep(ex, split)
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, **hub_fields) -> Task:
     """Build a task by name.
 
     Args:
-        name: One of :data:`KNOWN_TASKS`, or ``"jsonl:PATH"`` for a custom file.
+        name: One of :data:`KNOWN_TASKS`, ``"jsonl:PATH"`` for a custom file, or ``"hf:DATASET"``.
+        **hub_fields: Column mapping of ``hf:`` tasks (``question_field``, ``answer_field``,
+            ``choices_field``, ``config``); None values are ignored.
 
     Returns:
         The task.
@@ -445,6 +447,10 @@ def get_task(name: str) -> Task:
     Raises:
         ValueError: If the name is unknown.
     """
+    if name.startswith("hf:"):
+        from drllm.search.task_hub import hub_task
+
+        return hub_task(name, **{k: v for k, v in hub_fields.items() if v is not None})
     if name.startswith("jsonl:"):
         from drllm.search.task_jsonl import jsonl_task
 
@@ -458,5 +464,7 @@ def get_task(name: str) -> Task:
     }
     builders.update({f"math:{level}": (lambda level=level: MathTask(level)) for level in range(1, 6)})
     if name not in builders:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(KNOWN_TASKS)}, or 'jsonl:PATH'")
+        raise ValueError(
+            f"unknown task {name!r}; known tasks: {', '.join(KNOWN_TASKS)}, 'jsonl:PATH' or 'hf:DATASET'"
+        )
     return builders[name]()

@@ -88,11 +88,16 @@ def search(
     style: str = "plain",
     seed: int = 0,
     data_dir: str | None = None,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    choices_field: str | None = None,
+    hf_config: str | None = None,
 ) -> dict:
     """Search skip/execute/repeat paths per example with MCTS and append them to a JSONL file (resumable).
 
     Args:
-        task: arc_easy, arc_challenge, mmlu, gsm8k, math, math:1..5, or jsonl:PATH.
+        task: arc_easy, arc_challenge, mmlu, gsm8k, math, math:1..5, jsonl:PATH, or hf:DATASET (a hub id
+            or a local dataset folder/file, with the column mapping below).
         output: JSONL file; examples already in it are skipped, so a killed search resumes.
         model: model name or path; "smollm2-135m-instruct" is the embedded default.
         split: dataset split.
@@ -103,8 +108,19 @@ def search(
         style: prompt style, plain or chat.
         seed: base seed (each example's tree is seeded from it and the example id).
         data_dir: benchmark data folder (default: $DRLLM_DATA, else ../shared/data).
+        question_field: hf: tasks, the question column.
+        answer_field: hf: tasks, the answer column (for multiple choice: index, label or option text).
+        choices_field: hf: tasks, the options column; makes the task multiple choice.
+        hf_config: hf: tasks, the dataset configuration name.
     """
     from drllm.search.runner import run_search
+
+    fields = {
+        "question_field": question_field,
+        "answer_field": answer_field,
+        "choices_field": choices_field,
+        "config": hf_config,
+    }
 
     return run_search(
         model,
@@ -118,6 +134,7 @@ def search(
         style=style,
         seed=seed,
         data_dir=data_dir,
+        hub_fields=fields if task.startswith("hf:") else None,
     )
 
 
