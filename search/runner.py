@@ -11,8 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import torch
+
 from drllm.router import RoutedModel, load_tokenizer
 
+from .distributed import barrier, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import PathSearch, SearchConfig, tree_seed
 from .output import SearchOutput, read_rows
@@ -72,14 +75,25 @@ def run_search(
     task_obj = get_task(task, **(hub_fields or {}))
     examples = task_obj.load(split, data_dir=data_dir, limit=limit)
     routed, tokenizer, model_name = _load(model, tokenizer)
+    rank, world, local_rank = rank_info()
+    target = output
+    if world > 1:  # launched by torchrun: this process searches one shard into its own file
+        examples, target = shard(examples, output, rank, world), rank_output(output, rank, world)
+        if torch.cuda.is_available():
+            routed.to(f"cuda:{local_rank}")
     evaluator = PathEvaluator(routed, tokenizer, task_obj, scoring, style, max_rows, max_new_tokens)
     config = SearchConfig(simulations=simulations)
-    with SearchOutput(output) as out:
+    with SearchOutput(target) as out:
         todo = [ex for ex in examples if str(ex.id) not in out.done]
-        bar = _progress(len(examples), len(examples) - len(todo), progress)
+        bar = _progress(len(examples), len(examples) - len(todo), progress and rank == 0)
         meta = {"task": task, "model": model_name, "scoring": evaluator.scoring, "style": style}
         _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar)
         bar.close()
+    if world > 1:
+        barrier()
+        if rank != 0:
+            return {}
+        merge(output, world)
     rows = [r for r in read_rows(output) if r.get("task") == task]
     summary = summarize(rows)
     if progress:

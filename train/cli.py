@@ -8,6 +8,7 @@ Heavy imports (transformers models, Lightning) happen inside the subcommands.
 
 from __future__ import annotations
 
+import os
 import sys
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -92,6 +93,7 @@ def search(
     answer_field: str = "answer",
     choices_field: str | None = None,
     hf_config: str | None = None,
+    devices: int = 1,
 ) -> dict:
     """Search skip/execute/repeat paths per example with MCTS and append them to a JSONL file (resumable).
 
@@ -112,8 +114,18 @@ def search(
         answer_field: hf: tasks, the answer column (for multiple choice: index, label or option text).
         choices_field: hf: tasks, the options column; makes the task multiple choice.
         hf_config: hf: tasks, the dataset configuration name.
+        devices: processes to shard the examples over (torchrun; one per GPU when there are GPUs).
     """
     from drllm.search.runner import run_search
+
+    if devices > 1 and "WORLD_SIZE" not in os.environ:
+        args = {k: v for k, v in locals().items() if k not in ("devices", "run_search") and v is not None}
+        from drllm.search.distributed import launch
+
+        code = launch(devices, ["search", *(f"--{k}={v}" for k, v in args.items())])
+        if code:
+            raise RuntimeError(f"the sharded search failed (exit code {code})")
+        return {}
 
     fields = {
         "question_field": question_field,

@@ -106,3 +106,18 @@ def test_two_writers_on_one_file_are_refused(tmp_path):
             SearchOutput(out)
     with SearchOutput(out) as again:  # the lock is released on close
         assert again.done == set()
+
+
+@pytest.mark.slow
+def test_search_sharded_over_two_processes_equals_one_process(tiny_model_dir, mc_file, tmp_path):
+    single, sharded = tmp_path / "single.jsonl", tmp_path / "sharded.jsonl"
+    subprocess.run(_search(tiny_model_dir, mc_file, single), check=True, capture_output=True)
+    run = subprocess.run(
+        _search(tiny_model_dir, mc_file, sharded) + ["--devices", "2"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected, got = _rows_by_id(single), _rows_by_id(sharded)
+    assert got.keys() == expected.keys()
+    for key, row in expected.items():
+        assert got[key]["decisions"] == row["decisions"] and got[key]["reward"] == row["reward"]
+    assert not list(tmp_path.glob("sharded.jsonl.rank*")), "rank files are merged and removed"
