@@ -153,3 +153,50 @@ def test_search_train_eval_through_the_cli(tiny_model_dir, mc_file, tmp_path):
     rows = json.loads((evaluation / "results.json").read_text())
     assert [r["method"] for r in rows][:4] == ["base", "routed", "routed", "routed"]
     assert (evaluation / "tradeoff.png").is_file() and (evaluation / "decisions.png").is_file()
+
+
+@pytest.mark.slow
+def test_train_with_ddp_over_two_cpu_processes(tiny_model_dir, mc_file, tmp_path):
+    import subprocess
+    import sys
+
+    paths, routers = tmp_path / "paths.jsonl", tmp_path / "routers"
+    main(
+        [
+            "search",
+            "--model",
+            tiny_model_dir,
+            "--task",
+            f"jsonl:{mc_file}",
+            "--output",
+            str(paths),
+            "--simulations",
+            "3",
+        ]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "drllm.train.cli",
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--paths",
+        str(paths),
+        "--output",
+        str(routers),
+        "--config",
+        str(ROOT / "configs" / "train_tiny.yaml"),
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--accelerator",
+        "cpu",
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "macro_f1" in json.loads((routers / "metrics.json").read_text())
+    from drllm.router import RoutedModel
+
+    assert RoutedModel.from_pretrained(tiny_model_dir, routers=routers).routers is not None
