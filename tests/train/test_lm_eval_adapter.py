@@ -1,0 +1,64 @@
+"""The lm-evaluation-harness adapter on a local task file and a tiny model (hub data is offline here)."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import tiny_model, tiny_tokenizer
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from drllm.router import RoutedModel  # noqa: E402
+
+WORDS = ["green", "pink", "gold", "cyan", "teal", "rose"]
+
+
+@pytest.fixture
+def task_dir(tmp_path):
+    rows = [
+        {"question": f"which is {w}?", "choices": ["red", "blue", w], "label": k % 3, "answer": w}
+        for k, w in enumerate(WORDS)
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+    (tmp_path / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\n" + common + "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_target: label\ndoc_to_choice: choices\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    (tmp_path / "tiny_gen.yaml").write_text(
+        "task: tiny_gen\n" + common + "output_type: generate_until\n"
+        'doc_to_text: "Say {{answer}}:"\ndoc_to_target: "{{answer}}"\n'
+        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 4\nmetric_list:\n  - metric: exact_match\n'
+    )
+    return tmp_path, rows
+
+
+def test_harness_loglikelihood_and_generation_run_routed(task_dir):
+    from lm_eval.tasks import TaskManager
+
+    from drllm.train.lm_eval_adapter import DrLLMEval
+
+    folder, rows = task_dir
+    routed = RoutedModel(tiny_model("llama"))
+    tok = tiny_tokenizer()
+    path = [1, 0, 2, 1]
+    lm = DrLLMEval(routed, tokenizer=tok, decisions="1,0,2,1", batch_size=1)
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=["tiny_mc", "tiny_gen"], task_manager=TaskManager(include_path=str(folder))
+    )
+    assert lm.layer_counts and set(lm.layer_counts) == {sum(path)}
+    # the same accuracy computed directly through RoutedModel under the same path
+    correct = 0
+    for row in rows:
+        context = tok(f"Question: {row['question']}\nAnswer:")["input_ids"]
+        scores = []
+        for choice in row["choices"]:
+            cont = tok(f" {choice}")["input_ids"]
+            with torch.no_grad():
+                logp = routed(torch.tensor([context + cont]), decisions=path).logits.log_softmax(-1)[0]
+            scores.append(sum(float(logp[len(context) - 1 + t, c]) for t, c in enumerate(cont)))
+        correct += int(max(range(3), key=scores.__getitem__) == row["label"])
+    assert out["results"]["tiny_mc"]["acc,none"] == pytest.approx(correct / len(rows))
+    assert "exact_match,none" in out["results"]["tiny_gen"]
