@@ -117,8 +117,42 @@ def train_routers(
     run = _run_identity(routed, paths, num_windows, hidden_size, val_fraction, seed, online)
     resuming = resume and last.is_file()
     _check_resume(output / "run.json", run, resuming)
+    if trainer.logger is not None:
+        trainer.logger.log_hyperparams(
+            {
+                **run,
+                "epochs": epochs,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "batch_size": batch_size,
+                "precision": precision,
+            }
+        )
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resuming else None)
-    return _export(routed, checkpoint, last, output)
+    metrics = _export(routed, checkpoint, last, output)
+    if not online and trainer.is_global_zero:
+        _decision_figure(routed, features, data.val_indices, output, trainer.logger)
+    if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
+        trainer.logger.experiment.finish()  # flush the run (config, metrics, images) before returning
+    return metrics
+
+
+def _decision_figure(routed, features, val_indices, output: Path, logger) -> None:
+    """``decisions.png``: what the exported routers decide per layer on the validation paths (also to W&B)."""
+    from .report import plot_decisions
+
+    rows = torch.as_tensor(val_indices, dtype=torch.long)
+    if rows.numel() == 0:
+        return
+    device = next(routed.routers.parameters()).device
+    with torch.no_grad():
+        logits = routed.routers.forward_pooled(
+            features.pooled[rows].to(device), features.valid[rows].to(device)
+        )
+    path = output / "decisions.png"
+    plot_decisions(logits.argmax(-1).cpu().numpy(), path, title="router decisions on validation paths")
+    if isinstance(logger, WandbLogger):
+        logger.log_image(key="val/decisions", images=[str(path)])
 
 
 def _run_identity(routed, paths, num_windows, hidden_size, val_fraction, seed, online) -> dict:

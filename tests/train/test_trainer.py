@@ -101,6 +101,10 @@ def test_train_routers_logs_to_wandb_offline(tmp_path, config, monkeypatch):
     assert "macro_f1" in metrics
     runs = list((out / "wandb").glob("offline-run-*"))
     assert runs, "an offline W&B run directory is written"
+    assert (out / "decisions.png").is_file()
+    assert list(runs[0].glob("files/media/images/**/*.png")), "the decision heatmap is logged as an image"
+    (record,) = runs[0].glob("run-*.wandb")  # offline runs keep the config in their record file
+    assert b"paths_sha256" in record.read_bytes() and b"num_windows" in record.read_bytes()
 
 
 def test_resuming_a_checkpoint_made_from_other_paths_is_refused(tmp_path, config):
