@@ -46,6 +46,7 @@ def run_search(
     max_new_tokens: int = 32,
     progress: bool = True,
     hub_fields: dict | None = None,
+    wandb_project: str | None = None,
 ) -> dict:
     """Search paths for the examples of a task and append them to ``output`` (resumable).
 
@@ -66,6 +67,7 @@ def run_search(
         max_new_tokens: decoding budget of the ``generate`` scoring.
         progress: show a progress bar.
         hub_fields: column mapping for ``hf:`` tasks (question_field, answer_field, choices_field, config).
+        wandb_project: log progress to this Weights & Biases project (offline with ``WANDB_MODE=offline``).
 
     Returns:
         The summary (see ``summarize``) over every example in the output file for this task.
@@ -87,8 +89,11 @@ def run_search(
         todo = [ex for ex in examples if str(ex.id) not in out.done]
         bar = _progress(len(examples), len(examples) - len(todo), progress and rank == 0)
         meta = {"task": task, "model": model_name, "scoring": evaluator.scoring, "style": style}
-        _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar)
+        run = _wandb_run(wandb_project, meta, rank) if wandb_project else None
+        _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar, run.log if run else None)
         bar.close()
+        if run is not None:
+            run.finish()
     if world > 1:
         barrier()
         if rank != 0:
@@ -109,7 +114,7 @@ def _load(model, tokenizer):
     return RoutedModel.from_pretrained(model), load_tokenizer(model), str(model)
 
 
-def _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar) -> None:
+def _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar, log=None) -> None:
     queue = list(reversed(todo))
     active: list[_Active] = []
     start, improved, finished = time.perf_counter(), 0, 0
@@ -133,12 +138,36 @@ def _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar) -> No
             active.remove(a)
             finished += 1
             improved += int(row["layers"] < L and row["reward"] >= 1.0 or row["reward"] > row["base_reward"])
+            if log is not None:
+                log(
+                    {
+                        "search/done": finished,
+                        "search/improved_share": improved / finished,
+                        "search/layers": row["layers"],
+                        "search/base_reward": row["base_reward"],
+                        "search/paths_per_s": evaluator.paths_evaluated
+                        / max(time.perf_counter() - start, 1e-9),
+                    }
+                )
         rate = evaluator.paths_evaluated / max(time.perf_counter() - start, 1e-9)
         bar.n = bar.total - len(queue) - len(active)
         bar.set_postfix(
             paths_per_s=f"{rate:.1f}", improved=f"{improved / max(finished, 1):.0%}", refresh=False
         )
         bar.refresh()
+
+
+def _wandb_run(project: str, meta: dict, rank: int):
+    """A W&B run for this search's progress (off unless a project is given)."""
+    import wandb
+
+    return wandb.init(
+        project=project,
+        config=meta,
+        job_type="search",
+        name=f"search-{meta['task']}-rank{rank}",
+        reinit="finish_previous",
+    )
 
 
 def _row(a: _Active, meta: dict, num_layers: int) -> dict:

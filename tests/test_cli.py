@@ -200,3 +200,28 @@ def test_train_with_ddp_over_two_cpu_processes(tiny_model_dir, mc_file, tmp_path
     from drllm.router import RoutedModel
 
     assert RoutedModel.from_pretrained(tiny_model_dir, routers=routers).routers is not None
+
+
+def test_search_logs_progress_to_wandb_offline(tiny_model_dir, mc_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    main(
+        [
+            "search",
+            "--model",
+            tiny_model_dir,
+            "--task",
+            f"jsonl:{mc_file}",
+            "--output",
+            str(tmp_path / "p.jsonl"),
+            "--simulations",
+            "3",
+            "--limit",
+            "4",
+            "--wandb-project",
+            "drllm-test",
+        ]
+    )
+    (record,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    assert b"search/improved_share" in record.read_bytes()

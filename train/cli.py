@@ -94,6 +94,7 @@ def search(
     choices_field: str | None = None,
     hf_config: str | None = None,
     devices: int = 1,
+    wandb_project: str | None = None,
 ) -> dict:
     """Search skip/execute/repeat paths per example with MCTS and append them to a JSONL file (resumable).
 
@@ -115,6 +116,7 @@ def search(
         choices_field: hf: tasks, the options column; makes the task multiple choice.
         hf_config: hf: tasks, the dataset configuration name.
         devices: processes to shard the examples over (torchrun; one per GPU when there are GPUs).
+        wandb_project: log search progress to this Weights & Biases project (off by default).
     """
     from drllm.search.runner import run_search
 
@@ -147,6 +149,7 @@ def search(
         seed=seed,
         data_dir=data_dir,
         hub_fields=fields if task.startswith("hf:") else None,
+        wandb_project=wandb_project,
     )
 
 
