@@ -225,3 +225,16 @@ def test_search_logs_progress_to_wandb_offline(tiny_model_dir, mc_file, tmp_path
     )
     (record,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     assert b"search/improved_share" in record.read_bytes()
+
+
+def test_from_pretrained_passes_device_map_and_dtype(tiny_model_dir):
+    import torch
+
+    from drllm.router import RoutedModel
+
+    plain = RoutedModel.from_pretrained(tiny_model_dir)
+    mapped = RoutedModel.from_pretrained(tiny_model_dir, device_map="auto", dtype=torch.float32)
+    assert mapped.device.type == "cpu" and mapped.model.dtype == torch.float32
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    kw = dict(decisions=[1, 0, 2, 1], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(plain.generate(ids, **kw), mapped.generate(ids, **kw))
