@@ -14,6 +14,7 @@ hash is used instead of a tail slice because the MATH file is sorted by subject.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -122,7 +123,7 @@ def _hub_rows(hub: tuple[str, str], split: str) -> list[dict]:
     return [dict(row) for row in datasets.load_dataset(hub[0], hub[1], split=split)]
 
 
-class Task:
+class Task(abc.ABC):
     """Base class of every task; subclasses set the class attributes and implement ``_convert``.
 
     Attributes:
@@ -199,8 +200,8 @@ class Task:
         )
 
     def _convert(self, row: dict, source: str, index: int) -> Example | None:
-        """Turn one raw row into an example (None to skip it)."""
-        raise NotImplementedError
+        """Turn one raw row into an example (None to skip it); tasks that read released files override it."""
+        raise TypeError(f"{type(self).__name__} reads no released data files; it must override load()")
 
     def _check_scoring(self, scoring: str | None) -> str:
         """Default and validate a scoring name."""
@@ -211,21 +212,21 @@ class Task:
             )
         return scoring
 
+    @abc.abstractmethod
     def prompt(
         self, ex: Example, tokenizer: Any = None, style: str = "plain", scoring: str | None = None
     ) -> str:
         """Build the prompt text for an example; see the subclasses for the formats."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def target(
         self, ex: Example, scoring: str | None = None, style: str = "plain", tokenizer: Any = None
     ) -> str:
         """Text appended to the prompt for teacher forcing."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def grade(self, ex: Example, text: str) -> bool:
         """Grade a generated completion."""
-        raise NotImplementedError
 
 
 class ChoiceTask(Task):
