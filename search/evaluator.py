@@ -212,18 +212,26 @@ class PathEvaluator:
         for chunk in _chunks(rows, self.max_rows):
             ids, mask = batch_prompts(self.tokenizer, [p.prompt for p, _ in chunk], self.routed.device)
             decisions = torch.tensor([list(path) for _, path in chunk])
-            gen = self.routed.generate(
-                ids,
-                attention_mask=mask,
-                decisions=decisions,
-                do_sample=False,
-                max_new_tokens=self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
+            new = greedy_new_tokens(
+                self.routed, ids, mask, decisions, self.max_new_tokens, self.tokenizer.pad_token_id
             )
-            texts = self.tokenizer.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             out += [float(self.task.grade(p.example, t)) for (p, _), t in zip(chunk, texts, strict=False)]
         self.paths_evaluated += len(rows)
         return out
+
+
+def greedy_new_tokens(routed, ids, mask, decisions, max_new_tokens: int, pad_token_id) -> torch.Tensor:
+    """Greedy routed generation for left-padded prompts; returns only the new tokens ``[B, n]``."""
+    out = routed.generate(
+        ids,
+        attention_mask=mask,
+        decisions=decisions,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_token_id,
+    )
+    return out[:, ids.shape[1] :]
 
 
 def _attention_masks(allowed: torch.Tensor, pos: torch.Tensor, config, dtype, device):

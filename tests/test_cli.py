@@ -12,6 +12,22 @@ from drllm.train.cli import main, normalize_flags
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _search(model_dir, task_file, output, *extra) -> list[str]:
+    """``drllm search`` arguments on a tiny model and a jsonl task, 3 simulations."""
+    return [
+        "search",
+        "--model",
+        model_dir,
+        "--task",
+        f"jsonl:{task_file}",
+        "--output",
+        str(output),
+        "--simulations",
+        "3",
+        *extra,
+    ]
+
+
 def test_normalize_flags():
     assert normalize_flags(["search", "--batch-size", "4", "--data-dir=/x", "-h", "a-b"]) == [
         "search",
@@ -161,19 +177,7 @@ def test_train_with_ddp_over_two_cpu_processes(tiny_model_dir, mc_file, tmp_path
     import sys
 
     paths, routers = tmp_path / "paths.jsonl", tmp_path / "routers"
-    main(
-        [
-            "search",
-            "--model",
-            tiny_model_dir,
-            "--task",
-            f"jsonl:{mc_file}",
-            "--output",
-            str(paths),
-            "--simulations",
-            "3",
-        ]
-    )
+    main(_search(tiny_model_dir, mc_file, paths))
     cmd = [
         sys.executable,
         "-m",
@@ -207,21 +211,9 @@ def test_search_logs_progress_to_wandb_offline(tiny_model_dir, mc_file, tmp_path
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     main(
-        [
-            "search",
-            "--model",
-            tiny_model_dir,
-            "--task",
-            f"jsonl:{mc_file}",
-            "--output",
-            str(tmp_path / "p.jsonl"),
-            "--simulations",
-            "3",
-            "--limit",
-            "4",
-            "--wandb-project",
-            "drllm-test",
-        ]
+        _search(
+            tiny_model_dir, mc_file, tmp_path / "p.jsonl", "--limit", "4", "--wandb-project", "drllm-test"
+        )
     )
     (record,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     assert b"search/improved_share" in record.read_bytes()

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from drllm.router import RoutedModel, batch_prompts, load_tokenizer
-from drllm.search.evaluator import PathEvaluator
+from drllm.search.evaluator import PathEvaluator, greedy_new_tokens
 from drllm.search.tasks import get_task
 
 from . import report
@@ -307,17 +307,9 @@ class _Scorer:
 
     def _exact(self, chunk, ids, mask, d):
         pad = self.tokenizer.pad_token_id
-        gen = self.routed.generate(
-            ids,
-            attention_mask=mask,
-            decisions=d,
-            do_sample=False,
-            max_new_tokens=self.max_new_tokens,
-            pad_token_id=pad,
-        )
+        new = greedy_new_tokens(self.routed, ids, mask, d, self.max_new_tokens, pad).tolist()
         paths = self.routed.last_decisions.tolist()
         correct, tokens = [], []
-        new = gen[:, ids.shape[1] :].tolist()
         for ex, row, n_prompt in zip(chunk, new, mask.sum(1).tolist(), strict=True):
             kept = _until_eos(row, self.eos)
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
