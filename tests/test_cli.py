@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from wandb_records import offline_record
 
 from drllm.search.output import FIELDS
 from drllm.train.cli import main, normalize_flags
@@ -215,8 +216,8 @@ def test_search_logs_progress_to_wandb_offline(tiny_model_dir, mc_file, tmp_path
             tiny_model_dir, mc_file, tmp_path / "p.jsonl", "--limit", "4", "--wandb-project", "drllm-test"
         )
     )
-    (record,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    assert b"search/improved_share" in record.read_bytes()
+    record = offline_record(tmp_path, "wandb/offline-run-*/run-*.wandb", [b"search/improved_share"])
+    assert b"search/improved_share" in record
 
 
 def test_from_pretrained_passes_device_map_and_dtype(tiny_model_dir):

@@ -9,6 +9,7 @@ import torch
 import yaml
 from test_features import synthetic_rows, tiny_tokenizer, write_rows
 from tiny_models import tiny_model
+from wandb_records import offline_record
 
 from drllm.router import RoutedModel
 from drllm.train.trainer import train_routers
@@ -103,8 +104,9 @@ def test_train_routers_logs_to_wandb_offline(tmp_path, config, monkeypatch):
     assert runs, "an offline W&B run directory is written"
     assert (out / "decisions.png").is_file()
     assert list(runs[0].glob("files/media/images/**/*.png")), "the decision heatmap is logged as an image"
-    (record,) = runs[0].glob("run-*.wandb")  # offline runs keep the config in their record file
-    assert b"paths_sha256" in record.read_bytes() and b"num_windows" in record.read_bytes()
+    needles = [b"paths_sha256", b"num_windows"]  # offline runs keep the config in their record file
+    record = offline_record(runs[0], "run-*.wandb", needles)
+    assert all(n in record for n in needles)
 
 
 def test_resuming_a_checkpoint_made_from_other_paths_is_refused(tmp_path, config):
