@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache
 
 from .cache import RoutedCache
 from .decisions import EXECUTE, REPEAT, SKIP
-from .routers import window_weights
+from .routers import window_average, window_weights
 
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
@@ -38,37 +38,49 @@ class RoutingState:
 
     def reset(self) -> None:
         """Forget the current call's decisions and options."""
-        self.decisions: torch.Tensor | None = None  # [B, L]; -1 where the routers have not decided yet
-        self.plan: list[int | None] = [
-            EXECUTE
-        ] * self.num_layers  # per layer: the value shared by all rows, or None
+        self._decisions: torch.Tensor | None = None  # [B, L]; -1 where the routers have not decided yet
+        self._routed: list[list[int]] | None = None  # rows x L, the routers' choices, on the host
+        self._device = None
+        self.plan: list[int | None] = [EXECUTE] * self.num_layers  # per layer: the value every row shares
         self.pending: list[bool] = [False] * self.num_layers  # layers the routers still have to decide
         self.pad_mask: torch.Tensor | None = None
         self.record: dict[int, torch.Tensor] | None = None
-        self.start: torch.Tensor | None = (
-            None  # [B] first layer each row runs (rows start from `start_hidden`)
-        )
+        self.start: torch.Tensor | None = None  # [B] first layer each row runs (rows start from start_hidden)
         self.start_hidden: torch.Tensor | None = None
         self.warned_nonfinite = False
         self.pool_weights = None  # window pooling weights of the prompt, shared by every router
 
+    @property
+    def decisions(self) -> torch.Tensor | None:
+        """Decisions ``[B, L]`` of this call (-1 for layers the routers have not reached yet)."""
+        if self._routed is not None:  # the routers' choices live on the host until someone needs a tensor
+            self._decisions = torch.tensor(self._routed, dtype=torch.long, device=self._device)
+            self._routed = None if not any(self.pending) else self._routed
+        return self._decisions
+
     def set_decisions(self, decisions: torch.Tensor) -> None:
         """Fix the decisions ``[B, L]`` for the rest of the call."""
-        self.decisions = decisions
+        self._decisions, self._routed = decisions, None
         self.pending = [False] * self.num_layers
         self.plan = [_uniform(col) for col in decisions.t().cpu().tolist()]
 
     def begin_routing(self, batch_size: int, pad_mask: torch.Tensor | None, device) -> None:
         """Let the routers decide every layer at the next forward (prefill)."""
-        self.decisions = torch.full((batch_size, self.num_layers), -1, dtype=torch.long, device=device)
+        self._decisions, self._device = None, device
+        self._routed = [[-1] * self.num_layers for _ in range(batch_size)]
         self.pending = [True] * self.num_layers
         self.plan = [None] * self.num_layers
         self.pad_mask = pad_mask
 
-    def decide(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Decisions ``[B]`` of layer ``index`` for this call, asking the router at prefill."""
+    def decide(self, index: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Decide layer ``index`` (asking its router at prefill); per-row decisions ``[B]`` if rows differ.
+
+        Returns None when every row shares one decision: ``plan[index]`` then holds it.
+        """
         if self.pending[index]:
             self._route(index, hidden)
+        if self.plan[index] is not None:
+            return None
         return _match_batch(self.decisions[:, index], hidden.shape[0])
 
     def _route(self, index: int, hidden: torch.Tensor) -> None:
@@ -76,14 +88,16 @@ class RoutingState:
         if mask is not None and mask.shape[1] != hidden.shape[1]:
             raise ValueError(f"attention_mask has {mask.shape[1]} positions, the prompt {hidden.shape[1]}")
         if self.pool_weights is None or self.pool_weights[0].shape[0] != hidden.shape[0]:
-            self.pool_weights = window_weights(
+            matrix, valid = window_weights(
                 mask, hidden.shape[0], hidden.shape[1], self.routers.config.num_windows, hidden.device
             )
+            self.pool_weights = (matrix, valid, window_average(valid))
         logits = self.routers(index, hidden, mask, self.pool_weights).tolist()  # [B, 3]: one sync per layer
-        rows = self.decisions.shape[0]
-        step = len(logits) // rows  # generate may have expanded rows (beams); decide once per sequence
+        rows = self._routed
+        step = len(logits) // len(rows)  # generate may have expanded rows (beams); decide once per sequence
         choices = [self._choose(index, row) for row in logits[::step]]
-        self.decisions[:, index] = torch.tensor(choices, dtype=torch.long).to(self.decisions.device)
+        for row, choice in zip(rows, choices, strict=True):
+            row[index] = choice
         self.pending[index] = False
         self.plan[index] = _uniform(choices)
 
@@ -142,10 +156,8 @@ class RoutedLayer(nn.Module):
         hidden_states = self._start_rows(hidden_states)
         if state.record is not None:
             state.record[i] = hidden_states
-        plan = state.plan[i] if not state.pending[i] else None
-        if plan is None:
-            decisions = state.decide(i, hidden_states)
-            plan = state.plan[i]
+        decisions = state.decide(i, hidden_states) if state.pending[i] or state.plan[i] is None else None
+        plan = state.plan[i]
         if plan == SKIP:
             return self._wrap(hidden_states)
         if plan is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
 CONFIG_NAME = "router_config.json"
 WEIGHTS_NAME = "routers.safetensors"
@@ -82,17 +83,30 @@ class LayerRouter(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(hidden_size, bottleneck), nn.GELU(), nn.Linear(bottleneck, 3))
 
-    def forward(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pooled: torch.Tensor, valid: torch.Tensor, average: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits ``[B, 3]`` from window means ``[B, W, d]`` and their validity ``[B, W]``.
 
-        The last Linear is affine, so averaging its outputs over the valid windows equals applying it to
-        the average of the GELU activations; that order saves work and gives the same logits.
+        ``average`` is ``window_average(valid)``; pass it when the same windows serve many routers.
+        The last Linear is affine and each row's averaging weights sum to 1, so averaging its outputs over
+        the valid windows equals averaging its inputs; applying it per window first keeps this at five
+        kernels (this runs once per layer at prefill, where each tiny kernel's launch costs more than its
+        arithmetic).
         """
-        first, act, last = self.net
-        hidden = act(first(pooled.to(first.weight.dtype)))  # [B, W, h]
-        weights = valid.to(hidden.dtype)
-        weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
-        return last(torch.bmm(weights[:, None, :], hidden)[:, 0]).float()
+        first, _, last = self.net
+        b, w, d = pooled.shape
+        if average is None:
+            average = window_average(valid)
+        hidden = F.gelu(F.linear(pooled.reshape(b * w, d).to(first.weight.dtype), first.weight, first.bias))
+        per_window = F.linear(hidden, last.weight, last.bias).view(b, w, 3)
+        return torch.bmm(average.to(per_window.dtype), per_window)[:, 0].float()
+
+
+def window_average(valid: torch.Tensor) -> torch.Tensor:
+    """Weights ``[B, 1, W]`` that average each row over its valid windows (``valid [B, W]``)."""
+    weights = valid.float()
+    return (weights / weights.sum(1, keepdim=True).clamp(min=1))[:, None, :]
 
 
 @dataclasses.dataclass
@@ -122,9 +136,14 @@ class Routers(nn.Module):
     def forward(
         self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None, weights=None
     ) -> torch.Tensor:
-        """Logits ``[B, 3]`` of router ``index`` for hidden states ``[B, T, d]`` entering layer ``index``."""
-        pooled, valid = window_pool(hidden, mask, self.config.num_windows, weights)
-        return self.layers[index](pooled, valid)
+        """Logits ``[B, 3]`` of router ``index`` for hidden states ``[B, T, d]`` entering layer ``index``.
+
+        ``weights`` is ``window_weights(...)`` for this mask, optionally with ``window_average(valid)``
+        appended; precompute it once when one prompt feeds every router.
+        """
+        pooled, valid = window_pool(hidden, mask, self.config.num_windows, weights and weights[:2])
+        average = weights[2] if weights is not None and len(weights) > 2 else None
+        return self.layers[index](pooled, valid, average)
 
     def forward_pooled(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, L, 3]`` of every router for pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``."""

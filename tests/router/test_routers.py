@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tiny_models import prompts, tiny_model
 
 from drllm.router import RoutedModel, Routers, UnsupportedArchitectureError, window_pool
-from drllm.router.routers import CONFIG_NAME, WEIGHTS_NAME
+from drllm.router.routers import CONFIG_NAME, WEIGHTS_NAME, RouterConfig
 
 
 def _naive_pool(hidden, mask, w):
@@ -72,6 +72,21 @@ def test_routers_decide_once_at_prefill_and_reuse_for_every_token():
     )
     assert torch.equal(out, again)
     assert torch.equal(routed.route(ids, mask), decided)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=3), windows=st.integers(1, 6))
+def test_router_logits_follow_the_spec(lengths, windows):
+    """Per valid window Linear -> GELU -> Linear, then the mean over the valid windows."""
+    torch.manual_seed(sum(lengths) + windows)
+    routers = Routers(RouterConfig(num_layers=1, hidden_size=6, num_windows=windows, bottleneck=5))
+    width = max(lengths)
+    hidden = torch.randn(len(lengths), width, 6)
+    mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
+    pooled, valid = _naive_pool(hidden, mask, windows)
+    net = routers.layers[0].net
+    naive = torch.stack([net(pooled[b][valid[b]]).mean(0) for b in range(len(lengths))])
+    torch.testing.assert_close(routers(0, hidden, mask), naive, rtol=1e-5, atol=1e-6)
 
 
 def test_router_decisions_depend_only_on_real_tokens():
