@@ -100,6 +100,9 @@ def test_math_levels_and_null_answers():
 
 
 def test_limit_and_default_eval_split():
+    from drllm.search.task_builtin import BUILDERS
+
+    assert set(BUILDERS) == set(KNOWN_TASKS)
     for name in KNOWN_TASKS:
         task = get_task(name)
         assert task.default_split_eval in task.splits
