@@ -33,7 +33,7 @@ def run_search(
     model,
     task: str,
     output: str,
-    split: str = "train",
+    split: str | None = None,
     limit: int | None = None,
     simulations: int = 50,
     batch_size: int = 8,
@@ -54,7 +54,7 @@ def run_search(
         model: a model name or path (``"smollm2-135m-instruct"`` for the embedded default) or a RoutedModel.
         task: task name (``arc_easy``, ``gsm8k``, ``math:3``, ``jsonl:PATH``, ...).
         output: the JSONL file to append to; examples already in it are skipped.
-        split: dataset split to search on.
+        split: dataset split to search on (default: the task's training split).
         limit: at most this many examples (the first ones of the split).
         simulations: MCTS simulations per example.
         batch_size: examples searched in lockstep (rows per evaluator call).
@@ -75,7 +75,7 @@ def run_search(
     if batch_size < 1 or simulations < 0:
         raise ValueError(f"batch_size must be >= 1 and simulations >= 0, got {batch_size} and {simulations}")
     task_obj = get_task(task, **(hub_fields or {}))
-    examples = task_obj.load(split, data_dir=data_dir, limit=limit)
+    examples = task_obj.load(split or task_obj.default_split_train, data_dir=data_dir, limit=limit)
     routed, tokenizer, model_name = _load(model, tokenizer)
     rank, world, local_rank = rank_info()
     target = output

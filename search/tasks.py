@@ -147,6 +147,14 @@ class Task(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
+    @property
+    def default_split_train(self) -> str:
+        """The split training data (search paths, angular calibration) comes from: ``train`` if it exists."""
+        if "train" in self.splits:
+            return "train"
+        others = [s for s in self.splits if s != self.default_split_eval]
+        return others[0] if others else self.splits[0]
+
     def load(
         self, split: str = "train", data_dir: str | Path | None = None, limit: int | None = None
     ) -> list[Example]:

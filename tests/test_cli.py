@@ -38,6 +38,19 @@ def test_normalize_flags():
         "-h",
         "a-b",
     ]
+    assert normalize_flags(["generate", "--stream", "--prompt", "x"]) == [
+        "generate",
+        "--stream=true",
+        "--prompt",
+        "x",
+    ]
+    assert normalize_flags(["generate", "--chat", "false"]) == ["generate", "--chat", "false"]
+    assert normalize_flags(["eval", "--budgets", "-1,0.5", "--baselines=drop-last,angular"]) == [
+        "eval",
+        "--budgets=[-1,0.5]",
+        "--baselines=[drop-last,angular]",
+    ]
+    assert normalize_flags(["eval", "--budgets", "[-1, 0]"]) == ["eval", "--budgets", "[-1, 0]"]
 
 
 def test_generate_prints_completion_and_layers(tiny_model_dir, capsys):
@@ -162,9 +175,9 @@ def test_search_train_eval_through_the_cli(tiny_model_dir, mc_file, tmp_path):
             "--routers",
             str(routers),
             "--budgets",
-            "[-1.0, 0.0, 2.0]",
+            "-1,0,2",  # comma lists, as written in the issue and --help
             "--baselines",
-            "[drop-last]",
+            "drop-last",
         ]
     )
     rows = json.loads((evaluation / "results.json").read_text())
@@ -245,8 +258,7 @@ def test_generate_streams_tokens(tiny_model_dir, capsys):
             "4",
             "--chat",
             "false",
-            "--stream",
-            "true",
+            "--stream",  # a bare boolean flag
         ]
     )
     out = capsys.readouterr().out

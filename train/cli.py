@@ -8,6 +8,7 @@ Heavy imports (transformers models, Lightning) happen inside the subcommands.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -81,7 +82,7 @@ def search(
     task: str,
     output: str,
     model: str = DEFAULT_MODEL,
-    split: str = "train",
+    split: str | None = None,
     limit: int | None = None,
     simulations: int = 50,
     batch_size: int = 8,
@@ -103,7 +104,7 @@ def search(
             or a local dataset folder/file, with the column mapping below).
         output: JSONL file; examples already in it are skipped, so a killed search resumes.
         model: model name or path; "smollm2-135m-instruct" is the embedded default.
-        split: dataset split.
+        split: dataset split (default: the task's training split, e.g. train; dev for mmlu).
         limit: at most this many examples.
         simulations: MCTS simulations per example.
         batch_size: examples searched in lockstep.
@@ -242,8 +243,8 @@ def eval(
         routers: router directory.
         split: evaluation split (default: the task's validation split).
         limit: at most this many examples.
-        budgets: router budget biases to sweep (default -2,-1,0,1,2).
-        baselines: any of drop-last, angular, random (default: all three).
+        budgets: router budget biases to sweep, e.g. -0.5,0,0.5 (default -0.5,0,0.25,0.5,0.75,1).
+        baselines: any of drop-last,angular,random (default: all three).
         max_new_tokens: decoding budget for exact-answer tasks.
         scoring: as for search (default: the task's).
         style: prompt style, plain or chat.
@@ -312,14 +313,48 @@ COMMANDS = {"generate": generate, "search": search, "train": train, "eval": eval
 
 
 def normalize_flags(argv: list[str]) -> list[str]:
-    """``--batch-size=4`` -> ``--batch_size=4``: dashes inside flag names become underscores."""
+    """Accept the flag spellings people type, in the form jsonargparse parses.
+
+    * ``--batch-size=4`` -> ``--batch_size=4``: dashes inside flag names become underscores;
+    * a bare boolean flag (``--stream``) means true;
+    * a comma list (``--budgets -1,0,1``, ``--baselines drop-last,angular``) becomes a list.
+    """
     out = []
     for arg in argv:
         if arg.startswith("--") and len(arg) > 2:
             name, eq, value = arg[2:].partition("=")
             arg = "--" + name.replace("-", "_") + eq + value
         out.append(arg)
-    return out
+    command = next((a for a in out if a in COMMANDS), None)
+    if command is None:
+        return out
+    kinds = {name: str(p.annotation) for name, p in inspect.signature(COMMANDS[command]).parameters.items()}
+    fixed: list[str] = []
+    i = 0
+    while i < len(out):
+        arg = out[i]
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        kind = kinds.get(name, "")
+        if kind == "bool" and not eq:
+            following = out[i + 1] if i + 1 < len(out) else "--"
+            if following.startswith("--") or following.lower() not in (
+                "true",
+                "false",
+                "1",
+                "0",
+                "yes",
+                "no",
+            ):
+                arg = f"--{name}=true"
+        elif kind.startswith("list[") and not value.startswith("["):
+            if not eq and i + 1 < len(out) and not out[i + 1].startswith("["):
+                i += 1
+                value = out[i]
+            if value:
+                arg = f"--{name}=[{value}]"
+        fixed.append(arg)
+        i += 1
+    return fixed
 
 
 def main(argv: list[str] | None = None) -> None:

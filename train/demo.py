@@ -24,7 +24,7 @@ from drllm.search.runner import run_search
 from drllm.search.tasks import get_task
 
 from . import report
-from .evaluate import calibration_split, run_eval
+from .evaluate import run_eval
 from .trainer import train_routers
 
 MARKER = ".done"
@@ -78,7 +78,7 @@ def run_demo(
         routed,
         task,
         str(paths),
-        split=calibration_split(task_obj),
+        split=task_obj.default_split_train,
         limit=train_examples,
         simulations=simulations,
         seed=seed,

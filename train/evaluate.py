@@ -153,16 +153,8 @@ def _baseline_drops(results, num_layers: int, baselines, progress: bool) -> list
     return sorted(drops.items())
 
 
-def calibration_split(task) -> str:
-    """The split training data (search paths, angular calibration) comes from: ``train`` when it exists."""
-    if "train" in task.splits:
-        return "train"
-    others = [s for s in task.splits if s != task.default_split_eval]
-    return others[0] if others else task.splits[0]
-
-
 def _calibration_prompts(task, scorer, count: int, data_dir, progress: bool) -> list[str]:
-    split = calibration_split(task)
+    split = task.default_split_train
     if split == task.default_split_eval:
         _note(progress, f"task {task.name!r} has a single split: angular calibration prompts come from it")
     examples = task.load(split, data_dir=data_dir, limit=max(1, count))

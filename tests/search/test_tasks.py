@@ -103,6 +103,7 @@ def test_limit_and_default_eval_split():
     from drllm.search.task_builtin import BUILDERS
 
     assert set(BUILDERS) == set(KNOWN_TASKS)
+    assert get_task("mmlu").default_split_train == "dev" and get_task("gsm8k").default_split_train == "train"
     for name in KNOWN_TASKS:
         task = get_task(name)
         assert task.default_split_eval in task.splits

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drllm.train.loss import class_weights, focal_loss
+from drllm.train import class_weights, focal_loss  # the public names (issue 4)
 from drllm.train.metrics import confusion_matrix, routing_metrics
 
 # ---------------------------------------------------------------- class weights
