@@ -232,6 +232,12 @@ class RoutedModel(nn.Module):
             )
         return self.last_decisions
 
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model takes (``max_position_embeddings``), or None when unknown."""
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
     def _check_inputs(self, input_ids, attention_mask, inputs_embeds) -> int:
         ids = input_ids if input_ids is not None else inputs_embeds
         if ids is None:
@@ -241,9 +247,7 @@ class RoutedModel(nn.Module):
         batch, length = ids.shape[0], ids.shape[1]
         if length == 0:
             raise ValueError("the prompt is empty (0 tokens)")
-        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(
-            self.model.config, "n_positions", None
-        )
+        limit = self.context_length
         if limit is not None and length > limit:
             raise ValueError(f"the prompt has {length} tokens, the model's context is {limit} tokens")
         if attention_mask is not None:

@@ -79,6 +79,7 @@ class PathEvaluator:
         pieces = [tok(c, add_special_tokens=False)["input_ids"] for c in conts]
         if any(len(c) == 0 for c in pieces):
             raise ValueError(f"example {ex.id}: a continuation encodes to no tokens")
+        self._check_length(ex, len(p), max(len(c) for c in pieces))
         tokens, positions, owner = list(p), list(range(len(p))), [-1] * len(p)
         targets = []
         for k, c in enumerate(pieces):
@@ -103,6 +104,17 @@ class PathEvaluator:
             prompt=prompt,
             target=target,
         )
+
+    def _check_length(self, ex, prompt: int, continuation: int) -> None:
+        """Refuse an example whose prompt plus answer (or decoding budget) exceeds the model's context."""
+        limit = self.routed.context_length
+        extra = self.max_new_tokens if self.scoring == "generate" else continuation
+        if limit is not None and prompt + extra > limit:
+            what = f"{extra} new tokens" if self.scoring == "generate" else f"a {extra}-token answer"
+            raise ValueError(
+                f"example {ex.id}: the prompt has {prompt} tokens; with {what} that exceeds the model's "
+                f"context of {limit} tokens"
+            )
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()

@@ -118,3 +118,22 @@ def test_teacher_forced_positive_case(exact_task):
         assert ev.rewards([(prepared[0], path)]) == [1.0]
     finally:
         exact_task.target = task_target
+
+
+@pytest.mark.parametrize("scoring", ["teacher-forced", "generate"])
+def test_prompts_longer_than_the_context_are_refused(tmp_path, scoring):
+    long_row = {"id": "too-long", "prompt": "word " * 40, "target": " ok"}  # 200 characters > 128 positions
+    path = tmp_path / "long.jsonl"
+    path.write_text(
+        json.dumps({"id": "fine", "prompt": "hi", "target": " ok"}) + "\n" + json.dumps(long_row) + "\n"
+    )
+    task = get_task(f"jsonl:{path}")
+    evaluator = PathEvaluator(
+        RoutedModel(tiny_model("llama")), tiny_tokenizer(), task, scoring, max_new_tokens=8
+    )
+    fine, long = task.load("train")
+    evaluator.prepare([fine])
+    with pytest.raises(
+        ValueError, match=r"example too-long: the prompt has \d+ tokens.*context of 128 tokens"
+    ):
+        evaluator.prepare([long])
