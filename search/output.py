@@ -1,8 +1,10 @@
 """The search output file: one JSON line per example, appended and flushed as each example finishes.
 
 Crash safety: each line is written with one ``write`` on a file opened for appending, then flushed and
-fsynced. A crash can leave at most a torn last line (no trailing newline); ``open_output`` detects it,
-warns, and cuts it off before appending, so a resumed search never duplicates or corrupts an example.
+fsynced. A crash can leave at most a torn last line (no trailing newline); ``SearchOutput`` detects it,
+warns, and cuts it off before appending (or, when the line is a whole row missing only its newline,
+completes it), so a resumed search never duplicates or corrupts an example. A file with a malformed
+complete line is refused before anything in it is changed.
 A lock file keeps two searches from writing the same output.
 """
 
@@ -71,25 +73,41 @@ class SearchOutput:
                 f"{self.path} is being written by another search (lock {self._lock.name} is held); "
                 "wait for it to finish or choose another --output"
             ) from err
-        self._drop_torn_tail()
-        self.done = finished_ids(self.path)
+        try:
+            self.done = finished_ids(self.path)  # validates every complete line before anything is changed
+            self._mend_tail()
+        except BaseException:
+            self._release_lock()
+            raise
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def _drop_torn_tail(self) -> None:
+    def _mend_tail(self) -> None:
+        """A last line without its newline: keep it if it is a whole row, else cut it off (with a warning)."""
         if not self.path.exists():
             return
         data = self.path.read_bytes()
         keep = data.rfind(b"\n") + 1
-        if keep < len(data):
-            warnings.warn(
-                f"{self.path}: dropping a torn last line ({len(data) - keep} bytes) "
-                "left by an interrupted search",
-                stacklevel=3,
-            )
-            with open(self.path, "r+b") as f:
+        if keep == len(data):
+            return
+        row = _row_or_none(data[keep:])
+        with open(self.path, "r+b") as f:
+            if row is not None:  # the crash came between the row and its newline: the row is whole
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")
+                self.done.add(str(row["id"]))
+            else:
+                warnings.warn(
+                    f"{self.path}: dropping a torn last line ({len(data) - keep} bytes) "
+                    "left by an interrupted search",
+                    stacklevel=3,
+                )
                 f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _release_lock(self) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
 
     def write(self, row: dict) -> None:
         """Append one example's result as a single line, flushed to disk."""
@@ -105,14 +123,22 @@ class SearchOutput:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
+        self._release_lock()
 
     def __enter__(self) -> SearchOutput:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _row_or_none(line: bytes) -> dict | None:
+    """The row a line holds, or None when it is not a JSON object with an id."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return row if isinstance(row, dict) and "id" in row else None
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:

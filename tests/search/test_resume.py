@@ -99,6 +99,26 @@ def test_a_malformed_middle_line_is_refused_and_the_file_left_alone(tmp_path):
     assert out.read_text() == text
 
 
+def test_a_malformed_middle_line_with_a_torn_tail_is_refused_before_any_change(tmp_path):
+    out = tmp_path / "o.jsonl"
+    text = json.dumps({"id": "a"}) + "\nnot json\n" + '{"id": "c", "deci'
+    out.write_text(text)
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        SearchOutput(out)
+    assert out.read_text() == text
+    with pytest.raises(ValueError, match="line 2"):  # the lock was released by the refusal
+        SearchOutput(out)
+
+
+def test_a_whole_last_row_missing_only_its_newline_is_kept(tmp_path):
+    out = tmp_path / "o.jsonl"
+    out.write_text(json.dumps({"id": "a"}) + "\n" + json.dumps({"id": "b"}))
+    with SearchOutput(out) as writer:
+        assert writer.done == {"a", "b"}
+        writer.write({"id": "c"})
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "b", "c"]
+
+
 def test_two_writers_on_one_file_are_refused(tmp_path):
     out = tmp_path / "o.jsonl"
     with SearchOutput(out):
