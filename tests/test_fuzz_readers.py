@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from drllm.router.routers import CONFIG_NAME, Routers
 from drllm.search.output import finished_ids
 from drllm.search.task_jsonl import jsonl_task
+from drllm.train.features import _load_cached
 from drllm.train.paths import read_paths
+from drllm.train.trainer import read_run_record
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -81,3 +83,36 @@ def test_task_file_reader(tmp_path, body):
         assert "task.jsonl" in str(err)
         return
     assert all(ex.id for ex in examples)
+
+
+@FUZZ
+@given(data=st.binary(max_size=200), header=st.booleans())
+def test_router_weights_reader_never_unpickles_and_names_the_file(tmp_path, data, header):
+    config = {"num_layers": 2, "hidden_size": 4, "num_windows": 2, "bottleneck": 3}
+    _write(tmp_path, CONFIG_NAME, json.dumps(config))
+    if header:  # a plausible safetensors length prefix followed by junk
+        data = len(data).to_bytes(8, "little") + data
+    (tmp_path / "routers.safetensors").write_bytes(data)
+    with pytest.raises(ValueError, match="routers.safetensors"):
+        Routers.from_pretrained(tmp_path)
+
+
+@FUZZ
+@given(data=st.binary(max_size=300))
+def test_feature_cache_reader_rebuilds_whatever_it_cannot_read(tmp_path, data):
+    path = tmp_path / "features.safetensors"
+    path.write_bytes(data)
+    with pytest.warns(UserWarning, match="rebuilding it"):
+        assert _load_cached(path, rows=3) is None
+
+
+@FUZZ
+@given(body=st.one_of(json_values.map(json.dumps), st.text(max_size=20)))
+def test_run_record_reader(tmp_path, body):
+    path = _write(tmp_path, "run.json", body)
+    try:
+        saved = read_run_record(path)
+    except ValueError as err:
+        assert "run.json" in str(err)
+        return
+    assert isinstance(saved, dict)

@@ -169,10 +169,26 @@ def _run_identity(routed, paths, num_windows, hidden_size, val_fraction, seed, o
     }
 
 
+def read_run_record(record: Path) -> dict:
+    """The identity a checkpoint was trained with (``run.json``); a damaged record is refused by name."""
+    try:
+        saved = json.loads(record.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        saved, problem = None, str(err)
+    else:
+        problem = "not a JSON object"
+    if not isinstance(saved, dict):
+        raise ValueError(
+            f"{record} is damaged ({problem}), so the checkpoint beside it cannot be checked; "
+            "use another --output or --resume false to start over"
+        )
+    return saved
+
+
 def _check_resume(record: Path, run: dict, resuming: bool) -> None:
     """Refuse to resume a checkpoint made from other paths or settings; record this run's identity."""
     if resuming and record.is_file():
-        saved = json.loads(record.read_text())
+        saved = read_run_record(record)
         differ = {k: (saved.get(k), v) for k, v in run.items() if saved.get(k) != v}
         if differ:
             details = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
