@@ -108,10 +108,15 @@ class RoutedModel(nn.Module):
 
     def check_compatible(self, config: RouterConfig, source: str = "routers") -> None:
         """Raise ``ValueError`` naming both values when ``config`` was made for another model."""
+        if not config.fingerprint or not config.weight_probe:
+            raise ValueError(
+                f"{source} record no base-model fingerprint (fingerprint and weight_probe), so they "
+                "cannot be checked against this model; routers saved by drllm always carry both"
+            )
         checks = [
             ("layer count", config.num_layers, self.num_layers),
             ("hidden size", config.hidden_size, self.hidden_size),
-            ("model fingerprint", config.fingerprint or self.fingerprint, self.fingerprint),
+            ("model fingerprint", config.fingerprint, self.fingerprint),
         ]
         for what, saved, current in checks:
             if saved != current:

@@ -156,6 +156,20 @@ def test_loading_routers_into_another_model_is_refused(tmp_path, make, message):
     assert other.routers is None
 
 
+@pytest.mark.parametrize("field", ["fingerprint", "weight_probe"])
+def test_router_files_without_a_fingerprint_are_refused(tmp_path, field):
+    routed = RoutedModel(tiny_model("llama"))
+    routed.add_routers(num_windows=3, hidden_size=8)
+    routed.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    del config[field]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    fresh = RoutedModel(routed.unwrap())
+    with pytest.raises(ValueError, match="no base-model fingerprint"):
+        fresh.load_routers(tmp_path)
+    assert fresh.routers is None
+
+
 def test_router_files_must_be_safetensors(tmp_path):
     routed = RoutedModel(tiny_model("llama"))
     routed.add_routers(num_windows=3, hidden_size=8)

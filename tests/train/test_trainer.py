@@ -119,5 +119,8 @@ def test_resuming_a_checkpoint_made_from_other_paths_is_refused(tmp_path, config
     config["epochs"] = 2
     with pytest.raises(ValueError, match="paths_sha256"):
         train_routers(routed, str(second), str(out), tokenizer=tiny_tokenizer(), **config)
+    with pytest.raises(ValueError, match="num_windows: checkpoint 4, now 2"):  # other router files
+        other = {**config, "num_windows": 2}
+        train_routers(routed, str(first), str(out), tokenizer=tiny_tokenizer(), **other)
     config["resume"] = False  # starting over is allowed
     train_routers(routed, str(second), str(out), tokenizer=tiny_tokenizer(), **config)
