@@ -4,9 +4,12 @@ Scorings (the reward is 1.0 for a correct answer, else 0.0):
 
 - ``teacher-forced``: one forward over prompt + target; correct when the argmax at every target position
   is the next target token, which is exactly when greedy decoding would produce the target.
-- ``mc-loglik`` / ``mc-letter``: the gold continuation has the highest summed log-likelihood. All options
-  of an example share one row: the prompt is followed by every option, each option attending only to the
-  prompt and to itself (a 4D mask, positions restarting after the prompt), so the prompt is run once.
+- ``mc-loglik``: the gold option has the highest summed log-likelihood (a tie is wrong).
+- ``mc-letter``: greedy decoding would write the gold label (the argmax at each of its positions is its
+  next token), i.e. the letter the model produces, checked without a decode loop.
+  For both, all options of an example share one row: the prompt is followed by every option, each
+  attending only to the prompt and to itself (a 4D mask, positions restarting after the prompt), so the
+  prompt is run once.
 - ``generate``: greedy decoding through ``RoutedModel.generate``, then the task grades the text.
 
 Prefix reuse: every path of an example executes the same layers up to its first non-execute decision.
@@ -140,7 +143,7 @@ class PathEvaluator:
         return [float(r) for r in out]
 
     def scores(self, rows: list[tuple[Prepared, tuple[int, ...]]]) -> list[list[float]]:
-        """Per-option summed log-likelihoods (choice) or per-token correctness (exact) of each row."""
+        """Per row: option log-likelihoods (mc-loglik), 1/0 per label produced (mc-letter) or 1/0 (exact)."""
         out = []
         for chunk in _chunks([(k, p, path, 0) for k, (p, path) in enumerate(rows)], self.max_rows):
             out += self._forward(chunk)
@@ -209,6 +212,9 @@ class PathEvaluator:
         if self.task.kind == "exact":
             return [float(logits.argmax(-1).eq(want).all())]
         sizes = [len(t) for _, t in p.targets]
+        if self.scoring == "mc-letter":  # 1 for the label greedy decoding would write, 0 for the others
+            produced = logits.argmax(-1).eq(want)
+            return [float(s.all()) for s in produced.split(sizes)]
         return [float(s.sum()) for s in picked.split(sizes)]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -270,8 +276,8 @@ def _attention_masks(allowed: torch.Tensor, pos: torch.Tensor, config, dtype, de
 def _reward(scores: list[float], gold: int, kind: str) -> float:
     if kind == "exact":
         return float(scores[0])
-    best = max(range(len(scores)), key=lambda k: scores[k])
-    return float(best == gold)
+    others = [s for k, s in enumerate(scores) if k != gold]
+    return float(not others or scores[gold] > max(others))  # a tie is not an answer
 
 
 def _first_change(path) -> int:

@@ -137,3 +137,39 @@ def test_prompts_longer_than_the_context_are_refused(tmp_path, scoring):
         ValueError, match=r"example too-long: the prompt has \d+ tokens.*context of 128 tokens"
     ):
         evaluator.prepare([long])
+
+
+def test_letter_reward_is_the_label_greedy_decoding_writes(choice_task):
+    """mc-letter: correct exactly when greedy decoding writes the gold label (checked by generating)."""
+    tok = tiny_tokenizer()
+    routed = RoutedModel(tiny_model("llama"))
+    examples = choice_task.load()
+    path = (1, 0, 2, 1)
+
+    def written(ex, decisions, n):
+        ids = torch.tensor([encode_prompt(tok, choice_task.prompt(ex, tok, scoring="mc-letter"))])
+        out = routed.generate(
+            ids, decisions=list(decisions), max_new_tokens=n, min_new_tokens=n, do_sample=False
+        )
+        return out[0, ids.shape[1] :].tolist()
+
+    # each gold label is what the model writes on `path`; the other labels are tokens it did not write
+    own = {ex.id: written(ex, path, 2) for ex in examples}
+    original = choice_task.continuations
+
+    def labels(ex, scoring, **kw):
+        other = [t for t in range(3, 60) if t != own[ex.id][0]][: len(ex.choices)]
+        conts = [tok.decode([t, t]) for t in other]
+        conts[int(ex.answer)] = tok.decode(own[ex.id])
+        return conts
+
+    choice_task.continuations = labels
+    try:
+        ev = PathEvaluator(routed, tok, choice_task, "mc-letter")
+        prepared = ev.prepare(examples)
+        assert ev.rewards([(p, path) for p in prepared]) == [1.0] * len(examples)
+        default = (1, 1, 1, 1)
+        expected = [float(written(ex, default, 2) == own[ex.id]) for ex in examples]
+        assert ev.rewards([(p, default) for p in prepared]) == expected
+    finally:
+        choice_task.continuations = original
