@@ -8,6 +8,7 @@ so an example's result does not depend on the batch size, its neighbours or a re
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from .distributed import barrier, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import PathSearch, SearchConfig, tree_seed
 from .output import SearchOutput, read_rows
+from .style import describe, resolve_style
 from .tasks import get_task
 
 
@@ -38,7 +40,7 @@ def run_search(
     simulations: int = 50,
     batch_size: int = 8,
     scoring: str | None = None,
-    style: str = "plain",
+    style: str = "auto",
     seed: int = 0,
     data_dir: str | None = None,
     tokenizer=None,
@@ -59,7 +61,8 @@ def run_search(
         simulations: MCTS simulations per example.
         batch_size: examples searched in lockstep (rows per evaluator call).
         scoring: reward; the task's default when None.
-        style: prompt style, ``plain`` or ``chat``.
+        style: prompt style: ``plain``, ``chat``, or ``auto`` (the better of the two for the base model on
+            the training split; see :mod:`drllm.search.style`).
         seed: base seed; each tree uses a seed derived from (seed, example id).
         data_dir: benchmark data folder (default: ``$DRLLM_DATA`` or ``../shared/data``).
         tokenizer: the tokenizer, when ``model`` is a RoutedModel.
@@ -83,6 +86,11 @@ def run_search(
         examples, target = shard(examples, output, rank, world), rank_output(output, rank, world)
         if torch.cuda.is_available():
             routed.to(f"cuda:{local_rank}")
+    style, measured = resolve_style(
+        style, routed, tokenizer, task_obj, scoring, data_dir, max_new_tokens=max_new_tokens
+    )
+    if progress and rank == 0:
+        print(describe(style, measured, task_obj.default_split_train), file=sys.stderr)
     evaluator = PathEvaluator(routed, tokenizer, task_obj, scoring, style, max_rows, max_new_tokens)
     config = SearchConfig(simulations=simulations)
     with SearchOutput(target) as out:

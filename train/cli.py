@@ -87,7 +87,7 @@ def search(
     simulations: int = 50,
     batch_size: int = 8,
     scoring: str | None = None,
-    style: str = "plain",
+    style: str = "auto",
     seed: int = 0,
     data_dir: str | None = None,
     question_field: str = "question",
@@ -109,7 +109,7 @@ def search(
         simulations: MCTS simulations per example.
         batch_size: examples searched in lockstep.
         scoring: mc-loglik, mc-letter, teacher-forced or generate (default: the task's).
-        style: prompt style, plain or chat.
+        style: prompt style: plain, chat, or auto (the better for the base model on the training split).
         seed: base seed (each example's tree is seeded from it and the example id).
         data_dir: benchmark data folder (default: $DRLLM_DATA, else ../shared/data).
         question_field: hf: tasks, the question column.
@@ -231,7 +231,7 @@ def eval(
     baselines: list[str] | None = None,
     max_new_tokens: int = 32,
     scoring: str | None = None,
-    style: str = "plain",
+    style: str = "auto",
     data_dir: str | None = None,
 ) -> list:
     """Evaluate accuracy against compute: base model, routed model over budgets, static baselines.
@@ -247,7 +247,7 @@ def eval(
         baselines: any of drop-last,angular,random (default: all three).
         max_new_tokens: decoding budget for exact-answer tasks.
         scoring: as for search (default: the task's).
-        style: prompt style, plain or chat.
+        style: prompt style: plain, chat, or auto (the better for the base model on the training split).
         data_dir: benchmark data folder.
     """
     from drllm.train.evaluate import run_eval

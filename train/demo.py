@@ -21,6 +21,7 @@ import torch
 
 from drllm.router import DEFAULT_MODEL, RoutedModel, load_tokenizer
 from drllm.search.runner import run_search
+from drllm.search.style import describe, resolve_style
 from drllm.search.tasks import get_task
 
 from . import report
@@ -70,6 +71,11 @@ def run_demo(
     routed, tokenizer = _load(model, routed, tokenizer)
     task_obj = get_task(task)
     paths = out / "paths.jsonl"
+    style, measured = resolve_style(
+        "auto", routed, tokenizer, task_obj, data_dir=data_dir, examples=min(64, train_examples)
+    )
+    style_line = describe(style, measured, task_obj.default_split_train)
+    _say(progress, style_line)
     _say(
         progress,
         f"[1/3] search {task} ({train_examples} training examples, {simulations} simulations) -> {paths}",
@@ -82,6 +88,7 @@ def run_demo(
         limit=train_examples,
         simulations=simulations,
         seed=seed,
+        style=style,
         data_dir=data_dir,
         tokenizer=tokenizer,
         progress=progress,
@@ -94,12 +101,13 @@ def run_demo(
         "simulations": simulations,
         "epochs": epochs,
         "seed": seed,
+        "style": style,
     }
     metrics = _train_stage(routed, tokenizer, out / "routers", train_args, progress)
     eval_args = {**train_args, "eval_examples": eval_examples, "budgets": [float(b) for b in budgets]}
     split = "validation" if "validation" in task_obj.splits else task_obj.default_split_eval
     rows, decisions = _eval_stage(routed, tokenizer, out, eval_args, split, data_dir, progress)
-    text = report_text(search, metrics, rows, decisions, routed.num_layers, task, str(model))
+    text = report_text(search, metrics, rows, decisions, routed.num_layers, task, str(model), style_line)
     path = out / "report.md"
     path.write_text(text)
     _say(progress, f"report: {path}")
@@ -177,6 +185,7 @@ def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir, 
             split=split,
             limit=args["eval_examples"],
             budgets=tuple(args["budgets"]),
+            style=args["style"],
             data_dir=data_dir,
             tokenizer=tokenizer,
             progress=progress,
@@ -197,12 +206,18 @@ def report_text(
     num_layers: int,
     task: str,
     model: str,
+    style_line: str = "",
 ) -> str:
     """The demo's ``report.md``: what search, the routers and the evaluation found, in plain words."""
     parts = [
         f"# Dr.LLM demo: {task} on {model}\n",
         f"The model has {num_layers} layers. Links: [trade-off plot](eval/tradeoff.png), "
         "[per-layer decisions](eval/decisions.png), [results table](eval/results.md).\n",
+        *(
+            [f"Search and evaluation use one {style_line[0].lower()}{style_line[1:]}.\n"]
+            if style_line
+            else []
+        ),
         "## Search\n",
         *_search_lines(search),
         "## Routers\n",

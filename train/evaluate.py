@@ -27,6 +27,7 @@ import torch
 
 from drllm.router import RoutedModel, batch_prompts, load_tokenizer
 from drllm.search.evaluator import PathEvaluator, greedy_new_tokens
+from drllm.search.style import describe, resolve_style
 from drllm.search.tasks import get_task
 
 from . import report
@@ -47,7 +48,7 @@ def run_eval(
     max_new_tokens: int = 32,
     data_dir: str | None = None,
     scoring: str | None = None,
-    style: str = "plain",
+    style: str = "auto",
     random_seeds: int = 3,
     calibration: int = 16,
     batch_size: int = 16,
@@ -69,7 +70,7 @@ def run_eval(
         max_new_tokens: decoding budget of exact-answer tasks.
         data_dir: benchmark data folder.
         scoring: multiple-choice scoring (``mc-loglik`` or ``mc-letter``); the task's default when None.
-        style: prompt style, ``plain`` or ``chat``.
+        style: prompt style: ``plain``, ``chat`` or ``auto`` (chosen on the training split, as search does).
         random_seeds: seeds averaged by the ``random`` baseline.
         calibration: training-split prompts the ``angular`` baseline calibrates on.
         batch_size: prompts per forward pass.
@@ -90,6 +91,10 @@ def run_eval(
     examples = task_obj.load(split or task_obj.default_split_eval, data_dir=data_dir, limit=limit)
     if not examples:
         raise ValueError(f"task {task!r} has no examples in split {split or task_obj.default_split_eval!r}")
+    style, measured = resolve_style(
+        style, routed, tokenizer, task_obj, scoring, data_dir, max_new_tokens=max_new_tokens
+    )
+    _note(progress, describe(style, measured, task_obj.default_split_train))
     scorer = _Scorer(routed, tokenizer, task_obj, scoring, style, batch_size, max_new_tokens, progress)
     L = routed.num_layers
     results = [scorer.run("base", examples, lambda ids, mask: torch.ones(ids.shape[0], L, dtype=torch.long))]
