@@ -5,28 +5,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_args import SUBPROCESS, search_args, train_args
 from wandb_records import offline_record
 
 from drllm.search.output import FIELDS
 from drllm.train.cli import main, normalize_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _search(model_dir, task_file, output, *extra) -> list[str]:
-    """``drllm search`` arguments on a tiny model and a jsonl task, 3 simulations."""
-    return [
-        "search",
-        "--model",
-        model_dir,
-        "--task",
-        f"jsonl:{task_file}",
-        "--output",
-        str(output),
-        "--simulations",
-        "3",
-        *extra,
-    ]
 
 
 def test_normalize_flags():
@@ -147,21 +132,7 @@ def test_search_train_eval_through_the_cli(tiny_model_dir, mc_file, tmp_path):
     paths, routers, evaluation = tmp_path / "paths.jsonl", tmp_path / "routers", tmp_path / "eval"
     task = f"jsonl:{mc_file}"
     main(["search", "--model", tiny_model_dir, "--task", task, "--output", str(paths), "--simulations", "4"])
-    main(
-        [
-            "train",
-            "--model",
-            tiny_model_dir,
-            "--paths",
-            str(paths),
-            "--output",
-            str(routers),
-            "--config",
-            str(ROOT / "configs" / "train_tiny.yaml"),
-            "--num-windows",
-            "2",
-        ]
-    )
+    main(train_args(tiny_model_dir, paths, routers, "--num-windows", "2"))
     assert json.loads((routers / "router_config.json").read_text())["num_windows"] == 2
     main(
         [
@@ -188,30 +159,11 @@ def test_search_train_eval_through_the_cli(tiny_model_dir, mc_file, tmp_path):
 @pytest.mark.slow
 def test_train_with_ddp_over_two_cpu_processes(tiny_model_dir, mc_file, tmp_path):
     import subprocess
-    import sys
 
     paths, routers = tmp_path / "paths.jsonl", tmp_path / "routers"
-    main(_search(tiny_model_dir, mc_file, paths))
-    cmd = [
-        sys.executable,
-        "-m",
-        "drllm.train.cli",
-        "train",
-        "--model",
-        tiny_model_dir,
-        "--paths",
-        str(paths),
-        "--output",
-        str(routers),
-        "--config",
-        str(ROOT / "configs" / "train_tiny.yaml"),
-        "--devices",
-        "2",
-        "--strategy",
-        "ddp",
-        "--accelerator",
-        "cpu",
-    ]
+    main(search_args(tiny_model_dir, mc_file, paths))
+    cmd = [*SUBPROCESS, *train_args(tiny_model_dir, paths, routers, "--devices", "2", "--strategy", "ddp")]
+    cmd += ["--accelerator", "cpu"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "macro_f1" in json.loads((routers / "metrics.json").read_text())
@@ -225,7 +177,7 @@ def test_search_logs_progress_to_wandb_offline(tiny_model_dir, mc_file, tmp_path
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     main(
-        _search(
+        search_args(
             tiny_model_dir, mc_file, tmp_path / "p.jsonl", "--limit", "4", "--wandb-project", "drllm-test"
         )
     )

@@ -4,10 +4,10 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from cli_args import SUBPROCESS, search_args
 
 from drllm.search.output import OutputLockedError, SearchOutput
 
@@ -21,22 +21,8 @@ def _rows_by_id(path):
 
 def _search(model_dir, task_file, out):
     return [
-        sys.executable,
-        "-m",
-        "drllm.train.cli",
-        "search",
-        "--model",
-        model_dir,
-        "--task",
-        f"jsonl:{task_file}",
-        "--output",
-        str(out),
-        "--simulations",
-        "25",
-        "--batch-size",
-        "2",
-        "--seed",
-        "3",
+        *SUBPROCESS,
+        *search_args(model_dir, task_file, out, "--batch-size", "2", "--seed", "3", simulations=25),
     ]
 
 
