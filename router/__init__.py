@@ -5,7 +5,15 @@ Imports torch and transformers only (no Lightning, search or train code).
 
 from .cache import RoutedCache
 from .decisions import EXECUTE, REPEAT, SKIP, all_execute, check_decisions, expand_path, parse_decisions
-from .loading import DEFAULT_MODEL, batch_prompts, encode_prompt, load_model, load_tokenizer
+from .loading import (
+    DEFAULT_MODEL,
+    batch_prompts,
+    encode_prompt,
+    load_model,
+    load_routed,
+    load_tokenizer,
+    resolve_device,
+)
 from .model import RoutedModel
 from .routers import LayerRouter, RouterConfig, Routers, window_pool
 from .surgery import UnsupportedArchitectureError, layer_list, supported_architectures
@@ -28,8 +36,10 @@ __all__ = [
     "expand_path",
     "layer_list",
     "load_model",
+    "load_routed",
     "load_tokenizer",
     "parse_decisions",
+    "resolve_device",
     "supported_architectures",
     "window_pool",
 ]

@@ -7,6 +7,7 @@ dequantizes it on load (needs the ``gguf`` and ``accelerate`` packages).
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -97,3 +98,74 @@ def batch_prompts(tokenizer, texts: list[str], device=None):
         ids[r, width - len(e) :] = torch.tensor(e)
         mask[r, width - len(e) :] = 1
     return ids.to(device), mask.to(device)
+
+
+def resolve_device(device=None):
+    """The device a command runs on: ``None`` or ``"auto"`` means CUDA when available, else the CPU.
+
+    Raises:
+        ValueError: for a device torch does not know, or CUDA asked for on a machine without it.
+    """
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but CUDA is not available on this machine")
+    return resolved
+
+
+def resolve_dtype(dtype=None):
+    """A torch dtype from ``None`` (keep the checkpoint's), a dtype, or a name such as ``"bfloat16"``."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return value
+
+
+def load_routed(model, device=None, dtype=None, routers=None, **from_pretrained_kwargs):
+    """The one loader every command uses: a ``RoutedModel`` on the device every command agrees on.
+
+    Args:
+        model: a hub name, a local folder, the embedded ``"smollm2-135m-instruct"``, a causal LM module or a
+            ``RoutedModel``.
+        device: ``None``/``"auto"`` (CUDA when available, else the CPU), or a device such as ``"cpu"`` or
+            ``"cuda:1"``. A model object you pass stays where it is unless a device is given.
+        dtype: ``None`` keeps the checkpoint's dtype; else a dtype or its name (``"bfloat16"``).
+        routers: a router folder to load (``router_config.json`` + ``routers.safetensors``).
+        **from_pretrained_kwargs: passed to ``from_pretrained`` when loading by name.
+
+    Returns:
+        The ``RoutedModel`` in eval mode.
+    """
+    from torch import nn
+
+    from .model import RoutedModel
+
+    dtype = resolve_dtype(dtype)
+    if isinstance(model, RoutedModel):
+        routed = model
+        if routers is not None:
+            routed.load_routers(routers)
+    elif isinstance(model, nn.Module):
+        routed = RoutedModel.from_pretrained(model, routers=routers)
+    elif isinstance(model, (str, os.PathLike)):
+        if dtype is not None:
+            from_pretrained_kwargs.setdefault("dtype", dtype)
+        routed = RoutedModel.from_pretrained(str(model), routers=routers, **from_pretrained_kwargs)
+        device = "auto" if device is None else device
+    else:
+        raise TypeError(f"model must be a name, a folder or a model, got {type(model).__name__}")
+    if device is not None:
+        routed.to(resolve_device(device))
+    if dtype is not None:
+        routed.model.to(dtype)
+    return routed.eval()

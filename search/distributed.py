@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .output import SearchOutput, finished_ids, read_rows
+from .records import SearchOutput, finished_ids, read_rows
 
 
 def rank_info() -> tuple[int, int, int]:
@@ -69,7 +69,7 @@ def launch(devices: int, argv: list[str]) -> int:
         "--standalone",
         f"--nproc-per-node={devices}",
         "-m",
-        "drllm.train.cli",
+        "drllm.cli",
         *argv,
     ]
     return subprocess.run(cmd, check=False).returncode

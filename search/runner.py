@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from drllm.router import RoutedModel, load_tokenizer
+from drllm.router import RoutedModel, load_routed, load_tokenizer
 
 from .distributed import barrier, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import PathSearch, SearchConfig, tree_seed
-from .output import SearchOutput, read_rows
-from .style import describe, resolve_style
+from .records import SearchOutput, read_rows
 from .tasks import get_task
+from .tasks.style import describe, resolve_style
 
 
 @dataclass
@@ -49,6 +49,7 @@ def run_search(
     progress: bool = True,
     hub_fields: dict | None = None,
     wandb_project: str | None = None,
+    device: str | None = None,
 ) -> dict:
     """Search paths for the examples of a task and append them to ``output`` (resumable).
 
@@ -62,7 +63,7 @@ def run_search(
         batch_size: examples searched in lockstep (rows per evaluator call).
         scoring: reward; the task's default when None.
         style: prompt style: ``plain``, ``chat``, or ``auto`` (the better of the two for the base model on
-            the training split; see :mod:`drllm.search.style`).
+            the training split; see :mod:`drllm.search.tasks.style`).
         seed: base seed; each tree uses a seed derived from (seed, example id).
         data_dir: benchmark data folder (default: ``$DRLLM_DATA`` or ``../shared/data``).
         tokenizer: the tokenizer, when ``model`` is a RoutedModel.
@@ -71,6 +72,8 @@ def run_search(
         progress: show a progress bar.
         hub_fields: column mapping for ``hf:`` tasks (question_field, answer_field, choices_field, config).
         wandb_project: log progress to this Weights & Biases project (offline with ``WANDB_MODE=offline``).
+        device: where the model runs (see ``drllm.router.load_routed``: CUDA when available by default);
+            under torchrun each rank takes its own GPU.
 
     Returns:
         The summary (see ``summarize``) over every example in the output file for this task.
@@ -79,13 +82,13 @@ def run_search(
         raise ValueError(f"batch_size must be >= 1 and simulations >= 0, got {batch_size} and {simulations}")
     task_obj = get_task(task, **(hub_fields or {}))
     examples = task_obj.load(split or task_obj.default_split_train, data_dir=data_dir, limit=limit)
-    routed, tokenizer, model_name = _load(model, tokenizer)
     rank, world, local_rank = rank_info()
+    if world > 1 and device is None and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"  # launched by torchrun: one GPU per rank
+    routed, tokenizer, model_name = _load(model, tokenizer, device)
     target = output
     if world > 1:  # launched by torchrun: this process searches one shard into its own file
         examples, target = shard(examples, output, rank, world), rank_output(output, rank, world)
-        if torch.cuda.is_available():
-            routed.to(f"cuda:{local_rank}")
     style, measured = resolve_style(
         style, routed, tokenizer, task_obj, scoring, data_dir, max_new_tokens=max_new_tokens
     )
@@ -114,12 +117,13 @@ def run_search(
     return summary
 
 
-def _load(model, tokenizer):
+def _load(model, tokenizer, device):
     if isinstance(model, RoutedModel):
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a RoutedModel")
-        return model, tokenizer, str(getattr(model.model.config, "name_or_path", "") or "model")
-    return RoutedModel.from_pretrained(model), load_tokenizer(model), str(model)
+        name = str(getattr(model.model.config, "name_or_path", "") or "model")
+        return load_routed(model, device=device), tokenizer, name
+    return load_routed(model, device=device), load_tokenizer(model), str(model)
 
 
 def _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar, log=None) -> None:

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPROCESS = [sys.executable, "-m", "drllm.train.cli"]  # prefix running the CLI in a fresh process
+SUBPROCESS = [sys.executable, "-m", "drllm.cli"]  # prefix running the CLI in a fresh process
 
 
 def search_args(model_dir, task_file, output, *extra, simulations: int = 3) -> list[str]:

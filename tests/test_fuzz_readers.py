@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drllm.router.routers import CONFIG_NAME, Routers
-from drllm.search.output import finished_ids
-from drllm.search.task_jsonl import jsonl_task
+from drllm.search.records import finished_ids
+from drllm.search.tasks.jsonl import jsonl_task
 from drllm.train.features import _load_cached
 from drllm.train.paths import read_paths
 from drllm.train.trainer import read_run_record

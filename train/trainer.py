@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from drllm.router import RoutedModel, load_tokenizer
+from drllm.router import RoutedModel, load_routed, load_tokenizer
 
 from .data import RouterDataModule
 from .features import build_features
@@ -52,6 +52,7 @@ def train_routers(
     resume: bool = True,
     progress: bool = True,
     tokenizer=None,
+    device: str | None = None,
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -77,11 +78,13 @@ def train_routers(
         resume: continue from ``<output>/checkpoints/last.ckpt`` when it exists.
         progress: show progress bars.
         tokenizer: the tokenizer, required when ``model`` is a ``RoutedModel``.
+        device: where the frozen model runs while features are built (``load_routed``'s policy: CUDA when
+            available; the CPU when ``accelerator="cpu"``).
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``).
     """
-    routed, tokenizer = _load(model, tokenizer, accelerator)
+    routed, tokenizer = _load(model, tokenizer, accelerator, device)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     rows = read_paths(paths, routed.num_layers)
@@ -139,7 +142,7 @@ def train_routers(
 
 def _decision_figure(routed, features, val_indices, output: Path, logger) -> None:
     """``decisions.png``: what the exported routers decide per layer on the validation paths (also to W&B)."""
-    from .report import plot_decisions
+    from drllm.evaluation.plots import plot_decisions
 
     rows = torch.as_tensor(val_indices, dtype=torch.long)
     if rows.numel() == 0:
@@ -201,17 +204,15 @@ def _check_resume(record: Path, run: dict, resuming: bool) -> None:
     os.replace(tmp, record)
 
 
-def _load(model, tokenizer, accelerator: str):
-    """The ``RoutedModel`` and tokenizer: taken as given, or loaded by name (on the GPU when there is one)."""
+def _load(model, tokenizer, accelerator: str, device):
+    """The ``RoutedModel`` and tokenizer through ``load_routed`` (the CPU when the accelerator is the CPU)."""
+    if device is None and accelerator == "cpu":
+        device = "cpu"
     if isinstance(model, RoutedModel):
         if tokenizer is None:
             raise ValueError("train_routers got a RoutedModel without its tokenizer; pass tokenizer=")
-        return model, tokenizer
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a name, a folder or a RoutedModel, got {type(model).__name__}")
-    routed = RoutedModel.from_pretrained(str(model))
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        routed.to("cuda")
+        return load_routed(model, device=device), tokenizer
+    routed = load_routed(model, device=device)
     return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model))
 
 

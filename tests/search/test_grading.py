@@ -1,10 +1,10 @@
-"""Tests for drllm.search.grading: answer extraction, normalisation and option parsing."""
+"""Tests for drllm.search.tasks.grading: answer extraction, normalisation and option parsing."""
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drllm.search.grading import (
+from drllm.search.tasks.grading import (
     answers_match,
     extract_choice,
     extract_final_answer,

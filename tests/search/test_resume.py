@@ -9,7 +9,7 @@ import time
 import pytest
 from cli_args import SUBPROCESS, search_args
 
-from drllm.search.output import OutputLockedError, SearchOutput
+from drllm.search.records import OutputLockedError, SearchOutput
 
 
 def _rows_by_id(path):

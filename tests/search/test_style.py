@@ -5,8 +5,8 @@ from tiny_models import tiny_model, tiny_tokenizer
 
 from drllm.router import RoutedModel
 from drllm.search.evaluator import PathEvaluator
-from drllm.search.style import describe, resolve_style
 from drllm.search.tasks import get_task
+from drllm.search.tasks.style import describe, resolve_style
 
 
 def test_auto_measures_both_styles_and_keeps_the_better(mc_file):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from drllm.cli.__main__ import main
 from drllm.search.tasks import get_task
-from drllm.train.cli import main
 
 
 @pytest.fixture

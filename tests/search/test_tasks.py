@@ -8,8 +8,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from drllm.search import tasks as tasks_module
 from drllm.search.tasks import KNOWN_TASKS, Example, get_task, resolve_data_dir
+from drllm.search.tasks import base as tasks_module
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CHATML = (
@@ -100,7 +100,7 @@ def test_math_levels_and_null_answers():
 
 
 def test_limit_and_default_eval_split():
-    from drllm.search.task_builtin import BUILDERS
+    from drllm.search.tasks.builtin import BUILDERS
 
     assert set(BUILDERS) == set(KNOWN_TASKS)
     assert get_task("mmlu").default_split_train == "dev" and get_task("gsm8k").default_split_train == "train"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drllm.search.tasks import ChoiceTask, ExactTask, Example, Task
+from .base import ChoiceTask, ExactTask, Example, Task
 
 
 class _HubSource:

@@ -8,10 +8,10 @@ import yaml
 from cli_args import SUBPROCESS, search_args, train_args
 from wandb_records import offline_record
 
-from drllm.search.output import FIELDS
-from drllm.train.cli import main, normalize_flags
+from drllm.cli.__main__ import main, normalize_flags
+from drllm.search.records import FIELDS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_normalize_flags():
@@ -109,7 +109,7 @@ def test_unknown_task_is_an_error(tiny_model_dir, tmp_path, capsys):
 def test_every_shipped_config_parses(config, capsys):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from drllm.train.cli import COMMANDS
+    from drllm.cli.__main__ import COMMANDS
 
     command = config.stem.split("_")[0]
     assert command in COMMANDS, f"{config.name} should be named <command>_*.yaml"

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drllm.search.grading import extract_choice, grade_exact
+from .grading import extract_choice, grade_exact
 
 CHOICE_SCORINGS = ("mc-loglik", "mc-letter")
 EXACT_SCORINGS = ("teacher-forced", "generate")
 STYLES = ("plain", "chat")
 KNOWN_TASKS = ("arc_easy", "arc_challenge", "mmlu", "gsm8k", "math") + tuple(f"math:{n}" for n in range(1, 6))
-_PROJECT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_PROJECT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -358,14 +358,14 @@ def get_task(name: str, **hub_fields) -> Task:
         ValueError: If the name is unknown.
     """
     if name.startswith("hf:"):
-        from drllm.search.task_hub import hub_task
+        from .hub import hub_task
 
         return hub_task(name, **{k: v for k, v in hub_fields.items() if v is not None})
     if name.startswith("jsonl:"):
-        from drllm.search.task_jsonl import jsonl_task
+        from .jsonl import jsonl_task
 
         return jsonl_task(name)
-    from drllm.search.task_builtin import BUILDERS
+    from .builtin import BUILDERS
 
     if name not in BUILDERS:
         raise ValueError(

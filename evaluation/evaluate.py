@@ -2,7 +2,7 @@
 
     rows = run_eval("smollm2-135m-instruct", "arc_easy", "runs/arc/eval", routers="runs/arc/routers")
 
-Methods (one result row each, see ``drllm.train.report`` for the row keys):
+Methods (one result row each, see ``drllm.evaluation.report`` for the row keys):
 
 - ``base``: every layer executes once.
 - ``routed``: the routers decide once per prompt (from the prompt alone) at each budget bias.
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from drllm.router import RoutedModel, batch_prompts, load_tokenizer
+from drllm.router import RoutedModel, batch_prompts, load_routed, load_tokenizer
 from drllm.search.evaluator import PathEvaluator, greedy_new_tokens
-from drllm.search.style import describe, resolve_style
 from drllm.search.tasks import get_task
+from drllm.search.tasks.style import describe, resolve_style
 
-from . import report
+from . import plots, report
 from .baselines import angular_block, drop_last, layers_to_drop, random_skips
 
 BASELINES = ("drop-last", "angular", "random")
@@ -54,6 +54,7 @@ def run_eval(
     batch_size: int = 16,
     tokenizer=None,
     progress: bool = True,
+    device: str | None = None,
 ) -> list[dict]:
     """Evaluate base, routed and static-baseline decisions on a task and write the reports into ``output``.
 
@@ -76,6 +77,7 @@ def run_eval(
         batch_size: prompts per forward pass.
         tokenizer: the tokenizer, when ``model`` is a ``RoutedModel``.
         progress: show progress bars and notes.
+        device: where the model runs (``load_routed``'s policy: CUDA when available).
 
     Returns:
         The result rows, in report order.
@@ -87,7 +89,7 @@ def run_eval(
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; known baselines: {', '.join(BASELINES)}")
     task_obj = get_task(task)
-    routed, tokenizer, name = _load(model, routers, tokenizer)
+    routed, tokenizer, name = _load(model, routers, tokenizer, device)
     examples = task_obj.load(split or task_obj.default_split_eval, data_dir=data_dir, limit=limit)
     if not examples:
         raise ValueError(f"task {task!r} has no examples in split {split or task_obj.default_split_eval!r}")
@@ -112,17 +114,14 @@ def run_eval(
     return rows
 
 
-def _load(model, routers, tokenizer):
+def _load(model, routers, tokenizer, device):
     """The ``RoutedModel`` (routers loaded when given), its tokenizer and a display name."""
     if isinstance(model, RoutedModel):
         if tokenizer is None:
             raise ValueError("run_eval got a RoutedModel without its tokenizer; pass tokenizer=")
-        if routers is not None:
-            model.load_routers(routers)
-        return model, tokenizer, str(getattr(model.model.config, "name_or_path", "") or "model")
-    routed = RoutedModel.from_pretrained(str(model), routers=routers)
-    if torch.cuda.is_available():
-        routed.to("cuda")
+        name = str(getattr(model.model.config, "name_or_path", "") or "model")
+        return load_routed(model, device=device, routers=routers), tokenizer, name
+    routed = load_routed(model, device=device, routers=routers)
     return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model)), str(model)
 
 
@@ -208,10 +207,10 @@ def _write(results, reference, output: str, num_layers: int, title: str) -> None
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for r, _ in results]
     report.write_results(rows, out, num_layers, title=title)
-    report.plot_tradeoff(rows, out / "tradeoff.png", num_layers, title=title)
+    plots.plot_tradeoff(rows, out / "tradeoff.png", num_layers, title=title)
     shown = reference or results[0]
     label = f"routed, budget {shown[0]['budget']:g}" if reference else "base"
-    report.plot_decisions(shown[1], out / "decisions.png", title=f"{title}: {label} decisions")
+    plots.plot_decisions(shown[1], out / "decisions.png", title=f"{title}: {label} decisions")
     saved = [
         {"method": r["method"], "budget": r["budget"], "decisions": d}
         for r, d in results

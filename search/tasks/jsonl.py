@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from drllm.search.tasks import ChoiceTask, ExactTask, Example, Task, _chat, effective_style
+from .base import ChoiceTask, ExactTask, Example, Task, _chat, effective_style
 
 
 def _parse_jsonl(path: Path) -> list[tuple[int, dict]]:

@@ -1,11 +1,11 @@
 """``run_demo`` end to end on a tiny random model, and skipping finished stages on a second call."""
 
 import pytest
-from test_evaluate import choice_file
+from task_files import choice_file
 from tiny_models import tiny_model, tiny_tokenizer
 
+from drllm.cli import demo
 from drllm.router import RoutedModel
-from drllm.train import demo
 
 
 def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):

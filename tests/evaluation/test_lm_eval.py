@@ -38,7 +38,7 @@ def task_dir(tmp_path):
 def test_harness_loglikelihood_and_generation_run_routed(task_dir):
     from lm_eval.tasks import TaskManager
 
-    from drllm.train.lm_eval_adapter import DrLLMEval
+    from drllm.evaluation.lm_eval import DrLLMEval
 
     folder, rows = task_dir
     routed = RoutedModel(tiny_model("llama"))

@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
+from task_files import choice_file, exact_file
 from tiny_models import prompts, tiny_model, tiny_tokenizer
 
-from drllm.router import RoutedModel, encode_prompt
-from drllm.search.tasks import get_task
-from drllm.train.baselines import (
+from drllm.evaluation.baselines import (
     angular_block,
     angular_distances,
     block_states,
@@ -16,31 +15,10 @@ from drllm.train.baselines import (
     layers_to_drop,
     random_skips,
 )
-from drllm.train.evaluate import run_eval
-from drllm.train.report import ROW_KEYS
-
-WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
-
-
-def choice_file(path, n=6):
-    """A small multiple-choice jsonl task file."""
-    rows = [
-        {
-            "id": f"q{i}",
-            "question": f"what is {WORDS[i % 8]} {i}?",
-            "choices": [WORDS[(i + k) % 8] for k in range(3)],
-            "answer": i % 3,
-        }
-        for i in range(n)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return f"jsonl:{path}"
-
-
-def exact_file(path, n=3):
-    rows = [{"id": f"e{i}", "prompt": f"add {i} and 1:", "target": f" {i + 1}"} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return f"jsonl:{path}"
+from drllm.evaluation.evaluate import run_eval
+from drllm.evaluation.report import ROW_KEYS
+from drllm.router import RoutedModel, encode_prompt
+from drllm.search.tasks import get_task
 
 
 def bias_routers(routed, skip_layers):

@@ -6,7 +6,7 @@ prompting and grading come from :class:`ChoiceTask` / :class:`ExactTask`.
 
 from __future__ import annotations
 
-from drllm.search.tasks import ChoiceTask, ExactTask, Example, _heldout
+from .base import ChoiceTask, ExactTask, Example, _heldout
 
 
 class ArcTask(ChoiceTask):

@@ -1,6 +1,6 @@
 r"""lm-evaluation-harness adapter: evaluate a routed model on any harness task (optional extra ``lm-eval``).
 
-    python -m drllm.train.lm_eval_adapter --model drllm \\
+    python -m drllm.evaluation.lm_eval --model drllm \\
         --model_args pretrained=smollm2-135m-instruct,routers=runs/demo/routers,budget=0.5 --tasks arc_easy
 
 Importing this module registers the model type ``drllm`` (the harness has no plugin discovery, so run it
@@ -24,7 +24,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
-from drllm.router import RoutedModel, load_tokenizer, parse_decisions
+from drllm.router import RoutedModel, load_routed, load_tokenizer, parse_decisions
 
 INSTANCES: list[DrLLMEval] = []
 
@@ -34,13 +34,12 @@ class DrLLMEval(HFLM):
     """HFLM whose forward passes and generation run through a ``RoutedModel``."""
 
     def __init__(self, pretrained, routers=None, budget: float = 0.0, decisions: str | None = None, **kwargs):
-        if isinstance(pretrained, RoutedModel):
-            routed = pretrained
-        else:
-            routed = RoutedModel.from_pretrained(str(pretrained), routers=routers)
+        device = kwargs.pop("device", None)
+        if not isinstance(pretrained, RoutedModel):
             kwargs.setdefault("tokenizer", load_tokenizer(str(pretrained)))
+        routed = load_routed(pretrained, device=device, routers=routers)
         routed.budget = float(budget)
-        kwargs.setdefault("device", str(routed.device))
+        kwargs["device"] = str(routed.device)
         super().__init__(pretrained=routed.model, **kwargs)
         self.routed = routed
         path = str(decisions).replace("/", ",") if decisions else None  # model_args split on commas

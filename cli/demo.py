@@ -17,16 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
-from drllm.router import DEFAULT_MODEL, RoutedModel, load_tokenizer
+from drllm.evaluation import plots, report
+from drllm.evaluation.evaluate import run_eval
+from drllm.router import DEFAULT_MODEL, RoutedModel, load_routed, load_tokenizer
 from drllm.search.runner import run_search
-from drllm.search.style import describe, resolve_style
 from drllm.search.tasks import get_task
-
-from . import report
-from .evaluate import run_eval
-from .trainer import train_routers
+from drllm.search.tasks.style import describe, resolve_style
+from drllm.train.trainer import train_routers
 
 MARKER = ".done"
 
@@ -45,6 +42,7 @@ def run_demo(
     progress: bool = True,
     routed: RoutedModel | None = None,
     tokenizer=None,
+    device: str | None = None,
 ) -> dict:
     """Run search, router training and evaluation, and write ``<output>/report.md``.
 
@@ -62,13 +60,14 @@ def run_demo(
         progress: show banners, progress bars and summaries.
         routed: an already built ``RoutedModel`` to use instead of loading ``model`` (tests).
         tokenizer: its tokenizer.
+        device: where the model runs (``load_routed``'s policy: CUDA when available).
 
     Returns:
         ``{"search": summary, "train": router metrics, "eval": result rows, "report": path of report.md}``.
     """
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    routed, tokenizer = _load(model, routed, tokenizer)
+    routed, tokenizer = _load(model, routed, tokenizer, device)
     task_obj = get_task(task)
     paths = out / "paths.jsonl"
     style, measured = resolve_style(
@@ -114,15 +113,12 @@ def run_demo(
     return {"search": search, "train": metrics, "eval": rows, "report": str(path)}
 
 
-def _load(model, routed, tokenizer):
+def _load(model, routed, tokenizer, device):
     if routed is not None:
         if tokenizer is None:
             raise ValueError("run_demo got a RoutedModel without its tokenizer; pass tokenizer=")
-        return routed, tokenizer
-    routed = RoutedModel.from_pretrained(model)
-    if torch.cuda.is_available():
-        routed.to("cuda")
-    return routed, tokenizer if tokenizer is not None else load_tokenizer(model)
+        return load_routed(routed, device=device), tokenizer
+    return load_routed(model, device=device), tokenizer if tokenizer is not None else load_tokenizer(model)
 
 
 def _say(progress: bool, text: str) -> None:
@@ -319,7 +315,7 @@ def _where_lines(rows: list[dict], decisions: list[dict]) -> list[str]:
     if not routed:
         return ["No routed decisions were recorded.\n"]
     ref = min(routed, key=lambda d: abs(d["budget"]))
-    shares = report.decision_shares(ref["decisions"])  # [3, L]
+    shares = plots.decision_shares(ref["decisions"])  # [3, L]
     lines = [f"From the budget {ref['budget']:g} decisions on {len(ref['decisions'])} evaluation prompts:"]
     for k, verb in ((0, "skipped"), (2, "repeated")):
         top = [i for i in shares[k].argsort()[::-1][:3] if shares[k][i] > 0]

@@ -1,4 +1,4 @@
-"""Tests for drllm.train.report: tables, JSON, Pareto front and the two PNG figures."""
+"""Tests for drllm.evaluation.report: tables, JSON, Pareto front and the two PNG figures."""
 
 import json
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from drllm.train import report
+from drllm.evaluation import plots, report
 
 L = 30
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -96,39 +96,22 @@ def test_markdown_has_every_method_and_formatted_numbers(rows, tmp_path):
     assert text.startswith("# toy") and table in text
 
 
-def test_pareto_front_hand_made():
-    a = _row("routed", 0.50, 20.0)  # front
-    b = _row("routed", 0.60, 25.0)  # front
-    c = _row("angular", 0.45, 22.0)  # dominated by a
-    d = _row("base", 0.60, 30.0)  # dominated by b (same accuracy, more layers)
-    e = _row("random", 0.40, 20.0)  # dominated by a (same layers, less accurate)
-    f = _row("drop-last", 0.30, 18.0)  # front: fewest layers
-    front = report.pareto_front([a, b, c, d, e, f])
-    assert front == [f, a, b]
-
-
-def test_pareto_front_keeps_identical_points():
-    a, b = _row("angular", 0.4, 24.0), _row("drop-last", 0.4, 24.0)
-    assert report.pareto_front([a, b]) == [a, b]
-    assert report.pareto_front([]) == []
-
-
 def test_plot_tradeoff_writes_png(rows, tmp_path):
     path = tmp_path / "plots" / "tradeoff.png"
-    report.plot_tradeoff(rows, path, L, title="toy")
+    plots.plot_tradeoff(rows, path, L, title="toy")
     assert _is_png(path)
 
 
 def test_plot_tradeoff_single_method(tmp_path):
     path = tmp_path / "base.png"
-    report.plot_tradeoff([_row("base", 0.5, 30.0)], path, L)
+    plots.plot_tradeoff([_row("base", 0.5, 30.0)], path, L)
     assert _is_png(path)
 
 
 def test_decision_shares_columns_sum_to_one():
     rng = np.random.default_rng(0)
     decisions = rng.integers(0, 3, size=(17, L))
-    shares = report.decision_shares(decisions)
+    shares = plots.decision_shares(decisions)
     assert shares.shape == (3, L)
     np.testing.assert_allclose(shares.sum(axis=0), np.ones(L))
     np.testing.assert_allclose(shares[2], (decisions == 2).mean(axis=0))
@@ -136,33 +119,33 @@ def test_decision_shares_columns_sum_to_one():
 
 def test_decision_shares_rejects_bad_input():
     with pytest.raises(ValueError, match="expected"):
-        report.decision_shares(np.zeros(5, dtype=int))
+        plots.decision_shares(np.zeros(5, dtype=int))
     with pytest.raises(ValueError, match="values"):
-        report.decision_shares(np.full((2, 3), 3))
+        plots.decision_shares(np.full((2, 3), 3))
 
 
 @pytest.mark.parametrize("num_layers", [12, 80])
 def test_plot_decisions_writes_png(tmp_path, num_layers):
     decisions = np.random.default_rng(1).integers(0, 3, size=(9, num_layers))
     path = tmp_path / f"decisions_{num_layers}.png"
-    report.plot_decisions(decisions, path, title="toy", row_labels=["S", "E", "R"])
+    plots.plot_decisions(decisions, path, title="toy", row_labels=["S", "E", "R"])
     assert _is_png(path)
 
 
 @pytest.mark.parametrize("empty", [np.zeros((0, L), dtype=int), []])
 def test_plot_decisions_without_examples(tmp_path, empty):
     path = tmp_path / "empty.png"
-    report.plot_decisions(empty, path)
+    plots.plot_decisions(empty, path)
     assert _is_png(path)
-    np.testing.assert_array_equal(report.decision_shares(np.zeros((0, 4), int)), np.zeros((3, 4)))
+    np.testing.assert_array_equal(plots.decision_shares(np.zeros((0, 4), int)), np.zeros((3, 4)))
 
 
 def test_plot_decisions_checks_row_labels(tmp_path):
     with pytest.raises(ValueError, match="row_labels"):
-        report.plot_decisions(np.ones((2, 4), int), tmp_path / "x.png", row_labels=["a", "b"])
+        plots.plot_decisions(np.ones((2, 4), int), tmp_path / "x.png", row_labels=["a", "b"])
 
 
 def test_import_is_cheap():
-    code = "import sys, drllm.train.report; print('matplotlib' in sys.modules)"
+    code = "import sys, drllm.evaluation.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from drllm.router import RoutedModel
 
-from .evaluator import PathEvaluator
-from .tasks import STYLES
+from ..evaluator import PathEvaluator
+from .base import STYLES
 
 CHOICES = ("auto", *STYLES)
 

@@ -250,7 +250,7 @@ def eval(
         style: prompt style: plain, chat, or auto (the better for the base model on the training split).
         data_dir: benchmark data folder.
     """
-    from drllm.train.evaluate import run_eval
+    from drllm.evaluation.evaluate import run_eval
 
     kwargs = {"budgets": tuple(budgets)} if budgets is not None else {}
     if baselines is not None:
@@ -294,7 +294,7 @@ def demo(
         seed: seed for search, training and baselines.
         data_dir: benchmark data folder.
     """
-    from drllm.train.demo import run_demo
+    from drllm.cli.demo import run_demo
 
     return run_demo(
         output=output,

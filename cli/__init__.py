@@ -1,0 +1,1 @@
+"""The ``drllm`` command: a registry of the real functions (``__main__``), and the end-to-end demo."""
