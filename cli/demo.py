@@ -36,7 +36,7 @@ def run_demo(
     eval_examples: int = 100,
     simulations: int = 24,
     epochs: int = 25,
-    budgets=(-0.5, 0.0, 0.25, 0.5, 0.75, 1.0),
+    budgets: tuple[float, ...] = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0),
     seed: int = 0,
     data_dir: str | None = None,
     progress: bool = True,

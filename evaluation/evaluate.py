@@ -37,14 +37,14 @@ BASELINES = ("drop-last", "angular", "random")
 
 
 def run_eval(
-    model,
+    model: str,
     task: str,
     output: str,
     routers: str | None = None,
     split: str | None = None,
     limit: int | None = None,
-    budgets=(-0.5, 0.0, 0.25, 0.5, 0.75, 1.0),
-    baselines=BASELINES,
+    budgets: tuple[float, ...] = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0),
+    baselines: tuple[str, ...] = BASELINES,
     max_new_tokens: int = 32,
     data_dir: str | None = None,
     scoring: str | None = None,

@@ -60,6 +60,29 @@ def merge(output: str | os.PathLike, world: int) -> int:
     return added
 
 
+def launch_sharded(devices: int, arguments: dict) -> dict:
+    """Run ``drllm search`` with ``arguments`` (``run_search``'s) in ``devices`` torchrun processes.
+
+    Raises:
+        ValueError: when an argument is a Python object that cannot travel on a command line.
+        RuntimeError: when a process fails.
+    """
+    flags = []
+    for key, value in arguments.items():
+        if key in ("devices", "progress") or value is None:
+            continue
+        if not isinstance(value, (str, int, float, bool, os.PathLike)):
+            raise ValueError(
+                f"a search over {devices} processes takes its model by name or folder, not a "
+                f"{type(value).__name__} ({key})"
+            )
+        flags.append(f"--{key}={value}")
+    code = launch(devices, ["search", *flags])
+    if code:
+        raise RuntimeError(f"the sharded search failed (exit code {code})")
+    return {}
+
+
 def launch(devices: int, argv: list[str]) -> int:
     """Run ``drllm <argv>`` in ``devices`` processes under torchrun; returns its exit code."""
     cmd = [

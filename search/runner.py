@@ -8,6 +8,7 @@ so an example's result does not depend on the batch size, its neighbours or a re
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch
 
 from drllm.router import RoutedModel, load_routed, load_tokenizer
 
-from .distributed import barrier, merge, rank_info, rank_output, shard
+from .distributed import barrier, launch_sharded, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import PathSearch, SearchConfig, tree_seed
 from .records import SearchOutput, read_rows
@@ -32,7 +33,7 @@ class _Active:
 
 
 def run_search(
-    model,
+    model: str,
     task: str,
     output: str,
     split: str | None = None,
@@ -47,9 +48,13 @@ def run_search(
     max_rows: int = 64,
     max_new_tokens: int = 32,
     progress: bool = True,
-    hub_fields: dict | None = None,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    choices_field: str | None = None,
+    hf_config: str | None = None,
     wandb_project: str | None = None,
     device: str | None = None,
+    devices: int = 1,
 ) -> dict:
     """Search paths for the examples of a task and append them to ``output`` (resumable).
 
@@ -70,17 +75,25 @@ def run_search(
         max_rows: rows per forward pass of the evaluator.
         max_new_tokens: decoding budget of the ``generate`` scoring.
         progress: show a progress bar.
-        hub_fields: column mapping for ``hf:`` tasks (question_field, answer_field, choices_field, config).
+        question_field: ``hf:`` tasks, the question column.
+        answer_field: ``hf:`` tasks, the answer column (for multiple choice: index, label or option text).
+        choices_field: ``hf:`` tasks, the options column; makes the task multiple choice.
+        hf_config: ``hf:`` tasks, the dataset configuration name.
         wandb_project: log progress to this Weights & Biases project (offline with ``WANDB_MODE=offline``).
         device: where the model runs (see ``drllm.router.load_routed``: CUDA when available by default);
             under torchrun each rank takes its own GPU.
+        devices: processes to shard the examples over, launched with torchrun (one per GPU when there are
+            GPUs, else CPU processes); each tree is seeded from its example, so the result is the same.
 
     Returns:
         The summary (see ``summarize``) over every example in the output file for this task.
     """
     if batch_size < 1 or simulations < 0:
         raise ValueError(f"batch_size must be >= 1 and simulations >= 0, got {batch_size} and {simulations}")
-    task_obj = get_task(task, **(hub_fields or {}))
+    if devices > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_sharded(devices, locals())
+    fields = {"question_field": question_field, "answer_field": answer_field, "choices_field": choices_field}
+    task_obj = get_task(task, **fields, config=hf_config) if task.startswith("hf:") else get_task(task)
     examples = task_obj.load(split or task_obj.default_split_train, data_dir=data_dir, limit=limit)
     rank, world, local_rank = rank_info()
     if world > 1 and device is None and torch.cuda.is_available():
