@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .records import SearchOutput, finished_ids, read_rows
+from .records import SearchOutput, finished_ids, read_records
 
 
 def rank_info() -> tuple[int, int, int]:
@@ -45,14 +45,13 @@ def barrier() -> None:
 
 
 def merge(output: str | os.PathLike, world: int) -> int:
-    """Append the rows of every rank file that the main output lacks, then remove the rank files."""
+    """Append the records of every rank file that the main output lacks, then remove the rank files."""
     added = 0
     with SearchOutput(output) as out:
         for rank in range(world):
-            part = rank_output(output, rank, world)
-            for row in read_rows(part):
-                if str(row["id"]) not in out.done:
-                    out.write(row)
+            for record in read_records(rank_output(output, rank, world), allow_empty=True):
+                if record.id not in out.done:
+                    out.write(record)
                     added += 1
         for rank in range(world):
             for path in (rank_output(output, rank, world), Path(f"{rank_output(output, rank, world)}.lock")):

@@ -1,149 +1,341 @@
-"""The search output file: one JSON line per example, appended and flushed as each example finishes.
+"""Search records: the JSONL file that search writes and that training and evaluation read.
+
+One :class:`SearchRecord` per line, one JSON object per line (so ``datasets.load_dataset("json", ...)``
+loads the file). :class:`SearchOutput` is the only writer and :func:`read_records` the only reader; both
+check every line with :meth:`SearchRecord.from_dict`, so an error always names the file and 1-based line.
 
 Crash safety: each line is written with one ``write`` on a file opened for appending, then flushed and
-fsynced. A crash can leave at most a torn last line (no trailing newline); ``SearchOutput`` detects it,
-warns, and cuts it off before appending (or, when the line is a whole row missing only its newline,
-completes it), so a resumed search never duplicates or corrupts an example. A file with a malformed
-complete line is refused before anything in it is changed.
-A lock file keeps two searches from writing the same output.
+fsynced. A crash can leave at most a torn last line (no trailing newline, not valid JSON): the reader
+drops it with a warning, and the writer cuts it off (with the same warning) before appending. A last line
+that is a whole row missing only its newline is kept, and the writer completes it. A file with a
+malformed complete line is refused before anything in it is changed. A lock file (``<file>.lock``, taken
+with ``filelock``) keeps two searches from writing the same output.
 """
 
 from __future__ import annotations
 
-import fcntl
+import dataclasses
 import json
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-FIELDS = (
-    "id",
-    "task",
-    "model",
-    "prompt",
-    "target",
-    "decisions",
-    "layers",
-    "reward",
-    "base_reward",
-    "correct_paths",
-    "simulations",
-)
+import filelock
+
+DECISION_VALUES = (0, 1, 2)
+REQUIRED_KEYS = ("id", "prompt", "decisions")
+
+
+def validate_path(
+    values, num_layers: int | None = None, where: str = "", name: str = "decisions"
+) -> list[int]:
+    """Check one path (a list of 0 skip / 1 execute / 2 repeat, one per layer) and return it as a list.
+
+    Args:
+        values: the decoded JSON value.
+        num_layers: when given, the path must have exactly this many values.
+        where: prefix of the error message (``"paths.jsonl line 3"``).
+        name: what the path is called in the message.
+
+    Raises:
+        ValueError: naming ``where``, for a value that is not a non-empty list of 0/1/2 (booleans are
+            refused) or that has the wrong length.
+    """
+    at = f"{where}: " if where else ""
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{at}{name} must be a non-empty list of 0/1/2, got {values!r}")
+    bad = [d for d in values if isinstance(d, bool) or not isinstance(d, int) or d not in DECISION_VALUES]
+    if bad:
+        raise ValueError(f"{at}{name} must hold only 0 (skip), 1 (execute), 2 (repeat); got {bad[:5]}")
+    if num_layers is not None and len(values) != num_layers:
+        raise ValueError(f"{at}{name} has {len(values)} values, the model has {num_layers} layers")
+    return list(values)
+
+
+@dataclass
+class SearchRecord:
+    """One searched example: the path found for it and what the search measured.
+
+    Only ``id``, ``prompt`` and ``decisions`` are required when reading (training needs nothing else);
+    rows written before ``evaluations``, ``scoring``, ``style`` and ``num_layers`` existed load with
+    their defaults. Keys this version does not know are kept in ``extra`` and written back.
+    """
+
+    id: str
+    """Example id, unique in the file."""
+    prompt: str
+    """The text fed to the model, already formatted in the search's prompt style."""
+    decisions: list[int]
+    """The chosen path: one value per decoder layer, 0 skip, 1 execute, 2 repeat."""
+    task: str = ""
+    """Task name (``arc_easy``, ``jsonl:PATH``, ...)."""
+    model: str = ""
+    """Model name or folder."""
+    target: str = ""
+    """The gold continuation scored by the search."""
+    layers: int | None = None
+    """Layers the chosen path executes, ``sum(decisions)`` (computed when absent)."""
+    reward: float | None = None
+    """Reward of the chosen path (None in files the search did not write)."""
+    base_reward: float | None = None
+    """Reward of the default all-execute path."""
+    correct_paths: list[list[int]] = field(default_factory=list)
+    """Every correct path found, preferred first."""
+    simulations: int = 0
+    """MCTS simulations run."""
+    evaluations: int = 0
+    """Distinct paths whose reward was requested, the root included."""
+    scoring: str | None = None
+    """Reward used (``mc-loglik``, ``teacher-forced``, ...)."""
+    style: str | None = None
+    """Prompt style (``plain`` or ``chat``)."""
+    num_layers: int | None = None
+    """Decoder layers of the model, ``len(decisions)``."""
+    extra: dict = field(default_factory=dict)
+    """Keys of the row that this version does not know, kept as read."""
+
+    def __post_init__(self) -> None:
+        if self.layers is None:
+            self.layers = sum(self.decisions)
+
+    def to_dict(self) -> dict:
+        """The row as written: every field, then the unknown keys read with it."""
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**row, **{k: v for k, v in self.extra.items() if k not in row}}
+
+    def to_json(self) -> str:
+        """The row as one JSON line (without the newline)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, row, where: str = "", num_layers: int | None = None) -> SearchRecord:
+        """Check a decoded JSON row and build its record (an integer id becomes a string).
+
+        Args:
+            row: the decoded JSON value of one line.
+            where: prefix of error messages (``"paths.jsonl line 3"``).
+            num_layers: when given, ``decisions`` must have exactly this many values.
+
+        Raises:
+            ValueError: naming ``where`` and the key, for a missing key or a value of the wrong type.
+        """
+        at = f"{where}: " if where else ""
+        if not isinstance(row, dict):
+            raise ValueError(f"{at}expected a JSON object, got {type(row).__name__}")
+        missing = [key for key in REQUIRED_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"{at}missing key(s) {missing}; each row needs {list(REQUIRED_KEYS)}")
+        known = {k: row[k] for k in _KNOWN_KEYS if k in row}
+        extra = {k: v for k, v in row.items() if k not in known}
+        decisions = validate_path(row["decisions"], num_layers, where)
+        values = {
+            "id": _id(row["id"], at),
+            "prompt": _text(row["prompt"], "prompt", at, empty=False),
+            "decisions": decisions,
+            "correct_paths": _paths(known.get("correct_paths", []), len(decisions), where),
+            "num_layers": _count(known.get("num_layers"), "num_layers", at),
+        }
+        for key in ("task", "model", "target"):
+            values[key] = _text(known.get(key, ""), key, at)
+        for key in ("scoring", "style"):
+            values[key] = None if known.get(key) is None else _text(known[key], key, at)
+        for key in ("simulations", "evaluations"):
+            values[key] = _count(known.get(key, 0), key, at)
+        values["layers"] = _count(known.get("layers"), "layers", at)
+        for key in ("reward", "base_reward"):
+            values[key] = _number(known.get(key), key, at)
+        if values["num_layers"] is not None and values["num_layers"] != len(decisions):
+            raise ValueError(
+                f"{at}num_layers is {values['num_layers']}, but decisions has {len(decisions)} values"
+            )
+        return cls(**values, extra=extra)
+
+
+_KNOWN_KEYS = tuple(f.name for f in dataclasses.fields(SearchRecord) if f.name != "extra")
+
+
+def _id(value, at: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"{at}id must be a non-empty string (or an integer), got {value!r}")
+    return str(value)
+
+
+def _text(value, key: str, at: str, empty: bool = True) -> str:
+    if not isinstance(value, str) or (not empty and not value):
+        raise ValueError(f"{at}{key} must be a {'' if empty else 'non-empty '}string, got {value!r}")
+    return value
+
+
+def _count(value, key: str, at: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{at}{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _number(value, key: str, at: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{at}{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _paths(value, num_layers: int, where: str) -> list[list[int]]:
+    if not isinstance(value, list):
+        at = f"{where}: " if where else ""
+        raise ValueError(f"{at}correct_paths must be a list of paths, got {value!r}")
+    return [validate_path(p, num_layers, where, name=f"correct_paths[{i}]") for i, p in enumerate(value)]
 
 
 class OutputLockedError(RuntimeError):
     """Another process holds the output file."""
 
 
-def finished_ids(path: str | os.PathLike) -> set[str]:
-    """Ids of the examples already in an output file (a torn last line is not counted)."""
+@dataclass
+class _Scan:
+    """What a search output file holds: its records and the state of its last line."""
+
+    records: list[SearchRecord]
+    complete: int
+    """Bytes up to and including the last newline."""
+    torn: bool
+    """The bytes after ``complete`` are a torn row (dropped with a warning)."""
+
+
+def _scan(path: Path, num_layers: int | None = None) -> _Scan:
+    """Check every line of an existing file; the torn last line, if any, is reported, not refused."""
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    lines = data[:complete].split(b"\n")[:-1]
+    tail = data[complete:]
+    records, seen, torn = [], {}, False
+    for number, raw in enumerate([*lines, tail] if tail else lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number > len(lines):
+                warnings.warn(
+                    f"{where}: dropping a torn last line ({len(tail)} bytes, no trailing newline, "
+                    "not valid JSON) left by an interrupted search",
+                    stacklevel=3,
+                )
+                torn = True
+                continue
+            raise ValueError(f"{where}: malformed JSON ({err})") from err
+        record = SearchRecord.from_dict(row, where, num_layers)
+        if record.id in seen:
+            raise ValueError(f"{where}: duplicate id {record.id!r} (first on line {seen[record.id]})")
+        seen[record.id] = number
+        records.append(record)
+    return _Scan(records, complete, torn)
+
+
+def read_records(
+    path: str | os.PathLike, num_layers: int | None = None, allow_empty: bool = False
+) -> list[SearchRecord]:
+    """Read and check a search output file.
+
+    Args:
+        path: JSONL file written by the search.
+        num_layers: when given, every ``decisions`` must have exactly this many values.
+        allow_empty: a missing or empty file gives ``[]`` instead of an error.
+
+    Returns:
+        The records in file order (a torn last line is dropped with a warning).
+
+    Raises:
+        FileNotFoundError: when the file does not exist (unless ``allow_empty``).
+        ValueError: naming the file and line, for malformed JSON, a missing key, a value of the wrong
+            type, bad decisions, a wrong number of layers or a duplicate id; or when the file holds no
+            rows (unless ``allow_empty``).
+    """
     path = Path(path)
     if not path.exists():
-        return set()
-    done = set()
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path} line {number} is not valid JSON ({err}); refusing to append to it"
-            ) from err
-        if not isinstance(row, dict) or "id" not in row:
-            raise ValueError(f"{path} line {number} has no 'id'; refusing to append to it")
-        done.add(str(row["id"]))
-    return done
+        if allow_empty:
+            return []
+        raise FileNotFoundError(f"search output {path} does not exist")
+    records = _scan(path, num_layers).records
+    if not records and not allow_empty:
+        raise ValueError(f"search output {path} holds no rows")
+    return records
+
+
+def finished_ids(path: str | os.PathLike) -> set[str]:
+    """Ids of the examples already in an output file (none when it does not exist)."""
+    return {r.id for r in read_records(path, allow_empty=True)}
 
 
 class SearchOutput:
-    """Append-only writer for search results, holding an exclusive lock on ``<file>.lock``."""
+    """Append-only writer of search records, holding an exclusive lock on ``<file>.lock``.
+
+    Attributes:
+        done: ids of the examples in the file, those written through this writer included.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115
+        self._lock = filelock.FileLock(f"{self.path}.lock", timeout=0)
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            self._lock.close()
+            self._lock.acquire()
+        except filelock.Timeout as err:
             raise OutputLockedError(
-                f"{self.path} is being written by another search (lock {self._lock.name} is held); "
+                f"{self.path} is being written by another search (lock {self._lock.lock_file} is held); "
                 "wait for it to finish or choose another --output"
             ) from err
         try:
-            self.done = finished_ids(self.path)  # validates every complete line before anything is changed
-            self._mend_tail()
+            self.done = self._open_existing()
         except BaseException:
-            self._release_lock()
+            self._lock.release()
             raise
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def _mend_tail(self) -> None:
-        """A last line without its newline: keep it if it is a whole row, else cut it off (with a warning)."""
+    def _open_existing(self) -> set[str]:
+        """Check every complete line before changing anything, then mend the last line."""
         if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        keep = data.rfind(b"\n") + 1
-        if keep == len(data):
-            return
-        row = _row_or_none(data[keep:])
-        with open(self.path, "r+b") as f:
-            if row is not None:  # the crash came between the row and its newline: the row is whole
-                f.seek(0, os.SEEK_END)
-                f.write(b"\n")
-                self.done.add(str(row["id"]))
-            else:
-                warnings.warn(
-                    f"{self.path}: dropping a torn last line ({len(data) - keep} bytes) "
-                    "left by an interrupted search",
-                    stacklevel=3,
-                )
-                f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
+            return set()
+        try:
+            scan = _scan(self.path)
+        except ValueError as err:
+            raise ValueError(f"{err}; refusing to append to {self.path}") from err
+        size = self.path.stat().st_size
+        if scan.complete < size:
+            with open(self.path, "r+b") as f:
+                if scan.torn:  # the crash came in the middle of the row: cut it off
+                    f.truncate(scan.complete)
+                else:  # the crash came between the row and its newline: the row is whole
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return {r.id for r in scan.records}
 
-    def _release_lock(self) -> None:
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
-
-    def write(self, row: dict) -> None:
-        """Append one example's result as a single line, flushed to disk."""
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    def write(self, record: SearchRecord) -> None:
+        """Append one record as a single line, flushed to disk."""
+        if record.id in self.done:
+            raise ValueError(f"{self.path} already holds example {record.id!r}")
+        line = (record.to_json() + "\n").encode("utf-8")
         written = os.write(self._fd, line)
         if written != len(line):
             raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
         os.fsync(self._fd)
-        self.done.add(str(row["id"]))
+        self.done.add(record.id)
 
     def close(self) -> None:
         """Release the file and the lock."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._release_lock()
+        self._lock.release()
 
     def __enter__(self) -> SearchOutput:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _row_or_none(line: bytes) -> dict | None:
-    """The row a line holds, or None when it is not a JSON object with an id."""
-    try:
-        row = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return row if isinstance(row, dict) and "id" in row else None
-
-
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """All complete rows of an output file, in file order."""
-    path = Path(path)
-    data = path.read_bytes() if path.exists() else b""
-    complete = data[: data.rfind(b"\n") + 1].decode("utf-8")
-    return [json.loads(line) for line in complete.splitlines() if line.strip()]

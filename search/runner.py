@@ -20,7 +20,7 @@ from drllm.router import RoutedModel, load_routed, load_tokenizer
 from .distributed import barrier, launch_sharded, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import PathSearch, SearchConfig, tree_seed
-from .records import SearchOutput, read_rows
+from .records import SearchOutput, SearchRecord, read_records
 from .tasks import get_task
 from .tasks.style import describe, resolve_style
 
@@ -123,8 +123,8 @@ def run_search(
         if rank != 0:
             return {}
         merge(output, world)
-    rows = [r for r in read_rows(output) if r.get("task") == task]
-    summary = summarize(rows)
+    records = [r for r in read_records(output, allow_empty=True) if r.task == task]
+    summary = summarize(records)
     if progress:
         print(format_summary(summary))
     return summary
@@ -157,19 +157,19 @@ def _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar, log=N
             for a, r in zip(asking, rewards, strict=False):
                 a.tree.give(r)
         for a in [a for a in active if a.tree.done]:
-            row = _row(a, meta, L)
-            out.write(row)
+            record = _record(a, meta, L)
+            out.write(record)
             evaluator.release(a.prepared)
             active.remove(a)
             finished += 1
-            improved += int(row["layers"] < L and row["reward"] >= 1.0 or row["reward"] > row["base_reward"])
+            improved += int(record.layers < L and record.reward >= 1.0 or record.reward > record.base_reward)
             if log is not None:
                 log(
                     {
                         "search/done": finished,
                         "search/improved_share": improved / finished,
-                        "search/layers": row["layers"],
-                        "search/base_reward": row["base_reward"],
+                        "search/layers": record.layers,
+                        "search/base_reward": record.base_reward,
                         "search/paths_per_s": evaluator.paths_evaluated
                         / max(time.perf_counter() - start, 1e-9),
                     }
@@ -195,47 +195,50 @@ def _wandb_run(project: str, meta: dict, rank: int):
     )
 
 
-def _row(a: _Active, meta: dict, num_layers: int) -> dict:
+def _record(a: _Active, meta: dict, num_layers: int) -> SearchRecord:
     res = a.tree.result()
-    return {
-        "id": str(a.prepared.example.id),
-        "task": meta["task"],
-        "model": meta["model"],
-        "prompt": a.prepared.prompt,
-        "target": a.prepared.target,
-        "decisions": list(res.decisions),
-        "layers": int(res.layers),
-        "reward": float(res.reward),
-        "base_reward": float(res.base_reward),
-        "correct_paths": [list(p) for p in res.correct_paths],
-        "simulations": int(res.simulations),
-        "evaluations": int(res.evaluations),
-        "scoring": meta["scoring"],
-        "style": meta["style"],
-        "num_layers": num_layers,
-    }
+    return SearchRecord(
+        id=str(a.prepared.example.id),
+        task=meta["task"],
+        model=meta["model"],
+        prompt=a.prepared.prompt,
+        target=a.prepared.target,
+        decisions=list(res.decisions),
+        layers=int(res.layers),
+        reward=float(res.reward),
+        base_reward=float(res.base_reward),
+        correct_paths=[list(p) for p in res.correct_paths],
+        simulations=int(res.simulations),
+        evaluations=int(res.evaluations),
+        scoring=meta["scoring"],
+        style=meta["style"],
+        num_layers=num_layers,
+    )
 
 
-def summarize(rows: list[dict]) -> dict:
-    """Base accuracy, share with a shorter correct path, share of base-wrong examples fixed, layers saved."""
-    n = len(rows)
+def summarize(records: list[SearchRecord]) -> dict:
+    """Base accuracy, share with a shorter correct path, share of base-wrong examples fixed, layers saved.
+
+    Every record must carry ``reward`` and ``base_reward`` (as the search writes them).
+    """
+    n = len(records)
     if n == 0:
         return {"examples": 0}
-    L = rows[0].get("num_layers") or len(rows[0]["decisions"])
-    right = [r for r in rows if r["base_reward"] >= 1.0]
-    wrong = [r for r in rows if r["base_reward"] < 1.0]
-    shorter = [r for r in right if r["reward"] >= 1.0 and r["layers"] < L]
-    fixed = [r for r in wrong if r["reward"] >= 1.0]
+    L = records[0].num_layers or len(records[0].decisions)
+    right = [r for r in records if r.base_reward >= 1.0]
+    wrong = [r for r in records if r.base_reward < 1.0]
+    shorter = [r for r in right if r.reward >= 1.0 and r.layers < L]
+    fixed = [r for r in wrong if r.reward >= 1.0]
     return {
         "examples": n,
         "num_layers": L,
         "base_accuracy": len(right) / n,
-        "path_accuracy": sum(r["reward"] >= 1.0 for r in rows) / n,
+        "path_accuracy": sum(r.reward >= 1.0 for r in records) / n,
         "shorter_when_right": len(shorter) / max(len(right), 1),
         "fixed_when_wrong": len(fixed) / max(len(wrong), 1),
-        "mean_layers": sum(r["layers"] for r in rows) / n,
-        "mean_layers_saved": sum(L - r["layers"] for r in rows) / n,
-        "mean_evaluations": sum(r.get("evaluations", 0) for r in rows) / n,
+        "mean_layers": sum(r.layers for r in records) / n,
+        "mean_layers_saved": sum(L - r.layers for r in records) / n,
+        "mean_evaluations": sum(r.evaluations for r in records) / n,
     }
 
 

@@ -7,10 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drllm.router.routers import CONFIG_NAME, Routers
-from drllm.search.records import finished_ids
+from drllm.search.records import finished_ids, read_records
 from drllm.search.tasks.jsonl import jsonl_task
 from drllm.train.features import _load_cached
-from drllm.train.paths import read_paths
 from drllm.train.trainer import read_run_record
 
 json_values = st.recursive(
@@ -43,12 +42,13 @@ def _write(tmp_path, name, body: str):
 def test_path_reader_accepts_or_names_the_problem(tmp_path, body, newline):
     path = _write(tmp_path, "paths.jsonl", "\n".join(body) + ("\n" if newline else ""))
     try:
-        rows = read_paths(path, num_layers=4)
+        records = read_records(path, num_layers=4)
     except ValueError as err:
         assert "paths.jsonl" in str(err)
         return
-    for row in rows:
-        assert len(row["decisions"]) == 4 and set(row["decisions"]) <= {0, 1, 2}
+    for record in records:
+        assert len(record.decisions) == 4 and set(record.decisions) <= {0, 1, 2}
+        assert isinstance(record.id, str) and record.id
 
 
 @FUZZ

@@ -15,6 +15,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from drllm.search.records import SearchRecord
+
 from .features import FeatureSet
 
 
@@ -35,7 +37,7 @@ class _CachedItems(Dataset):
 class _OnlineItems(Dataset):
     """Prompts and labelled decisions, for a module that runs the base model itself."""
 
-    def __init__(self, rows: list[dict], indices: list[int]):
+    def __init__(self, rows: list[SearchRecord], indices: list[int]):
         self.rows, self.indices = rows, indices
 
     def __len__(self) -> int:
@@ -43,7 +45,7 @@ class _OnlineItems(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         row = self.rows[self.indices[k]]
-        return {"prompt": row["prompt"], "decisions": torch.tensor(row["decisions"], dtype=torch.long)}
+        return {"prompt": row.prompt, "decisions": torch.tensor(row.decisions, dtype=torch.long)}
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -62,7 +64,7 @@ class RouterDataModule(L.LightningDataModule):
 
     Args:
         features: a FeatureSet (cached mode).
-        rows: rows from ``read_paths`` (online mode; give ``features=None``).
+        rows: records from ``read_records`` (online mode; give ``features=None``).
         batch_size: examples per batch.
         val_fraction: share of examples held out for validation (at least one when N >= 2).
         seed: seed of the split.
@@ -71,7 +73,7 @@ class RouterDataModule(L.LightningDataModule):
     def __init__(
         self,
         features: FeatureSet | None = None,
-        rows: list[dict] | None = None,
+        rows: list[SearchRecord] | None = None,
         batch_size: int = 16,
         val_fraction: float = 0.1,
         seed: int = 0,
@@ -96,7 +98,7 @@ class RouterDataModule(L.LightningDataModule):
     def _decisions(self, indices: list[int]) -> torch.Tensor:
         if self.features is not None:
             return self.features.decisions[indices]
-        return torch.tensor([self.rows[i]["decisions"] for i in indices], dtype=torch.long)
+        return torch.tensor([self.rows[i].decisions for i in indices], dtype=torch.long)
 
     def class_counts(self) -> torch.Tensor:
         """Counts of skip / execute / repeat ``[3]`` over every layer of the training split."""

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from drllm.router import batch_prompts, encode_prompt
+from drllm.search.records import SearchRecord
 
 FORMAT_VERSION = 1
 
@@ -76,7 +77,7 @@ class FeatureSet:
         return cls(ids=ids, **tensors)
 
 
-def cache_key(routed, rows: list[dict], num_windows: int) -> str:
+def cache_key(routed, rows: list[SearchRecord], num_windows: int) -> str:
     """sha256 over the model fingerprint and weight probe, W and every row's id, prompt and decisions."""
     digest = hashlib.sha256()
     header = {
@@ -87,7 +88,7 @@ def cache_key(routed, rows: list[dict], num_windows: int) -> str:
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
     for row in rows:
-        digest.update(json.dumps([str(row["id"]), row["prompt"], list(row["decisions"])]).encode())
+        digest.update(json.dumps([row.id, row.prompt, list(row.decisions)]).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -111,7 +112,7 @@ def online_pooled(routed, tokenizer, prompts: list[str], decisions: torch.Tensor
 def build_features(
     routed,
     tokenizer,
-    rows: list[dict],
+    rows: list[SearchRecord],
     num_windows: int,
     batch_size: int = 8,
     cache_dir: str | os.PathLike | None = None,
@@ -122,7 +123,7 @@ def build_features(
     Args:
         routed: the ``RoutedModel`` (frozen) whose layers the routers will route.
         tokenizer: its tokenizer.
-        rows: rows from :func:`drllm.train.paths.read_paths` (``id``, ``prompt``, ``decisions``).
+        rows: records from :func:`drllm.search.records.read_records` (``id``, ``prompt``, ``decisions``).
         num_windows: W.
         batch_size: prompts per forward; prompts are grouped by token length to limit padding.
         cache_dir: folder of cached feature files; None disables caching.
@@ -161,16 +162,16 @@ def _load_cached(path: Path, rows: int) -> FeatureSet | None:
 
 def _compute(routed, tokenizer, rows, num_windows, batch_size, progress) -> FeatureSet:
     """Run the frozen model over the rows in batches of similar length; results back in row order."""
-    lengths = [len(encode_prompt(tokenizer, r["prompt"])) for r in rows]
+    lengths = [len(encode_prompt(tokenizer, r.prompt)) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: lengths[i])
-    decisions = torch.tensor([r["decisions"] for r in rows], dtype=torch.long)  # [N, L]
+    decisions = torch.tensor([r.decisions for r in rows], dtype=torch.long)  # [N, L]
     pooled, valid = [None] * len(rows), [None] * len(rows)
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc="router features", disable=not progress, unit="batch"):
         chunk = order[start : start + batch_size]
         p, v = online_pooled(
-            routed, tokenizer, [rows[i]["prompt"] for i in chunk], decisions[chunk], num_windows
+            routed, tokenizer, [rows[i].prompt for i in chunk], decisions[chunk], num_windows
         )
         for j, i in enumerate(chunk):
             pooled[i], valid[i] = p[j].float().cpu(), v[j].cpu()
-    return FeatureSet(torch.stack(pooled), torch.stack(valid), decisions, [str(r["id"]) for r in rows])
+    return FeatureSet(torch.stack(pooled), torch.stack(valid), decisions, [r.id for r in rows])

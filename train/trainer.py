@@ -21,11 +21,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from drllm.router import RoutedModel, load_routed, load_tokenizer
+from drllm.search.records import read_records
 
 from .data import RouterDataModule
 from .features import build_features
 from .module import RouterModule
-from .paths import read_paths
 
 MONITOR = "val/macro_f1"
 
@@ -87,7 +87,7 @@ def train_routers(
     routed, tokenizer = _load(model, tokenizer, accelerator, device)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    rows = read_paths(paths, routed.num_layers)
+    rows = read_records(paths, routed.num_layers)
     routed.model.requires_grad_(False)
     if online:
         data = RouterDataModule(rows=rows, batch_size=batch_size, val_fraction=val_fraction, seed=seed)

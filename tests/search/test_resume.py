@@ -4,19 +4,19 @@ import json
 import random
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 from cli_args import SUBPROCESS, search_args
 
-from drllm.search.records import OutputLockedError, SearchOutput
+from drllm.search.records import OutputLockedError, SearchOutput, SearchRecord, read_records
 
 
 def _rows_by_id(path):
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    ids = [r["id"] for r in rows]
-    assert len(ids) == len(set(ids)), "an example was written twice"
-    return {r["id"]: r for r in rows}
+    records = read_records(path)  # refuses an example written twice
+    assert path.read_bytes().count(b"\n") == len(records)
+    return {r.id: r for r in records}
 
 
 def _search(model_dir, task_file, out):
@@ -62,34 +62,51 @@ def test_killed_search_resumes_to_the_same_result(tiny_model_dir, mc_file, tmp_p
     got = _rows_by_id(out)
     assert got.keys() == expected.keys()
     for key, row in expected.items():
-        assert got[key]["decisions"] == row["decisions"] and got[key]["reward"] == row["reward"]
+        assert got[key].decisions == row.decisions and got[key].reward == row.reward
+
+
+def _line(i, decisions=(1, 1)):
+    return json.dumps({"id": i, "prompt": f"question {i}", "decisions": list(decisions)})
+
+
+def _record(i):
+    return SearchRecord(id=i, prompt=f"question {i}", decisions=[1, 0])
 
 
 def test_torn_last_line_is_dropped_with_a_warning(tmp_path):
     out = tmp_path / "o.jsonl"
-    out.write_text(json.dumps({"id": "a"}) + "\n" + '{"id": "b", "deci')
+    out.write_text(_line("a") + "\n" + '{"id": "b", "deci')
     with pytest.warns(UserWarning, match="torn last line"):
         writer = SearchOutput(out)
     with writer:
         assert writer.done == {"a"}
-        writer.write({"id": "b", "decisions": [1]})
-    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "b"]
+        writer.write(_record("b"))
+    assert [r.id for r in read_records(out)] == ["a", "b"]
 
 
 def test_a_malformed_middle_line_is_refused_and_the_file_left_alone(tmp_path):
     out = tmp_path / "o.jsonl"
-    text = json.dumps({"id": "a"}) + "\nnot json\n" + json.dumps({"id": "c"}) + "\n"
+    text = _line("a") + "\nnot json\n" + _line("c") + "\n"
     out.write_text(text)
-    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match="line 2: malformed JSON.*refusing to append"):
+        SearchOutput(out)
+    assert out.read_text() == text
+
+
+def test_an_invalid_middle_row_is_refused_and_the_file_left_alone(tmp_path):
+    out = tmp_path / "o.jsonl"
+    text = _line("a") + "\n" + _line("b", (1, 7)) + "\n" + '{"id": "c", "deci'
+    out.write_text(text)
+    with pytest.raises(ValueError, match="line 2: decisions must hold only 0"):
         SearchOutput(out)
     assert out.read_text() == text
 
 
 def test_a_malformed_middle_line_with_a_torn_tail_is_refused_before_any_change(tmp_path):
     out = tmp_path / "o.jsonl"
-    text = json.dumps({"id": "a"}) + "\nnot json\n" + '{"id": "c", "deci'
+    text = _line("a") + "\nnot json\n" + '{"id": "c", "deci'
     out.write_text(text)
-    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match="line 2: malformed JSON"):
         SearchOutput(out)
     assert out.read_text() == text
     with pytest.raises(ValueError, match="line 2"):  # the lock was released by the refusal
@@ -98,20 +115,50 @@ def test_a_malformed_middle_line_with_a_torn_tail_is_refused_before_any_change(t
 
 def test_a_whole_last_row_missing_only_its_newline_is_kept(tmp_path):
     out = tmp_path / "o.jsonl"
-    out.write_text(json.dumps({"id": "a"}) + "\n" + json.dumps({"id": "b"}))
+    out.write_text(_line("a") + "\n" + _line("b"))
     with SearchOutput(out) as writer:
         assert writer.done == {"a", "b"}
-        writer.write({"id": "c"})
-    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "b", "c"]
+        writer.write(_record("c"))
+    assert [r.id for r in read_records(out)] == ["a", "b", "c"]
+
+
+def test_an_example_is_never_written_twice(tmp_path):
+    out = tmp_path / "o.jsonl"
+    with SearchOutput(out) as writer:
+        writer.write(_record("a"))
+        with pytest.raises(ValueError, match="already holds example 'a'"):
+            writer.write(_record("a"))
+    assert len(read_records(out)) == 1
 
 
 def test_two_writers_on_one_file_are_refused(tmp_path):
     out = tmp_path / "o.jsonl"
     with SearchOutput(out):
-        with pytest.raises(OutputLockedError, match="being written by another search"):
+        with pytest.raises(
+            OutputLockedError, match=r"being written by another search \(lock .*o\.jsonl\.lock"
+        ):
             SearchOutput(out)
     with SearchOutput(out) as again:  # the lock is released on close
         assert again.done == set()
+
+
+def test_a_writer_in_another_process_is_refused(tmp_path):
+    out = tmp_path / "o.jsonl"
+    holder = (
+        "import sys; from drllm.search.records import SearchOutput\n"
+        "with SearchOutput(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLockedError, match="o.jsonl.lock"):
+            SearchOutput(out)
+    finally:
+        proc.communicate("")
+    with SearchOutput(out):  # released when the other process closed it
+        pass
 
 
 @pytest.mark.slow
@@ -125,5 +172,5 @@ def test_search_sharded_over_two_processes_equals_one_process(tiny_model_dir, mc
     expected, got = _rows_by_id(single), _rows_by_id(sharded)
     assert got.keys() == expected.keys()
     for key, row in expected.items():
-        assert got[key]["decisions"] == row["decisions"] and got[key]["reward"] == row["reward"]
+        assert got[key].decisions == row.decisions and got[key].reward == row.reward
     assert not list(tmp_path.glob("sharded.jsonl.rank*")), "rank files are merged and removed"

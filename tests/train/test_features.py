@@ -1,6 +1,6 @@
 """Tests of the teacher-forced feature cache and of the cached vs online training modes."""
 
-import json
+import dataclasses
 import random
 
 import pytest
@@ -10,6 +10,7 @@ import transformers
 from tiny_models import tiny_model
 
 from drllm.router import RoutedModel
+from drllm.search.records import SearchRecord
 from drllm.train.data import RouterDataModule
 from drllm.train.features import FeatureSet, build_features, cache_key, online_pooled
 from drllm.train.module import RouterModule
@@ -30,32 +31,31 @@ def tiny_tokenizer():
 
 
 def synthetic_rows(n=20, num_layers=4, seed=0):
-    """Rows as the search writes them, with prompts of 2 to 12 words and mixed decisions."""
+    """Records as the search writes them, with prompts of 2 to 12 words and mixed decisions."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
         decisions = [rng.choice([0, 1, 1, 1, 2]) for _ in range(num_layers)]
         rows.append(
-            {
-                "id": f"ex{i}",
-                "task": "toy",
-                "model": "tiny",
-                "prompt": prompt,
-                "target": "w5",
-                "decisions": decisions,
-                "layers": sum(decisions),
-                "reward": 1.0,
-                "base_reward": 0.0,
-                "correct_paths": [decisions],
-                "simulations": 5,
-            }
+            SearchRecord(
+                id=f"ex{i}",
+                task="toy",
+                model="tiny",
+                prompt=prompt,
+                target="w5",
+                decisions=decisions,
+                reward=1.0,
+                base_reward=0.0,
+                correct_paths=[decisions],
+                simulations=5,
+            )
         )
     return rows
 
 
 def write_rows(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(r.to_json() + "\n" for r in rows))
     return path
 
 
@@ -81,11 +81,11 @@ def test_features_shapes_and_row_order(routed):
     features = build_features(routed, tok, rows, num_windows=4, batch_size=3, progress=False)
     assert features.pooled.shape == (7, 4, 4, 32) and features.pooled.dtype == torch.float32
     assert features.valid.shape == (7, 4, 4) and features.valid.dtype == torch.bool
-    assert features.ids == [r["id"] for r in rows]
-    assert features.decisions.tolist() == [r["decisions"] for r in rows]
+    assert features.ids == [r.id for r in rows]
+    assert features.decisions.tolist() == [r.decisions for r in rows]
     # each row equals the same row computed alone (length-sorted batching does not reorder rows)
     for i in (0, 5):
-        pooled, valid = online_pooled(routed, tok, [rows[i]["prompt"]], features.decisions[i : i + 1], 4)
+        pooled, valid = online_pooled(routed, tok, [rows[i].prompt], features.decisions[i : i + 1], 4)
         torch.testing.assert_close(features.pooled[i], pooled[0], atol=1e-4, rtol=1e-4)
         assert torch.equal(features.valid[i], valid[0])
 
@@ -100,8 +100,9 @@ def test_cache_is_reused_and_keyed_by_windows(routed, tmp_path, monkeypatch):
     assert torch.equal(first.pooled, second.pooled) and first.ids == second.ids
     assert not list(tmp_path.glob("*.tmp"))
     assert cache_key(routed, rows, 4) != cache_key(routed, rows, 2)
-    changed = [dict(r) for r in rows]
-    changed[0]["decisions"] = [0, 1, 1, 1] if rows[0]["decisions"] != [0, 1, 1, 1] else [1, 1, 1, 1]
+    changed = list(rows)
+    other = [0, 1, 1, 1] if rows[0].decisions != [0, 1, 1, 1] else [1, 1, 1, 1]
+    changed[0] = dataclasses.replace(rows[0], decisions=other, layers=None)
     assert cache_key(routed, rows, 4) != cache_key(routed, changed, 4)
     build_features(routed, tok, rows, 2, batch_size=4, cache_dir=tmp_path, progress=False)
     assert len(calls) == 4 and len(list(tmp_path.glob("*.safetensors"))) == 2
@@ -128,7 +129,7 @@ def test_cached_and_online_give_the_same_loss(routed):
     tok, rows = tiny_tokenizer(), synthetic_rows(8)
     features, cached, online = _modules(routed, rows, tok)
     batch_cached = {"pooled": features.pooled, "valid": features.valid, "decisions": features.decisions}
-    batch_online = {"prompt": [r["prompt"] for r in rows], "decisions": features.decisions}
+    batch_online = {"prompt": [r.prompt for r in rows], "decisions": features.decisions}
     loss_cached, logits_cached = cached.batch_loss(batch_cached)
     loss_online, logits_online = online.batch_loss(batch_online)
     torch.testing.assert_close(logits_cached, logits_online, atol=1e-5, rtol=1e-5)
@@ -139,7 +140,7 @@ def test_only_router_parameters_get_gradients(routed):
     tok, rows = tiny_tokenizer(), synthetic_rows(5)
     _, _, online = _modules(routed, rows, tok)
     loss, _ = online.batch_loss(
-        {"prompt": [r["prompt"] for r in rows], "decisions": torch.tensor([r["decisions"] for r in rows])}
+        {"prompt": [r.prompt for r in rows], "decisions": torch.tensor([r.decisions for r in rows])}
     )
     loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in routed.model.parameters())
