@@ -31,6 +31,7 @@ import torch
 from shapes import random_llama  # benchmarks/shapes.py
 
 from drllm.router import RoutedModel, encode_prompt, load_tokenizer
+from drllm.search.records import SearchRecord
 from drllm.train.data import RouterDataModule
 from drllm.train.features import build_features, online_pooled
 from drllm.train.module import RouterModule
@@ -93,8 +94,8 @@ def synthetic_rows(tokenizer, num_layers: int, n: int, prompt_tokens: int, seed:
             prompt = arc_prompt(tokenizer, items, i, prompt_tokens)
         else:
             prompt = tokenizer.decode([rng.randrange(100, 10000) for _ in range(prompt_tokens)])
-        rows.append({"id": str(i), "prompt": prompt, "decisions": random_decisions(num_layers, rng)})
-    rows[0]["decisions"][0], rows[0]["decisions"][-1] = 0, 2  # every class present: finite focal weights
+        rows.append(SearchRecord(id=str(i), prompt=prompt, decisions=random_decisions(num_layers, rng)))
+    rows[0].decisions[0], rows[0].decisions[-1] = 0, 2  # every class present: finite focal weights
     return rows, (str(ARC_TRAIN) if items else "random text")
 
 
@@ -137,7 +138,7 @@ def timed_epoch(module, optimizer, loader, device: torch.device) -> float:
 def timed_build(routed, tokenizer, rows, num_windows: int, batch_size: int, device: torch.device):
     """``(FeatureSet, seconds)`` of building the feature cache in memory, after one warm-up forward."""
     warm = rows[:batch_size]
-    online_pooled(routed, tokenizer, [r["prompt"] for r in warm], [r["decisions"] for r in warm], num_windows)
+    online_pooled(routed, tokenizer, [r.prompt for r in warm], [r.decisions for r in warm], num_windows)
     sync(device)
     start = time.perf_counter()
     features = build_features(routed, tokenizer, rows, num_windows, batch_size, None, progress=False)
@@ -257,7 +258,7 @@ def main() -> None:
     device = pick_device(args.device)
     routed, tokenizer = load(args, device)
     rows, source = synthetic_rows(tokenizer, routed.num_layers, args.examples, args.prompt_tokens)
-    lengths = [len(encode_prompt(tokenizer, r["prompt"])) for r in rows]
+    lengths = [len(encode_prompt(tokenizer, r.prompt)) for r in rows]
     info = {
         "model": args.shape or args.model,
         "device": str(device),

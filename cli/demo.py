@@ -108,7 +108,7 @@ def run_demo(
     rows, decisions = _eval_stage(routed, tokenizer, out, eval_args, split, data_dir, progress)
     text = report_text(search, metrics, rows, decisions, routed.num_layers, task, str(model), style_line)
     path = out / "report.md"
-    path.write_text(text)
+    report.atomic_write_text(path, text)
     _say(progress, f"report: {path}")
     return {"search": search, "train": metrics, "eval": rows, "report": str(path)}
 
@@ -138,7 +138,7 @@ def _finished(folder: Path, args: dict, files: tuple[str, ...]) -> bool:
 
 
 def _mark(folder: Path, args: dict) -> None:
-    (folder / MARKER).write_text(json.dumps(args, indent=2, sort_keys=True) + "\n")
+    report.atomic_write_text(folder / MARKER, json.dumps(args, indent=2, sort_keys=True) + "\n")
 
 
 def _train_stage(routed, tokenizer, folder: Path, args: dict, progress: bool) -> dict:

@@ -216,7 +216,7 @@ def _write(results, reference, output: str, num_layers: int, title: str) -> None
         for r, d in results
         if r["method"] in ("base", "routed")
     ]
-    (out / "decisions.json").write_text(json.dumps(saved) + "\n")
+    report.atomic_write_text(out / "decisions.json", json.dumps(saved) + "\n")
 
 
 def _note(progress: bool, text: str) -> None:

@@ -99,8 +99,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then move it over ``path``."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` beside ``path`` in a temporary file, then move it over ``path`` (never half a file)."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -132,7 +133,7 @@ def write_results(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ordered = sort_rows(rows)
-    _atomic_write_text(out / "results.json", json.dumps(ordered, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(ordered, indent=2, default=_json_default) + "\n")
     heading = f"# {title}\n\n" if title else ""
     note = f"Model with L = {num_layers} layers; accuracy over n examples.\n\n"
-    _atomic_write_text(out / "results.md", heading + note + markdown_table(ordered, num_layers))
+    atomic_write_text(out / "results.md", heading + note + markdown_table(ordered, num_layers))

@@ -149,3 +149,47 @@ def test_import_is_cheap():
     code = "import sys, drllm.evaluation.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "report.md"
+    target.write_text("old")
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        report.atomic_write_text(target, "new")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_eval_and_demo_outputs_are_written_atomically(tmp_path, monkeypatch):
+    """Every file run_eval and the demo write goes through atomic_write_text or an atomic PNG save."""
+    import torch
+    from task_files import choice_file
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    from drllm.cli import demo
+    from drllm.router import RoutedModel
+
+    written = []
+    real = report.atomic_write_text
+    monkeypatch.setattr(report, "atomic_write_text", lambda p, t: (written.append(p.name), real(p, t)))
+    torch.manual_seed(0)
+    routed = RoutedModel(tiny_model("llama"))
+    task = choice_file(tmp_path / "t.jsonl", n=6)
+    demo.run_demo(
+        output=str(tmp_path / "d"),
+        task=task,
+        train_examples=4,
+        eval_examples=3,
+        simulations=2,
+        epochs=1,
+        routed=routed,
+        tokenizer=tiny_tokenizer(),
+        progress=False,
+        budgets=(0.0,),
+    )
+    for name in ("results.json", "results.md", "decisions.json", "report.md", ".done"):
+        assert name in written, name
