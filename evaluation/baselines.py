@@ -17,8 +17,7 @@ import random
 
 import torch
 
-from drllm.router import layer_list
-from drllm.router.model import padded_positions
+from drllm.router import all_execute
 
 
 def _check_n(num_layers: int, n: int, most: int) -> None:
@@ -67,7 +66,9 @@ def layers_to_drop(mean_layers: float, num_layers: int) -> int:
 
 
 @torch.no_grad()
-def block_states(routed, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def last_token_hidden(
+    routed, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Hidden states at each prompt's last real token entering every layer, and leaving the last one.
 
     Args:
@@ -82,24 +83,10 @@ def block_states(routed, input_ids: torch.Tensor, attention_mask: torch.Tensor |
         attention_mask = torch.ones_like(input_ids)
     device = routed.device
     ids, mask = input_ids.to(device), attention_mask.to(device)
-    batch, length = ids.shape
-    last = length - 1 - mask.flip(1).argmax(1)  # [B] index of each row's last real token
-    rows = torch.arange(batch, device=device)
-    captured = {}
-
-    def keep_output(module, args, output):
-        captured["out"] = output[0] if isinstance(output, tuple) else output
-
-    hook = layer_list(routed.model)[-1].register_forward_hook(keep_output)  # observes only, skips nothing
-    try:
-        with routed.forced([1] * routed.num_layers, mask, batch) as state:
-            state.record = {}
-            routed.model.base_model(
-                input_ids=ids, attention_mask=mask, use_cache=False, position_ids=padded_positions(mask)
-            )
-            states = [state.record[i] for i in range(routed.num_layers)] + [captured["out"]]
-    finally:
-        hook.remove()
+    last = ids.shape[1] - 1 - mask.flip(1).argmax(1)  # [B] index of each row's last real token
+    rows = torch.arange(ids.shape[0], device=device)
+    with routed.recording() as states:  # L + 1 states: entering each layer, then the last layer's output
+        routed.backbone(ids, mask, all_execute(routed.num_layers))
     return torch.stack([h[rows, last].float() for h in states], 1)
 
 
@@ -107,7 +94,7 @@ def angular_distances(states: torch.Tensor, n: int) -> torch.Tensor:
     """Mean angular distance ``arccos(cos(h_l, h_{l+n})) / pi`` over prompts, for every start ``l``.
 
     Args:
-        states: ``[B, L + 1, d]`` from ``block_states``.
+        states: ``[B, L + 1, d]`` from ``last_token_hidden``.
         n: Block length, ``1 <= n <= L``.
 
     Returns:
@@ -136,7 +123,7 @@ def angular_block(routed, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     decisions = [1] * num_layers
     if n == 0:
         return decisions
-    start = int(angular_distances(block_states(routed, input_ids, attention_mask), n).argmin())
+    start = int(angular_distances(last_token_hidden(routed, input_ids, attention_mask), n).argmin())
     for i in range(start, start + n):
         decisions[i] = 0
     return decisions

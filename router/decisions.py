@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import torch
 
 SKIP, EXECUTE, REPEAT = 0, 1, 2
-NAMES = ("skip", "execute", "repeat")
 
 
 def all_execute(num_layers: int, batch_size: int | None = None, device=None) -> torch.Tensor:
@@ -70,11 +69,6 @@ def parse_decisions(text: str, num_layers: int | None = None) -> list[int]:
     elif any(v not in (SKIP, EXECUTE, REPEAT) for v in values):
         raise ValueError(f"decisions must be 0 (skip), 1 (execute) or 2 (repeat), got {text!r}")
     return values
-
-
-def layers_executed(decisions) -> torch.Tensor:
-    """Layer applications per row for one forward pass: ``d.sum(-1)``."""
-    return torch.as_tensor(decisions).long().sum(-1)
 
 
 def expand_path(decisions: Sequence[int]) -> list[int]:

@@ -8,6 +8,9 @@ Rows of a batch may differ. Without a KV cache a layer runs only on the rows tha
 batch-shaped arguments are gathered, results scattered back). With a cache the full batch runs and each
 row keeps what its decision asks for, so the cache stays batch-shaped. A repeat's second pass writes the
 cache slot ``L + i`` (see ``cache.RoutedCache``).
+
+``layer_input`` and ``put_rows`` serve the forward pre-hooks that ``RoutedModel.recording`` and
+``RoutedModel.starting_at`` install on routed layers; the layer itself knows nothing of them.
 """
 
 from __future__ import annotations
@@ -44,9 +47,6 @@ class RoutingState:
         self.plan: list[int | None] = [EXECUTE] * self.num_layers  # per layer: the value every row shares
         self.pending: list[bool] = [False] * self.num_layers  # layers the routers still have to decide
         self.pad_mask: torch.Tensor | None = None
-        self.record: dict[int, torch.Tensor] | None = None
-        self.start: torch.Tensor | None = None  # [B] first layer each row runs (rows start from start_hidden)
-        self.start_hidden: torch.Tensor | None = None
         self.warned_nonfinite = False
         self.pool_weights = None  # window pooling weights of the prompt, shared by every router
 
@@ -153,9 +153,6 @@ class RoutedLayer(nn.Module):
         if not state.active:
             return self.layer(hidden_states, *args, **kwargs)
         i = self.routed_index
-        hidden_states = self._start_rows(hidden_states)
-        if state.record is not None:
-            state.record[i] = hidden_states
         decisions = state.decide(i, hidden_states) if state.pending[i] or state.plan[i] is None else None
         plan = state.plan[i]
         if plan == SKIP:
@@ -167,15 +164,6 @@ class RoutedLayer(nn.Module):
         if cache is None:
             return self._wrap(self._run_rows(hidden_states, decisions, args, kwargs))
         return self._wrap(self._run_batch(hidden_states, decisions, args, kwargs))
-
-    def _start_rows(self, hidden: torch.Tensor) -> torch.Tensor:
-        state = self.state
-        if state.start is None:
-            return hidden
-        rows = (state.start == self.routed_index).nonzero().flatten()
-        if rows.numel() == 0:
-            return hidden
-        return hidden.index_copy(0, rows, state.start_hidden[rows].to(hidden.dtype))
 
     def _call(self, hidden: torch.Tensor, args, kwargs, repeat: bool = False) -> torch.Tensor:
         if repeat:
@@ -241,3 +229,23 @@ def _gather(obj, rows: torch.Tensor, batch: int):
     if isinstance(obj, dict):
         return {k: _gather(v, rows, batch) for k, v in obj.items()}
     return obj
+
+
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a decoder layer is called with (first positional argument or ``hidden_states``)."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def put_rows(rows: torch.Tensor, hidden: torch.Tensor, module, args: tuple, kwargs: dict):
+    """Forward pre-hook of ``starting_at``: replace ``rows`` of the layer's input by ``hidden[rows]``."""
+    current = layer_input(args, kwargs)
+    if current.shape[:2] != hidden.shape[:2]:
+        raise ValueError(
+            f"starting_at states have {list(hidden.shape[:2])} rows and positions, layer "
+            f"{module.routed_index} runs {list(current.shape[:2])}: starting_at is for one forward "
+            "without a cache"
+        )
+    new = current.index_copy(0, rows, hidden[rows].to(current.dtype))
+    if args:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}

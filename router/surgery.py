@@ -3,16 +3,20 @@
 ``wrap_layers`` replaces, in place, each decoder layer ``i`` of a causal LM by a
 ``RoutedLayer(layer, index=i)``; ``unwrap_layers`` puts the original objects back. The layer list keeps
 its length, so the model's own loop, masks, rotary embeddings and per-layer attention types stay correct.
+
+The other config facts that routed code needs live here too: which layers attend through a sliding
+window (``additive_masks``) and the final logit softcapping (``softcap_logits``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 # model_type -> dotted path from the *ForCausalLM object to its nn.ModuleList of decoder layers.
-# Every entry here is exercised by tests/router/test_architectures.py with a tiny random config.
+# Every entry here is exercised by tests/router/test_parity.py with a tiny random config.
 LAYER_PATHS: dict[str, str] = {
     "llama": "model.layers",
     "mistral": "model.layers",
@@ -94,3 +98,32 @@ def unwrap_layers(model: nn.Module, originals: list[nn.Module]) -> nn.Module:
     for i, layer in enumerate(originals):
         layers[i] = layer
     return model
+
+
+def additive_masks(config, allowed: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+    """Additive attention masks ``[B, 1, T, T]`` from ``allowed [B, T, T]``, with the config's sliding window.
+
+    A sliding-window layer also hides keys ``config.sliding_window`` or more positions behind the query
+    (by ``positions [B, T]``; a query always sees itself). Models that mix full and sliding layers
+    (``config.layer_types``) take a dict with one mask per layer type.
+    """
+
+    def additive(ok: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(ok.shape[0], 1, *ok.shape[1:], dtype=dtype, device=ok.device)
+        return mask.masked_fill_(~ok[:, None], torch.finfo(dtype).min)
+
+    types = set(getattr(config, "layer_types", None) or [])
+    window = getattr(config, "sliding_window", None)
+    if not window or types == {"full_attention"}:
+        return additive(allowed)
+    eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+    slid = allowed & ((positions[:, :, None] - positions[:, None, :] < window) | eye)
+    if "sliding_attention" in types and len(types) > 1:
+        return {t: additive(slid if t == "sliding_attention" else allowed) for t in types}
+    return additive(slid)
+
+
+def softcap_logits(config, logits: torch.Tensor) -> torch.Tensor:
+    """``tanh(logits / cap) * cap`` with the config's ``final_logit_softcapping`` (Gemma), else unchanged."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits

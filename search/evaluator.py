@@ -19,6 +19,7 @@ layer, and starts each row at its first change (layers before it are skipped, th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -41,7 +42,6 @@ class Prepared:
     target: str = ""
     prefix: list[torch.Tensor] | None = field(default=None, repr=False)  # hidden entering each layer [n, d]
     base_reward: float | None = None
-    base_scores: list[float] | None = None
 
 
 class PathEvaluator:
@@ -142,13 +142,6 @@ class PathEvaluator:
         self.paths_evaluated += len(rows)
         return [float(r) for r in out]
 
-    def scores(self, rows: list[tuple[Prepared, tuple[int, ...]]]) -> list[list[float]]:
-        """Per row: option log-likelihoods (mc-loglik), 1/0 per label produced (mc-letter) or 1/0 (exact)."""
-        out = []
-        for chunk in _chunks([(k, p, path, 0) for k, (p, path) in enumerate(rows)], self.max_rows):
-            out += self._forward(chunk)
-        return out
-
     def release(self, prepared: Prepared) -> None:
         """Free an example's recorded prefix states once its search is done."""
         prepared.prefix = None
@@ -157,56 +150,51 @@ class PathEvaluator:
         """Run the default path once per example, recording the hidden states entering every layer."""
         L = self.routed.num_layers
         for chunk in _chunks(prepared, self.max_rows):
-            rows = [(k, p, (1,) * L, 0) for k, p in enumerate(chunk)]
-            record: dict[int, torch.Tensor] = {}
-            scores = self._forward(rows, record=record)
-            for p, s in zip(chunk, scores, strict=False):
-                p.base_scores = s
+            with self.routed.recording() as states:
+                scores = self._forward([(k, p, (1,) * L, 0) for k, p in enumerate(chunk)])
+            for r, (p, s) in enumerate(zip(chunk, scores, strict=True)):
                 p.base_reward = _reward(s, p.gold, self.task.kind)
-            n = [len(p.tokens) for p in chunk]
-            for r, p in enumerate(chunk):
-                p.prefix = [record[i][r, : n[r]].clone() for i in range(L)]
+                p.prefix = [states[i][r, : len(p.tokens)].clone() for i in range(L)]
 
-    def _forward(self, rows, record: dict | None = None) -> list[list[float]]:
-        """One forward over rows ``(key, prepared, path, start)``; returns each row's option scores."""
+    def _forward(self, rows) -> list[list[float]]:
+        """One forward over rows ``(key, prepared, path, start)``; returns each row's option scores.
+
+        A row with ``start > 0`` begins at layer ``start`` from the hidden states its example recorded.
+        """
         routed = self.routed
-        device = routed.device
-        dtype = routed.model.get_input_embeddings().weight.dtype
         width = max(len(p.tokens) for _, p, _, _ in rows)
         batch = len(rows)
         ids = torch.zeros(batch, width, dtype=torch.long)
         pos = torch.zeros(batch, width, dtype=torch.long)
         allowed = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)  # padding attends to itself
-        decisions = torch.tensor([list(path) for _, _, path, _ in rows], dtype=torch.long)
-        starts = torch.tensor([start for _, _, _, start in rows], dtype=torch.long)
-        for r, (_, p, _, start) in enumerate(rows):
+        for r, (_, p, _, _) in enumerate(rows):
             n = len(p.tokens)
             ids[r, :n], pos[r, :n], allowed[r, :n, :n] = p.tokens, p.positions, p.allowed
-            decisions[r, :start] = 0
-        mask = _attention_masks(allowed, pos, routed.model.config, dtype, device)
-        with routed.forced(decisions, None, batch) as state:
-            if starts.gt(0).any():
-                state.start = torch.where(starts > 0, starts, -1).to(device)  # -1: nothing to put in
-                state.start_hidden = self._start_hidden(rows, width, dtype).to(device)
-            if record is not None:
-                state.record = record
-            hidden = routed.model.base_model(
-                input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device), use_cache=False
-            ).last_hidden_state
+        decisions = torch.tensor([list(path) for _, _, path, _ in rows], dtype=torch.long)
+        starts = [start for _, _, _, start in rows]
+        mask = routed.attention_mask_4d(allowed, pos)
+        reuse = contextlib.nullcontext()
+        if any(starts):
+            reuse = routed.starting_at(starts, self._start_hidden(rows, width))
+        with reuse:
+            hidden = routed.backbone(
+                ids.to(routed.device), mask, decisions, position_ids=pos.to(routed.device)
+            )
         return [self._row_scores(hidden[r], p) for r, (_, p, _, _) in enumerate(rows)]
 
-    def _start_hidden(self, rows, width: int, dtype) -> torch.Tensor:
+    def _start_hidden(self, rows, width: int) -> torch.Tensor:
+        """``[B, width, d]``: each row's recorded state entering its start layer (zeros for rows at 0)."""
         first = next(p for _, p, _, s in rows if s > 0).prefix[0]
-        out = torch.zeros(len(rows), width, first.shape[-1], dtype=dtype, device=first.device)
+        out = first.new_zeros(len(rows), width, first.shape[-1])
         for r, (_, p, _, start) in enumerate(rows):
-            if 0 < start < len(p.prefix):
+            if start > 0:
                 out[r, : len(p.tokens)] = p.prefix[start]
         return out
 
     def _row_scores(self, hidden: torch.Tensor, p: Prepared) -> list[float]:
         where = torch.cat([w for w, _ in p.targets]).to(hidden.device)
         want = torch.cat([t for _, t in p.targets]).to(hidden.device)
-        logits = self._logits(hidden[where])  # [m, V]
+        logits = self.routed.lm_logits(hidden[where])  # [m, V]
         logp = logits.float().log_softmax(-1)
         picked = logp.gather(-1, want[:, None])[:, 0].detach()
         if self.task.kind == "exact":
@@ -216,12 +204,6 @@ class PathEvaluator:
             produced = logits.argmax(-1).eq(want)
             return [float(s.all()) for s in produced.split(sizes)]
         return [float(s.sum()) for s in picked.split(sizes)]
-
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        model = self.routed.model
-        logits = model.get_output_embeddings()(hidden)
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
 
     def _generate_rewards(self, rows) -> list[float]:
         from drllm.router import batch_prompts
@@ -250,27 +232,6 @@ def greedy_new_tokens(routed, ids, mask, decisions, max_new_tokens: int, pad_tok
         pad_token_id=pad_token_id,
     )
     return out[:, ids.shape[1] :]
-
-
-def _attention_masks(allowed: torch.Tensor, pos: torch.Tensor, config, dtype, device):
-    """Additive 4D masks ``[B, 1, T, T]`` from ``allowed [B, T, T]``, with the model's sliding windows.
-
-    Models with both full and sliding layers (``config.layer_types``) take a dict of masks, one per type.
-    """
-
-    def additive(ok: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros(ok.shape[0], 1, *ok.shape[1:], dtype=dtype)
-        return mask.masked_fill_(~ok[:, None], torch.finfo(dtype).min).to(device)
-
-    types = set(getattr(config, "layer_types", None) or [])
-    window = getattr(config, "sliding_window", None)
-    if not window or types == {"full_attention"}:
-        return additive(allowed)
-    eye = torch.eye(allowed.shape[-1], dtype=torch.bool)
-    slid = allowed & ((pos[:, :, None] - pos[:, None, :] < window) | eye)
-    if "sliding_attention" in types and len(types) > 1:
-        return {t: additive(slid if t == "sliding_attention" else allowed) for t in types}
-    return additive(slid)
 
 
 def _reward(scores: list[float], gold: int, kind: str) -> float:

@@ -10,8 +10,8 @@ from tiny_models import prompts, tiny_model, tiny_tokenizer
 from drllm.evaluation.baselines import (
     angular_block,
     angular_distances,
-    block_states,
     drop_last,
+    last_token_hidden,
     layers_to_drop,
     random_skips,
 )
@@ -51,7 +51,7 @@ def test_angular_picks_identity_block():
             model.model.layers[i].mlp.down_proj.weight.zero_()
     routed = RoutedModel.from_pretrained(model)
     ids, mask = prompts()
-    states = block_states(routed, ids, mask)
+    states = last_token_hidden(routed, ids, mask)
     assert states.shape == (3, 5, 32)
     torch.testing.assert_close(states[:, 1], states[:, 3])
     distances = angular_distances(states, 2)

@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -51,20 +52,23 @@ def _alone_loglik(routed, tok, prompt, cont, path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text", "mistral", "phi3"])
-def test_choice_scores_match_rows_alone(arch, choice_task):
+def test_choice_rewards_match_rows_alone(arch, choice_task):
+    """With each option in turn as gold, the batched reward is 1 exactly for the best option scored alone."""
     routed = RoutedModel(tiny_model(arch))
     tok = tiny_tokenizer()
     ev = PathEvaluator(routed, tok, choice_task, max_rows=4)
-    prepared = ev.prepare(choice_task.load())
-    rows = [(p, path) for p in prepared for path in PATHS]
+    variants = [replace(p, gold=k) for p in ev.prepare(choice_task.load()) for k in range(len(p.targets))]
+    rows = [(p, path) for p in variants for path in PATHS]
     random.Random(0).shuffle(rows)
-    rewards = ev.rewards(rows)
-    scores = ev.scores(rows)
-    for (p, path), reward, score in zip(rows, rewards, scores, strict=False):
-        conts = choice_task.continuations(p.example, "mc-loglik")
-        alone = [_alone_loglik(routed, tok, p.prompt, c, path) for c in conts]
-        assert score == pytest.approx(alone, abs=1e-4)
-        assert reward == float(max(range(len(alone)), key=alone.__getitem__) == p.gold)
+    alone = {}
+    for (p, path), reward in zip(rows, ev.rewards(rows), strict=True):
+        if (p.index, path) not in alone:
+            conts = choice_task.continuations(p.example, "mc-loglik")
+            alone[p.index, path] = [_alone_loglik(routed, tok, p.prompt, c, path) for c in conts]
+        scores = alone[p.index, path]
+        others = [s for k, s in enumerate(scores) if k != p.gold]
+        assert min(abs(scores[p.gold] - s) for s in others) > 1e-4  # no near tie: the ranking is decisive
+        assert reward == float(scores[p.gold] > max(others))
 
 
 def test_prefix_reuse_changes_nothing(choice_task):
