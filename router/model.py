@@ -94,13 +94,27 @@ class RoutedModel(nn.Module):
     def budget(self, value: float) -> None:
         self._state.budget = float(value)
 
-    def add_routers(self, num_windows: int = 8, hidden_size: int = 128, seed: int = 0) -> Routers:
-        """Attach fresh routers (one bottleneck MLP per layer), seeded, on the model's device."""
+    def add_routers(
+        self, num_windows: int = 8, bottleneck: int = 128, seed: int = 0, *, hidden_size: int | None = None
+    ) -> Routers:
+        """Attach fresh seeded routers (an MLP of ``bottleneck`` hidden units per layer) on the model device.
+
+        ``hidden_size`` is the deprecated name of ``bottleneck`` (``self.hidden_size`` is the model width).
+        """
+        if hidden_size is not None:
+            import warnings
+
+            warnings.warn(
+                "add_routers(hidden_size=...) is deprecated; pass bottleneck=...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            bottleneck = hidden_size
         config = RouterConfig(
             num_layers=self.num_layers,
             hidden_size=self.hidden_size,
             num_windows=num_windows,
-            bottleneck=hidden_size,
+            bottleneck=bottleneck,
             fingerprint=self.fingerprint,
             weight_probe=self.weight_probe,
             base_model=str(getattr(self.model.config, "name_or_path", "") or ""),

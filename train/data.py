@@ -13,6 +13,8 @@ import warnings
 
 import lightning as L
 import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from drllm.search.records import SearchRecord
@@ -114,5 +116,21 @@ class RouterDataModule(L.LightningDataModule):
         return DataLoader(self._items(self.train_indices), batch_size=self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in a fixed order."""
-        return DataLoader(self._items(self.val_indices), batch_size=self.batch_size, shuffle=False)
+        """Validation batches in a fixed order; under DDP each example on exactly one process."""
+        items = self._items(self.val_indices)
+        return DataLoader(items, batch_size=self.batch_size, shuffle=False, sampler=_unrepeated(items))
+
+
+def _unrepeated(items: Dataset) -> UnrepeatedDistributedSampler | None:
+    """A DDP sampler giving every process its share of ``items`` without repeats (None outside DDP).
+
+    Lightning's default ``DistributedSampler`` repeats examples to even out the shards, which would count
+    them twice in the validation metrics. Each process needs at least one example, so with fewer examples
+    than processes Lightning's default stays.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    world = dist.get_world_size()
+    if world < 2 or len(items) < world:
+        return None
+    return UnrepeatedDistributedSampler(items, num_replicas=world, rank=dist.get_rank(), shuffle=False)

@@ -4,7 +4,8 @@ Classes are 0 = skip, 1 = execute, 2 = repeat. Every score is computed from one 
 matrix (rows = target, columns = prediction). Conventions for absent classes: a class with no target
 examples has recall (``acc_*``) 0; a class absent from both target and prediction has F1 0 and is left
 out of the macro F1, which averages the classes present in the target or the prediction (as
-scikit-learn does by default). Pure torch; no Lightning.
+scikit-learn does by default). :func:`metrics_from_confusion` scores a matrix accumulated elsewhere (the
+training module sums one over processes with torchmetrics). Pure torch; no Lightning.
 """
 
 from __future__ import annotations
@@ -50,15 +51,43 @@ def routing_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
         target: Target decisions, same shape as ``pred``.
 
     Returns:
-        Dict with ``macro_f1``, ``f1_{skip,execute,repeat}``, ``acc_{skip,execute,repeat}`` (recall:
-        accuracy on the targets of that class), ``accuracy`` and, for 2-D input only,
-        ``layers_pred`` and ``layers_target`` (mean over examples of the row sum, the layers executed).
+        :func:`metrics_from_confusion`'s dict; ``layers_pred`` and ``layers_target`` for 2-D input only.
     """
     if pred.dim() not in (1, 2):
         raise ValueError(f"pred has shape {tuple(pred.shape)}, expected [N, L] or a flat vector")
     if pred.numel() == 0:
         raise ValueError("pred and target are empty; there is nothing to score")
-    cm = confusion_matrix(pred, target, num_classes=len(CLASS_NAMES)).double()
+    cm = confusion_matrix(pred, target, num_classes=len(CLASS_NAMES))
+    if pred.dim() == 1:
+        return metrics_from_confusion(cm)
+    return metrics_from_confusion(
+        cm,
+        layers_pred=pred.sum(dim=1).double().mean().item(),
+        layers_target=target.sum(dim=1).double().mean().item(),
+    )
+
+
+def metrics_from_confusion(
+    cm: Tensor, layers_pred: float | None = None, layers_target: float | None = None
+) -> dict[str, float]:
+    """Scores from a confusion matrix (rows = target, columns = prediction) and the layers executed.
+
+    Args:
+        cm: ``[3, 3]`` counts, e.g. from :func:`confusion_matrix` or a torchmetrics
+            ``MulticlassConfusionMatrix`` summed over processes.
+        layers_pred: Mean over examples of the predicted layers executed (row sum), added when given.
+        layers_target: The same for the target decisions, added when given.
+
+    Returns:
+        Dict with ``macro_f1``, ``f1_{skip,execute,repeat}``, ``acc_{skip,execute,repeat}`` (recall:
+        accuracy on the targets of that class), ``accuracy`` and the ``layers_*`` given.
+    """
+    size = len(CLASS_NAMES)
+    if tuple(cm.shape) != (size, size):
+        raise ValueError(f"cm has shape {tuple(cm.shape)}, expected [{size}, {size}]")
+    cm = cm.detach().double().cpu()
+    if cm.sum() <= 0:
+        raise ValueError("the confusion matrix is empty; there is nothing to score")
     hits = cm.diagonal()
     support, predicted = cm.sum(dim=1), cm.sum(dim=0)
     recall = _safe_ratio(hits, support)
@@ -68,7 +97,7 @@ def routing_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
     for index, name in enumerate(CLASS_NAMES):
         metrics[f"f1_{name}"] = f1[index].item()
         metrics[f"acc_{name}"] = recall[index].item()
-    if pred.dim() == 2:
-        metrics["layers_pred"] = pred.sum(dim=1).double().mean().item()
-        metrics["layers_target"] = target.sum(dim=1).double().mean().item()
+    for key, value in (("layers_pred", layers_pred), ("layers_target", layers_target)):
+        if value is not None:
+            metrics[key] = float(value)
     return metrics

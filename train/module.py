@@ -3,8 +3,10 @@
 The loss is the class-balanced focal loss over every (example, layer) pair, with class counts from the
 training split. In the online mode the module also holds the frozen ``RoutedModel`` (not registered as a
 submodule, so it is neither trained nor saved) and computes the pooled router inputs of each batch from
-its prompts. At the end of each validation epoch every :func:`~drllm.train.metrics.routing_metrics` key
-is logged as ``val/<key>``.
+its prompts. Validation accumulates a confusion matrix, the layers executed and the loss in torchmetrics
+states, which are summed over processes under DDP; at the end of each validation epoch every
+:func:`~drllm.train.metrics.metrics_from_confusion` key of the whole validation set is logged as
+``val/<key>`` (the same value on every rank), with ``val/loss``.
 """
 
 from __future__ import annotations
@@ -14,23 +16,13 @@ import math
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
+from transformers import get_cosine_schedule_with_warmup
 
 from .features import online_pooled
 from .loss import focal_loss
-from .metrics import routing_metrics
-
-
-def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05):
-    """LR multiplier for step s: linear warmup over ``warmup_fraction`` of the steps, then cosine to 0."""
-    warmup = max(1, math.ceil(total_steps * warmup_fraction))
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return multiplier
+from .metrics import CLASS_NAMES, metrics_from_confusion
 
 
 class RouterModule(L.LightningModule):
@@ -41,7 +33,7 @@ class RouterModule(L.LightningModule):
         class_counts: ``[3]`` skip / execute / repeat counts over the training split.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        warmup_fraction: share of the optimizer steps spent in linear warmup.
+        warmup_fraction: share of the optimizer steps spent in linear warmup (at least one step).
         gamma: focal-loss exponent.
         beta: class-balance smoothing.
         routed: the frozen ``RoutedModel``, needed only for online batches.
@@ -68,9 +60,9 @@ class RouterModule(L.LightningModule):
         self._tokenizer = tokenizer
         if routed is not None:
             routed.model.requires_grad_(False)
-        self._val_preds: list[torch.Tensor] = []
-        self._val_targets: list[torch.Tensor] = []
-        self._val_losses: list[tuple[float, int]] = []
+        # validation states, summed over processes when computed (torchmetrics); never in checkpoints
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=len(CLASS_NAMES))
+        self.val_layers_pred, self.val_layers_target, self.val_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.last_val_metrics: dict[str, float] = {}
 
     @property
@@ -116,29 +108,37 @@ class RouterModule(L.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=batch["decisions"].shape[0],
+            sync_dist=True,  # the epoch mean over every process's batches under DDP
         )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Loss of a validation batch; predictions kept for the epoch's metrics."""
+        """Accumulate a validation batch's confusion matrix, layers executed and loss."""
         loss, logits = self.batch_loss(batch)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["decisions"].shape[0])
-        self._val_preds.append(logits.argmax(-1).cpu())
-        self._val_targets.append(batch["decisions"].cpu())
-        self._val_losses.append((float(loss), batch["decisions"].shape[0]))
+        pred, target = logits.argmax(-1), batch["decisions"]  # [N, L] each
+        self.val_confusion.update(pred, target)
+        self.val_layers_pred.update(pred.sum(dim=1).float())
+        self.val_layers_target.update(target.sum(dim=1).float())
+        self.val_loss.update(loss.detach(), weight=target.shape[0])  # mean over examples, not batches
 
     def on_validation_epoch_start(self) -> None:
-        """Forget the previous epoch's predictions."""
-        self._val_preds, self._val_targets, self._val_losses = [], [], []
+        """Forget the previous epoch's validation states."""
+        for metric in (self.val_confusion, self.val_layers_pred, self.val_layers_target, self.val_loss):
+            metric.reset()
 
     def on_validation_epoch_end(self) -> None:
-        """Log every routing metric of the epoch as ``val/<key>``."""
-        if not self._val_preds:
+        """Log every routing metric of the whole validation set (all processes) as ``val/<key>``."""
+        cm = self.val_confusion.compute()  # every compute() here sums its states over the processes
+        if int(cm.sum()) == 0:
             return
-        metrics = routing_metrics(torch.cat(self._val_preds), torch.cat(self._val_targets))
+        metrics = metrics_from_confusion(
+            cm, self.val_layers_pred.compute().item(), self.val_layers_target.compute().item()
+        )
+        val_loss = self.val_loss.compute().item()
+        # the values are already global; sync_dist only averages equal numbers (and silences Lightning)
         for key, value in metrics.items():
-            self.log(f"val/{key}", value, prog_bar=key == "macro_f1")
-        val_loss = sum(loss * n for loss, n in self._val_losses) / sum(n for _, n in self._val_losses)
+            self.log(f"val/{key}", value, prog_bar=key == "macro_f1", sync_dist=True)
+        self.log("val/loss", val_loss, prog_bar=True, sync_dist=True)
         self.last_val_metrics = {**metrics, "epoch": int(self.current_epoch), "val_loss": val_loss}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -165,7 +165,6 @@ class RouterModule(L.LightningModule):
             self.routers.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(total, self.hparams.warmup_fraction)
-        )
+        warmup = max(1, math.ceil(total * self.hparams.warmup_fraction))
+        schedule = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

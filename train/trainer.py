@@ -36,7 +36,7 @@ def train_routers(
     output: str,
     epochs: int = 25,
     num_windows: int = 8,
-    hidden_size: int = 128,
+    bottleneck: int = 128,
     lr: float = 1e-3,
     weight_decay: float = 0.01,
     batch_size: int = 16,
@@ -62,7 +62,7 @@ def train_routers(
         output: folder for routers, ``metrics.json``, checkpoints, logs and the feature cache.
         epochs: training epochs (a resumed run continues up to this many in all).
         num_windows: W, windows pooled per prompt.
-        hidden_size: router bottleneck width.
+        bottleneck: router bottleneck width (hidden units of each layer's router MLP).
         lr: AdamW learning rate (warmup then cosine decay).
         weight_decay: AdamW weight decay.
         batch_size: examples per batch (features are built in batches of the same size).
@@ -98,7 +98,7 @@ def train_routers(
             features=features, batch_size=batch_size, val_fraction=val_fraction, seed=seed
         )
     L.seed_everything(seed, verbose=False)
-    routers = routed.add_routers(num_windows, hidden_size, seed).train()
+    routers = routed.add_routers(num_windows=num_windows, bottleneck=bottleneck, seed=seed).train()
     frozen = {"routed": routed, "tokenizer": tokenizer} if online else {}
     module = RouterModule(routers, data.class_counts().tolist(), lr=lr, weight_decay=weight_decay, **frozen)
     checkpoint, latest = _checkpoints(output / "checkpoints")
@@ -117,7 +117,7 @@ def train_routers(
         default_root_dir=str(output),
     )
     last = output / "checkpoints" / "last.ckpt"
-    run = _run_identity(routed, paths, num_windows, hidden_size, val_fraction, seed, online)
+    run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
     resuming = resume and last.is_file()
     _check_resume(output / "run.json", run, resuming)
     if trainer.logger is not None:
@@ -132,7 +132,7 @@ def train_routers(
             }
         )
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resuming else None)
-    metrics = _export(routed, checkpoint, last, output)
+    metrics = _export(routed, checkpoint, last, output, write=trainer.is_global_zero)
     if not online and trainer.is_global_zero:
         _decision_figure(routed, features, data.val_indices, output, trainer.logger)
     if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
@@ -158,14 +158,14 @@ def _decision_figure(routed, features, val_indices, output: Path, logger) -> Non
         logger.log_image(key="val/decisions", images=[str(path)])
 
 
-def _run_identity(routed, paths, num_windows, hidden_size, val_fraction, seed, online) -> dict:
+def _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online) -> dict:
     """What a checkpoint must share with this run to be resumed: data, model and router shape."""
     digest = hashlib.sha256(Path(paths).read_bytes()).hexdigest()[:16]
     return {
         "paths_sha256": digest,
         "model": routed.fingerprint,
         "num_windows": num_windows,
-        "hidden_size": hidden_size,
+        "bottleneck": bottleneck,
         "val_fraction": val_fraction,
         "seed": seed,
         "online": online,
@@ -192,6 +192,8 @@ def _check_resume(record: Path, run: dict, resuming: bool) -> None:
     """Refuse to resume a checkpoint made from other paths or settings; record this run's identity."""
     if resuming and record.is_file():
         saved = read_run_record(record)
+        if "hidden_size" in saved and "bottleneck" not in saved:  # records before the rename
+            saved["bottleneck"] = saved.pop("hidden_size")
         differ = {k: (saved.get(k), v) for k, v in run.items() if saved.get(k) != v}
         if differ:
             details = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
@@ -255,8 +257,11 @@ def _logger(kind: str | None, output: Path):
     raise ValueError(f"logger must be 'csv', 'wandb' or 'none', got {kind!r}")
 
 
-def _export(routed: RoutedModel, checkpoint: ModelCheckpoint, last: Path, output: Path) -> dict:
-    """Load the best checkpoint's routers, save them and ``metrics.json``; return the metrics."""
+def _export(routed: RoutedModel, checkpoint: ModelCheckpoint, last: Path, output: Path, write: bool) -> dict:
+    """Load the best checkpoint's routers; save them and ``metrics.json`` when ``write``; return the metrics.
+
+    Under DDP every process loads the routers, and only rank 0 (``write``) writes the files.
+    """
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     if not best.is_file():
         best = last
@@ -266,9 +271,12 @@ def _export(routed: RoutedModel, checkpoint: ModelCheckpoint, last: Path, output
     prefix = "routers."
     weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
     routed.routers.load_state_dict(weights)
+    metrics = dict(state.get("drllm_val_metrics") or {})
+    if not write:
+        routed.routers.eval()
+        return metrics
     routed.save_pretrained(output)
     routed.load_routers(output)  # checks the saved files against the model; routers on its device, eval
-    metrics = dict(state.get("drllm_val_metrics") or {})
     tmp = output / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, output / "metrics.json")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from drllm.train import class_weights, focal_loss  # the public names (issue 4)
-from drllm.train.metrics import confusion_matrix, routing_metrics
+from drllm.train.metrics import confusion_matrix, metrics_from_confusion, routing_metrics
 
 # ---------------------------------------------------------------- class weights
 
@@ -196,3 +196,31 @@ def test_metrics_match_sklearn():
     per_class = sk_metrics.f1_score(y_true, y_pred, average=None, labels=[0, 1, 2])
     assert [ours["f1_skip"], ours["f1_execute"], ours["f1_repeat"]] == pytest.approx(list(per_class))
     assert ours["accuracy"] == pytest.approx(sk_metrics.accuracy_score(y_true, y_pred))
+
+
+def test_metrics_from_confusion_match_routing_metrics():
+    cm = confusion_matrix(PRED, TARGET)
+    layers = {"layers_pred": 3.5, "layers_target": 3.5}
+    assert metrics_from_confusion(cm, **layers) == routing_metrics(PRED, TARGET)
+    assert metrics_from_confusion(cm) == routing_metrics(PRED.flatten(), TARGET.flatten())
+
+
+def test_metrics_from_confusion_equal_a_torchmetrics_matrix_summed_over_shards():
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    gen = torch.Generator().manual_seed(4)
+    pred, target = torch.randint(0, 3, (2, 10, 6), generator=gen)
+    summed = MulticlassConfusionMatrix(num_classes=3)
+    for rows in (slice(0, 3), slice(3, 10)):  # two uneven shards, as two processes would see them
+        summed.update(pred[rows], target[rows])
+    assert torch.equal(summed.compute(), confusion_matrix(pred, target))
+    ours = routing_metrics(pred, target)
+    layers = {k: ours[k] for k in ("layers_pred", "layers_target")}
+    assert metrics_from_confusion(summed.compute(), **layers) == ours
+
+
+def test_metrics_from_confusion_reject_bad_input():
+    with pytest.raises(ValueError, match=r"cm has shape \(2, 2\)"):
+        metrics_from_confusion(torch.ones(2, 2))
+    with pytest.raises(ValueError, match="empty"):
+        metrics_from_confusion(torch.zeros(3, 3))

@@ -1,8 +1,12 @@
-"""End-to-end router training on a tiny random model: outputs, reloading and resuming."""
+"""End-to-end router training on a tiny random model: outputs, reloading, resuming, DDP, the schedule."""
 
 import csv
+import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +16,12 @@ from tiny_models import tiny_model
 from wandb_records import offline_record
 
 from drllm.router import RoutedModel
-from drllm.train.trainer import train_routers
+from drllm.train import focal_loss
+from drllm.train.data import split_indices
+from drllm.train.features import FeatureSet
+from drllm.train.metrics import routing_metrics
+from drllm.train.module import RouterModule
+from drllm.train.trainer import _check_resume, train_routers
 
 CONFIG = Path(__file__).parents[2] / "configs" / "train_tiny.yaml"
 METRIC_KEYS = {
@@ -124,3 +133,102 @@ def test_resuming_a_checkpoint_made_from_other_paths_is_refused(tmp_path, config
         train_routers(routed, str(first), str(out), tokenizer=tiny_tokenizer(), **other)
     config["resume"] = False  # starting over is allowed
     train_routers(routed, str(second), str(out), tokenizer=tiny_tokenizer(), **config)
+
+
+def test_resuming_maps_the_old_hidden_size_key_to_bottleneck(tmp_path):
+    record = tmp_path / "run.json"
+    run = {"paths_sha256": "ab", "num_windows": 4, "bottleneck": 16, "seed": 0}
+    old = {"paths_sha256": "ab", "num_windows": 4, "hidden_size": 16, "seed": 0}
+    record.write_text(json.dumps(old))
+    _check_resume(record, run, resuming=True)  # same router shape under its old name
+    assert json.loads(record.read_text()) == run, "the record is rewritten with the new key"
+    record.write_text(json.dumps({**old, "hidden_size": 8}))
+    with pytest.raises(ValueError, match="bottleneck: checkpoint 8, now 16"):
+        _check_resume(record, run, resuming=True)
+
+
+def test_add_routers_hidden_size_is_a_deprecated_alias_of_bottleneck():
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    assert routed.add_routers(num_windows=2, bottleneck=8).config.bottleneck == 8
+    with pytest.warns(DeprecationWarning, match="bottleneck"):
+        routers = routed.add_routers(num_windows=2, hidden_size=6)
+    assert routers.config.bottleneck == 6 and routers.config.hidden_size == routed.hidden_size
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    routers = RoutedModel.from_pretrained(tiny_model("llama")).add_routers(num_windows=2, bottleneck=4)
+    module = RouterModule(routers, [1, 1, 1], lr=0.01, warmup_fraction=0.1)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=100)
+    setup = module.configure_optimizers()
+    optimizer, schedule = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    assert setup["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.005)  # linear warmup over 10 of 100 steps
+    assert max(lrs) == pytest.approx(0.01) and lrs.index(max(lrs)) == 10
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)), "cosine decay after warmup"
+    assert lrs[-1] < 1e-4
+
+
+DDP_SCRIPT = """
+import sys
+
+import yaml
+
+from drllm.train.trainer import train_routers
+
+model, paths, output, config = sys.argv[1:5]
+settings = yaml.safe_load(open(config))
+settings.update(accelerator="cpu", devices=2, strategy="ddp", epochs=3, batch_size=2, val_fraction=0.25)
+settings.update(logger="none", progress=False)
+train_routers(model, paths, output, **settings)
+"""
+
+
+def _ddp_rows(n: int, val_fraction: float, seed: int) -> list[dict]:
+    """Rows whose validation shards differ: rank 0 (even positions) executes all, rank 1 repeats."""
+    rows = synthetic_rows(n, seed=seed)
+    _, val = split_indices(n, val_fraction, seed)
+    for position, index in enumerate(val):
+        decisions = [1, 1, 1, 1] if position % 2 == 0 else [2, 2, 0, 2]
+        path = {"decisions": decisions, "layers": sum(decisions), "correct_paths": [decisions]}
+        row = rows[index]  # a dict or a SearchRecord, whichever synthetic_rows makes
+        rows[index] = {**row, **path} if isinstance(row, dict) else dataclasses.replace(row, **path)
+    return rows
+
+
+@pytest.mark.slow
+def test_ddp_validation_metrics_cover_the_whole_validation_set(tmp_path, tiny_model_dir, config):
+    n, val_fraction, seed = 20, 0.25, config["seed"]
+    paths = write_rows(tmp_path / "paths.jsonl", _ddp_rows(n, val_fraction, seed))
+    out, script = tmp_path / "routers", tmp_path / "train_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [sys.executable, str(script), tiny_model_dir, str(paths), str(out), str(CONFIG)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    saved = json.loads((out / "metrics.json").read_text())
+    (cache,) = (out / "feature_cache").glob("*.safetensors")
+    features = FeatureSet.load(cache)
+    train, val = (torch.tensor(i) for i in split_indices(n, val_fraction, seed))
+    assert len(val) == 5, "an odd validation set: the two shards hold 3 and 2 examples"
+    routers = RoutedModel.from_pretrained(tiny_model_dir, routers=out).routers
+    with torch.no_grad():
+        logits = routers.forward_pooled(features.pooled[val], features.valid[val])
+    pred, target = logits.argmax(-1), features.decisions[val]
+    whole = routing_metrics(pred, target)
+    for key, value in whole.items():
+        assert saved[key] == pytest.approx(value), key
+    counts = torch.bincount(features.decisions[train].flatten(), minlength=3)
+    assert saved["val_loss"] == pytest.approx(focal_loss(logits, target, counts).item(), rel=1e-5)
+    (best,) = (out / "checkpoints").glob("best-*.ckpt")
+    callbacks = torch.load(best, weights_only=False)["callbacks"]
+    (score,) = [c["best_model_score"] for k, c in callbacks.items() if "val/macro_f1" in k]
+    assert score.item() == pytest.approx(whole["macro_f1"], rel=1e-5), "the monitored value is global"
+
+    rank0 = routing_metrics(pred[0::2], target[0::2])  # what rank 0 alone would have logged
+    assert rank0["layers_target"] == 4.0 != whole["layers_target"]
+    assert rank0["macro_f1"] != pytest.approx(whole["macro_f1"])
