@@ -31,7 +31,7 @@ MONITOR = "val/macro_f1"
 
 
 def train_routers(
-    model: str | RoutedModel,
+    model: str,
     paths: str,
     output: str,
     epochs: int = 25,

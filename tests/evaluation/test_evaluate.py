@@ -23,7 +23,7 @@ from drllm.search.tasks import get_task
 
 def bias_routers(routed, skip_layers):
     """Routers whose logits are constant: skip the given layers, execute the others."""
-    routed.add_routers(num_windows=2, hidden_size=8)
+    routed.add_routers(num_windows=2, bottleneck=8)
     with torch.no_grad():
         for i, router in enumerate(routed.routers.layers):
             last = router.net[2]

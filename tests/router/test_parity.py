@@ -156,7 +156,7 @@ def test_beam_search_and_sampling_follow_the_explicit_model():
 def test_router_decisions_are_expanded_per_beam():
     model = tiny_model("llama")
     routed = RoutedModel(model)
-    routed.add_routers(num_windows=2, hidden_size=8, seed=4)
+    routed.add_routers(num_windows=2, bottleneck=8, seed=4)
     ids, mask = prompts(batch=2, length=7)
     decided = routed.route(ids, mask)
     kw = dict(attention_mask=mask, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)
@@ -169,7 +169,7 @@ def test_half_precision_cached_equals_uncached(dtype):
     model = tiny_model("qwen3").to(dtype)
     ids, mask = prompts(batch=2, length=7)
     routed = RoutedModel(model)
-    routed.add_routers(num_windows=2, hidden_size=8)
+    routed.add_routers(num_windows=2, bottleneck=8)
     kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     cached = routed.generate(ids, decisions=[1, 2, 0, 1], **kw)
     assert torch.equal(cached, routed.generate(ids, decisions=[1, 2, 0, 1], use_cache=False, **kw))

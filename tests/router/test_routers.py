@@ -58,7 +58,7 @@ def test_window_pool_refuses_empty_rows_and_bad_shapes():
 def test_routers_decide_once_at_prefill_and_reuse_for_every_token():
     model = tiny_model("llama")
     routed = RoutedModel(model)
-    routers = routed.add_routers(num_windows=3, hidden_size=8, seed=1)
+    routers = routed.add_routers(num_windows=3, bottleneck=8, seed=1)
     calls = []
     for r in routers.layers:
         r.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
@@ -91,7 +91,7 @@ def test_router_logits_follow_the_spec(lengths, windows):
 
 def test_router_decisions_depend_only_on_real_tokens():
     routed = RoutedModel(tiny_model("qwen3"))
-    routed.add_routers(num_windows=4, hidden_size=8, seed=3)
+    routed.add_routers(num_windows=4, bottleneck=8, seed=3)
     ids, mask = prompts(batch=3, length=9, pad_rows=2)
     batch = routed.route(ids, mask)
     for r in range(3):
@@ -101,7 +101,7 @@ def test_router_decisions_depend_only_on_real_tokens():
 
 def test_budget_shifts_towards_skipping():
     routed = RoutedModel(tiny_model("llama"))
-    routed.add_routers(num_windows=2, hidden_size=8)
+    routed.add_routers(num_windows=2, bottleneck=8)
     ids, mask = prompts()
     routed.budget = 100.0
     assert routed.route(ids, mask).eq(0).all()
@@ -111,7 +111,7 @@ def test_budget_shifts_towards_skipping():
 
 def test_non_finite_router_logit_falls_back_to_execute():
     routed = RoutedModel(tiny_model("llama"))
-    routers = routed.add_routers(num_windows=2, hidden_size=8)
+    routers = routed.add_routers(num_windows=2, bottleneck=8)
     with torch.no_grad():
         routers.layers[1].net[2].bias.fill_(float("nan"))
     ids, mask = prompts()
@@ -123,7 +123,7 @@ def test_non_finite_router_logit_falls_back_to_execute():
 def test_save_and_load_round_trip(tmp_path):
     model = tiny_model("llama")
     routed = RoutedModel(model)
-    routed.add_routers(num_windows=3, hidden_size=8, seed=5)
+    routed.add_routers(num_windows=3, bottleneck=8, seed=5)
     routed.save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert config["num_layers"] == 4 and config["hidden_size"] == 32 and config["num_windows"] == 3
@@ -148,7 +148,7 @@ def test_save_and_load_round_trip(tmp_path):
 )
 def test_loading_routers_into_another_model_is_refused(tmp_path, make, message):
     routed = RoutedModel(tiny_model("llama"))
-    routed.add_routers(num_windows=3, hidden_size=8)
+    routed.add_routers(num_windows=3, bottleneck=8)
     routed.save_pretrained(tmp_path)
     other = RoutedModel(make())
     with pytest.raises(ValueError, match=message):
@@ -159,7 +159,7 @@ def test_loading_routers_into_another_model_is_refused(tmp_path, make, message):
 @pytest.mark.parametrize("field", ["fingerprint", "weight_probe"])
 def test_router_files_without_a_fingerprint_are_refused(tmp_path, field):
     routed = RoutedModel(tiny_model("llama"))
-    routed.add_routers(num_windows=3, hidden_size=8)
+    routed.add_routers(num_windows=3, bottleneck=8)
     routed.save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     del config[field]
@@ -172,7 +172,7 @@ def test_router_files_without_a_fingerprint_are_refused(tmp_path, field):
 
 def test_router_files_must_be_safetensors(tmp_path):
     routed = RoutedModel(tiny_model("llama"))
-    routed.add_routers(num_windows=3, hidden_size=8)
+    routed.add_routers(num_windows=3, bottleneck=8)
     routed.save_pretrained(tmp_path)
     torch.save(routed.routers.state_dict(), tmp_path / WEIGHTS_NAME)  # a pickle under the safetensors name
     with pytest.raises(ValueError, match="not a valid safetensors"):
@@ -184,7 +184,7 @@ def test_router_files_must_be_safetensors(tmp_path):
 
 def test_config_that_does_not_match_the_weights_is_refused(tmp_path):
     routed = RoutedModel(tiny_model("llama"))
-    routed.add_routers(num_windows=3, hidden_size=8)
+    routed.add_routers(num_windows=3, bottleneck=8)
     routed.save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     config["bottleneck"] = 16

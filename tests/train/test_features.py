@@ -119,7 +119,7 @@ def test_feature_set_round_trip(routed, tmp_path):
 def _modules(routed, rows, tok):
     features = build_features(routed, tok, rows, 4, batch_size=len(rows), progress=False)
     counts = RouterDataModule(features=features, val_fraction=0.2).class_counts()
-    routers = routed.add_routers(num_windows=4, hidden_size=16, seed=0)
+    routers = routed.add_routers(num_windows=4, bottleneck=16, seed=0)
     cached = RouterModule(routers, counts)
     online = RouterModule(routers, counts, routed=routed, tokenizer=tok)
     return features, cached, online
