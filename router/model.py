@@ -250,7 +250,9 @@ class RoutedModel(nn.Module):
         return self.last_decisions
 
     # ----------------------------------------------------------------- inside the model
-    def backbone(self, input_ids, attention_mask=None, decisions=None, position_ids=None) -> torch.Tensor:
+    def backbone(
+        self, input_ids, attention_mask=None, decisions=None, position_ids=None, route_mask=None
+    ) -> torch.Tensor:
         """Final hidden states (after the final norm, before the LM head) of one forward without a cache.
 
         Args:
@@ -261,6 +263,9 @@ class RoutedModel(nn.Module):
                 every layer executes once when there are no routers.
             position_ids: ``[B, T]``; by default they restart at 0 on each row's first real token of a
                 ``[B, T]`` mask, as ``generate`` makes them.
+            route_mask: ``[B, T]``, 1 on the tokens the routers pool (a packed row's prompt) when the
+                routers decide under a mask from ``attention_mask_4d``. The tokens must form a prefix that
+                attends only to itself, so the decisions equal those made on the prompt alone.
 
         Returns:
             ``[B, T, d]`` hidden states; ``lm_logits`` turns them into logits.
@@ -269,11 +274,14 @@ class RoutedModel(nn.Module):
         flat = attention_mask is None or (
             isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2
         )
-        if not flat and decisions is None and self.routers is not None:
-            raise ValueError("the routers need a [B, T] attention_mask; pass decisions with a 4D mask")
+        if not flat and decisions is None and self.routers is not None and route_mask is None:
+            raise ValueError(
+                "the routers need a [B, T] attention_mask or a route_mask; pass decisions with a 4D mask"
+            )
         if position_ids is None and flat:
             position_ids = padded_positions(attention_mask)
-        with self.forced(decisions, attention_mask if flat else None, batch):
+        pool = route_mask if route_mask is not None else (attention_mask if flat else None)
+        with self.forced(decisions, pool, batch):
             out = self.model.base_model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             )

@@ -12,6 +12,12 @@ Scorings (the reward is 1.0 for a correct answer, else 0.0):
   prompt is run once.
 - ``generate``: greedy decoding through ``RoutedModel.generate``, then the task grades the text.
 
+Every scored row yields an ``Outcome``: the 0/1 reward, a continuous score (the gold option's margin over
+the best wrong option, or the target's mean token log-probability), the answer the path gives, and, when
+the example was prepared with the base model's greedy continuation, the greedy fidelity: how many of its
+leading tokens the path reproduces (the continuation is packed into the same row as one more segment, so
+fidelity costs no extra forward).
+
 Prefix reuse: every path of an example executes the same layers up to its first non-execute decision.
 The evaluator runs each example once along the default path, records the hidden states entering every
 layer, and starts each row at its first change (layers before it are skipped, the recorded state is put in).
@@ -27,6 +33,28 @@ import torch
 from drllm.router import RoutedModel, encode_prompt
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one path does on one example.
+
+    Attributes:
+        reward: 1.0 when the path answers correctly, else 0.0.
+        margin: multiple choice: gold option log-likelihood minus the best wrong option's (> 0 when
+            correct under ``mc-loglik``); exact answers: the target's mean token log-probability. None for
+            the ``generate`` scoring.
+        answer: multiple choice: the option the path picks (None on a tie); exact answers: None.
+        min_logprob: exact answers: the target's smallest token log-probability.
+        fidelity: leading tokens of the base model's greedy continuation the path reproduces (None when
+            the example was prepared without one).
+    """
+
+    reward: float
+    margin: float | None = None
+    answer: int | None = None
+    min_logprob: float | None = None
+    fidelity: int | None = None
+
+
 @dataclass
 class Prepared:
     """One example turned into a token row with its scoring targets."""
@@ -40,8 +68,15 @@ class Prepared:
     gold: int
     prompt: str = ""
     target: str = ""
+    prompt_length: int = 0  # tokens of the prompt, the first positions of the row
     prefix: list[torch.Tensor] | None = field(default=None, repr=False)  # hidden entering each layer [n, d]
-    base_reward: float | None = None
+    base: Outcome | None = None  # the default path's outcome, set with the prefix
+    continuation: tuple[torch.Tensor, torch.Tensor] | None = None  # base greedy tokens packed last (fidelity)
+
+    @property
+    def base_reward(self) -> float | None:
+        """Reward of the default (all-execute) path, once the prefix has run."""
+        return None if self.base is None else self.base.reward
 
 
 class PathEvaluator:
@@ -65,13 +100,27 @@ class PathEvaluator:
         self.paths_evaluated = 0
 
     # ------------------------------------------------------------------ preparation
-    def prepare(self, examples, start_index: int = 0) -> list[Prepared]:
-        """Tokenize examples into rows (prompt followed by the target or by every option)."""
-        return [self._prepare_one(ex, start_index + k) for k, ex in enumerate(examples)]
+    def prepare(self, examples, start_index: int = 0, continuations=None) -> list[Prepared]:
+        """Tokenize examples into rows (prompt followed by the target or by every option).
 
-    def _prepare_one(self, ex, index: int) -> Prepared:
+        Args:
+            examples: the task's examples.
+            start_index: index of the first example (kept in ``Prepared.index``).
+            continuations: per example, the base model's greedy continuation (token ids, from
+                ``greedy_continuations``), packed as one more segment so outcomes carry the fidelity.
+        """
+        conts = continuations if continuations is not None else [None] * len(examples)
+        if len(conts) != len(examples):
+            raise ValueError(f"{len(conts)} continuations for {len(examples)} examples")
+        return [self._prepare_one(ex, start_index + k, c) for k, (ex, c) in enumerate(zip(examples, conts))]
+
+    def prompt_text(self, example) -> str:
+        """The prompt of an example in this evaluator's style and scoring."""
+        return self.task.prompt(example, self.tokenizer, style=self.style, scoring=self.scoring)
+
+    def _prepare_one(self, ex, index: int, continuation=None) -> Prepared:
         task, tok = self.task, self.tokenizer
-        prompt = task.prompt(ex, tok, style=self.style, scoring=self.scoring)
+        prompt = self.prompt_text(ex)
         p = encode_prompt(tok, prompt)
         if task.kind == "choice":
             conts = task.continuations(ex, self.scoring, style=self.style, tokenizer=tok)
@@ -83,6 +132,9 @@ class PathEvaluator:
         if any(len(c) == 0 for c in pieces):
             raise ValueError(f"example {ex.id}: a continuation encodes to no tokens")
         self._check_length(ex, len(p), max(len(c) for c in pieces))
+        if continuation is not None and len(continuation):
+            self._check_length(ex, len(p), len(continuation))
+            pieces.append([int(x) for x in continuation])
         tokens, positions, owner = list(p), list(range(len(p))), [-1] * len(p)
         targets = []
         for k, c in enumerate(pieces):
@@ -96,6 +148,7 @@ class PathEvaluator:
         n = len(tokens)
         causal = torch.ones(n, n, dtype=torch.bool).tril()
         same = (own[:, None] == own[None, :]) | (own[None, :] == -1)
+        packed = None if continuation is None or not len(continuation) else targets.pop()
         return Prepared(
             index,
             ex,
@@ -106,6 +159,8 @@ class PathEvaluator:
             gold,
             prompt=prompt,
             target=target,
+            prompt_length=len(p),
+            continuation=packed,
         )
 
     def _check_length(self, ex, prompt: int, continuation: int) -> None:
@@ -123,24 +178,48 @@ class PathEvaluator:
     @torch.no_grad()
     def rewards(self, rows: list[tuple[Prepared, tuple[int, ...]]]) -> list[float]:
         """Rewards for (prepared example, decisions) rows."""
+        return [o.reward for o in self.outcomes(rows)]
+
+    @torch.no_grad()
+    def outcomes(self, rows: list[tuple[Prepared, tuple[int, ...]]]) -> list[Outcome]:
+        """Outcomes (reward, margin, answer, fidelity) for (prepared example, decisions) rows."""
         if self.scoring == "generate":
-            return self._generate_rewards(rows)
+            return self._generate_outcomes(rows)
         todo = [p for p, _ in rows if self.reuse_prefix and p.prefix is None]
         self._run_prefix(list({id(p): p for p in todo}.values()))
-        out: list[float | None] = [None] * len(rows)
+        out: list[Outcome | None] = [None] * len(rows)
         pending = []
         for k, (p, path) in enumerate(rows):
             start = _first_change(path) if self.reuse_prefix else 0
             if self.reuse_prefix and start == len(path):
-                out[k] = p.base_reward
+                out[k] = p.base
             else:
                 pending.append((k, p, path, start))
         for chunk in _chunks(pending, self.max_rows):
-            scores = self._forward(chunk)
-            for (k, p, _, _), s in zip(chunk, scores, strict=False):
-                out[k] = _reward(s, p.gold, self.task.kind)
+            for (k, _, _, _), outcome in zip(chunk, self._forward(chunk), strict=True):
+                out[k] = outcome
         self.paths_evaluated += len(rows)
-        return [float(r) for r in out]
+        return out
+
+    @torch.no_grad()
+    def routed_outcomes(self, prepared: list[Prepared]) -> tuple[list[Outcome], list[list[int]]]:
+        """Outcomes where the routers decide each row's path from its prompt, in the scoring forward.
+
+        One forward per row: the routers pool the prompt positions of the packed row (what they would
+        read from the prompt alone) and their decisions apply to the options in the same pass.
+
+        Returns:
+            ``(outcomes, decisions)``, the decisions as lists of ``L`` ints.
+        """
+        if self.scoring == "generate":
+            raise ValueError("routed_outcomes scores packed rows; the generate scoring decodes instead")
+        outcomes, decisions = [], []
+        for chunk in _chunks(prepared, self.max_rows):
+            rows = [(k, p, None, 0) for k, p in enumerate(chunk)]
+            outcomes += self._forward(rows)
+            decisions += self.routed.last_decisions.tolist()
+        self.paths_evaluated += len(prepared)
+        return outcomes, decisions
 
     def release(self, prepared: Prepared) -> None:
         """Free an example's recorded prefix states once its search is done."""
@@ -152,14 +231,15 @@ class PathEvaluator:
         for chunk in _chunks(prepared, self.max_rows):
             with self.routed.recording() as states:
                 scores = self._forward([(k, p, (1,) * L, 0) for k, p in enumerate(chunk)])
-            for r, (p, s) in enumerate(zip(chunk, scores, strict=True)):
-                p.base_reward = _reward(s, p.gold, self.task.kind)
+            for r, (p, outcome) in enumerate(zip(chunk, scores, strict=True)):
+                p.base = outcome
                 p.prefix = [states[i][r, : len(p.tokens)].clone() for i in range(L)]
 
-    def _forward(self, rows) -> list[list[float]]:
-        """One forward over rows ``(key, prepared, path, start)``; returns each row's option scores.
+    def _forward(self, rows) -> list[Outcome]:
+        """One forward over rows ``(key, prepared, path, start)``; returns each row's outcome.
 
         A row with ``start > 0`` begins at layer ``start`` from the hidden states its example recorded.
+        With every path None the routers decide, reading each row's prompt positions.
         """
         routed = self.routed
         width = max(len(p.tokens) for _, p, _, _ in rows)
@@ -170,7 +250,14 @@ class PathEvaluator:
         for r, (_, p, _, _) in enumerate(rows):
             n = len(p.tokens)
             ids[r, :n], pos[r, :n], allowed[r, :n, :n] = p.tokens, p.positions, p.allowed
-        decisions = torch.tensor([list(path) for _, _, path, _ in rows], dtype=torch.long)
+        routing = all(path is None for _, _, path, _ in rows)
+        decisions, prompt_mask = None, None
+        if routing:
+            prompt_mask = torch.zeros(batch, width, dtype=torch.long)
+            for r, (_, p, _, _) in enumerate(rows):
+                prompt_mask[r, : p.prompt_length] = 1
+        else:
+            decisions = torch.tensor([list(path) for _, _, path, _ in rows], dtype=torch.long)
         starts = [start for _, _, _, start in rows]
         mask = routed.attention_mask_4d(allowed, pos)
         reuse = contextlib.nullcontext()
@@ -178,9 +265,13 @@ class PathEvaluator:
             reuse = routed.starting_at(starts, self._start_hidden(rows, width))
         with reuse:
             hidden = routed.backbone(
-                ids.to(routed.device), mask, decisions, position_ids=pos.to(routed.device)
+                ids.to(routed.device),
+                mask,
+                decisions,
+                position_ids=pos.to(routed.device),
+                route_mask=None if prompt_mask is None else prompt_mask.to(routed.device),
             )
-        return [self._row_scores(hidden[r], p) for r, (_, p, _, _) in enumerate(rows)]
+        return [self._row_outcome(hidden[r], p) for r, (_, p, _, _) in enumerate(rows)]
 
     def _start_hidden(self, rows, width: int) -> torch.Tensor:
         """``[B, width, d]``: each row's recorded state entering its start layer (zeros for rows at 0)."""
@@ -191,21 +282,39 @@ class PathEvaluator:
                 out[r, : len(p.tokens)] = p.prefix[start]
         return out
 
-    def _row_scores(self, hidden: torch.Tensor, p: Prepared) -> list[float]:
-        where = torch.cat([w for w, _ in p.targets]).to(hidden.device)
-        want = torch.cat([t for _, t in p.targets]).to(hidden.device)
+    def _row_outcome(self, hidden: torch.Tensor, p: Prepared) -> Outcome:
+        segments = p.targets + ([p.continuation] if p.continuation is not None else [])
+        where = torch.cat([w for w, _ in segments]).to(hidden.device)
+        want = torch.cat([t for _, t in segments]).to(hidden.device)
         logits = self.routed.lm_logits(hidden[where])  # [m, V]
-        logp = logits.float().log_softmax(-1)
-        picked = logp.gather(-1, want[:, None])[:, 0].detach()
+        hits = logits.argmax(-1).eq(want)
+        picked = logits.float().log_softmax(-1).gather(-1, want[:, None])[:, 0]
+        sizes = [len(t) for _, t in segments]
+        hits_by, picked_by = hits.split(sizes), picked.split(sizes)
+        fidelity = None
+        if p.continuation is not None:
+            run = hits_by[-1].long().cumprod(0)
+            fidelity = int(run.sum())
+            hits_by, picked_by = hits_by[:-1], picked_by[:-1]
         if self.task.kind == "exact":
-            return [float(logits.argmax(-1).eq(want).all())]
-        sizes = [len(t) for _, t in p.targets]
-        if self.scoring == "mc-letter":  # 1 for the label greedy decoding would write, 0 for the others
-            produced = logits.argmax(-1).eq(want)
-            return [float(s.all()) for s in produced.split(sizes)]
-        return [float(s.sum()) for s in picked.split(sizes)]
+            logp = picked_by[0]
+            return Outcome(
+                float(hits_by[0].all()),
+                margin=float(logp.mean()),
+                min_logprob=float(logp.min()),
+                fidelity=fidelity,
+            )
+        loglik = [float(s.sum()) for s in picked_by]
+        if self.scoring == "mc-letter":  # the label greedy decoding would write
+            produced = [float(h.all()) for h in hits_by]
+            reward, answer = _reward(produced, p.gold), _answer(produced)
+        else:
+            reward, answer = _reward(loglik, p.gold), _answer(loglik)
+        others = [s for k, s in enumerate(loglik) if k != p.gold]
+        margin = loglik[p.gold] - max(others) if others else 0.0
+        return Outcome(reward, margin=margin, answer=answer, fidelity=fidelity)
 
-    def _generate_rewards(self, rows) -> list[float]:
+    def _generate_outcomes(self, rows) -> list[Outcome]:
         from drllm.router import batch_prompts
 
         out = []
@@ -216,9 +325,45 @@ class PathEvaluator:
                 self.routed, ids, mask, decisions, self.max_new_tokens, self.tokenizer.pad_token_id
             )
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            out += [float(self.task.grade(p.example, t)) for (p, _), t in zip(chunk, texts, strict=False)]
+            out += [
+                Outcome(float(self.task.grade(p.example, t))) for (p, _), t in zip(chunk, texts, strict=True)
+            ]
         self.paths_evaluated += len(rows)
         return out
+
+    @torch.no_grad()
+    def greedy_continuations(self, examples, max_new_tokens: int) -> list[list[int]]:
+        """The base model's greedy continuation of each example's prompt, up to and including EOS."""
+        from drllm.router import batch_prompts
+
+        eos = eos_ids(self.tokenizer, self.routed.model)
+        out = []
+        for chunk in _chunks(list(examples), self.max_rows):
+            ids, mask = batch_prompts(self.tokenizer, [self.prompt_text(ex) for ex in chunk], self.routed.device)
+            every = torch.ones(len(chunk), self.routed.num_layers, dtype=torch.long)
+            new = greedy_new_tokens(self.routed, ids, mask, every, max_new_tokens, self.tokenizer.pad_token_id)
+            out += [until_eos(row, eos) for row in new.tolist()]
+        return out
+
+
+def eos_ids(tokenizer, model) -> set[int]:
+    """Every end-of-sequence token id of a tokenizer and its model's generation config."""
+    ids = set()
+    config = getattr(model, "generation_config", None)
+    for value in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
+    """Generated tokens up to and including the first EOS (all of them when there is none)."""
+    for k, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: k + 1]
+    return tokens
 
 
 def greedy_new_tokens(routed, ids, mask, decisions, max_new_tokens: int, pad_token_id) -> torch.Tensor:
@@ -234,11 +379,16 @@ def greedy_new_tokens(routed, ids, mask, decisions, max_new_tokens: int, pad_tok
     return out[:, ids.shape[1] :]
 
 
-def _reward(scores: list[float], gold: int, kind: str) -> float:
-    if kind == "exact":
-        return float(scores[0])
+def _reward(scores: list[float], gold: int) -> float:
     others = [s for k, s in enumerate(scores) if k != gold]
     return float(not others or scores[gold] > max(others))  # a tie is not an answer
+
+
+def _answer(scores: list[float]) -> int | None:
+    """The option with the highest score, None on a tie."""
+    best = max(scores)
+    winners = [k for k, s in enumerate(scores) if s == best]
+    return winners[0] if len(winners) == 1 else None
 
 
 def _first_change(path) -> int:

@@ -177,3 +177,62 @@ def test_letter_reward_is_the_label_greedy_decoding_writes(choice_task):
         assert ev.rewards([(p, default) for p in prepared]) == expected
     finally:
         choice_task.continuations = original
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_outcome_margin_and_answer_match_options_scored_alone(arch, choice_task):
+    torch.manual_seed(0)
+    routed = RoutedModel(tiny_model(arch))
+    tok = tiny_tokenizer()
+    ev = PathEvaluator(routed, tok, choice_task, max_rows=3)
+    prepared = ev.prepare(choice_task.load())
+    rows = [(p, path) for p in prepared for path in PATHS]
+    for (p, path), outcome in zip(rows, ev.outcomes(rows), strict=True):
+        conts = choice_task.continuations(p.example, "mc-loglik", tokenizer=tok)
+        alone = [_alone_loglik(routed, tok, p.prompt, c, path) for c in conts]
+        others = [s for k, s in enumerate(alone) if k != p.gold]
+        assert outcome.margin == pytest.approx(alone[p.gold] - max(others), abs=1e-3)
+        assert outcome.answer == max(range(len(alone)), key=alone.__getitem__)
+        assert outcome.reward == float(outcome.answer == p.gold)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_fidelity_counts_the_base_greedy_tokens_a_path_reproduces(arch, choice_task):
+    """Fidelity f: greedy generation under the path repeats the base continuation's first f tokens, not f+1."""
+    torch.manual_seed(1)
+    routed = RoutedModel(tiny_model(arch))
+    tok = tiny_tokenizer()
+    ev = PathEvaluator(routed, tok, choice_task, max_rows=4)
+    examples = choice_task.load()
+    base = ev.greedy_continuations(examples, 6)
+    prepared = ev.prepare(examples, continuations=base)
+    rows = [(p, path) for p in prepared for path in PATHS]
+    outcomes = ev.outcomes(rows)
+    seen = set()
+    for (p, path), outcome in zip(rows, outcomes, strict=True):
+        ids = torch.tensor([encode_prompt(tok, p.prompt)])
+        gen = routed.generate(ids, decisions=torch.tensor(path), max_new_tokens=6, do_sample=False)
+        gen = gen[0, ids.shape[1] :].tolist()
+        want = p.continuation[1].tolist()
+        agree = next((k for k, (a, b) in enumerate(zip(gen, want, strict=False)) if a != b), len(want))
+        assert outcome.fidelity == agree, (path, gen, want)
+        seen.add(outcome.fidelity)
+    assert all(ev.outcomes([(p, (1,) * 4)])[0].fidelity == len(p.continuation[1]) for p in prepared)
+    assert len(seen) > 1  # the paths differ in fidelity: the test can tell
+
+
+def test_routed_outcomes_decide_from_the_prompt_in_the_scoring_pass(choice_task):
+    torch.manual_seed(2)
+    routed = RoutedModel(tiny_model("llama"))
+    routed.add_routers(num_windows=2, bottleneck=8, seed=3)
+    tok = tiny_tokenizer()
+    ev = PathEvaluator(routed, tok, choice_task, max_rows=2)
+    prepared = ev.prepare(choice_task.load())
+    for budget in (-1.0, 0.0, 1.0):
+        routed.budget = budget
+        outcomes, decisions = ev.routed_outcomes(prepared)
+        for p, outcome, d in zip(prepared, outcomes, decisions, strict=True):
+            alone = routed.route(torch.tensor([encode_prompt(tok, p.prompt)]))[0].tolist()
+            assert d == alone
+            fixed = ev.outcomes([(p, tuple(d))])[0]
+            assert outcome.reward == fixed.reward and outcome.margin == pytest.approx(fixed.margin, abs=1e-4)
