@@ -112,7 +112,8 @@ class PathEvaluator:
         conts = continuations if continuations is not None else [None] * len(examples)
         if len(conts) != len(examples):
             raise ValueError(f"{len(conts)} continuations for {len(examples)} examples")
-        return [self._prepare_one(ex, start_index + k, c) for k, (ex, c) in enumerate(zip(examples, conts))]
+        pairs = enumerate(zip(examples, conts, strict=True))
+        return [self._prepare_one(ex, start_index + k, c) for k, (ex, c) in pairs]
 
     def prompt_text(self, example) -> str:
         """The prompt of an example in this evaluator's style and scoring."""
@@ -339,9 +340,11 @@ class PathEvaluator:
         eos = eos_ids(self.tokenizer, self.routed.model)
         out = []
         for chunk in _chunks(list(examples), self.max_rows):
-            ids, mask = batch_prompts(self.tokenizer, [self.prompt_text(ex) for ex in chunk], self.routed.device)
+            prompts = [self.prompt_text(ex) for ex in chunk]
+            ids, mask = batch_prompts(self.tokenizer, prompts, self.routed.device)
             every = torch.ones(len(chunk), self.routed.num_layers, dtype=torch.long)
-            new = greedy_new_tokens(self.routed, ids, mask, every, max_new_tokens, self.tokenizer.pad_token_id)
+            pad = self.tokenizer.pad_token_id
+            new = greedy_new_tokens(self.routed, ids, mask, every, max_new_tokens, pad)
             out += [until_eos(row, eos) for row in new.tolist()]
         return out
 

@@ -198,7 +198,7 @@ def test_outcome_margin_and_answer_match_options_scored_alone(arch, choice_task)
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_fidelity_counts_the_base_greedy_tokens_a_path_reproduces(arch, choice_task):
-    """Fidelity f: greedy generation under the path repeats the base continuation's first f tokens, not f+1."""
+    """Fidelity f: greedy generation under the path repeats the base continuation's first f tokens only."""
     torch.manual_seed(1)
     routed = RoutedModel(tiny_model(arch))
     tok = tiny_tokenizer()
