@@ -26,11 +26,13 @@ layer, and starts each row at its first change (layers before it are skipped, th
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from drllm.router import RoutedModel, encode_prompt
+
+from .tasks.grading import extract_final_answer
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class Outcome:
         margin: multiple choice: gold option log-likelihood minus the best wrong option's (> 0 when
             correct under ``mc-loglik``); exact answers: the target's mean token log-probability. None for
             the ``generate`` scoring.
-        answer: multiple choice: the option the path picks (None on a tie); exact answers: None.
+        answer: multiple choice: the option the path picks (None on a tie); exact answers scored by
+            ``generate``: the final answer extracted from the decoded text; ``teacher-forced``: None.
         min_logprob: exact answers: the target's smallest token log-probability.
         fidelity: leading tokens of the base model's greedy continuation the path reproduces (None when
             the example was prepared without one).
@@ -50,7 +53,7 @@ class Outcome:
 
     reward: float
     margin: float | None = None
-    answer: int | None = None
+    answer: int | str | None = None
     min_logprob: float | None = None
     fidelity: int | None = None
 
@@ -184,8 +187,13 @@ class PathEvaluator:
     @torch.no_grad()
     def outcomes(self, rows: list[tuple[Prepared, tuple[int, ...]]]) -> list[Outcome]:
         """Outcomes (reward, margin, answer, fidelity) for (prepared example, decisions) rows."""
-        if self.scoring == "generate":
-            return self._generate_outcomes(rows)
+        packed = self._packed_outcomes(rows)
+        if self.scoring != "generate":
+            return packed
+        decoded = self._generate_outcomes(rows)  # the reward comes from decoding and grading
+        return [replace(k, reward=d.reward, answer=d.answer) for k, d in zip(packed, decoded, strict=True)]
+
+    def _packed_outcomes(self, rows) -> list[Outcome]:
         todo = [p for p, _ in rows if self.reuse_prefix and p.prefix is None]
         self._run_prefix(list({id(p): p for p in todo}.values()))
         out: list[Outcome | None] = [None] * len(rows)
@@ -199,7 +207,8 @@ class PathEvaluator:
         for chunk in _chunks(pending, self.max_rows):
             for (k, _, _, _), outcome in zip(chunk, self._forward(chunk), strict=True):
                 out[k] = outcome
-        self.paths_evaluated += len(rows)
+        if self.scoring != "generate":
+            self.paths_evaluated += len(rows)
         return out
 
     @torch.no_grad()
@@ -212,14 +221,18 @@ class PathEvaluator:
         Returns:
             ``(outcomes, decisions)``, the decisions as lists of ``L`` ints.
         """
-        if self.scoring == "generate":
-            raise ValueError("routed_outcomes scores packed rows; the generate scoring decodes instead")
         outcomes, decisions = [], []
         for chunk in _chunks(prepared, self.max_rows):
             rows = [(k, p, None, 0) for k, p in enumerate(chunk)]
             outcomes += self._forward(rows)
             decisions += self.routed.last_decisions.tolist()
-        self.paths_evaluated += len(prepared)
+        if self.scoring == "generate":  # decode along the paths the routers chose, then grade
+            paths = [tuple(d) for d in decisions]
+            decoded = self._generate_outcomes(list(zip(prepared, paths, strict=True)))
+            merged = zip(outcomes, decoded, strict=True)
+            outcomes = [replace(k, reward=d.reward, answer=d.answer) for k, d in merged]
+        else:
+            self.paths_evaluated += len(prepared)
         return outcomes, decisions
 
     def release(self, prepared: Prepared) -> None:
@@ -326,9 +339,9 @@ class PathEvaluator:
                 self.routed, ids, mask, decisions, self.max_new_tokens, self.tokenizer.pad_token_id
             )
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            out += [
-                Outcome(float(self.task.grade(p.example, t))) for (p, _), t in zip(chunk, texts, strict=True)
-            ]
+            for (p, _), text in zip(chunk, texts, strict=True):
+                answer = extract_final_answer(text) if self.task.kind == "exact" else text.strip()
+                out.append(Outcome(float(self.task.grade(p.example, text)), answer=answer))
         self.paths_evaluated += len(rows)
         return out
 
