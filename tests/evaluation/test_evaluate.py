@@ -1,20 +1,12 @@
-"""Static baselines and ``run_eval`` on tiny random models: decision vectors, files, transformers parity."""
+"""``run_eval`` on tiny random models: files, transformers parity, static baseline rows."""
 
 import json
 
 import pytest
 import torch
 from task_files import choice_file, exact_file
-from tiny_models import prompts, tiny_model, tiny_tokenizer
+from tiny_models import tiny_model, tiny_tokenizer
 
-from drllm.evaluation.baselines import (
-    angular_block,
-    angular_distances,
-    drop_last,
-    last_token_hidden,
-    layers_to_drop,
-    random_skips,
-)
 from drllm.evaluation.evaluate import run_eval
 from drllm.evaluation.report import ROW_KEYS
 from drllm.router import RoutedModel, encode_prompt
@@ -29,35 +21,6 @@ def bias_routers(routed, skip_layers):
             last = router.net[2]
             last.weight.zero_()
             last.bias.copy_(torch.tensor([3.0, 0.0, -3.0] if i in skip_layers else [-3.0, 3.0, -3.0]))
-
-
-def test_static_vectors():
-    assert drop_last(6, 2) == [1, 1, 1, 0, 0, 1]
-    assert drop_last(4, 0) == [1, 1, 1, 1]
-    for seed in range(5):
-        d = random_skips(6, 3, seed)
-        assert len(d) == 6 and d[-1] == 1 and d.count(0) == 3 and set(d) <= {0, 1}
-        assert d == random_skips(6, 3, seed)
-    assert layers_to_drop(4.4, 6) == 2 and layers_to_drop(7.0, 6) == 0
-    with pytest.raises(ValueError, match="cannot skip 6 layers"):
-        drop_last(6, 6)
-
-
-def test_angular_picks_identity_block():
-    model = tiny_model("llama")
-    with torch.no_grad():
-        for i in (1, 2):
-            model.model.layers[i].self_attn.o_proj.weight.zero_()
-            model.model.layers[i].mlp.down_proj.weight.zero_()
-    routed = RoutedModel.from_pretrained(model)
-    ids, mask = prompts()
-    states = last_token_hidden(routed, ids, mask)
-    assert states.shape == (3, 5, 32)
-    torch.testing.assert_close(states[:, 1], states[:, 3])
-    distances = angular_distances(states, 2)
-    assert distances.shape == (3,) and float(distances[1]) < 1e-3 < float(distances.max())
-    assert angular_block(routed, ids, mask, 2) == [1, 0, 0, 1]
-    assert angular_block(routed, ids, mask, 0) == [1, 1, 1, 1]
 
 
 def plain_accuracy(model, tokenizer, task_name):
