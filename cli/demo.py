@@ -33,10 +33,13 @@ def run_demo(
     model: str = DEFAULT_MODEL,
     task: str = "arc_easy",
     train_examples: int = 200,
-    eval_examples: int = 100,
+    eval_examples: int | None = None,
     simulations: int = 24,
     epochs: int = 25,
-    budgets: tuple[float, ...] = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0),
+    target_layers: tuple[int, ...] | None = None,
+    baselines: tuple[str, ...] = ("greedy", "block-influence", "angular", "drop-last", "random"),
+    calibration: int = 128,
+    fidelity_tokens: int = 16,
     seed: int = 0,
     data_dir: str | None = None,
     progress: bool = True,
@@ -51,11 +54,14 @@ def run_demo(
         model: model name or folder (ignored for loading when ``routed`` is given; still recorded).
         task: task name (``arc_easy``, ``jsonl:PATH``, ...).
         train_examples: training-split examples searched.
-        eval_examples: validation-split examples evaluated.
+        eval_examples: validation-split examples evaluated (default: the whole split).
         simulations: MCTS simulations per searched example.
         epochs: router training epochs.
-        budgets: router budget biases evaluated.
-        seed: seed of search and router training (the random baseline always draws seeds 0, 1, 2).
+        target_layers: layer levels every method is compared at (default: the evaluation's).
+        baselines: static baselines evaluated.
+        calibration: training examples the static baselines and router budgets are calibrated on.
+        fidelity_tokens: tokens of the base model's greedy continuation checked for greedy fidelity.
+        seed: seed of search and router training (the random baseline draws seed 0).
         data_dir: benchmark data folder.
         progress: show banners, progress bars and summaries.
         routed: an already built ``RoutedModel`` to use instead of loading ``model`` (tests).
@@ -103,7 +109,14 @@ def run_demo(
         "style": style,
     }
     metrics = _train_stage(routed, tokenizer, out / "routers", train_args, progress)
-    eval_args = {**train_args, "eval_examples": eval_examples, "budgets": [float(b) for b in budgets]}
+    eval_args = {
+        **train_args,
+        "eval_examples": eval_examples,
+        "target_layers": None if target_layers is None else [int(x) for x in target_layers],
+        "baselines": list(baselines),
+        "calibration": calibration,
+        "fidelity_tokens": fidelity_tokens,
+    }
     split = "validation" if "validation" in task_obj.splits else task_obj.default_split_eval
     rows, decisions = _eval_stage(routed, tokenizer, out, eval_args, split, data_dir, progress)
     text = report_text(search, metrics, rows, decisions, routed.num_layers, task, str(model), style_line)
@@ -171,7 +184,8 @@ def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir, 
     if _finished(folder, args, ("results.json", "decisions.json")):
         _say(progress, f"[3/3] evaluate: already done in {folder}, reusing the results")
     else:
-        _say(progress, f"[3/3] evaluate on {split} ({args['eval_examples']} examples) -> {folder}")
+        count = "all" if args["eval_examples"] is None else args["eval_examples"]
+        _say(progress, f"[3/3] evaluate on {split} ({count} examples) -> {folder}")
         (folder / MARKER).unlink(missing_ok=True)
         run_eval(
             routed,
@@ -180,14 +194,18 @@ def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir, 
             routers=str(out / "routers"),
             split=split,
             limit=args["eval_examples"],
-            budgets=tuple(args["budgets"]),
+            target_layers=tuple(args["target_layers"]) if args["target_layers"] else None,
+            baselines=tuple(args["baselines"]),
+            calibration=args["calibration"],
+            fidelity_tokens=args["fidelity_tokens"],
+            random_seeds=1,
             style=args["style"],
             data_dir=data_dir,
             tokenizer=tokenizer,
             progress=progress,
         )
         _mark(folder, args)
-    rows = json.loads((folder / "results.json").read_text())
+    rows = report.read_results(folder / "results.json")
     return rows, json.loads((folder / "decisions.json").read_text())
 
 
@@ -197,7 +215,7 @@ def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir, 
 def report_text(
     search: dict,
     metrics: dict,
-    rows: list[dict],
+    rows: list,
     decisions: list[dict],
     num_layers: int,
     task: str,
@@ -208,7 +226,8 @@ def report_text(
     parts = [
         f"# Dr.LLM demo: {task} on {model}\n",
         f"The model has {num_layers} layers. Links: [trade-off plot](eval/tradeoff.png), "
-        "[per-layer decisions](eval/decisions.png), [results table](eval/results.md).\n",
+        "[per-layer decisions](eval/decisions.png), [results table](eval/results.md), "
+        "[per-example outcomes](eval/examples.jsonl).\n",
         *(
             [f"Search and evaluation use one {style_line[0].lower()}{style_line[1:]}.\n"]
             if style_line
@@ -218,13 +237,16 @@ def report_text(
         *_search_lines(search),
         "## Routers\n",
         *_router_lines(metrics),
-        "## Evaluation\n",
+        "## Evaluation at matched compute\n",
+        "Every method runs at the same mean layers per prompt (the level); intervals are 95% bootstrap "
+        "intervals, differences are paired on the same questions with exact McNemar p-values (* p < 0.05).\n",
         report.markdown_table(rows, num_layers),
-        *_budget_lines(rows, num_layers),
-        "## Against static baselines at matched compute\n",
-        *_baseline_lines(rows),
+        "## What it says\n",
+        *report.findings(rows),
+        "",
+        *_verdict_lines(rows),
         "## Where the routers skip and repeat\n",
-        *_where_lines(rows, decisions),
+        *_where_lines(decisions),
     ]
     return "\n".join(parts)
 
@@ -256,67 +278,52 @@ def _router_lines(m: dict) -> list[str]:
     return [text + ".\n"]
 
 
-def _base(rows: list[dict]) -> dict | None:
-    return next((r for r in rows if r["method"] == "base"), None)
-
-
-def _budget_lines(rows: list[dict], num_layers: int) -> list[str]:
-    base = _base(rows)
-    routed = sorted((r for r in rows if r["method"] == "routed"), key=lambda r: r["budget"])
-    if base is None or not routed:
-        return ["No routed rows were evaluated.\n"]
-    lines = [f"The base model answers {_pct(base['accuracy'])} running all {num_layers} layers."]
-    for r in routed:
-        saved = base["layers_per_prompt"] - r["layers_per_prompt"]
-        diff = 100 * (r["accuracy"] - base["accuracy"])
-        verdict = (
-            "the same as base"
-            if abs(diff) < 1e-9
-            else f"{abs(diff):.1f} points {'above' if diff > 0 else 'below'} base"
+def _verdict_lines(rows: list) -> list[str]:
+    """One plain verdict: do the routers beat the base model, the best static path, their own controls?"""
+    routed = [r for r in rows if r.method == "routed" and r.level is not None]
+    if not routed:
+        return ["No routers were evaluated.\n"]
+    wins_static = [
+        r for r in routed if r.vs_static and r.vs_static.significant and r.vs_static.difference.value > 0
+    ]
+    loses_static = [
+        r for r in routed if r.vs_static and r.vs_static.significant and r.vs_static.difference.value < 0
+    ]
+    controls = {(r.method, r.level): r for r in rows if r.method in ("routed-random", "routed-majority")}
+    beat_controls = [
+        r
+        for r in routed
+        if all(
+            r.accuracy.value > c.accuracy.value
+            for c in (controls.get(("routed-random", r.level)), controls.get(("routed-majority", r.level)))
+            if c is not None
         )
-        lines.append(
-            f"- Budget {r['budget']:g}: {r['layers_per_prompt']:.2f} layers per prompt, "
-            f"{saved:+.2f} layers saved vs base, {_pct(r['accuracy'])} accuracy ({verdict})."
+    ]
+    lines = ["Verdict:"]
+    lines.append(
+        f"- The routers are significantly above the best static path at {len(wins_static)} of {len(routed)} "
+        f"levels and significantly below it at {len(loses_static)}."
+    )
+    lines.append(
+        f"- They score above both of their own controls (random routing at their rates, their majority "
+        f"path) at {len(beat_controls)} of {len(routed)} levels"
+        + (
+            "; where they do not, they have learned no per-input signal."
+            if len(beat_controls) < len(routed)
+            else "."
         )
+    )
     return lines + [""]
 
 
-def _baseline_lines(rows: list[dict]) -> list[str]:
-    routed = [r for r in rows if r["method"] == "routed"]
-    static = [r for r in rows if r["method"] not in ("base", "routed")]
-    if not routed or not static:
-        return [
-            "No static baseline ran: they skip as many layers as the routers save, "
-            "and the routers saved less than one layer at every budget (or there were no routers).\n"
-        ]
-    by_budget = {r["budget"]: r for r in routed}
-    lines = ["Each static baseline skips as many layers as the routers save at the budget it is matched to."]
-    for r in static:
-        ref = by_budget.get(r.get("matched_budget"), min(routed, key=lambda x: abs(x["budget"])))
-        diff = 100 * (ref["accuracy"] - r["accuracy"])
-        verdict = (
-            "tie"
-            if abs(diff) < 1e-9
-            else f"routers win by {diff:.1f} points"
-            if diff > 0
-            else f"routers LOSE by {-diff:.1f} points"
-        )
-        std = f" ± {_pct(r['accuracy_std'])}" if r.get("accuracy_std") is not None else ""
-        lines.append(
-            f"- {r['method']} at {r['layers_per_prompt']:.2f} layers: {_pct(r['accuracy'])}{std} accuracy "
-            f"vs routers (budget {ref['budget']:g}, {ref['layers_per_prompt']:.2f} layers) "
-            f"{_pct(ref['accuracy'])}: {verdict}."
-        )
-    return lines + [""]
-
-
-def _where_lines(rows: list[dict], decisions: list[dict]) -> list[str]:
-    routed = [d for d in decisions if d["method"] == "routed"]
+def _where_lines(decisions: list[dict]) -> list[str]:
+    routed = [d for d in decisions if d["method"] == "routed" and d["decisions"]]
     if not routed:
         return ["No routed decisions were recorded.\n"]
-    ref = min(routed, key=lambda d: abs(d["budget"]))
+    ref = routed[len(routed) // 2]
     shares = plots.decision_shares(ref["decisions"])  # [3, L]
-    lines = [f"From the budget {ref['budget']:g} decisions on {len(ref['decisions'])} evaluation prompts:"]
+    where = f"at {ref['level']} layers" if ref.get("level") else f"at budget {ref['budget']:g}"
+    lines = [f"From the routers' decisions {where} on {len(ref['decisions'])} evaluation prompts:"]
     for k, verb in ((0, "skipped"), (2, "repeated")):
         top = [i for i in shares[k].argsort()[::-1][:3] if shares[k][i] > 0]
         if top:

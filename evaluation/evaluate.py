@@ -1,39 +1,63 @@
-"""``run_eval``: accuracy and compute of the base model, the routed model and static baselines on a task.
+"""``run_eval``: accuracy against compute for the base model, routed models and static baselines.
 
     rows = run_eval("smollm2-135m-instruct", "arc_easy", "runs/arc/eval", routers="runs/arc/routers")
 
-Methods (one result row each, see ``drllm.evaluation.report`` for the row keys):
+Every method is compared at the same compute: ``target_layers`` (default ``L-1, L-2, L-3, L-4, L-6, L-8``)
+are mean layers executed per prompt. At each level
 
-- ``base``: every layer executes once.
-- ``routed``: the routers decide once per prompt (from the prompt alone) at each budget bias.
-- ``drop-last`` / ``angular`` / ``random``: static skips of ``n`` layers, ``n`` matched to the routers'
-  mean layers at budget 0 (``layers_to_drop``). ``angular`` calibrates on prompts of the training split;
-  ``random`` is averaged over seeds (``accuracy_std``).
+- static baselines (``drllm.evaluation.baselines``) run one path with exactly that many layers, chosen on
+  training examples only: ``greedy`` (task-aware, TALE), ``block-influence`` (ShortGPT), ``angular``
+  (Gromov et al.), ``drop-last`` and ``random`` (one row per seed);
+- ``routed`` runs the routers at the budget that reaches the level on calibration prompts of the training
+  split (found by bisection; the level reached on the evaluated split is reported beside it);
+- two controls tell whether the routers learned anything per input: ``routed-random`` draws each layer's
+  decision at the routers' own per-layer rates (measured on the calibration prompts), ``routed-majority``
+  runs the routers' per-layer majority decision as one static path.
 
-Multiple-choice tasks are scored by option log-likelihood through ``PathEvaluator`` (all options packed
-in one row); its prefix reuse is off so each method's ``seconds`` is its own full cost. Exact-answer
-tasks decode greedily and grade the text. ``layer_applications`` counts layers times the tokens they
-ran on: prompt plus all options (choice), or prompt plus generated tokens up to and including EOS.
+For every method and example the evaluation keeps the task score (correct or not, and the continuous
+margin), agreement with the base model's answer, and greedy fidelity: how many tokens of the base model's
+greedy continuation (``fidelity_tokens``) the path reproduces, computed exactly by teacher forcing that
+continuation in the same packed forward (arXiv 2510.02091: pruning keeps log-likelihood scores long
+after it breaks generation). Accuracies carry seeded bootstrap intervals; each method is compared, paired
+on the same examples, with the base model and with the best static baseline at the same level (difference
+with its interval, exact McNemar p-value).
+
+Cost: examples are processed in chunks; the base pass of a chunk records the hidden states entering
+every layer once, and every static path starts at its first non-execute layer from them. Routed rows run
+one forward each, in which the routers decide from the prompt positions and the options are scored.
+
+Outputs in ``output`` (one subfolder per task when several are given): ``results.json``, ``results.md``,
+``examples.jsonl`` (per example and method), ``decisions.json`` (routed decisions), ``tradeoff.png`` and
+``decisions.png``.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
+import logging
+import random
+import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from drllm.router import RoutedModel, batch_prompts, load_routed, load_tokenizer
-from drllm.search.evaluator import PathEvaluator, greedy_new_tokens
+from drllm.search.evaluator import Outcome, PathEvaluator
 from drllm.search.tasks import get_task
 from drllm.search.tasks.style import describe, resolve_style
 
+from . import baselines as static
 from . import plots, report
-from .baselines import angular_block, drop_last, layers_to_drop, random_skips
+from .report import Comparison, EvalRow
+from .stats import bootstrap_interval, mcnemar_exact, paired_difference
 
-BASELINES = ("drop-last", "angular", "random")
+log = logging.getLogger(__name__)
+
+BASELINES = ("greedy", "block-influence", "angular", "drop-last", "random")
+STATIC = ("greedy", "block-influence", "angular", "drop-last")  # candidates for "the best static baseline"
+CONTROLS = ("routed-random", "routed-majority")
 
 
 def run_eval(
@@ -43,75 +67,455 @@ def run_eval(
     routers: str | None = None,
     split: str | None = None,
     limit: int | None = None,
-    budgets: tuple[float, ...] = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0),
+    target_layers: tuple[int, ...] | None = None,
+    budgets: tuple[float, ...] = (),
     baselines: tuple[str, ...] = BASELINES,
+    calibration: int = 128,
+    fidelity_tokens: int = 32,
     max_new_tokens: int = 32,
     data_dir: str | None = None,
     scoring: str | None = None,
     style: str = "auto",
     random_seeds: int = 3,
-    calibration: int = 16,
     batch_size: int = 16,
     tokenizer=None,
     progress: bool = True,
     device: str | None = None,
-) -> list[dict]:
-    """Evaluate base, routed and static-baseline decisions on a task and write the reports into ``output``.
+) -> list[EvalRow]:
+    """Evaluate base, routed and static-baseline paths at matched compute and write the reports.
 
     Args:
-        model: a model name or folder, or a ``RoutedModel`` (then pass ``tokenizer``).
-        task: task name (``arc_easy``, ``gsm8k``, ``jsonl:PATH``, ...).
-        output: folder for ``results.json``, ``results.md``, ``tradeoff.png``, ``decisions.png`` and
-            ``decisions.json`` (the base and routed decision vectors).
-        routers: folder of saved routers to load; None keeps the routers already on a ``RoutedModel``.
-        split: evaluation split; the task's default evaluation split when None.
-        limit: at most this many examples (the first ones of the split).
-        budgets: router budget biases to sweep (positive skips more).
-        baselines: static baselines to run, among ``BASELINES``.
-        max_new_tokens: decoding budget of exact-answer tasks.
+        model: a model name or folder (or, from Python, a ``RoutedModel``; then pass ``tokenizer``).
+        task: a task name, or several separated by commas (``arc_easy,arc_challenge,mmlu``); ``jsonl:PATH``
+            works too. Several tasks are evaluated with the same routers, each into its own subfolder.
+        output: folder for the results.
+        routers: folder of saved routers; None keeps the routers already on a ``RoutedModel`` (or none).
+        split: evaluation split (default: the task's validation split).
+        limit: at most this many examples (default: the whole split).
+        target_layers: mean layers per prompt to compare every method at (default: L-1, L-2, L-3, L-4, L-6,
+            L-8 of the model's L layers).
+        budgets: extra router budget biases to evaluate as they are, unmatched (positive skips more).
+        baselines: static baselines, among greedy, block-influence, angular, drop-last, random.
+        calibration: training examples the static baselines and the routers' budgets are calibrated on.
+        fidelity_tokens: tokens of the base model's greedy continuation checked for greedy fidelity
+            (0 turns fidelity off).
+        max_new_tokens: decoding budget of exact-answer tasks scored by generation.
         data_dir: benchmark data folder.
-        scoring: multiple-choice scoring (``mc-loglik`` or ``mc-letter``); the task's default when None.
-        style: prompt style: ``plain``, ``chat`` or ``auto`` (chosen on the training split, as search does).
-        random_seeds: seeds averaged by the ``random`` baseline.
-        calibration: training-split prompts the ``angular`` baseline calibrates on.
-        batch_size: prompts per forward pass.
+        scoring: the task's scoring (default: option log-likelihood for multiple choice, decoding and
+            grading the final answer for exact-answer tasks).
+        style: prompt style: plain, chat or auto (chosen on the training split, as search does).
+        random_seeds: seeds of the random baseline (one row each).
+        batch_size: rows per forward pass.
         tokenizer: the tokenizer, when ``model`` is a ``RoutedModel``.
-        progress: show progress bars and notes.
+        progress: show progress bars.
         device: where the model runs (``load_routed``'s policy: CUDA when available).
 
     Returns:
-        The result rows, in report order.
+        The result rows of every task, base first.
 
     Raises:
-        ValueError: for an unknown baseline name or a ``RoutedModel`` without its tokenizer.
+        ValueError: for an unknown baseline, a level outside ``1 .. L - 1`` or a bad count.
     """
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; known baselines: {', '.join(BASELINES)}")
-    task_obj = get_task(task)
-    routed, tokenizer, name = _load(model, routers, tokenizer, device)
-    examples = task_obj.load(split or task_obj.default_split_eval, data_dir=data_dir, limit=limit)
-    if not examples:
-        raise ValueError(f"task {task!r} has no examples in split {split or task_obj.default_split_eval!r}")
-    style, measured = resolve_style(
-        style, routed, tokenizer, task_obj, scoring, data_dir, max_new_tokens=max_new_tokens
+    for name, value, least in (("calibration", calibration, 1), ("batch_size", batch_size, 1)):
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    if fidelity_tokens < 0 or random_seeds < 0 or (limit is not None and limit < 1):
+        raise ValueError("fidelity_tokens and random_seeds must be >= 0 and limit >= 1")
+    names = [t.strip() for t in task.split(",") if t.strip()]
+    if not names:
+        raise ValueError("no task given")
+    tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
+    routed, tokenizer, model_name = _load(model, routers, tokenizer, device)
+    levels = resolve_levels(target_layers, routed.num_layers)
+    settings = _Settings(
+        split,
+        limit,
+        levels,
+        tuple(budgets),
+        tuple(baselines),
+        calibration,
+        fidelity_tokens,
+        max_new_tokens,
+        data_dir,
+        scoring,
+        style,
+        random_seeds,
+        batch_size,
+        progress,
     )
-    _note(progress, describe(style, measured, task_obj.default_split_train))
-    scorer = _Scorer(routed, tokenizer, task_obj, scoring, style, batch_size, max_new_tokens, progress)
-    L = routed.num_layers
-    results = [scorer.run("base", examples, lambda ids, mask: torch.ones(ids.shape[0], L, dtype=torch.long))]
-    if routed.routers is not None:
-        results += [scorer.run_routed(examples, b) for b in budgets]
-    reference = _reference_row(results)
-    drops = _baseline_drops(results, L, baselines, progress)
-    if drops:
-        calib = _calibration_prompts(task_obj, scorer, calibration, data_dir, progress)
-        for n, budget in drops:
-            for row, d in _baseline_rows(scorer, examples, baselines, n, calib, random_seeds):
-                results.append(({**row, "matched_budget": budget}, d))
-    rows = report.sort_rows([r for r, _ in results])
-    _write(results, reference, output, L, f"{task} on {name}")
+    rows: list[EvalRow] = []
+    for name, task_obj in zip(names, tasks, strict=True):
+        folder = Path(output) if len(names) == 1 else Path(output) / _slug(name)
+        rows += _TaskEvaluation(routed, tokenizer, name, task_obj, settings, model_name).run(folder)
+    if len(names) > 1:
+        report.write_results(rows, Path(output), routed.num_layers, title=f"{task} on {model_name}")
     return rows
+
+
+def resolve_levels(target_layers, num_layers: int) -> list[int]:
+    """The layer levels to compare at, checked against the model (default: L-1..L-4, L-6, L-8)."""
+    if target_layers is None:
+        target_layers = [num_layers - k for k in (1, 2, 3, 4, 6, 8) if num_layers - k >= 1]
+    levels = sorted({int(x) for x in target_layers}, reverse=True)
+    bad = [x for x in levels if not 1 <= x < num_layers]
+    if bad:
+        raise ValueError(
+            f"target layers must lie in 1..{num_layers - 1} for a {num_layers}-layer model, got {bad}"
+        )
+    return levels
+
+
+@dataclass
+class _Settings:
+    split: str | None
+    limit: int | None
+    levels: list[int]
+    budgets: tuple[float, ...]
+    baselines: tuple[str, ...]
+    calibration: int
+    fidelity_tokens: int
+    max_new_tokens: int
+    data_dir: str | None
+    scoring: str | None
+    style: str
+    random_seeds: int
+    batch_size: int
+    progress: bool
+
+
+@dataclass
+class _Method:
+    """One evaluated configuration: a static path, the routers at a budget, or a control."""
+
+    name: str
+    level: int | None = None
+    path: tuple[int, ...] | None = None  # static methods
+    budget: float | None = None  # routed
+    seed: int | None = None
+    rates: list[list[float]] | None = None  # routed-random: per layer, shares of skip/execute/repeat
+    calibration_layers: float | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    decisions: list[list[int]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        parts = [self.name] + ([f"L{self.level}"] if self.level is not None else [])
+        parts += [f"b{self.budget:g}"] if self.budget is not None and self.level is None else []
+        return "/".join(parts + ([f"seed{self.seed}"] if self.seed is not None else []))
+
+
+class _TaskEvaluation:
+    def __init__(self, routed: RoutedModel, tokenizer, name: str, task, settings: _Settings, model_name: str):
+        self.routed, self.tokenizer, self.name, self.task, self.s = routed, tokenizer, name, task, settings
+        self.model_name = model_name
+        self.L = routed.num_layers
+
+    # ------------------------------------------------------------------ the whole evaluation
+    def run(self, folder: Path) -> list[EvalRow]:
+        s, task = self.s, self.task
+        split = s.split or task.default_split_eval
+        examples = task.load(split, data_dir=s.data_dir, limit=s.limit)
+        if not examples:
+            raise ValueError(f"task {self.name!r} has no examples in split {split!r}")
+        scoring = s.scoring or ("generate" if task.kind == "exact" else None)
+        style, measured = resolve_style(
+            s.style, self.routed, self.tokenizer, task, scoring, s.data_dir, max_new_tokens=s.max_new_tokens
+        )
+        _note(s.progress, f"{self.name}: {describe(style, measured, task.default_split_train)}")
+        self.ev = PathEvaluator(
+            self.routed,
+            self.tokenizer,
+            task,
+            scoring,
+            style,
+            max_rows=s.batch_size,
+            max_new_tokens=s.max_new_tokens,
+        )
+        calib = self._calibration_examples(split)
+        methods = [_Method("base", path=(1,) * self.L)]
+        methods += self._static_methods(calib)
+        methods += self._routed_methods(calib)
+        self._score(methods, examples)
+        rows = self._rows(methods, examples)
+        self._write(
+            folder, rows, methods, examples, f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
+        )
+        return rows
+
+    def _calibration_examples(self, eval_split: str) -> list:
+        task = self.task
+        train = task.default_split_train
+        if train == eval_split:
+            log.warning(
+                "task %r evaluates on its training split: calibration examples come from it", self.name
+            )
+        return task.load(train, data_dir=self.s.data_dir, limit=self.s.calibration)
+
+    # ------------------------------------------------------------------ methods
+    def _static_methods(self, calib) -> list[_Method]:
+        s, L = self.s, self.L
+        wanted = [b for b in s.baselines if b != "random" or s.random_seeds > 0]
+        stats = None
+        if {"angular", "block-influence"} & set(wanted):
+            prompts = [self.ev.prompt_text(ex) for ex in calib]
+            stats = static.calibration_statistics(
+                self.routed, self.tokenizer, prompts, batch_size=s.batch_size
+            )
+        greedy = None
+        if "greedy" in wanted:
+            _note(s.progress, f"{self.name}: greedy static paths on {len(calib)} training examples")
+            prepared = self.ev.prepare(calib)
+            greedy = static.greedy_paths(self.ev, prepared, s.levels)
+            for p in prepared:
+                self.ev.release(p)
+        methods = []
+        for level in s.levels:
+            n = L - level
+            for name in wanted:
+                if name == "greedy":
+                    methods.append(_Method(name, level, path=tuple(greedy.paths[level])))
+                elif name == "block-influence":
+                    methods.append(_Method(name, level, path=tuple(static.block_influence_path(stats, n))))
+                elif name == "angular":
+                    methods.append(_Method(name, level, path=tuple(static.angular_path(stats, n))))
+                elif name == "drop-last":
+                    methods.append(_Method(name, level, path=tuple(static.drop_last(L, n))))
+                else:
+                    for seed in range(s.random_seeds):
+                        path = tuple(static.random_skips(L, n, seed))
+                        methods.append(_Method(name, level, path=path, seed=seed))
+        return methods
+
+    def _routed_methods(self, calib) -> list[_Method]:
+        if self.routed.routers is None:
+            return []
+        s = self.s
+        prompts = [self.ev.prompt_text(ex) for ex in calib]
+        batches = [
+            batch_prompts(self.tokenizer, prompts[i : i + s.batch_size], self.routed.device)
+            for i in range(0, len(prompts), s.batch_size)
+        ]
+        calibrator = BudgetCalibrator(self.routed, batches)
+        methods = []
+        for level in s.levels:
+            budget, reached, decisions = calibrator.budget_for(level)
+            methods.append(_Method("routed", level, budget=budget, calibration_layers=reached))
+            rates = decision_rates(decisions)
+            majority = tuple(max(range(3), key=col.__getitem__) for col in rates)
+            methods.append(_Method("routed-random", level, rates=rates, seed=0, calibration_layers=reached))
+            methods.append(_Method("routed-majority", level, path=majority, calibration_layers=reached))
+        for budget in s.budgets:
+            methods.append(_Method("routed", None, budget=float(budget)))
+        _note(
+            s.progress,
+            f"{self.name}: router budgets for levels "
+            + ", ".join(f"{m.level}: {m.budget:+.3f}" for m in methods if m.name == "routed" and m.level),
+        )
+        return methods
+
+    # ------------------------------------------------------------------ scoring
+    def _score(self, methods: list[_Method], examples) -> None:
+        from tqdm.auto import tqdm
+
+        s, ev = self.s, self.ev
+        continuations = None
+        if s.fidelity_tokens:
+            _note(s.progress, f"{self.name}: base greedy continuations ({s.fidelity_tokens} tokens)")
+            continuations = ev.greedy_continuations(examples, s.fidelity_tokens)
+        chunk = max(s.batch_size * 4, 1)
+        bar = tqdm(total=len(examples), desc=f"eval {self.name}", unit="ex", disable=not s.progress)
+        for start in range(0, len(examples), chunk):
+            part = examples[start : start + chunk]
+            conts = continuations[start : start + chunk] if continuations is not None else None
+            prepared = ev.prepare(part, start, conts)
+            for method in methods:
+                self._score_method(method, prepared, start)
+            for p in prepared:
+                ev.release(p)
+            bar.update(len(part))
+        bar.close()
+
+    def _score_method(self, method: _Method, prepared, start: int) -> None:
+        ev, routed = self.ev, self.routed
+        _sync()
+        began = time.perf_counter()
+        if method.name == "routed":
+            old = routed.budget
+            routed.budget = method.budget
+            try:
+                outcomes, decisions = ev.routed_outcomes(prepared)
+            finally:
+                routed.budget = old
+        else:
+            if method.rates is not None:
+                decisions = [_draw_path(method.rates, method.seed, start + k) for k in range(len(prepared))]
+            else:
+                decisions = [list(method.path)] * len(prepared)
+            outcomes = ev.outcomes([(p, tuple(d)) for p, d in zip(prepared, decisions, strict=True)])
+        _sync()
+        method.seconds += time.perf_counter() - began
+        method.outcomes += outcomes
+        method.decisions += [list(d) for d in decisions]
+        method.layers += [sum(d) for d in decisions]
+        method.tokens += [len(p.tokens) - (len(p.continuation[1]) if p.continuation else 0) for p in prepared]
+
+    # ------------------------------------------------------------------ rows
+    def _rows(self, methods: list[_Method], examples) -> list[EvalRow]:
+        base = methods[0]
+        best = self._best_static(methods)
+        rows = []
+        for m in methods:
+            correct = [o.reward >= 1.0 for o in m.outcomes]
+            agree = [_agrees(o, b, self.ev.scoring) for o, b in zip(m.outcomes, base.outcomes, strict=True)]
+            fidelity = [o.fidelity for o in m.outcomes if o.fidelity is not None]
+            row = EvalRow(
+                task=self.name,
+                method=m.name,
+                level=m.level,
+                layers=sum(m.layers) / len(m.layers),
+                accuracy=bootstrap_interval(correct),
+                agreement=bootstrap_interval(agree),
+                fidelity=bootstrap_interval(fidelity) if fidelity else None,
+                n=len(correct),
+                budget=m.budget,
+                seed=m.seed,
+                calibration_layers=m.calibration_layers,
+                layer_applications=sum(a * t for a, t in zip(m.layers, m.tokens, strict=True))
+                / len(m.layers),
+                seconds=m.seconds,
+                path=list(m.path) if m.path is not None and m.name != "base" else None,
+            )
+            if m is not base:
+                row.vs_base = _compare("base", correct, [o.reward >= 1.0 for o in base.outcomes])
+                ref = best.get(m.level)
+                if ref is not None and ref is not m:
+                    row.vs_static = _compare(ref.name, correct, [o.reward >= 1.0 for o in ref.outcomes])
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def _best_static(methods: list[_Method]) -> dict[int, _Method]:
+        """Per level, the static baseline (greedy, block-influence, angular, drop-last) with most correct."""
+        best: dict[int, _Method] = {}
+        for m in methods:
+            if m.name in STATIC and m.level is not None:
+                score = sum(o.reward >= 1.0 for o in m.outcomes)
+                if m.level not in best or score > sum(o.reward >= 1.0 for o in best[m.level].outcomes):
+                    best[m.level] = m
+        return best
+
+    # ------------------------------------------------------------------ files
+    def _write(self, folder: Path, rows: list[EvalRow], methods: list[_Method], examples, title: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        report.write_results(rows, folder, self.L, title=title)
+        lines = []
+        for m in methods:
+            base = methods[0].outcomes
+            for ex, o, b, layers in zip(examples, m.outcomes, base, m.layers, strict=True):
+                lines.append(
+                    json.dumps(
+                        {
+                            "task": self.name,
+                            "id": str(ex.id),
+                            "method": m.name,
+                            "level": m.level,
+                            "budget": m.budget,
+                            "seed": m.seed,
+                            "layers": layers,
+                            "correct": o.reward >= 1.0,
+                            "score": o.margin,
+                            "answer": o.answer,
+                            "agree": _agrees(o, b, self.ev.scoring),
+                            "fidelity": o.fidelity,
+                        }
+                    )
+                )
+        report.atomic_write_text(folder / "examples.jsonl", "\n".join(lines) + "\n")
+        routed = [m for m in methods if m.name == "routed"]
+        saved = [
+            {"method": m.name, "level": m.level, "budget": m.budget, "decisions": m.decisions} for m in routed
+        ]
+        report.atomic_write_text(folder / "decisions.json", json.dumps(saved) + "\n")
+        plots.plot_tradeoff(rows, folder / "tradeoff.png", self.L, title=title)
+        if routed:
+            shown = min(routed, key=lambda m: abs((m.level or self.L) - (self.L - 3)))
+            label = f"routed at {shown.level} layers" if shown.level else f"routed, budget {shown.budget:g}"
+            plots.plot_decisions(shown.decisions, folder / "decisions.png", title=f"{self.name}: {label}")
+        else:
+            paths = [list(m.path) for m in methods if m.path is not None and m.name in STATIC]
+            plots.plot_decisions(
+                paths, folder / "decisions.png", title=f"{self.name}: static paths, all levels"
+            )
+
+
+class BudgetCalibrator:
+    """Finds the router budget whose mean layers per prompt on calibration prompts reaches a level.
+
+    Mean layers fall as the budget (a bias on every skip logit) rises, in steps. ``budget_for`` brackets
+    the level by doubling, then bisects; every budget tried is cached, so levels share their probes.
+    """
+
+    def __init__(self, routed: RoutedModel, batches, iterations: int = 10):
+        self.routed, self.batches, self.iterations = routed, batches, iterations
+        self._seen: dict[float, tuple[float, list[list[int]]]] = {}
+
+    def layers_at(self, budget: float) -> tuple[float, list[list[int]]]:
+        """Mean layers per calibration prompt at ``budget``, and the decisions."""
+        if budget not in self._seen:
+            old = self.routed.budget
+            self.routed.budget = budget
+            try:
+                decisions = [d for ids, mask in self.batches for d in self.routed.route(ids, mask).tolist()]
+            finally:
+                self.routed.budget = old
+            self._seen[budget] = (sum(map(sum, decisions)) / len(decisions), decisions)
+        return self._seen[budget]
+
+    def budget_for(self, level: float) -> tuple[float, float, list[list[int]]]:
+        """``(budget, mean layers reached, decisions)`` closest to ``level``."""
+        lo, hi = -1.0, 1.0  # layers(lo) should be >= level >= layers(hi)
+        while self.layers_at(lo)[0] < level and lo > -1024:
+            lo *= 2
+        while self.layers_at(hi)[0] > level and hi < 1024:
+            hi *= 2
+        for _ in range(self.iterations):
+            mid = (lo + hi) / 2
+            if self.layers_at(mid)[0] > level:
+                lo = mid
+            else:
+                hi = mid
+        best = min(self._seen, key=lambda b: (abs(self._seen[b][0] - level), abs(b)))
+        return best, self._seen[best][0], self._seen[best][1]
+
+
+def decision_rates(decisions: list[list[int]]) -> list[list[float]]:
+    """Per layer, the shares of skip, execute and repeat over a set of decision vectors."""
+    n = len(decisions)
+    columns = zip(*decisions, strict=True)
+    return [[sum(1 for d in col if d == k) / n for k in range(3)] for col in columns]
+
+
+def _draw_path(rates: list[list[float]], seed: int, index: int) -> list[int]:
+    """A random path with each layer's decision drawn at the given rates (seeded per example)."""
+    rng = random.Random(f"{seed}:{index}")
+    return [rng.choices(range(3), weights=r)[0] for r in rates]
+
+
+def _agrees(outcome: Outcome, base: Outcome, scoring: str) -> bool:
+    """Whether a path gives the base model's answer (teacher-forced exact answers: its whole continuation)."""
+    if scoring == "teacher-forced":
+        return outcome.fidelity is not None and outcome.fidelity == base.fidelity
+    return outcome.answer is not None and outcome.answer == base.answer
+
+
+def _compare(against: str, a: list[bool], b: list[bool]) -> Comparison:
+    return Comparison(against, paired_difference(a, b), mcnemar_exact(a, b))
 
 
 def _load(model, routers, tokenizer, device):
@@ -125,212 +529,14 @@ def _load(model, routers, tokenizer, device):
     return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model)), str(model)
 
 
-def _reference_row(results) -> tuple[dict, list] | None:
-    """The routed result at the budget closest to 0 (None without routers)."""
-    routed = [(row, d) for row, d in results if row["method"] == "routed"]
-    return min(routed, key=lambda rd: abs(rd[0]["budget"])) if routed else None
-
-
-def _baseline_drops(results, num_layers: int, baselines, progress: bool) -> list[tuple[int, float]]:
-    """``(n, budget)`` pairs: static baselines skip n layers, matched to the routed row at that budget.
-
-    One pair per distinct number of layers the routers save over the budget sweep (rounded), so the
-    baselines trace the same compute range as the routers. None without routers or when nothing is saved.
-    """
-    if not baselines:
-        return []
-    routed = [row for row, _ in results if row["method"] == "routed"]
-    if not routed:
-        _note(progress, "no routers: static baselines skipped (their compute is matched to the routers')")
-        return []
-    drops: dict[int, float] = {}
-    for row in sorted(routed, key=lambda r: abs(r["budget"])):
-        n = min(layers_to_drop(row["layers_per_prompt"], num_layers), num_layers - 1)
-        if n > 0:
-            drops.setdefault(n, row["budget"])
-    if not drops:
-        _note(
-            progress,
-            f"routers run {min(r['layers_per_prompt'] for r in routed):.2f} or more of "
-            f"{num_layers} layers at every budget: nothing to drop, static baselines skipped",
-        )
-    return sorted(drops.items())
-
-
-def _calibration_prompts(task, scorer, count: int, data_dir, progress: bool) -> list[str]:
-    split = task.default_split_train
-    if split == task.default_split_eval:
-        _note(progress, f"task {task.name!r} has a single split: angular calibration prompts come from it")
-    examples = task.load(split, data_dir=data_dir, limit=max(1, count))
-    return [scorer.prompt(ex) for ex in examples]
-
-
-def _baseline_rows(scorer, examples, baselines, n: int, calib: list[str], seeds: int) -> list:
-    """Rows (with their decisions) of the static baselines skipping ``n`` layers."""
-    L = scorer.routed.num_layers
-    out = []
-    for method in baselines:
-        if method == "drop-last":
-            path = drop_last(L, n)
-        elif method == "angular":
-            ids, mask = batch_prompts(scorer.tokenizer, calib, scorer.routed.device)
-            path = angular_block(scorer.routed, ids, mask, n)
-        else:
-            out.append(_random_row(scorer, examples, n, seeds))
-            continue
-        row, decisions = scorer.run(method, examples, _static(path))
-        out.append(({**row, "skipped": [i for i, d in enumerate(path) if d == 0]}, decisions))
-    return out
-
-
-def _random_row(scorer, examples, n: int, seeds: int):
-    """The ``random`` baseline: mean over seeds, with the accuracy's standard deviation."""
-    L = scorer.routed.num_layers
-    seeds = range(max(1, seeds))
-    runs = [scorer.run("random", examples, _static(random_skips(L, n, seed))) for seed in seeds]
-    accs = [row["accuracy"] for row, _ in runs]
-    row = dict(runs[0][0])
-    row["accuracy"] = statistics.fmean(accs)
-    row["accuracy_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    row["layer_applications"] = statistics.fmean(r["layer_applications"] for r, _ in runs)
-    row["seconds"] = sum(r["seconds"] for r, _ in runs)
-    row["seeds"] = len(runs)
-    return row, runs[0][1]
-
-
-def _static(path: list[int]):
-    return lambda ids, mask: torch.tensor(path, dtype=torch.long).expand(ids.shape[0], -1)
-
-
-def _write(results, reference, output: str, num_layers: int, title: str) -> None:
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [r for r, _ in results]
-    report.write_results(rows, out, num_layers, title=title)
-    plots.plot_tradeoff(rows, out / "tradeoff.png", num_layers, title=title)
-    shown = reference or results[0]
-    label = f"routed, budget {shown[0]['budget']:g}" if reference else "base"
-    plots.plot_decisions(shown[1], out / "decisions.png", title=f"{title}: {label} decisions")
-    saved = [
-        {"method": r["method"], "budget": r["budget"], "decisions": d}
-        for r, d in results
-        if r["method"] in ("base", "routed")
-    ]
-    report.atomic_write_text(out / "decisions.json", json.dumps(saved) + "\n")
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
 
 
 def _note(progress: bool, text: str) -> None:
     if progress:
-        print(f"note: {text}")
-
-
-class _Scorer:
-    """Runs one method's decisions over a task's examples: accuracy, layers, layer applications, time."""
-
-    def __init__(self, routed, tokenizer, task, scoring, style, batch_size, max_new_tokens, progress):
-        self.routed, self.tokenizer, self.task = routed, tokenizer, task
-        self.style, self.batch_size, self.progress = style, batch_size, progress
-        self.max_new_tokens = max_new_tokens
-        self.choice = task.kind == "choice"
-        self.scoring = task._check_scoring(scoring)
-        if self.choice:
-            self.evaluator = PathEvaluator(
-                routed, tokenizer, task, self.scoring, style, max_rows=batch_size, reuse_prefix=False
-            )
-        self.eos = _eos_ids(tokenizer, routed.model)
-
-    def prompt(self, example) -> str:
-        """The prompt text of an example, as every method sees it."""
-        scoring = self.scoring if self.choice else None
-        return self.task.prompt(example, self.tokenizer, style=self.style, scoring=scoring)
-
-    def run_routed(self, examples, budget: float):
-        """The routed row at ``budget``: decisions from the routers on each prompt."""
-        old = self.routed.budget
-        self.routed.budget = budget
-        try:
-            row, decisions = self.run("routed", examples, None, label=f"routed b={budget:g}")
-        finally:
-            self.routed.budget = old
-        return {**row, "budget": float(budget)}, decisions
-
-    def run(self, method: str, examples, decide, label: str | None = None):
-        """One row for ``decide(ids, mask) -> [B, L]`` (None: the routers decide), and its decisions."""
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=len(examples),
-            desc=label or method,
-            unit="ex",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        correct, layers, apps, decisions = [], [], [], []
-        _sync()
-        start = time.perf_counter()
-        for i in range(0, len(examples), self.batch_size):
-            chunk = examples[i : i + self.batch_size]
-            ids, mask = batch_prompts(self.tokenizer, [self.prompt(ex) for ex in chunk], self.routed.device)
-            d = decide(ids, mask) if decide is not None else None
-            step = self._choice(chunk, ids, mask, d) if self.choice else self._exact(chunk, ids, mask, d)
-            for got, tokens, path in zip(*step, strict=True):
-                correct.append(got)
-                layers.append(sum(path))
-                apps.append(sum(path) * tokens)
-                decisions.append(path)
-            bar.update(len(chunk))
-        _sync()
-        seconds = time.perf_counter() - start
-        bar.close()
-        row = {
-            "method": method,
-            "budget": None,
-            "accuracy": statistics.fmean(correct),
-            "layers_per_prompt": statistics.fmean(layers),
-            "layer_applications": statistics.fmean(apps),
-            "seconds": seconds,
-            "n": len(examples),
-        }
-        return row, decisions
-
-    def _choice(self, chunk, ids, mask, d):
-        if d is None:
-            d = self.routed.route(ids, mask)
-        paths = [tuple(int(x) for x in row) for row in d.tolist()]
-        prepared = self.evaluator.prepare(chunk)
-        rewards = self.evaluator.rewards(list(zip(prepared, paths, strict=True)))
-        return [r >= 1.0 for r in rewards], [len(p.tokens) for p in prepared], [list(p) for p in paths]
-
-    def _exact(self, chunk, ids, mask, d):
-        pad = self.tokenizer.pad_token_id
-        new = greedy_new_tokens(self.routed, ids, mask, d, self.max_new_tokens, pad).tolist()
-        paths = self.routed.last_decisions.tolist()
-        correct, tokens = [], []
-        for ex, row, n_prompt in zip(chunk, new, mask.sum(1).tolist(), strict=True):
-            kept = _until_eos(row, self.eos)
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            correct.append(bool(self.task.grade(ex, text)))
-            tokens.append(int(n_prompt) + len(kept))
-        return correct, tokens, paths
-
-
-def _eos_ids(tokenizer, model) -> set[int]:
-    ids = set()
-    config = getattr(model, "generation_config", None)
-    for value in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif value is not None:
-            ids.update(int(v) for v in value)
-    return ids
-
-
-def _until_eos(tokens: list[int], eos: set[int]) -> list[int]:
-    """Generated tokens up to and including the first EOS (all of them when there is none)."""
-    for k, t in enumerate(tokens):
-        if t in eos:
-            return tokens[: k + 1]
-    return tokens
+        log.info(text)
+        print(f"note: {text}", flush=True)
 
 
 def _sync() -> None:

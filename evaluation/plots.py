@@ -16,11 +16,21 @@ from .report import DECISION_NAMES, sort_rows
 _COLORS = {
     "base": "black",
     "routed": "tab:blue",
-    "drop-last": "tab:orange",
+    "routed-random": "tab:cyan",
+    "routed-majority": "tab:purple",
+    "greedy": "tab:olive",
+    "block-influence": "tab:brown",
     "angular": "tab:green",
+    "drop-last": "tab:orange",
     "random": "tab:red",
 }
-_MARKERS = {"routed": "o", "drop-last": "s", "angular": "D", "random": "^"}
+_MARKERS = {
+    "routed": "o",
+    "routed-random": "v",
+    "routed-majority": "P",
+    "greedy": "X",
+    "block-influence": "p",
+}
 _ANNOTATE_MAX_LAYERS = 40
 
 
@@ -43,108 +53,78 @@ def _save(fig, path: str | os.PathLike) -> None:
     os.replace(tmp, target)
 
 
-def _group_by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
+def _series(rows: Sequence[Any]) -> dict[str, list[Any]]:
+    """Rows grouped by method (random seeds pooled into one series), each sorted by layers."""
+    groups: dict[str, list[Any]] = {}
     for row in sort_rows(rows):
-        groups.setdefault(row["method"], []).append(row)
-    return groups
+        groups.setdefault(row.method, []).append(row)
+    return {m: sorted(g, key=lambda r: r.layers) for m, g in groups.items()}
 
 
-def _draw_base(ax, rows: list[dict[str, Any]]) -> None:
-    """Draw the base model as a star with a dashed line at its accuracy."""
-    for row in rows:
-        acc = 100 * row["accuracy"]
-        ax.axhline(acc, color=_COLORS["base"], linestyle="--", linewidth=1, alpha=0.6, zorder=1)
-        ax.plot(
-            row["layers_per_prompt"],
-            acc,
-            marker="*",
-            markersize=16,
-            color=_COLORS["base"],
-            linestyle="none",
-            label=f"base ({acc:.1f}%)",
-            zorder=4,
-        )
-
-
-def _draw_method(ax, method: str, rows: list[dict[str, Any]]) -> None:
-    """Draw one method: a line with budget labels for a sweep, a point (with error bar) otherwise."""
-    color = _COLORS.get(method)
-    marker = _MARKERS.get(method, "o")
-    rows = sorted(rows, key=lambda row: row["layers_per_prompt"])
-    xs = [row["layers_per_prompt"] for row in rows]
-    ys = [100 * row["accuracy"] for row in rows]
-    stds = [100 * row["accuracy_std"] if row.get("accuracy_std") is not None else 0.0 for row in rows]
-    style = "-" if len(rows) > 1 else "none"
-    ax.errorbar(
-        xs,
-        ys,
-        yerr=stds if any(stds) else None,
-        color=color,
-        marker=marker,
-        markersize=7,
-        linestyle=style,
-        linewidth=1.8,
-        capsize=4,
-        label=method,
-        zorder=3,
-    )
-    if len(rows) > 1:
-        for x, y, row in zip(xs, ys, rows, strict=True):
-            if row.get("budget") is None:
-                continue
-            ax.annotate(
-                f"b={row['budget']:g}",
-                (x, y),
-                xytext=(0, 9),
-                textcoords="offset points",
-                ha="center",
-                fontsize=9,
-                color=color,
-                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+def _panel(ax, rows: Sequence[Any], value, scale: float, ylabel: str, num_layers: int) -> None:
+    for method, group in _series(rows).items():
+        points = [(r.layers, value(r)) for r in group if value(r) is not None]
+        if not points:
+            continue
+        xs = [x for x, _ in points]
+        ys = [scale * v.value for _, v in points]
+        err = [
+            [scale * (v.value - v.low) for _, v in points],
+            [scale * (v.high - v.value) for _, v in points],
+        ]
+        if method == "base":
+            ax.axhspan(
+                scale * points[0][1].low, scale * points[0][1].high, color="grey", alpha=0.15, zorder=0
             )
+            ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, zorder=1)
+            ax.plot(
+                xs, ys, marker="*", markersize=15, color="black", linestyle="none", label="base", zorder=4
+            )
+            continue
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=err,
+            color=_COLORS.get(method),
+            marker=_MARKERS.get(method, "o" if method not in ("drop-last", "angular", "random") else "s"),
+            markersize=6,
+            linestyle="-" if len(xs) > 1 and method != "random" else "none",
+            linewidth=1.5,
+            capsize=3,
+            alpha=0.9,
+            label=method,
+            zorder=3,
+        )
+    ax.axvline(num_layers, color="grey", linestyle=":", linewidth=1, zorder=1)
+    ax.set_ylabel(ylabel, fontsize=11)
+    ax.grid(True, alpha=0.3)
 
 
 def plot_tradeoff(
-    rows: Sequence[dict[str, Any]], path: str | os.PathLike, num_layers: int, title: str | None = None
+    rows: Sequence[Any], path: str | os.PathLike, num_layers: int, title: str | None = None
 ) -> None:
-    """Plot accuracy against layers per prompt for every method, and save it as a PNG.
+    """Accuracy (top) and greedy fidelity (bottom) against layers per prompt, with 95% intervals.
 
-    A method with several rows (the routers' budget sweep) is drawn as a line whose points carry
-    their budget; other methods are single points, with error bars where rows give
-    ``accuracy_std``. The base model is a star plus a dashed line at its accuracy.
+    Every method sits on the same x-axis, the mean layers it executed; the base model is a star with a
+    dashed line and a grey band (its interval).
 
     Args:
-        rows: Result rows (see the module docstring).
+        rows: ``EvalRow`` objects of one task.
         path: PNG file to write.
         num_layers: Layers ``L`` of the model, marked by a dotted vertical line.
         title: Optional plot title.
     """
-    fig = _new_figure(7.5, 4.8)
-    ax = fig.add_subplot()
-    groups = _group_by_method(rows)
-    for method, group in groups.items():
-        if method == "base":
-            _draw_base(ax, group)
-        else:
-            _draw_method(ax, method, group)
-    ax.axvline(num_layers, color="grey", linestyle=":", linewidth=1, zorder=1)
-    xs = [row["layers_per_prompt"] for row in rows] + [num_layers]
-    pad = max(1.0, 0.08 * (max(xs) - min(xs)))
-    ax.set_xlim(max(0.0, min(xs) - pad), max(xs) + pad)
-    lows = [100 * (row["accuracy"] - (row.get("accuracy_std") or 0.0)) for row in rows]
-    highs = [100 * (row["accuracy"] + (row.get("accuracy_std") or 0.0)) for row in rows]
-    if rows:
-        ypad = max(2.0, 0.12 * (max(highs) - min(lows)))
-        ax.set_ylim(min(lows) - ypad, max(highs) + ypad)
-    ax.set_xlabel(f"layers executed per prompt (L = {num_layers})", fontsize=12)
-    ax.set_ylabel("accuracy (%)", fontsize=12)
-    ax.tick_params(labelsize=10)
-    ax.grid(True, alpha=0.3)
+    has_fidelity = any(r.fidelity is not None for r in rows)
+    fig = _new_figure(8.0, 7.5 if has_fidelity else 4.8)
+    axes = fig.subplots(2, 1, sharex=True) if has_fidelity else [fig.add_subplot()]
+    _panel(axes[0], rows, lambda r: r.accuracy, 100, "accuracy (%)", num_layers)
+    if has_fidelity:
+        _panel(axes[1], rows, lambda r: r.fidelity, 1, "greedy fidelity (tokens)", num_layers)
+    axes[-1].set_xlabel(f"layers executed per prompt (L = {num_layers})", fontsize=11)
     if title:
-        ax.set_title(title, fontsize=13)
+        axes[0].set_title(title, fontsize=12)
     if rows:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=10, frameon=False)
+        axes[0].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False)
     _save(fig, path)
 
 

@@ -20,7 +20,8 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
         eval_examples=4,
         simulations=4,
         epochs=1,
-        budgets=(0.0, 1.0),
+        target_layers=(3, 2),
+        calibration=4,
         progress=False,
         tokenizer=tiny_tokenizer(),
     )
@@ -29,7 +30,14 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
     for piece in ("## Search", "macro F1", "| method |", "eval/tradeoff.png", "eval/decisions.png"):
         assert piece in text
     assert (out / "paths.jsonl").is_file() and (out / "routers" / "routers.safetensors").is_file()
-    assert {r["method"] for r in first["eval"]} >= {"base", "routed"}
+    assert {r.method for r in first["eval"]} >= {
+        "base",
+        "routed",
+        "greedy",
+        "routed-random",
+        "routed-majority",
+    }
+    assert "Verdict:" in text and "significant" in text
 
     def fail(*args, **kw):
         raise AssertionError("a finished stage ran again")

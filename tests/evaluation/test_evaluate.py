@@ -1,4 +1,4 @@
-"""``run_eval`` on tiny random models: files, transformers parity, static baseline rows."""
+"""``run_eval`` on tiny random models: matched compute, intervals, paired tests, files, parity."""
 
 import json
 
@@ -7,20 +7,20 @@ import torch
 from task_files import choice_file, exact_file
 from tiny_models import tiny_model, tiny_tokenizer
 
-from drllm.evaluation.evaluate import run_eval
-from drllm.evaluation.report import ROW_KEYS
-from drllm.router import RoutedModel, encode_prompt
+from drllm.evaluation.evaluate import BudgetCalibrator, decision_rates, run_eval
+from drllm.evaluation.report import read_results
+from drllm.router import RoutedModel, batch_prompts, encode_prompt
 from drllm.search.tasks import get_task
 
 
-def bias_routers(routed, skip_layers):
-    """Routers whose logits are constant: skip the given layers, execute the others."""
+def ladder_routers(routed):
+    """Constant routers: layer i's skip logit is i - 1.5 + budget: budget b skips every layer i > 1.5 - b."""
     routed.add_routers(num_windows=2, bottleneck=8)
     with torch.no_grad():
         for i, router in enumerate(routed.routers.layers):
             last = router.net[2]
             last.weight.zero_()
-            last.bias.copy_(torch.tensor([3.0, 0.0, -3.0] if i in skip_layers else [-3.0, 3.0, -3.0]))
+            last.bias.copy_(torch.tensor([i - 1.5, 0.0, -9.0]))
 
 
 def plain_accuracy(model, tokenizer, task_name):
@@ -32,84 +32,138 @@ def plain_accuracy(model, tokenizer, task_name):
         scores = []
         for option in task.continuations(ex, "mc-loglik", tokenizer=tokenizer):
             cont = tokenizer(option, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt + cont])
             with torch.no_grad():
-                logp = model(ids).logits[0].log_softmax(-1)
+                logp = model(torch.tensor([prompt + cont])).logits[0].log_softmax(-1)
             scores.append(sum(float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(cont)))
         right.append(max(range(len(scores)), key=scores.__getitem__) == ex.answer)
     return sum(right) / len(right)
 
 
-def test_run_eval_base_matches_transformers(tmp_path):
-    task = choice_file(tmp_path / "mc.jsonl")
+def test_base_row_matches_transformers_and_files_are_written(tmp_path):
+    task = choice_file(tmp_path / "mc.jsonl", n=8)
     tok = tiny_tokenizer()
     routed = RoutedModel.from_pretrained(tiny_model("llama", seed=3))
-    rows = run_eval(routed, task, str(tmp_path / "out"), tokenizer=tok, batch_size=4, progress=False)
-    assert [r["method"] for r in rows] == ["base"]
+    out = tmp_path / "out"
+    rows = run_eval(
+        routed,
+        task,
+        str(out),
+        tokenizer=tok,
+        batch_size=3,
+        calibration=4,
+        target_layers=(3, 2),
+        baselines=("drop-last", "angular", "block-influence", "greedy"),
+        fidelity_tokens=4,
+        progress=False,
+    )
     base = rows[0]
-    assert base["accuracy"] == pytest.approx(plain_accuracy(tiny_model("llama", seed=3), tok, task))
-    assert base["layers_per_prompt"] == 4 and base["n"] == 6
-    for name in ("results.json", "results.md", "tradeoff.png", "decisions.png"):
-        assert (tmp_path / "out" / name).is_file()
-    saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(ROW_KEYS) <= set(saved[0])
+    assert base.method == "base" and base.layers == 4 and base.n == 8
+    assert base.accuracy.value == pytest.approx(plain_accuracy(tiny_model("llama", seed=3), tok, task))
+    assert base.accuracy.low <= base.accuracy.value <= base.accuracy.high
+    assert base.agreement.value == 1.0 and base.fidelity.value == pytest.approx(4.0)
+    static = [r for r in rows if r.method != "base"]
+    assert {(r.method, r.level) for r in static} == {
+        (m, lv) for m in ("greedy", "block-influence", "angular", "drop-last") for lv in (3, 2)
+    }
+    for r in static:
+        assert sum(r.path) == r.level == r.layers and r.path[-1] == 1  # exact level, final layer kept
+        assert r.vs_base.against == "base" and 0.0 <= r.vs_base.p_value <= 1.0
+    best = {lv: max((r for r in static if r.level == lv), key=lambda r: r.accuracy.value) for lv in (3, 2)}
+    for r in static:
+        if r is not best[r.level]:
+            assert r.vs_static.against in ("greedy", "block-influence", "angular", "drop-last")
+    for name in (
+        "results.json",
+        "results.md",
+        "examples.jsonl",
+        "decisions.json",
+        "tradeoff.png",
+        "decisions.png",
+    ):
+        assert (out / name).is_file(), name
+    reread = {(r.method, r.level): r for r in read_results(out / "results.json")}
+    assert reread[("base", None)] == base
+    lines = [json.loads(x) for x in (out / "examples.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 * len(rows)
+    mine = [x for x in lines if x["method"] == "drop-last" and x["level"] == 2]
+    assert sum(x["correct"] for x in mine) / 8 == pytest.approx(reread[("drop-last", 2)].accuracy.value)
+    text = (out / "results.md").read_text()
+    assert "## Findings" in text and "significant" in text and "[95% CI]" in text
 
 
-def test_run_eval_routed_and_baselines(tmp_path):
-    task = choice_file(tmp_path / "mc.jsonl")
+def test_routers_are_matched_to_each_level_and_compared_with_controls(tmp_path):
+    task = choice_file(tmp_path / "mc.jsonl", n=6)
     routed = RoutedModel.from_pretrained(tiny_model("llama"))
-    bias_routers(routed, skip_layers={1, 2})
+    ladder_routers(routed)
     rows = run_eval(
         routed,
         task,
         str(tmp_path / "out"),
         tokenizer=tiny_tokenizer(),
-        budgets=(-1.0, 0.0),
+        target_layers=(3, 2),
+        budgets=(5.0,),
+        baselines=("drop-last", "random"),
         random_seeds=2,
-        calibration=3,
+        calibration=4,
         batch_size=4,
+        fidelity_tokens=3,
         progress=False,
     )
-    by = {(r["method"], r["budget"]): r for r in rows}
-    assert set(by) == {
-        ("base", None),
-        ("routed", -1.0),
-        ("routed", 0.0),
-        ("drop-last", None),
-        ("angular", None),
-        ("random", None),
-    }
-    assert by[("routed", 0.0)]["layers_per_prompt"] == 2
-    assert all(r["layers_per_prompt"] == 2 for r in rows if r["method"] not in ("base", "routed"))
-    assert by[("drop-last", None)]["skipped"] == [1, 2]
-    assert "accuracy_std" in by[("random", None)]
-    for r in rows:
-        assert set(ROW_KEYS) <= set(r)
-        assert r["layer_applications"] > r["layers_per_prompt"]
-    decisions = json.loads((tmp_path / "out" / "decisions.json").read_text())
-    assert [1, 0, 0, 1] in next(d["decisions"] for d in decisions if d["budget"] == 0.0)
+    by = {(r.method, r.level, r.seed): r for r in rows}
+    for level in (3, 2):
+        r = by[("routed", level, None)]
+        assert r.layers == level and r.calibration_layers == level  # constant routers: exact on both splits
+        assert r.vs_static.against == "drop-last"
+        assert by[("routed-majority", level, None)].path == [1] * level + [0] * (4 - level)
+        assert by[("routed-random", level, 0)].layers == level  # rates are 0/1 here: the same paths
+        assert ("random", level, 0) in by and ("random", level, 1) in by
+    assert by[("routed", None, None)].budget == 5.0 and by[("routed", None, None)].layers == 0
     assert routed.budget == 0.0
+    saved = json.loads((tmp_path / "out" / "decisions.json").read_text())
+    assert [1, 1, 0, 0] in next(d["decisions"] for d in saved if d["level"] == 2)
 
 
-def test_run_eval_exact_and_errors(tmp_path):
-    task = exact_file(tmp_path / "ex.jsonl")
-    tok = tiny_tokenizer()
+def test_budget_calibrator_and_rates():
     routed = RoutedModel.from_pretrained(tiny_model("llama"))
-    with pytest.raises(ValueError, match="known baselines: drop-last, angular, random"):
-        run_eval(routed, task, str(tmp_path / "out"), tokenizer=tok, baselines=("nope",))
-    bias_routers(routed, skip_layers={2})
+    ladder_routers(routed)
+    ids, mask = batch_prompts(tiny_tokenizer(), ["hello there", "a b c d e"])
+    cal = BudgetCalibrator(routed, [(ids, mask)])
+    for level in (4, 3, 2, 1):
+        budget, reached, decisions = cal.budget_for(level)
+        assert reached == level and all(sum(d) == level for d in decisions)
+        assert routed.budget == 0.0
+    assert decision_rates([[0, 1, 2], [1, 1, 2]]) == [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+def test_exact_answers_by_generation_and_several_tasks(tmp_path):
+    exact = exact_file(tmp_path / "ex.jsonl", n=4)
+    choice = choice_file(tmp_path / "mc.jsonl", n=4)
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
     rows = run_eval(
         routed,
-        task,
+        f"{exact},{choice}",
         str(tmp_path / "out"),
-        tokenizer=tok,
-        budgets=(0.0,),
-        max_new_tokens=3,
+        tokenizer=tiny_tokenizer(),
+        target_layers=(3,),
         baselines=("drop-last",),
+        calibration=2,
+        max_new_tokens=3,
+        fidelity_tokens=3,
         progress=False,
     )
-    got = [(r["method"], r["layers_per_prompt"]) for r in rows]
-    assert got == [("base", 4), ("routed", 3), ("drop-last", 3)]
-    prompt_tokens = sum(len(encode_prompt(tok, f"add {i} and 1:")) for i in range(3)) / 3
-    base = rows[0]
-    assert 4 * (prompt_tokens + 1) <= base["layer_applications"] <= 4 * (prompt_tokens + 3)
+    assert {r.task for r in rows} == {exact, choice}
+    assert all(r.fidelity is not None for r in rows)
+    assert (tmp_path / "out" / "results.json").is_file()
+    assert len([p for p in (tmp_path / "out").iterdir() if p.is_dir()]) == 2
+
+
+def test_bad_arguments_name_the_problem(tmp_path):
+    task = choice_file(tmp_path / "mc.jsonl", n=3)
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    tok = tiny_tokenizer()
+    with pytest.raises(ValueError, match="known baselines: greedy"):
+        run_eval(routed, task, str(tmp_path / "o"), tokenizer=tok, baselines=("nope",))
+    with pytest.raises(ValueError, match=r"target layers must lie in 1..3"):
+        run_eval(routed, task, str(tmp_path / "o"), tokenizer=tok, target_layers=(4,))
+    with pytest.raises(ValueError, match="unknown task"):
+        run_eval(routed, "nope", str(tmp_path / "o"), tokenizer=tok)

@@ -1,6 +1,5 @@
 """Tests for drllm.evaluation.report: tables, JSON, Pareto front and the two PNG figures."""
 
-import json
 import subprocess
 import sys
 
@@ -8,34 +7,47 @@ import numpy as np
 import pytest
 
 from drllm.evaluation import plots, report
+from drllm.evaluation.report import Comparison, EvalRow
+from drllm.evaluation.stats import Interval
 
 L = 30
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _row(method, accuracy, layers, budget=None, **extra):
-    return {
-        "method": method,
-        "budget": budget,
-        "accuracy": accuracy,
-        "layers_per_prompt": layers,
-        "layer_applications": layers * 120.0,
-        "seconds": 12.5,
-        "n": 200,
-        **extra,
-    }
+def _iv(value, half=0.04):
+    return Interval(value, value - half, value + half)
+
+
+def _row(method, accuracy, layers, level=None, budget=None, seed=None, p=0.5, fidelity=10.0):
+    row = EvalRow(
+        task="toy",
+        method=method,
+        level=level,
+        layers=layers,
+        accuracy=_iv(accuracy),
+        agreement=_iv(0.9, 0.02),
+        fidelity=_iv(fidelity, 1.0),
+        n=200,
+        budget=budget,
+        seed=seed,
+        layer_applications=layers * 120.0,
+        seconds=12.5,
+    )
+    if method != "base":
+        row.vs_base = Comparison("base", Interval(accuracy - 0.5, accuracy - 0.55, accuracy - 0.45), p)
+    return row
 
 
 @pytest.fixture
 def rows():
     return [
-        _row("random", 0.22, 24.0, accuracy_std=0.03),
-        _row("routed", 0.43, 23.2, budget=1.0),
-        _row("angular", 0.38, 24.0),
-        _row("routed", 0.52, 28.0, budget=-0.5),
+        _row("random", 0.22, 24.0, level=24, seed=0),
+        _row("routed", 0.43, 23.2, level=24, budget=1.0, p=0.001),
+        _row("angular", 0.38, 24.0, level=24),
+        _row("routed", 0.52, 28.0, level=28, budget=-0.5),
         _row("base", 0.50, 30.0),
-        _row("drop-last", 0.31, 24.0),
-        _row("routed", 0.48, 25.0, budget=0.5),
+        _row("drop-last", 0.31, 24.0, level=24),
+        _row("greedy", 0.48, 28.0, level=28),
     ]
 
 
@@ -43,57 +55,40 @@ def _is_png(path):
     return path.exists() and path.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_sort_rows_puts_base_then_routed_by_budget_then_baselines(rows):
+def test_sort_rows_puts_base_first_then_levels_from_the_most_layers(rows):
     ordered = report.sort_rows(rows)
-    assert [r["method"] for r in ordered] == [
-        "base",
-        "routed",
-        "routed",
-        "routed",
-        "drop-last",
-        "angular",
-        "random",
+    assert [(r.method, r.level) for r in ordered] == [
+        ("base", None),
+        ("routed", 28),
+        ("greedy", 28),
+        ("routed", 24),
+        ("angular", 24),
+        ("drop-last", 24),
+        ("random", 24),
     ]
-    assert [r["budget"] for r in ordered[1:4]] == [-0.5, 0.5, 1.0]
 
 
 def test_write_results_json_round_trip(rows, tmp_path):
     report.write_results(rows, tmp_path / "out", L, title="toy")
-    loaded = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert len(loaded) == len(rows)
-    for row in loaded:
-        assert set(report.ROW_KEYS) <= set(row)
-    assert loaded[0]["method"] == "base"
-    assert sorted(map(json.dumps, loaded)) == sorted(map(json.dumps, rows))
+    loaded = report.read_results(tmp_path / "out" / "results.json")
+    assert loaded == report.sort_rows(rows)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_write_results_accepts_numpy_scalars(tmp_path):
-    row = _row("base", np.float32(0.5), np.float64(30.0))
-    row["n"] = np.int64(200)
-    report.write_results([row], tmp_path, L)
-    assert json.loads((tmp_path / "results.json").read_text())[0]["n"] == 200
-
-
-def test_write_results_names_missing_keys(tmp_path):
-    with pytest.raises(ValueError, match="layer_applications"):
-        report.write_results([{"method": "base", "accuracy": 0.5}], tmp_path, L)
-
-
-def test_markdown_has_every_method_and_formatted_numbers(rows, tmp_path):
+def test_markdown_shows_intervals_comparisons_and_words(rows, tmp_path):
     table = report.markdown_table(rows, L)
-    for method in ("base", "routed", "drop-last", "angular", "random"):
-        assert f"| {method} |" in table
-    assert "| 52.0 |" in table  # accuracy in percent
-    assert "22.0 ± 3.0" in table  # random baseline with its std
-    assert "| 28.00 |" in table  # layers per prompt
-    assert "+2.00 (+6.7%)" in table  # saved vs L = 30
-    assert "3,360.0" in table  # layer applications
-    assert "| -0.5 |" in table  # budget
+    for method in ("base", "routed", "drop-last", "angular", "random (seed 0)", "greedy"):
+        assert f"| {method}" in table
+    assert "52.0 [48.0, 56.0]" in table  # accuracy with its interval, in percent
+    assert "p=0.001*" in table  # significant: starred
+    assert "| 28.00 |" in table
     assert table.count("\n") == 2 + len(rows)
+    words = "\n".join(report.findings(rows))
+    assert "significantly below the base model" in words  # routed at 24 layers, p = 0.001
+    assert "not significantly different from the base model" in words
     report.write_results(rows, tmp_path, L, title="toy")
     text = (tmp_path / "results.md").read_text()
-    assert text.startswith("# toy") and table in text
+    assert text.startswith("# toy") and table in text and "## Findings" in text
 
 
 def test_plot_tradeoff_writes_png(rows, tmp_path):
@@ -102,9 +97,11 @@ def test_plot_tradeoff_writes_png(rows, tmp_path):
     assert _is_png(path)
 
 
-def test_plot_tradeoff_single_method(tmp_path):
+def test_plot_tradeoff_single_method_without_fidelity(tmp_path):
     path = tmp_path / "base.png"
-    plots.plot_tradeoff([_row("base", 0.5, 30.0)], path, L)
+    row = _row("base", 0.5, 30.0)
+    row.fidelity = None
+    plots.plot_tradeoff([row], path, L)
     assert _is_png(path)
 
 
@@ -189,7 +186,8 @@ def test_eval_and_demo_outputs_are_written_atomically(tmp_path, monkeypatch):
         routed=routed,
         tokenizer=tiny_tokenizer(),
         progress=False,
-        budgets=(0.0,),
+        target_layers=(3,),
+        calibration=4,
     )
     for name in ("results.json", "results.md", "decisions.json", "report.md", ".done"):
         assert name in written, name
