@@ -141,7 +141,7 @@ def timed_build(routed, tokenizer, rows, num_windows: int, batch_size: int, devi
     online_pooled(routed, tokenizer, [r.prompt for r in warm], [r.decisions for r in warm], num_windows)
     sync(device)
     start = time.perf_counter()
-    features = build_features(routed, tokenizer, rows, num_windows, batch_size, None, progress=False)
+    features = build_features(routed, tokenizer, rows, num_windows, batch_size, None)
     sync(device)
     return features, time.perf_counter() - start
 

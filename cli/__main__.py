@@ -22,6 +22,7 @@ import importlib
 import sys
 
 from drllm.router import DEFAULT_MODEL
+from drllm.search.progress import configure_logging
 
 COMMANDS: dict[str, str] = {
     "generate": "drllm.cli.generate:generate",
@@ -30,7 +31,7 @@ COMMANDS: dict[str, str] = {
     "eval": "drllm.evaluation.evaluate:run_eval",
     "demo": "drllm.cli.demo:run_demo",
 }
-PYTHON_ONLY = {"tokenizer", "routed", "progress"}  # objects handed over from Python, never flags
+PYTHON_ONLY = {"tokenizer", "routed"}  # objects handed over from Python, never flags
 EXTRAS = {"train": "train", "eval": "eval", "demo": "train"}  # the pip extra a command needs
 _TRUE_FALSE = {"true", "false", "yes", "no", "1", "0"}
 
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     except ArgumentError as err:
         _fail(f"{name}: {err}")
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "config"}
+    configure_logging()
     try:
         command_function(name)(**kwargs)
     except (ValueError, FileNotFoundError) as err:

@@ -15,6 +15,7 @@ outputs exist and the marker matches the arguments of this call.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from drllm.evaluation import plots, report
@@ -26,6 +27,7 @@ from drllm.search.tasks.style import describe, resolve_style
 from drllm.train.trainer import train_routers
 
 MARKER = ".done"
+log = logging.getLogger(__name__)
 
 
 def run_demo(
@@ -42,7 +44,6 @@ def run_demo(
     fidelity_tokens: int = 16,
     seed: int = 0,
     data_dir: str | None = None,
-    progress: bool = True,
     routed: RoutedModel | None = None,
     tokenizer=None,
     device: str | None = None,
@@ -63,7 +64,6 @@ def run_demo(
         fidelity_tokens: tokens of the base model's greedy continuation checked for greedy fidelity.
         seed: seed of search and router training (the random baseline draws seed 0).
         data_dir: benchmark data folder.
-        progress: show banners, progress bars and summaries.
         routed: an already built ``RoutedModel`` to use instead of loading ``model`` (tests).
         tokenizer: its tokenizer.
         device: where the model runs (``load_routed``'s policy: CUDA when available).
@@ -80,9 +80,8 @@ def run_demo(
         "auto", routed, tokenizer, task_obj, data_dir=data_dir, examples=min(64, train_examples)
     )
     style_line = describe(style, measured, task_obj.default_split_train)
-    _say(progress, style_line)
+    _say(style_line)
     _say(
-        progress,
         f"[1/3] search {task} ({train_examples} training examples, {simulations} simulations) -> {paths}",
     )
     search = run_search(
@@ -96,7 +95,6 @@ def run_demo(
         style=style,
         data_dir=data_dir,
         tokenizer=tokenizer,
-        progress=progress,
     )
     train_args = {
         "model": str(model),
@@ -108,7 +106,7 @@ def run_demo(
         "seed": seed,
         "style": style,
     }
-    metrics = _train_stage(routed, tokenizer, out / "routers", train_args, progress)
+    metrics = _train_stage(routed, tokenizer, out / "routers", train_args)
     eval_args = {
         **train_args,
         "eval_examples": eval_examples,
@@ -118,11 +116,11 @@ def run_demo(
         "fidelity_tokens": fidelity_tokens,
     }
     split = "validation" if "validation" in task_obj.splits else task_obj.default_split_eval
-    rows, decisions = _eval_stage(routed, tokenizer, out, eval_args, split, data_dir, progress)
+    rows, decisions = _eval_stage(routed, tokenizer, out, eval_args, split, data_dir)
     text = report_text(search, metrics, rows, decisions, routed.num_layers, task, str(model), style_line)
     path = out / "report.md"
     report.atomic_write_text(path, text)
-    _say(progress, f"report: {path}")
+    _say(f"report: {path}")
     return {"search": search, "train": metrics, "eval": rows, "report": str(path)}
 
 
@@ -134,9 +132,8 @@ def _load(model, routed, tokenizer, device):
     return load_routed(model, device=device), tokenizer if tokenizer is not None else load_tokenizer(model)
 
 
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(text, flush=True)
+def _say(text: str) -> None:
+    log.info(text)
 
 
 def _finished(folder: Path, args: dict, files: tuple[str, ...]) -> bool:
@@ -154,12 +151,12 @@ def _mark(folder: Path, args: dict) -> None:
     report.atomic_write_text(folder / MARKER, json.dumps(args, indent=2, sort_keys=True) + "\n")
 
 
-def _train_stage(routed, tokenizer, folder: Path, args: dict, progress: bool) -> dict:
+def _train_stage(routed, tokenizer, folder: Path, args: dict) -> dict:
     """Stage 2: train the routers (or reuse finished ones); the routers end up loaded from ``folder``."""
     if _finished(folder, args, ("routers.safetensors", "metrics.json")):
-        _say(progress, f"[2/3] train routers: already done in {folder}, reusing them")
+        _say(f"[2/3] train routers: already done in {folder}, reusing them")
     else:
-        _say(progress, f"[2/3] train routers ({args['epochs']} epochs) -> {folder}")
+        _say(f"[2/3] train routers ({args['epochs']} epochs) -> {folder}")
         stale = (folder / MARKER).is_file()  # finished with other arguments: start over, do not resume
         (folder / MARKER).unlink(missing_ok=True)
         (folder.parent / "eval" / MARKER).unlink(missing_ok=True)
@@ -170,7 +167,6 @@ def _train_stage(routed, tokenizer, folder: Path, args: dict, progress: bool) ->
             epochs=args["epochs"],
             seed=args["seed"],
             resume=not stale,
-            progress=progress,
             tokenizer=tokenizer,
         )
         _mark(folder, args)
@@ -178,14 +174,14 @@ def _train_stage(routed, tokenizer, folder: Path, args: dict, progress: bool) ->
     return json.loads((folder / "metrics.json").read_text())
 
 
-def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir, progress: bool):
+def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir):
     """Stage 3: evaluate (or reuse a finished evaluation); returns the rows and the saved decisions."""
     folder = out / "eval"
     if _finished(folder, args, ("results.json", "decisions.json")):
-        _say(progress, f"[3/3] evaluate: already done in {folder}, reusing the results")
+        _say(f"[3/3] evaluate: already done in {folder}, reusing the results")
     else:
         count = "all" if args["eval_examples"] is None else args["eval_examples"]
-        _say(progress, f"[3/3] evaluate on {split} ({count} examples) -> {folder}")
+        _say(f"[3/3] evaluate on {split} ({count} examples) -> {folder}")
         (folder / MARKER).unlink(missing_ok=True)
         run_eval(
             routed,
@@ -202,7 +198,6 @@ def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir, 
             style=args["style"],
             data_dir=data_dir,
             tokenizer=tokenizer,
-            progress=progress,
         )
         _mark(folder, args)
     rows = report.read_results(folder / "results.json")

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from drllm.router import RoutedModel, batch_prompts, load_routed, load_tokenizer
+from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
 from drllm.search.tasks import get_task
 from drllm.search.tasks.style import describe, resolve_style
@@ -79,7 +80,6 @@ def run_eval(
     random_seeds: int = 3,
     batch_size: int = 16,
     tokenizer=None,
-    progress: bool = True,
     device: str | None = None,
 ) -> list[EvalRow]:
     """Evaluate base, routed and static-baseline paths at matched compute and write the reports.
@@ -107,7 +107,6 @@ def run_eval(
         random_seeds: seeds of the random baseline (one row each).
         batch_size: rows per forward pass.
         tokenizer: the tokenizer, when ``model`` is a ``RoutedModel``.
-        progress: show progress bars.
         device: where the model runs (``load_routed``'s policy: CUDA when available).
 
     Returns:
@@ -144,7 +143,6 @@ def run_eval(
         style,
         random_seeds,
         batch_size,
-        progress,
     )
     rows: list[EvalRow] = []
     for name, task_obj in zip(names, tasks, strict=True):
@@ -183,7 +181,6 @@ class _Settings:
     style: str
     random_seeds: int
     batch_size: int
-    progress: bool
 
 
 @dataclass
@@ -227,7 +224,7 @@ class _TaskEvaluation:
         style, measured = resolve_style(
             s.style, self.routed, self.tokenizer, task, scoring, s.data_dir, max_new_tokens=s.max_new_tokens
         )
-        _note(s.progress, f"{self.name}: {describe(style, measured, task.default_split_train)}")
+        log.info("%s: %s", self.name, describe(style, measured, task.default_split_train))
         self.ev = PathEvaluator(
             self.routed,
             self.tokenizer,
@@ -269,7 +266,7 @@ class _TaskEvaluation:
             )
         greedy = None
         if "greedy" in wanted:
-            _note(s.progress, f"{self.name}: greedy static paths on {len(calib)} training examples")
+            log.info("%s: greedy static paths on %d training examples", self.name, len(calib))
             prepared = self.ev.prepare(calib)
             greedy = static.greedy_paths(self.ev, prepared, s.levels)
             for p in prepared:
@@ -312,8 +309,7 @@ class _TaskEvaluation:
             methods.append(_Method("routed-majority", level, path=majority, calibration_layers=reached))
         for budget in s.budgets:
             methods.append(_Method("routed", None, budget=float(budget)))
-        _note(
-            s.progress,
+        log.info(
             f"{self.name}: router budgets for levels "
             + ", ".join(f"{m.level}: {m.budget:+.3f}" for m in methods if m.name == "routed" and m.level),
         )
@@ -321,15 +317,13 @@ class _TaskEvaluation:
 
     # ------------------------------------------------------------------ scoring
     def _score(self, methods: list[_Method], examples) -> None:
-        from tqdm.auto import tqdm
-
         s, ev = self.s, self.ev
         continuations = None
         if s.fidelity_tokens:
-            _note(s.progress, f"{self.name}: base greedy continuations ({s.fidelity_tokens} tokens)")
+            log.info("%s: base greedy continuations (%d tokens)", self.name, s.fidelity_tokens)
             continuations = ev.greedy_continuations(examples, s.fidelity_tokens)
         chunk = max(s.batch_size * 4, 1)
-        bar = tqdm(total=len(examples), desc=f"eval {self.name}", unit="ex", disable=not s.progress)
+        bar = progress.bar(len(examples), f"eval {self.name}", "ex")
         for start in range(0, len(examples), chunk):
             part = examples[start : start + chunk]
             conts = continuations[start : start + chunk] if continuations is not None else None
@@ -531,12 +525,6 @@ def _load(model, routers, tokenizer, device):
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
-
-
-def _note(progress: bool, text: str) -> None:
-    if progress:
-        log.info(text)
-        print(f"note: {text}", flush=True)
 
 
 def _sync() -> None:

@@ -68,7 +68,7 @@ def launch_sharded(devices: int, arguments: dict) -> dict:
     """
     flags = []
     for key, value in arguments.items():
-        if key in ("devices", "progress") or value is None:
+        if key == "devices" or value is None:
             continue
         if not isinstance(value, (str, int, float, bool, os.PathLike)):
             raise ValueError(

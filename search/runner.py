@@ -8,8 +8,8 @@ so an example's result does not depend on the batch size, its neighbours or a re
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -17,12 +17,15 @@ import torch
 
 from drllm.router import RoutedModel, load_routed, load_tokenizer
 
+from . import progress
 from .distributed import barrier, launch_sharded, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import PathSearch, SearchConfig, tree_seed
 from .records import SearchOutput, SearchRecord, read_records
 from .tasks import get_task
 from .tasks.style import describe, resolve_style
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,7 +50,6 @@ def run_search(
     tokenizer=None,
     max_rows: int = 64,
     max_new_tokens: int = 32,
-    progress: bool = True,
     question_field: str = "question",
     answer_field: str = "answer",
     choices_field: str | None = None,
@@ -74,7 +76,6 @@ def run_search(
         tokenizer: the tokenizer, when ``model`` is a RoutedModel.
         max_rows: rows per forward pass of the evaluator.
         max_new_tokens: decoding budget of the ``generate`` scoring.
-        progress: show a progress bar.
         question_field: ``hf:`` tasks, the question column.
         answer_field: ``hf:`` tasks, the answer column (for multiple choice: index, label or option text).
         choices_field: ``hf:`` tasks, the options column; makes the task multiple choice.
@@ -105,13 +106,14 @@ def run_search(
     style, measured = resolve_style(
         style, routed, tokenizer, task_obj, scoring, data_dir, max_new_tokens=max_new_tokens
     )
-    if progress and rank == 0:
-        print(describe(style, measured, task_obj.default_split_train), file=sys.stderr)
+    if rank == 0:
+        log.info(describe(style, measured, task_obj.default_split_train))
     evaluator = PathEvaluator(routed, tokenizer, task_obj, scoring, style, max_rows, max_new_tokens)
     config = SearchConfig(simulations=simulations)
     with SearchOutput(target) as out:
         todo = [ex for ex in examples if str(ex.id) not in out.done]
-        bar = _progress(len(examples), len(examples) - len(todo), progress and rank == 0)
+        bar = progress.bar(len(examples), "search", "ex", len(examples) - len(todo))
+        bar.disable = bar.disable or rank != 0
         meta = {"task": task, "model": model_name, "scoring": evaluator.scoring, "style": style}
         run = _wandb_run(wandb_project, meta, rank) if wandb_project else None
         _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar, run.log if run else None)
@@ -125,8 +127,7 @@ def run_search(
         merge(output, world)
     records = [r for r in read_records(output, allow_empty=True) if r.task == task]
     summary = summarize(records)
-    if progress:
-        print(format_summary(summary))
+    log.info(format_summary(summary))
     return summary
 
 
@@ -254,9 +255,3 @@ def format_summary(s: dict) -> str:
         f"  fixed                  {s['fixed_when_wrong']:.1%} of base-wrong examples\n"
         f"  mean layers            {s['mean_layers']:.2f} ({s['mean_layers_saved']:+.2f} saved per example)"
     )
-
-
-def _progress(total: int, done: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, desc="search", unit="ex", disable=not enabled, dynamic_ncols=True)

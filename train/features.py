@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from drllm.router import batch_prompts, encode_prompt
+from drllm.search import progress
 from drllm.search.records import SearchRecord
 
 FORMAT_VERSION = 1
@@ -116,7 +116,6 @@ def build_features(
     num_windows: int,
     batch_size: int = 8,
     cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
 ) -> FeatureSet:
     """Teacher-forced pooled inputs for every row, reused from ``cache_dir`` when the key matches.
 
@@ -127,7 +126,6 @@ def build_features(
         num_windows: W.
         batch_size: prompts per forward; prompts are grouped by token length to limit padding.
         cache_dir: folder of cached feature files; None disables caching.
-        progress: show a tqdm bar.
 
     Returns:
         The :class:`FeatureSet`, in row order.
@@ -139,7 +137,7 @@ def build_features(
             cached = _load_cached(path, len(rows))
             if cached is not None:
                 return cached
-    features = _compute(routed, tokenizer, rows, num_windows, batch_size, progress)
+    features = _compute(routed, tokenizer, rows, num_windows, batch_size)
     if path is not None:
         features.save(path)
     return features
@@ -160,14 +158,16 @@ def _load_cached(path: Path, rows: int) -> FeatureSet | None:
     return features
 
 
-def _compute(routed, tokenizer, rows, num_windows, batch_size, progress) -> FeatureSet:
+def _compute(routed, tokenizer, rows, num_windows, batch_size) -> FeatureSet:
     """Run the frozen model over the rows in batches of similar length; results back in row order."""
     lengths = [len(encode_prompt(tokenizer, r.prompt)) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: lengths[i])
     decisions = torch.tensor([r.decisions for r in rows], dtype=torch.long)  # [N, L]
     pooled, valid = [None] * len(rows), [None] * len(rows)
     starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, desc="router features", disable=not progress, unit="batch"):
+    bar = progress.bar(len(starts), "router features", "batch")
+    for start in starts:
+        bar.update(1)
         chunk = order[start : start + batch_size]
         p, v = online_pooled(
             routed, tokenizer, [rows[i].prompt for i in chunk], decisions[chunk], num_windows

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from drllm.router import RoutedModel, load_routed, load_tokenizer
+from drllm.search import progress
 from drllm.search.records import read_records
 
 from .data import RouterDataModule
@@ -50,7 +51,6 @@ def train_routers(
     online: bool = False,
     cache_dir: str | None = None,
     resume: bool = True,
-    progress: bool = True,
     tokenizer=None,
     device: str | None = None,
 ) -> dict:
@@ -76,7 +76,6 @@ def train_routers(
         online: run the frozen model every step instead of caching its pooled hidden states.
         cache_dir: feature cache folder; defaults to ``<output>/feature_cache``.
         resume: continue from ``<output>/checkpoints/last.ckpt`` when it exists.
-        progress: show progress bars.
         tokenizer: the tokenizer, required when ``model`` is a ``RoutedModel``.
         device: where the frozen model runs while features are built (``load_routed``'s policy: CUDA when
             available; the CPU when ``accelerator="cpu"``).
@@ -93,7 +92,7 @@ def train_routers(
         data = RouterDataModule(rows=rows, batch_size=batch_size, val_fraction=val_fraction, seed=seed)
     else:
         cache_dir = cache_dir or output / "feature_cache"
-        features = build_features(routed, tokenizer, rows, num_windows, batch_size, cache_dir, progress)
+        features = build_features(routed, tokenizer, rows, num_windows, batch_size, cache_dir)
         data = RouterDataModule(
             features=features, batch_size=batch_size, val_fraction=val_fraction, seed=seed
         )
@@ -110,7 +109,7 @@ def train_routers(
         devices=devices,
         strategy=strategy,
         precision=precision,
-        enable_progress_bar=progress,
+        enable_progress_bar=progress.showing(),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,

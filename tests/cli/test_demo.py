@@ -22,7 +22,6 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
         epochs=1,
         target_layers=(3, 2),
         calibration=4,
-        progress=False,
         tokenizer=tiny_tokenizer(),
     )
     first = demo.run_demo(routed=routed, **kwargs)

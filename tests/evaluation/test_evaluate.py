@@ -54,7 +54,6 @@ def test_base_row_matches_transformers_and_files_are_written(tmp_path):
         target_layers=(3, 2),
         baselines=("drop-last", "angular", "block-influence", "greedy"),
         fidelity_tokens=4,
-        progress=False,
     )
     base = rows[0]
     assert base.method == "base" and base.layers == 4 and base.n == 8
@@ -107,7 +106,6 @@ def test_routers_are_matched_to_each_level_and_compared_with_controls(tmp_path):
         calibration=4,
         batch_size=4,
         fidelity_tokens=3,
-        progress=False,
     )
     by = {(r.method, r.level, r.seed): r for r in rows}
     for level in (3, 2):
@@ -149,7 +147,6 @@ def test_exact_answers_by_generation_and_several_tasks(tmp_path):
         calibration=2,
         max_new_tokens=3,
         fidelity_tokens=3,
-        progress=False,
     )
     assert {r.task for r in rows} == {exact, choice}
     assert all(r.fidelity is not None for r in rows)

@@ -185,7 +185,6 @@ def test_eval_and_demo_outputs_are_written_atomically(tmp_path, monkeypatch):
         epochs=1,
         routed=routed,
         tokenizer=tiny_tokenizer(),
-        progress=False,
         target_layers=(3,),
         calibration=4,
     )

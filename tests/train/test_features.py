@@ -78,7 +78,7 @@ def _count_calls(monkeypatch, routed):
 
 def test_features_shapes_and_row_order(routed):
     tok, rows = tiny_tokenizer(), synthetic_rows(7)
-    features = build_features(routed, tok, rows, num_windows=4, batch_size=3, progress=False)
+    features = build_features(routed, tok, rows, num_windows=4, batch_size=3)
     assert features.pooled.shape == (7, 4, 4, 32) and features.pooled.dtype == torch.float32
     assert features.valid.shape == (7, 4, 4) and features.valid.dtype == torch.bool
     assert features.ids == [r.id for r in rows]
@@ -93,9 +93,9 @@ def test_features_shapes_and_row_order(routed):
 def test_cache_is_reused_and_keyed_by_windows(routed, tmp_path, monkeypatch):
     tok, rows = tiny_tokenizer(), synthetic_rows(6)
     calls = _count_calls(monkeypatch, routed)
-    first = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path, progress=False)
+    first = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path)
     assert len(calls) == 2
-    second = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path, progress=False)
+    second = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path)
     assert len(calls) == 2, "the second build must read the cache, not run the model"
     assert torch.equal(first.pooled, second.pooled) and first.ids == second.ids
     assert not list(tmp_path.glob("*.tmp"))
@@ -104,12 +104,12 @@ def test_cache_is_reused_and_keyed_by_windows(routed, tmp_path, monkeypatch):
     other = [0, 1, 1, 1] if rows[0].decisions != [0, 1, 1, 1] else [1, 1, 1, 1]
     changed[0] = dataclasses.replace(rows[0], decisions=other, layers=None)
     assert cache_key(routed, rows, 4) != cache_key(routed, changed, 4)
-    build_features(routed, tok, rows, 2, batch_size=4, cache_dir=tmp_path, progress=False)
+    build_features(routed, tok, rows, 2, batch_size=4, cache_dir=tmp_path)
     assert len(calls) == 4 and len(list(tmp_path.glob("*.safetensors"))) == 2
 
 
 def test_feature_set_round_trip(routed, tmp_path):
-    features = build_features(routed, tiny_tokenizer(), synthetic_rows(3), 3, progress=False)
+    features = build_features(routed, tiny_tokenizer(), synthetic_rows(3), 3)
     features.save(tmp_path / "f.safetensors")
     loaded = FeatureSet.load(tmp_path / "f.safetensors")
     assert loaded.ids == features.ids and torch.equal(loaded.valid, features.valid)
@@ -117,7 +117,7 @@ def test_feature_set_round_trip(routed, tmp_path):
 
 
 def _modules(routed, rows, tok):
-    features = build_features(routed, tok, rows, 4, batch_size=len(rows), progress=False)
+    features = build_features(routed, tok, rows, 4, batch_size=len(rows))
     counts = RouterDataModule(features=features, val_fraction=0.2).class_counts()
     routers = routed.add_routers(num_windows=4, bottleneck=16, seed=0)
     cached = RouterModule(routers, counts)
@@ -152,12 +152,12 @@ def test_only_router_parameters_get_gradients(routed):
 def test_a_damaged_cache_file_is_rebuilt_never_used(routed, tmp_path):
     tok = tiny_tokenizer()
     rows = synthetic_rows(6)
-    first = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path, progress=False)
+    first = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path)
     (cached,) = tmp_path.glob("*.safetensors")
     cached.write_bytes(
         cached.read_bytes()[:100]
     )  # as if the machine died while the file was written in place
     with pytest.warns(UserWarning, match="rebuilding"):
-        again = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path, progress=False)
+        again = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path)
     torch.testing.assert_close(again.pooled, first.pooled)
     assert FeatureSet.load(cached).pooled.shape == first.pooled.shape  # the file was rewritten whole

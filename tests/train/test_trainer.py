@@ -183,7 +183,7 @@ from drllm.train.trainer import train_routers
 model, paths, output, config = sys.argv[1:5]
 settings = yaml.safe_load(open(config))
 settings.update(accelerator="cpu", devices=2, strategy="ddp", epochs=3, batch_size=2, val_fraction=0.25)
-settings.update(logger="none", progress=False)
+settings.update(logger="none")
 train_routers(model, paths, output, **settings)
 """
 
