@@ -34,13 +34,14 @@ def run_demo(
     output: str = "runs/demo",
     model: str = DEFAULT_MODEL,
     task: str = "arc_easy",
-    train_examples: int = 200,
+    train_examples: int = 160,
     eval_examples: int | None = None,
     simulations: int = 24,
     epochs: int = 25,
     target_layers: tuple[int, ...] | None = None,
-    baselines: tuple[str, ...] = ("greedy", "block-influence", "angular", "drop-last", "random"),
+    baselines: tuple[str, ...] = ("greedy", "block-influence", "angular", "drop-last"),
     calibration: int = 128,
+    greedy_examples: int = 24,
     fidelity_tokens: int = 16,
     seed: int = 0,
     data_dir: str | None = None,
@@ -58,9 +59,10 @@ def run_demo(
         eval_examples: validation-split examples evaluated (default: the whole split).
         simulations: MCTS simulations per searched example.
         epochs: router training epochs.
-        target_layers: layer levels every method is compared at (default: the evaluation's).
+        target_layers: layer levels every method is compared at (default: L-2, L-4 and L-6).
         baselines: static baselines evaluated.
         calibration: training examples the static baselines and router budgets are calibrated on.
+        greedy_examples: training examples the greedy static path is searched on.
         fidelity_tokens: tokens of the base model's greedy continuation checked for greedy fidelity.
         seed: seed of search and router training (the random baseline draws seed 0).
         data_dir: benchmark data folder.
@@ -110,9 +112,10 @@ def run_demo(
     eval_args = {
         **train_args,
         "eval_examples": eval_examples,
-        "target_layers": None if target_layers is None else [int(x) for x in target_layers],
+        "target_layers": [int(x) for x in target_layers or _demo_levels(routed.num_layers)],
         "baselines": list(baselines),
         "calibration": calibration,
+        "greedy_examples": greedy_examples,
         "fidelity_tokens": fidelity_tokens,
     }
     split = "validation" if "validation" in task_obj.splits else task_obj.default_split_eval
@@ -122,6 +125,11 @@ def run_demo(
     report.atomic_write_text(path, text)
     _say(f"report: {path}")
     return {"search": search, "train": metrics, "eval": rows, "report": str(path)}
+
+
+def _demo_levels(num_layers: int) -> list[int]:
+    """The demo's default layer levels: L-2, L-4 and L-6 (those that leave at least one layer)."""
+    return [num_layers - k for k in (2, 4, 6) if num_layers - k >= 1]
 
 
 def _load(model, routed, tokenizer, device):
@@ -190,9 +198,10 @@ def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir):
             routers=str(out / "routers"),
             split=split,
             limit=args["eval_examples"],
-            target_layers=tuple(args["target_layers"]) if args["target_layers"] else None,
+            target_layers=tuple(args["target_layers"]),
             baselines=tuple(args["baselines"]),
             calibration=args["calibration"],
+            greedy_examples=args["greedy_examples"],
             fidelity_tokens=args["fidelity_tokens"],
             random_seeds=1,
             style=args["style"],

@@ -72,6 +72,7 @@ def run_eval(
     budgets: tuple[float, ...] = (),
     baselines: tuple[str, ...] = BASELINES,
     calibration: int = 128,
+    greedy_examples: int | None = None,
     fidelity_tokens: int = 32,
     max_new_tokens: int = 32,
     data_dir: str | None = None,
@@ -97,6 +98,8 @@ def run_eval(
         budgets: extra router budget biases to evaluate as they are, unmatched (positive skips more).
         baselines: static baselines, among greedy, block-influence, angular, drop-last, random.
         calibration: training examples the static baselines and the routers' budgets are calibrated on.
+        greedy_examples: training examples the greedy baseline is searched on (default: ``calibration``;
+            its cost grows with examples times layers squared).
         fidelity_tokens: tokens of the base model's greedy continuation checked for greedy fidelity
             (0 turns fidelity off).
         max_new_tokens: decoding budget of exact-answer tasks scored by generation.
@@ -136,6 +139,7 @@ def run_eval(
         tuple(budgets),
         tuple(baselines),
         calibration,
+        greedy_examples or calibration,
         fidelity_tokens,
         max_new_tokens,
         data_dir,
@@ -174,6 +178,7 @@ class _Settings:
     budgets: tuple[float, ...]
     baselines: tuple[str, ...]
     calibration: int
+    greedy_examples: int
     fidelity_tokens: int
     max_new_tokens: int
     data_dir: str | None
@@ -266,9 +271,9 @@ class _TaskEvaluation:
             )
         greedy = None
         if "greedy" in wanted:
-            log.info("%s: greedy static paths on %d training examples", self.name, len(calib))
-            prepared = self.ev.prepare(calib)
-            greedy = static.greedy_paths(self.ev, prepared, s.levels)
+            prepared = self.ev.prepare(calib[: s.greedy_examples])
+            log.info("%s: greedy static paths on %d training examples", self.name, len(prepared))
+            greedy = static.greedy_paths(self.ev, prepared, s.levels, progress=log.info)
             for p in prepared:
                 self.ev.release(p)
         methods = []
