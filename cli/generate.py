@@ -31,6 +31,7 @@ def generate(
     """
     from drllm.router import batch_prompts, load_routed, load_tokenizer, parse_decisions
     from drllm.router.decisions import format_decisions
+    from drllm.search.evaluator import greedy_new_tokens
 
     if not prompt.strip():
         raise ValueError("the prompt is empty")
@@ -49,22 +50,14 @@ def generate(
         from transformers import TextStreamer
 
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    out = routed.generate(
-        ids,
-        attention_mask=mask,
-        decisions=path,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tok.pad_token_id,
-        streamer=streamer,
-    )
-    completion = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    new = greedy_new_tokens(routed, ids, mask, path, max_new_tokens, tok.pad_token_id, streamer)
+    completion = tok.decode(new[0], skip_special_tokens=True)
     used = routed.last_decisions[0]
     layers = int(used.sum())
     if not stream:
         print(completion)
     print(
         f"\n[layers executed per token: {layers} of {routed.num_layers}; path {format_decisions(used)}; "
-        f"layer applications: {layers * (ids.shape[1] + out.shape[1] - ids.shape[1])}]"
+        f"layer applications: {layers * (ids.shape[1] + new.shape[1])}]"
     )
     return completion

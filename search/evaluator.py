@@ -382,8 +382,13 @@ def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens
 
 
-def greedy_new_tokens(routed, ids, mask, decisions, max_new_tokens: int, pad_token_id) -> torch.Tensor:
-    """Greedy routed generation for left-padded prompts; returns only the new tokens ``[B, n]``."""
+def greedy_new_tokens(
+    routed, ids, mask, decisions, max_new_tokens: int, pad_token_id, streamer=None
+) -> torch.Tensor:
+    """Greedy routed generation for left-padded prompts; returns only the new tokens ``[B, n]``.
+
+    ``decisions`` None lets the routers decide at prefill; a ``streamer`` gets the tokens as they come.
+    """
     out = routed.generate(
         ids,
         attention_mask=mask,
@@ -391,6 +396,7 @@ def greedy_new_tokens(routed, ids, mask, decisions, max_new_tokens: int, pad_tok
         do_sample=False,
         max_new_tokens=max_new_tokens,
         pad_token_id=pad_token_id,
+        streamer=streamer,
     )
     return out[:, ids.shape[1] :]
 

@@ -84,20 +84,18 @@ def test_torn_last_line_is_dropped_with_a_warning(tmp_path):
     assert [r.id for r in read_records(out)] == ["a", "b"]
 
 
-def test_a_malformed_middle_line_is_refused_and_the_file_left_alone(tmp_path):
+@pytest.mark.parametrize(
+    "middle, problem",
+    [
+        ("not json", "line 2: malformed JSON.*refusing to append"),
+        (None, "line 2: decisions must hold only 0"),
+    ],
+)
+def test_a_bad_middle_line_is_refused_and_the_file_left_alone(tmp_path, middle, problem):
     out = tmp_path / "o.jsonl"
-    text = _line("a") + "\nnot json\n" + _line("c") + "\n"
+    text = _line("a") + "\n" + (middle or _line("b", (1, 7))) + "\n" + _line("c") + "\n"
     out.write_text(text)
-    with pytest.raises(ValueError, match="line 2: malformed JSON.*refusing to append"):
-        SearchOutput(out)
-    assert out.read_text() == text
-
-
-def test_an_invalid_middle_row_is_refused_and_the_file_left_alone(tmp_path):
-    out = tmp_path / "o.jsonl"
-    text = _line("a") + "\n" + _line("b", (1, 7)) + "\n" + '{"id": "c", "deci'
-    out.write_text(text)
-    with pytest.raises(ValueError, match="line 2: decisions must hold only 0"):
+    with pytest.raises(ValueError, match=problem):
         SearchOutput(out)
     assert out.read_text() == text
 
