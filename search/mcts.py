@@ -183,6 +183,7 @@ class PathSearch:
         self.root_path: Path = (1,) * num_layers
         self._rng = random.Random(seed)
         self._memo: dict[Path, float] = {}
+        self._known: dict[Path, float] = {}  # rewards scored before the tree asked (``prime``)
         self._correct: set[Path] = set()
         self._shortest_correct: int | None = None
         self._simulations = 0
@@ -219,6 +220,17 @@ class PathSearch:
             raise ValueError(f"reward for path {self._pending} is {reward}, expected a value in [0, 1]")
         self._pending = None
         self._advance(lambda: self._coroutine.send(reward))
+
+    def prime(self, rewards: dict[Path, float]) -> None:
+        """Rewards already scored elsewhere (a sweep of single edits): the tree takes them without asking.
+
+        The search runs exactly as if it had requested them: a path is counted (memoized, correct, an
+        evaluation) only when the tree reaches it.
+        """
+        for path, reward in rewards.items():
+            if len(path) != self.num_layers or not 0.0 <= float(reward) <= 1.0:
+                raise ValueError(f"cannot prime path {path} with reward {reward}")
+            self._known[tuple(path)] = float(reward)
 
     def result(self) -> SearchResult:
         """Summarise the search so far (final once :attr:`done`); needs the root's reward."""
@@ -272,7 +284,7 @@ class PathSearch:
         """Return the memoized reward of ``path``, yielding it as a request the first time."""
         if path in self._memo:
             return self._memo[path]
-        reward = yield path
+        reward = self._known[path] if path in self._known else (yield path)
         self._memo[path] = reward
         if reward >= 1.0:
             self._correct.add(path)

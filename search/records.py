@@ -92,6 +92,11 @@ class SearchRecord:
     """Prompt style (``plain`` or ``chat``)."""
     num_layers: int | None = None
     """Decoder layers of the model, ``len(decisions)``."""
+    supervision: dict | None = None
+    """Continuous scores and label reliability (see ``drllm.search.runner``): ``base_margin``, ``margin``
+    of the chosen path, ``margin_gain`` (best margin reached minus the base's), ``sweep`` (margins of
+    every single-layer skip and repeat), ``evaluated`` (every path the search scored: path, reward,
+    margin), ``safe_paths``, and with the controls ``control`` (the wrong-gold search) and ``seeds``."""
     extra: dict = field(default_factory=dict)
     """Keys of the row that this version does not know, kept as read."""
 
@@ -145,6 +150,10 @@ class SearchRecord:
         values["layers"] = _count(known.get("layers"), "layers", at)
         for key in ("reward", "base_reward"):
             values[key] = _number(known.get(key), key, at)
+        supervision = known.get("supervision")
+        if supervision is not None and not isinstance(supervision, dict):
+            raise ValueError(f"{at}supervision must be a JSON object, got {type(supervision).__name__}")
+        values["supervision"] = supervision
         if values["num_layers"] is not None and values["num_layers"] != len(decisions):
             raise ValueError(
                 f"{at}num_layers is {values['num_layers']}, but decisions has {len(decisions)} values"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from dataclasses import dataclass
 
 import torch
 
@@ -20,19 +18,13 @@ from drllm.router import RoutedModel, load_routed, load_tokenizer
 from . import progress
 from .distributed import barrier, launch_sharded, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
-from .mcts import PathSearch, SearchConfig, tree_seed
+from .mcts import SearchConfig
 from .records import SearchOutput, SearchRecord, read_records
+from .supervision import Supervision, format_reliability, reliability, search_examples
 from .tasks import get_task
 from .tasks.style import describe, resolve_style
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Active:
-    prepared: object
-    tree: PathSearch
-    path: tuple | None = None
 
 
 def run_search(
@@ -57,6 +49,10 @@ def run_search(
     wandb_project: str | None = None,
     device: str | None = None,
     devices: int = 1,
+    sweep: bool = True,
+    control: str | None = None,
+    seeds: int = 1,
+    safe_margin: float = 0.0,
 ) -> dict:
     """Search paths for the examples of a task and append them to ``output`` (resumable).
 
@@ -85,6 +81,11 @@ def run_search(
             under torchrun each rank takes its own GPU.
         devices: processes to shard the examples over, launched with torchrun (one per GPU when there are
             GPUs, else CPU processes); each tree is seeded from its example, so the result is the same.
+        sweep: score every single-layer skip and repeat first (recorded, and given to the tree).
+        control: ``wrong-gold`` also searches each example with a random wrong option declared gold and
+            prints the lucky-fix rate (see :mod:`drllm.search.supervision`).
+        seeds: 2 searches each example twice and keeps the edits both seeds agree on.
+        safe_margin: a path keeps a base-correct answer safely when its gold margin is at least this.
 
     Returns:
         The summary (see ``summarize``) over every example in the output file for this task.
@@ -110,13 +111,15 @@ def run_search(
         log.info(describe(style, measured, task_obj.default_split_train))
     evaluator = PathEvaluator(routed, tokenizer, task_obj, scoring, style, max_rows, max_new_tokens)
     config = SearchConfig(simulations=simulations)
+    supervision = Supervision(sweep, control, seeds, safe_margin)
     with SearchOutput(target) as out:
         todo = [ex for ex in examples if str(ex.id) not in out.done]
         bar = progress.bar(len(examples), "search", "ex", len(examples) - len(todo))
         bar.disable = bar.disable or rank != 0
         meta = {"task": task, "model": model_name, "scoring": evaluator.scoring, "style": style}
         run = _wandb_run(wandb_project, meta, rank) if wandb_project else None
-        _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar, run.log if run else None)
+        logger = run.log if run else None
+        search_examples(evaluator, todo, config, supervision, seed, batch_size, out.write, meta, bar, logger)
         bar.close()
         if run is not None:
             run.finish()
@@ -140,49 +143,6 @@ def _load(model, tokenizer, device):
     return load_routed(model, device=device), load_tokenizer(model), str(model)
 
 
-def _search_all(evaluator, todo, config, seed, batch_size, out, meta, bar, log=None) -> None:
-    queue = list(reversed(todo))
-    active: list[_Active] = []
-    start, improved, finished = time.perf_counter(), 0, 0
-    L = evaluator.routed.num_layers
-    while queue or active:
-        while queue and len(active) < batch_size:
-            ex = queue.pop()
-            prepared = evaluator.prepare([ex])[0]
-            active.append(_Active(prepared, PathSearch(L, tree_seed(seed, str(ex.id)), config)))
-        for a in active:
-            a.path = a.tree.request()
-        asking = [a for a in active if a.path is not None]
-        if asking:
-            rewards = evaluator.rewards([(a.prepared, a.path) for a in asking])
-            for a, r in zip(asking, rewards, strict=False):
-                a.tree.give(r)
-        for a in [a for a in active if a.tree.done]:
-            record = _record(a, meta, L)
-            out.write(record)
-            evaluator.release(a.prepared)
-            active.remove(a)
-            finished += 1
-            improved += int(record.layers < L and record.reward >= 1.0 or record.reward > record.base_reward)
-            if log is not None:
-                log(
-                    {
-                        "search/done": finished,
-                        "search/improved_share": improved / finished,
-                        "search/layers": record.layers,
-                        "search/base_reward": record.base_reward,
-                        "search/paths_per_s": evaluator.paths_evaluated
-                        / max(time.perf_counter() - start, 1e-9),
-                    }
-                )
-        rate = evaluator.paths_evaluated / max(time.perf_counter() - start, 1e-9)
-        bar.n = bar.total - len(queue) - len(active)
-        bar.set_postfix(
-            paths_per_s=f"{rate:.1f}", improved=f"{improved / max(finished, 1):.0%}", refresh=False
-        )
-        bar.refresh()
-
-
 def _wandb_run(project: str, meta: dict, rank: int):
     """A W&B run for this search's progress (off unless a project is given)."""
     import wandb
@@ -193,27 +153,6 @@ def _wandb_run(project: str, meta: dict, rank: int):
         job_type="search",
         name=f"search-{meta['task']}-rank{rank}",
         reinit="finish_previous",
-    )
-
-
-def _record(a: _Active, meta: dict, num_layers: int) -> SearchRecord:
-    res = a.tree.result()
-    return SearchRecord(
-        id=str(a.prepared.example.id),
-        task=meta["task"],
-        model=meta["model"],
-        prompt=a.prepared.prompt,
-        target=a.prepared.target,
-        decisions=list(res.decisions),
-        layers=int(res.layers),
-        reward=float(res.reward),
-        base_reward=float(res.base_reward),
-        correct_paths=[list(p) for p in res.correct_paths],
-        simulations=int(res.simulations),
-        evaluations=int(res.evaluations),
-        scoring=meta["scoring"],
-        style=meta["style"],
-        num_layers=num_layers,
     )
 
 
@@ -240,6 +179,7 @@ def summarize(records: list[SearchRecord]) -> dict:
         "mean_layers": sum(r.layers for r in records) / n,
         "mean_layers_saved": sum(L - r.layers for r in records) / n,
         "mean_evaluations": sum(r.evaluations for r in records) / n,
+        **reliability(records),
     }
 
 
@@ -254,4 +194,5 @@ def format_summary(s: dict) -> str:
         f"  shorter correct path   {s['shorter_when_right']:.1%} of base-correct examples\n"
         f"  fixed                  {s['fixed_when_wrong']:.1%} of base-wrong examples\n"
         f"  mean layers            {s['mean_layers']:.2f} ({s['mean_layers_saved']:+.2f} saved per example)"
+        + ("\n" + format_reliability(s) if format_reliability(s) else "")
     )

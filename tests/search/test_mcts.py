@@ -264,3 +264,26 @@ def test_requested_paths_are_valid(num_layers, seed, max_skip, allow_repeat, min
             assert 2 not in path
     assert result.decisions in requests
     assert result.simulations <= config.simulations
+
+
+def test_priming_changes_nothing_but_the_requests():
+    """A tree primed with some rewards runs exactly as one that asked for them, asking fewer times."""
+
+    def reward(path):
+        return 1.0 if path[2] == 0 and path[5] == 2 else 0.0
+
+    config = SearchConfig(simulations=40)
+    plain = PathSearch(8, seed=3, config=config)
+    asked_plain = 0
+    while (path := plain.request()) is not None:
+        asked_plain += 1
+        plain.give(reward(path))
+    primed = PathSearch(8, seed=3, config=config)
+    singles = child_paths((1,) * 8, SearchConfig(max_skip=1))
+    primed.prime({p: reward(p) for p in singles})
+    asked = []
+    while (path := primed.request()) is not None:
+        asked.append(path)
+        primed.give(reward(path))
+    assert primed.result() == plain.result()
+    assert not set(asked) & set(singles) and len(asked) < asked_plain

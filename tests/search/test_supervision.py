@@ -1,0 +1,83 @@
+"""Continuous scores, the single-edit sweep and the label controls recorded by every search."""
+
+import pytest
+import torch
+from tiny_models import tiny_model, tiny_tokenizer
+
+from drllm.router import RoutedModel
+from drllm.search.evaluator import PathEvaluator
+from drllm.search.records import read_records
+from drllm.search.runner import run_search
+from drllm.search.supervision import Supervision, format_reliability, reliability, single_edits, wrong_gold
+from drllm.search.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def routed():
+    torch.manual_seed(0)
+    return RoutedModel(tiny_model("llama", seed=5))
+
+
+def test_records_carry_margins_sweep_and_every_evaluated_path(routed, mc_file, tmp_path):
+    out = tmp_path / "p.jsonl"
+    run_search(routed, f"jsonl:{mc_file}", str(out), tokenizer=tiny_tokenizer(), simulations=6, limit=4)
+    task = get_task(f"jsonl:{mc_file}")
+    ev = PathEvaluator(routed, tiny_tokenizer(), task)
+    for record in read_records(out):
+        sup = record.supervision
+        prepared = ev.prepare([next(ex for ex in task.load() if str(ex.id) == record.id)])[0]
+        base = ev.outcomes([(prepared, (1,) * 4)])[0]
+        assert sup["base_margin"] == pytest.approx(base.margin, abs=1e-4)
+        assert len(sup["sweep"]["skip"]) == len(sup["sweep"]["repeat"]) == 4
+        skip1 = ev.outcomes([(prepared, (1, 0, 1, 1))])[0]
+        assert sup["sweep"]["skip"][1] == pytest.approx(skip1.margin, abs=1e-4)
+        evaluated = {e["path"]: e for e in sup["evaluated"]}
+        assert "1111" in evaluated and len(evaluated) >= 1 + 8  # the root, the sweep and the tree's paths
+        chosen = "".join(map(str, record.decisions))
+        assert evaluated[chosen]["reward"] == record.reward
+        best = max(e["margin"] for e in sup["evaluated"])
+        assert sup["margin_gain"] == pytest.approx(best - sup["base_margin"])
+        if record.base_reward >= 1.0:
+            safe = [
+                e for p, e in evaluated.items() if p != "1111" and e["reward"] >= 1.0 and e["margin"] >= 0
+            ]
+            assert sup["safe_paths"] == len(safe)
+
+
+def test_wrong_gold_control_and_two_seeds(routed, mc_file, tmp_path):
+    out = tmp_path / "p.jsonl"
+    summary = run_search(
+        routed,
+        f"jsonl:{mc_file}",
+        str(out),
+        tokenizer=tiny_tokenizer(),
+        simulations=8,
+        limit=8,
+        control="wrong-gold",
+        seeds=2,
+        sweep=False,
+    )
+    records = read_records(out)
+    task = get_task(f"jsonl:{mc_file}")
+    examples = {str(ex.id): ex for ex in task.load()}
+    for r in records:
+        sup = r.supervision
+        ex = examples[r.id]
+        assert sup["control"]["gold"] == wrong_gold(ex, len(ex.choices), ex.answer, 0) != ex.answer
+        first, second = sup["seeds"]["paths"]
+        both = {i for i in range(4) if first[i] == second[i] != 1}
+        assert {i for i, d in enumerate(r.decisions) if d != 1} == both  # only the agreed edits are kept
+        assert sup["seeds"]["agreed_reward"] == r.reward
+        assert "sweep" not in sup
+    numbers = reliability(records)
+    assert summary["wrong_gold_fix_rate"] == numbers["wrong_gold_fix_rate"]
+    assert 0.0 <= numbers["seed_agreement"] <= 1.0 and "wrong-gold fix rate" in format_reliability(numbers)
+
+
+def test_single_edits_and_bad_settings():
+    edits = single_edits(3)
+    assert edits == [(0, 1, 1), (1, 0, 1), (1, 1, 0), (2, 1, 1), (1, 2, 1), (1, 1, 2)]
+    with pytest.raises(ValueError, match="unknown control 'nope'"):
+        Supervision(control="nope")
+    with pytest.raises(ValueError, match="seeds must be 1 or 2"):
+        Supervision(seeds=3)
