@@ -18,7 +18,9 @@ spellings people type are accepted on top of jsonargparse's own, which has no op
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 import sys
 
 from drllm.router import DEFAULT_MODEL
@@ -30,9 +32,11 @@ COMMANDS: dict[str, str] = {
     "train": "drllm.train.trainer:train_routers",
     "eval": "drllm.evaluation.evaluate:run_eval",
     "demo": "drllm.cli.demo:run_demo",
+    "analyze": "drllm.evaluation.analysis:run_analysis",
 }
 PYTHON_ONLY = {"tokenizer", "routed"}  # objects handed over from Python, never flags
-EXTRAS = {"train": "train", "eval": "eval", "demo": "train"}  # the pip extra a command needs
+# the pip extra a command needs
+EXTRAS = {"train": "train", "eval": "eval", "demo": "train", "analyze": "eval"}
 _TRUE_FALSE = {"true", "false", "yes", "no", "1", "0"}
 
 
@@ -56,14 +60,26 @@ def command_parser(name: str):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     function = command_function(name)
-    parser = ArgumentParser(prog=f"drllm {name}", description=_summary(function), exit_on_error=False)
+    parser = ArgumentParser(
+        prog=f"drllm {name}", description=_summary(function), exit_on_error=False, allow_abbrev=False
+    )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="a YAML file with the same keys as the flags"
     )
     parser.add_function_arguments(function, skip=PYTHON_ONLY)
     if "model" in _option_names(parser):
         parser.set_defaults(model=DEFAULT_MODEL)
+    plain_help = parser.format_help
+    parser.format_help = lambda: re.sub(
+        r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), plain_help()
+    )
     return parser
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean X?)`` for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _summary(function) -> str:
@@ -80,6 +96,13 @@ def _option_names(parser) -> dict:
 def adapt_argv(parser, argv: list[str]) -> list[str]:
     """Rewrite the three extra spellings (see the module docstring) into jsonargparse's own."""
     options = _option_names(parser)
+    for arg in argv:  # a flag no option has: name the closest one (argparse would only list usage)
+        if arg.startswith("--") and len(arg) > 2:
+            name = arg[2:].split("=", 1)[0].replace("-", "_").removesuffix("+")
+            if name not in options and name.split(".")[0] not in options:
+                close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+                hint = f" (did you mean --{close[0].replace('_', '-')}?)" if close else ""
+                raise ValueError(f"unknown flag --{name.replace('_', '-')}{hint}")
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -108,7 +131,11 @@ def adapt_argv(parser, argv: list[str]) -> list[str]:
 
 
 def _top_help() -> str:
-    lines = ["usage: drllm {" + ",".join(COMMANDS) + "} [--help] [FLAGS]", "", "commands:"]
+    lines = [
+        "usage: drllm {" + ",".join(COMMANDS) + "} [--help] [FLAGS]   (drllm --version)",
+        "",
+        "commands:",
+    ]
     for name in COMMANDS:
         try:
             text = _summary(command_function(name))
@@ -127,14 +154,17 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_help())
         return
+    if argv[0] in ("-V", "--version"):
+        print(f"drllm {_version()}")
+        return
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        _fail(f"unknown command {name!r}; commands: {', '.join(COMMANDS)}")
+        _fail(f"unknown command {name!r}{did_you_mean(name, COMMANDS)}; commands: {', '.join(COMMANDS)}")
     try:
         parser = command_parser(name)
         cfg = parser.parse_args(adapt_argv(parser, rest))
-    except ImportError as err:
-        _fail(str(err))
+    except (ImportError, ValueError) as err:
+        _fail(f"{name}: {err}" if isinstance(err, ValueError) else str(err))
     except ArgumentError as err:
         _fail(f"{name}: {err}")
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "config"}
@@ -143,6 +173,15 @@ def main(argv: list[str] | None = None) -> None:
         command_function(name)(**kwargs)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("drllm")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _fail(message: str):

@@ -46,7 +46,7 @@ import torch
 from drllm.router import RoutedModel, batch_prompts, load_routed, load_tokenizer
 from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
-from drllm.search.tasks import get_task
+from drllm.search.tasks import Scoring, Style, get_task
 from drllm.search.tasks.style import describe, resolve_style
 
 from . import baselines as static
@@ -76,8 +76,8 @@ def run_eval(
     fidelity_tokens: int = 32,
     max_new_tokens: int = 32,
     data_dir: str | None = None,
-    scoring: str | None = None,
-    style: str = "auto",
+    scoring: Scoring | None = None,
+    style: Style = "auto",
     random_seeds: int = 3,
     batch_size: int = 16,
     tokenizer=None,

@@ -20,15 +20,21 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .grading import extract_choice, grade_exact
 
+Scoring = Literal["mc-loglik", "mc-letter", "teacher-forced", "generate"]
+Style = Literal["auto", "plain", "chat"]
 CHOICE_SCORINGS = ("mc-loglik", "mc-letter")
 EXACT_SCORINGS = ("teacher-forced", "generate")
 STYLES = ("plain", "chat")
 KNOWN_TASKS = ("arc_easy", "arc_challenge", "mmlu", "gsm8k", "math") + tuple(f"math:{n}" for n in range(1, 6))
 _PROJECT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+MAX_ROW_BYTES = 1 << 20
+"""A task file line longer than this (1 MiB) is refused by its length, before it is decoded."""
+MAX_PROMPT_CHARS = 1_000_000
+"""A question, prompt or searched prompt longer than this is refused before it is tokenized."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,72 @@ def _heldout(example_id: str) -> bool:
     return int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % 10 == 0
 
 
+def read_jsonl_rows(path: Path) -> list[tuple[int, Any]]:
+    """``(1-based line number, decoded value)`` for each non-blank line of a JSONL file.
+
+    Raises:
+        ValueError: naming the file and line, for a line longer than ``MAX_ROW_BYTES`` (refused by its
+            length, before it is decoded or tokenized), a line that is not UTF-8 or not JSON.
+    """
+    rows = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_ROW_BYTES + 1), b""), start=1):
+            where = f"{path} line {number}"
+            if len(raw) > MAX_ROW_BYTES:
+                raise ValueError(f"{where}: longer than {MAX_ROW_BYTES} bytes, the most a task row may hold")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+            if not text.strip():
+                continue
+            try:
+                rows.append((number, json.loads(text)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
+    return rows
+
+
 def _read_jsonl(path: Path) -> list[dict]:
-    """Read one JSON object per non-blank line."""
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """Read one JSON object per non-blank line (see :func:`read_jsonl_rows`)."""
+    return [row for _, row in read_jsonl_rows(path)]
+
+
+def example_id(value: Any, where: str) -> str:
+    """A row's id as a string; ``null``, ``""``, booleans, floats and containers are refused."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise ValueError(f"{where}: id must be a non-empty string or an integer, got {value!r}")
+    return str(value)
+
+
+def check_example(ex: Example, where: str) -> Example:
+    """Refuse an example that cannot be searched or scored fairly, naming ``where``, its id and the value.
+
+    Its question (or prompt) must be non-empty and at most ``MAX_PROMPT_CHARS`` long; a multiple-choice
+    example must not repeat an option (the gold one could never win) or a label.
+    """
+    if not ex.question.strip():
+        raise ValueError(f"{where}: example {ex.id!r} has an empty question (or prompt)")
+    if len(ex.question) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"{where}: example {ex.id!r} has a question of {len(ex.question)} characters, "
+            f"more than {MAX_PROMPT_CHARS}"
+        )
+    for what, values in (("choice", ex.choices), ("label", ex.labels)):
+        for j, value in enumerate(values):
+            if value in values[:j]:
+                i = values.index(value)
+                raise ValueError(
+                    f"{where}: example {ex.id!r} repeats the {what} {value!r} (options {i} and {j}); "
+                    "every option must differ"
+                )
+    return ex
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a limit that is not None or a whole number >= 0 (``-1`` would drop the last example)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a whole number >= 0 (or None for every example), got {limit!r}")
 
 
 def _hub_rows(hub: tuple[str, str], split: str) -> list[dict]:
@@ -172,6 +240,7 @@ class Task(abc.ABC):
             ValueError: If the split is unknown.
             FileNotFoundError: If the file is missing locally and the hub fallback fails.
         """
+        check_limit(limit)
         if split not in self.splits:
             raise ValueError(f"task {self.name!r} has no split {split!r}; available splits: {self.splits}")
         source = self._source_split(split)
