@@ -4,8 +4,10 @@
 
 Stages, each writing under ``output`` and loading the model once for all of them:
 
-1. search paths on the training split into ``paths.jsonl`` (resumes by example id);
-2. train routers into ``routers/`` (skipped when finished with the same arguments);
+1. search paths on the training split into ``paths.jsonl`` (resumes by example id; every record holds
+   the settings it was searched with, and a file searched with other settings, such as another
+   ``simulations``, is set aside and searched again);
+2. train routers into ``routers/`` (skipped when finished with the same arguments and the same paths);
 3. evaluate base, routed and static baselines on the validation split into ``eval/`` (same).
 
 A finished stage leaves a ``.done`` file holding its arguments as JSON; a stage is skipped when its
@@ -14,6 +16,7 @@ outputs exist and the marker matches the arguments of this call.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -21,12 +24,14 @@ from pathlib import Path
 from drllm.evaluation import plots, report
 from drllm.evaluation.evaluate import run_eval
 from drllm.router import DEFAULT_MODEL, RoutedModel, load_routed, load_tokenizer
+from drllm.search.records import SettingsMismatchError
 from drllm.search.runner import run_search
 from drllm.search.tasks import get_task
 from drllm.search.tasks.style import describe, resolve_style
 from drllm.train.trainer import train_routers
 
 MARKER = ".done"
+STARTED = ".started"  # the arguments of the router training under way (or cut off)
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +46,7 @@ def run_demo(
     target_layers: tuple[int, ...] | None = None,
     baselines: tuple[str, ...] = ("greedy", "block-influence", "angular", "drop-last"),
     calibration: int = 128,
-    greedy_examples: int = 24,
+    greedy_examples: int = 8,
     fidelity_tokens: int = 16,
     seed: int = 0,
     data_dir: str | None = None,
@@ -59,7 +64,7 @@ def run_demo(
         eval_examples: validation-split examples evaluated (default: the whole split).
         simulations: MCTS simulations per searched example.
         epochs: router training epochs.
-        target_layers: layer levels every method is compared at (default: L-2, L-4 and L-6).
+        target_layers: layer levels every method is compared at (default: L-2 and L-4).
         baselines: static baselines evaluated.
         calibration: training examples the static baselines and router budgets are calibrated on.
         greedy_examples: training examples the greedy static path is searched on.
@@ -86,22 +91,21 @@ def run_demo(
     _say(
         f"[1/3] search {task} ({train_examples} training examples, {simulations} simulations) -> {paths}",
     )
-    search = run_search(
-        routed,
-        task,
-        str(paths),
-        split=task_obj.default_split_train,
-        limit=train_examples,
-        simulations=simulations,
-        seed=seed,
-        style=style,
-        data_dir=data_dir,
-        tokenizer=tokenizer,
-    )
+    search_args = {
+        "task": task,
+        "split": task_obj.default_split_train,
+        "limit": train_examples,
+        "simulations": simulations,
+        "seed": seed,
+        "style": style,
+        "data_dir": data_dir,
+    }
+    search = _search_stage(routed, tokenizer, paths, search_args)
     train_args = {
         "model": str(model),
         "task": task,
         "paths": str(paths),
+        "paths_sha256": hashlib.sha256(paths.read_bytes()).hexdigest()[:16],  # what the routers learn from
         "train_examples": train_examples,
         "simulations": simulations,
         "epochs": epochs,
@@ -127,9 +131,19 @@ def run_demo(
     return {"search": search, "train": metrics, "eval": rows, "report": str(path)}
 
 
+def _search_stage(routed, tokenizer, paths: Path, args: dict) -> dict:
+    """Stage 1: search, resuming by example id; a file searched with other settings is searched again."""
+    try:
+        return run_search(routed, output=str(paths), tokenizer=tokenizer, **args)
+    except SettingsMismatchError as err:
+        _say(f"[1/3] {err}")
+        _say(f"[1/3] searching again into {paths}; the old file stays beside it as {paths.name}.old-<time>")
+        return run_search(routed, output=str(paths), tokenizer=tokenizer, restart=True, **args)
+
+
 def _demo_levels(num_layers: int) -> list[int]:
-    """The demo's default layer levels: L-2, L-4 and L-6 (those that leave at least one layer)."""
-    return [num_layers - k for k in (2, 4, 6) if num_layers - k >= 1]
+    """The demo's default layer levels: L-2 and L-4 (those that leave at least one layer)."""
+    return [num_layers - k for k in (2, 4) if num_layers - k >= 1]
 
 
 def _load(model, routed, tokenizer, device):
@@ -146,17 +160,20 @@ def _say(text: str) -> None:
 
 def _finished(folder: Path, args: dict, files: tuple[str, ...]) -> bool:
     """Whether a stage's files exist and its marker holds exactly ``args``."""
-    marker = folder / MARKER
-    if not marker.is_file() or not all((folder / f).is_file() for f in files):
-        return False
+    return all((folder / f).is_file() for f in files) and _holds(folder / MARKER, args)
+
+
+def _holds(marker: Path, args: dict) -> bool:
+    """Whether a marker file holds exactly ``args``."""
     try:
         return json.loads(marker.read_text()) == json.loads(json.dumps(args))
-    except json.JSONDecodeError:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
 
 
-def _mark(folder: Path, args: dict) -> None:
-    report.atomic_write_text(folder / MARKER, json.dumps(args, indent=2, sort_keys=True) + "\n")
+def _mark(folder: Path, args: dict, name: str = MARKER) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    report.atomic_write_text(folder / name, json.dumps(args, indent=2, sort_keys=True) + "\n")
 
 
 def _train_stage(routed, tokenizer, folder: Path, args: dict) -> dict:
@@ -165,16 +182,17 @@ def _train_stage(routed, tokenizer, folder: Path, args: dict) -> dict:
         _say(f"[2/3] train routers: already done in {folder}, reusing them")
     else:
         _say(f"[2/3] train routers ({args['epochs']} epochs) -> {folder}")
-        stale = (folder / MARKER).is_file()  # finished with other arguments: start over, do not resume
+        resume = _holds(folder / STARTED, args)  # only a cut-off run with these arguments continues
         (folder / MARKER).unlink(missing_ok=True)
         (folder.parent / "eval" / MARKER).unlink(missing_ok=True)
+        _mark(folder, args, STARTED)
         train_routers(
             routed,
             args["paths"],
             str(folder),
             epochs=args["epochs"],
             seed=args["seed"],
-            resume=not stale,
+            resume=resume,
             tokenizer=tokenizer,
         )
         _mark(folder, args)

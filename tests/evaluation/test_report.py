@@ -190,3 +190,10 @@ def test_eval_and_demo_outputs_are_written_atomically(tmp_path, monkeypatch):
     )
     for name in ("results.json", "results.md", "decisions.json", "report.md", ".done"):
         assert name in written, name
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_write(tmp_path):
+    plain, atomic = tmp_path / "plain.md", tmp_path / "atomic.md"
+    plain.write_text("x")
+    report.atomic_write_text(atomic, "x")
+    assert atomic.stat().st_mode == plain.stat().st_mode
