@@ -67,8 +67,10 @@ def command_parser(name: str):
         "--config", action=ActionConfigFile, help="a YAML file with the same keys as the flags"
     )
     parser.add_function_arguments(function, skip=PYTHON_ONLY)
-    if "model" in _option_names(parser):
+    options = _option_names(parser)
+    if "model" in options:
         parser.set_defaults(model=DEFAULT_MODEL)
+        options["model"].required = False  # the embedded default model serves when none is named
     plain_help = parser.format_help
     parser.format_help = lambda: re.sub(
         r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), plain_help()
