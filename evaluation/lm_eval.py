@@ -24,7 +24,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
-from drllm.router import RoutedModel, load_routed, load_tokenizer, parse_decisions
+from drllm.router import RoutedModel, check_budget, load_routed, load_tokenizer, parse_decisions
 
 INSTANCES: list[DrLLMEval] = []
 
@@ -34,11 +34,12 @@ class DrLLMEval(HFLM):
     """HFLM whose forward passes and generation run through a ``RoutedModel``."""
 
     def __init__(self, pretrained, routers=None, budget: float = 0.0, decisions: str | None = None, **kwargs):
+        budget = check_budget(budget)  # before loading anything: model_args pass "nan" as a string
         device = kwargs.pop("device", None)
         if not isinstance(pretrained, RoutedModel):
             kwargs.setdefault("tokenizer", load_tokenizer(str(pretrained)))
         routed = load_routed(pretrained, device=device, routers=routers)
-        routed.budget = float(budget)
+        routed.budget = budget
         kwargs["device"] = str(routed.device)
         super().__init__(pretrained=routed.model, **kwargs)
         self.routed = routed

@@ -4,7 +4,16 @@ Imports torch and transformers only (no Lightning, search or train code).
 """
 
 from .cache import RoutedCache
-from .decisions import EXECUTE, REPEAT, SKIP, all_execute, check_decisions, expand_path, parse_decisions
+from .decisions import (
+    EXECUTE,
+    REPEAT,
+    SKIP,
+    all_execute,
+    check_budget,
+    check_decisions,
+    expand_path,
+    parse_decisions,
+)
 from .loading import (
     DEFAULT_MODEL,
     batch_prompts,
@@ -31,6 +40,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "all_execute",
     "batch_prompts",
+    "check_budget",
     "encode_prompt",
     "check_decisions",
     "expand_path",

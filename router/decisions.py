@@ -7,6 +7,7 @@ The layers executed by one forward pass are ``d.sum()``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -83,3 +84,18 @@ def format_decisions(decisions: Sequence[int]) -> str:
     """Compact text for a path: ``"11012"``-style digits, grouped by 10 layers for readability."""
     digits = "".join(str(int(v)) for v in torch.as_tensor(decisions).tolist())
     return " ".join(digits[i : i + 10] for i in range(0, len(digits), 10))
+
+
+def check_budget(value) -> float:
+    """The router budget (bias on every skip logit) as a float; refuses NaN, infinities and non-numbers.
+
+    A NaN budget would make every skip logit NaN and every layer silently fall back, an infinite one skip
+    or keep every layer whatever the routers say.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"budget must be a finite number, got {value!r}")
+    return number

@@ -140,12 +140,21 @@ class RoutedLayer(nn.Module):
         self.routed_index = index
         self.__dict__["state"] = state  # shared, not a submodule
         self._tuple_output = False
+        # names are the unwrapped model's (no ``.layer.`` segment) in state_dict, load_state_dict and
+        # named_modules/parameters/buffers: a routed model saves checkpoints (and PEFT adapters) that the
+        # plain model loads, and loads what the plain model saved
+        self.register_state_dict_post_hook(_drop_layer_segment)
+        self.register_load_state_dict_pre_hook(_add_layer_segment)
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["layer"], name)
+
+    def named_modules(self, memo: set | None = None, prefix: str = "", remove_duplicate: bool = True):
+        """The wrapped layer's modules under this wrapper's name (the wrapper itself is not listed)."""
+        return self._modules["layer"].named_modules(memo, prefix, remove_duplicate)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         """Skip, execute or repeat the wrapped layer for each row, as the routing state says."""
@@ -209,6 +218,29 @@ class RoutedLayer(nn.Module):
 
     def _wrap(self, hidden: torch.Tensor):
         return (hidden,) if self._tuple_output else hidden
+
+
+def _drop_layer_segment(module: RoutedLayer, state_dict: dict, prefix: str, local_metadata) -> None:
+    """State-dict post-hook: ``<prefix>layer.<name>`` -> ``<prefix><name>``, in place and in order."""
+    wrapped = prefix + "layer."
+    keys = [k for k in state_dict if k.startswith(wrapped)]
+    for key in keys:  # this layer's keys are the last ones added; popping and re-adding keeps the order
+        state_dict[prefix + key[len(wrapped) :]] = state_dict.pop(key)
+    metadata = getattr(state_dict, "_metadata", None)  # per-module versions, keyed like the modules
+    if metadata is not None:
+        inner = wrapped[:-1]  # the wrapped layer's own entry
+        for key in [k for k in metadata if k == inner or k.startswith(wrapped)]:
+            metadata[prefix[:-1] if key == inner else prefix + key[len(wrapped) :]] = metadata.pop(key)
+
+
+def _add_layer_segment(module: RoutedLayer, state_dict: dict, prefix: str, *_) -> None:
+    """Load-state-dict pre-hook: the unwrapped key ``<prefix><name>`` -> ``<prefix>layer.<name>``."""
+    wrapped = prefix + "layer."
+    inner_has_layer = "layer" in module._modules["layer"]._modules
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        if key.startswith(wrapped) and not inner_has_layer:
+            continue  # already in the wrapped form
+        state_dict[wrapped + key[len(prefix) :]] = state_dict.pop(key)
 
 
 def _find_cache(args, kwargs) -> Cache | None:

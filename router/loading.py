@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import pickle
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -44,7 +45,11 @@ def is_embedded(name) -> bool:
 
 
 def load_model(name_or_path: str, **kwargs):
-    """Load a causal LM by hub name, local folder or embedded name (``"smollm2-135m-instruct"``)."""
+    """Load a causal LM by hub name, local folder or embedded name (``"smollm2-135m-instruct"``).
+
+    Raises:
+        ValueError: for a pickle checkpoint that holds more than tensors (torch refuses to unpickle it).
+    """
     from transformers import AutoModelForCausalLM
 
     if is_embedded(name_or_path):
@@ -53,7 +58,22 @@ def load_model(name_or_path: str, **kwargs):
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         model.config.name_or_path = name_or_path
         return model
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{name_or_path}: {_refused_pickle(name_or_path, err)}") from err
+
+
+def _refused_pickle(name_or_path: str, err: Exception) -> str:
+    """One line saying which pickle checkpoint torch refused and why."""
+    folder = Path(name_or_path)
+    pickles = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(boilerplate)]
+    reason = (reasons or lines or [type(err).__name__])[0]
+    files = ", ".join(pickles) if pickles else "its pickle checkpoint"
+    return f"refused to unpickle {files} (not plain tensors: {reason}); use a safetensors checkpoint"
 
 
 def load_tokenizer(name_or_path: str, **kwargs):

@@ -4,6 +4,11 @@
     out = routed(input_ids, decisions=d)        # d: None, [L] or [B, L] of 0 skip / 1 execute / 2 repeat
     ids = routed.generate(input_ids, max_new_tokens=20)
     model = routed.unwrap()                     # the original layer objects back
+    routed.save_base_model(folder)              # what plain transformers (or peft) loads back
+
+``RoutedModel(model)`` takes a transformers ``*ForCausalLM`` or a PEFT model around one (it routes the layers
+of ``get_base_model()``). A routed model's ``state_dict`` keys are the unwrapped model's, so
+``routed.model.save_pretrained`` and a PEFT model's adapter saves write files the plain model loads.
 
 With ``decisions=None`` the routers decide, once per sequence at prefill, and every generated token reuses
 those decisions; without routers every layer executes once.
@@ -30,12 +35,12 @@ import torch
 from torch import nn
 
 from .cache import RoutedCache
-from .decisions import SKIP, check_decisions
+from .decisions import SKIP, check_budget, check_decisions
 from .fingerprint import architecture_string, probe_mismatch, weight_probe
 from .layer import RoutedLayer, RoutingState, layer_input, put_rows
 from .loading import load_model
 from .routers import RouterConfig, Routers, window_pool
-from .surgery import additive_masks, layer_list, softcap_logits, unwrap_layers, wrap_layers
+from .surgery import additive_masks, causal_lm, layer_list, put_layers, softcap_logits, wrap_layers
 
 
 def padded_positions(attention_mask):
@@ -50,13 +55,14 @@ class RoutedModel(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.__dict__["_given"] = model  # what unwrap() returns: the causal LM, or the PEFT model around it
+        self.model = causal_lm(model)
         self._state = RoutingState(0)
-        self._originals = wrap_layers(model, lambda layer, i: RoutedLayer(layer, i, self._state))
+        self._originals = wrap_layers(self.model, lambda layer, i: RoutedLayer(layer, i, self._state))
         self.num_layers = len(self._originals)
         self._state.__init__(self.num_layers)
-        self.fingerprint = architecture_string(model.config, self.num_layers)
-        self.weight_probe = weight_probe(model, self._originals)
+        self.fingerprint = architecture_string(self.model.config, self.num_layers)
+        self.weight_probe = weight_probe(self.model, self._originals)
         self.routers: Routers | None = None
         self.last_decisions: torch.Tensor | None = None
         self._start: torch.Tensor | None = None  # [B] first layer of each row, inside starting_at
@@ -92,7 +98,7 @@ class RoutedModel(nn.Module):
 
     @budget.setter
     def budget(self, value: float) -> None:
-        self._state.budget = float(value)
+        self._state.budget = check_budget(value)
 
     def add_routers(
         self, num_windows: int = 8, bottleneck: int = 128, seed: int = 0, *, hidden_size: int | None = None
@@ -167,8 +173,30 @@ class RoutedModel(nn.Module):
         self.routers.save_pretrained(Path(directory))
 
     def unwrap(self) -> nn.Module:
-        """Put the original layer objects back and return the plain model."""
-        return unwrap_layers(self.model, self._originals)
+        """Put the original layer objects back and return the plain model (the PEFT model, if given one)."""
+        put_layers(self.model, self._originals)
+        return self._given
+
+    @contextlib.contextmanager
+    def unwrapped(self) -> Iterator[nn.Module]:
+        """The plain model (as given) inside the context; the same routed layers go back in ``finally``."""
+        if self._state.active:
+            raise RuntimeError("cannot unwrap the layers during a routed call")
+        routed_layers = list(layer_list(self.model))
+        put_layers(self.model, self._originals)
+        try:
+            yield self._given
+        finally:
+            put_layers(self.model, routed_layers)
+
+    def save_base_model(self, directory: str | os.PathLike, **save_pretrained_kwargs) -> None:
+        """``save_pretrained`` of the model as given, with its layers unwrapped while it saves.
+
+        That writes the causal LM's weights and config (what ``AutoModelForCausalLM.from_pretrained`` loads)
+        or, for a PEFT model, its adapter. The routers are not part of it; ``save_pretrained`` saves those.
+        """
+        with self.unwrapped() as model:
+            model.save_pretrained(directory, **save_pretrained_kwargs)
 
     # ----------------------------------------------------------------- running
     def new_cache(self) -> RoutedCache:

@@ -3,7 +3,8 @@
 Router ``i`` reads the hidden states entering decoder layer ``i`` over the prompt's real (non-padding)
 tokens, splits them into W contiguous windows (W clamped to the prompt length), takes each window's mean,
 applies ``Linear(d, h) -> GELU -> Linear(h, 3)`` to each mean and averages the logits over the windows.
-Routers save as ``router_config.json`` + ``routers.safetensors`` (never pickle).
+Routers save as ``router_config.json`` + ``routers.safetensors`` (never pickle); the safetensors header
+repeats the config, so a config edited after saving (``num_windows``, which no weight shape shows) is refused.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
 CONFIG_NAME = "router_config.json"
 WEIGHTS_NAME = "routers.safetensors"
+FORMAT_VERSION = 1  # of router_config.json; the loader refuses others
+_HEADER_KEY = "router_config"  # safetensors metadata entry holding the config as saved
+_IDENTITY = ("fingerprint", "weight_probe", "base_model")  # base-model records; absent in older files
 
 
 def window_weights(
@@ -120,7 +125,7 @@ class RouterConfig:
     fingerprint: str = ""
     weight_probe: list[float] = dataclasses.field(default_factory=list)
     base_model: str = ""
-    format_version: int = 1
+    format_version: int = FORMAT_VERSION
 
 
 class Routers(nn.Module):
@@ -154,11 +159,12 @@ class Routers(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+        config = dataclasses.asdict(self.config)
         tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt"})
+        save_file(state, str(tmp), metadata={"format": "pt", _HEADER_KEY: json.dumps(config)})
         os.replace(tmp, directory / WEIGHTS_NAME)
         tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
         os.replace(tmp, directory / CONFIG_NAME)
 
     @classmethod
@@ -170,14 +176,11 @@ class Routers(nn.Module):
             raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a drllm router directory")
         if not weights_path.is_file():
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory} (routers load from safetensors only)")
-        config = _read_config(config_path)
+        config, written = _read_config(config_path)
+        state, saved = _read_weights(weights_path)
+        _check_consistent(config, written, state, saved, config_path, weights_path)
         routers = cls(config)
-        try:
-            state = load_file(str(weights_path))
-        except Exception as err:  # safetensors raises its own error types for bad headers
-            raise ValueError(f"{weights_path} is not a valid safetensors file: {err}") from err
-        expected = routers.state_dict()
-        shapes = {k: tuple(v.shape) for k, v in expected.items()}
+        shapes = {k: tuple(v.shape) for k, v in routers.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()}
         if shapes != got:
             diff = sorted(set(shapes.items()) ^ set(got.items()))[:4]
@@ -186,7 +189,65 @@ class Routers(nn.Module):
         return routers
 
 
-def _read_config(path: Path) -> RouterConfig:
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of a router safetensors file (floating point only) and the config saved in its header."""
+    try:  # safetensors never unpickles: a pickle here fails as a bad header
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"{path} is not a valid safetensors file: {_one_line(err)}") from err
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise ValueError(
+                f"{path}: tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
+                "router weights must be floating point"
+            )
+    if _HEADER_KEY not in header:
+        return state, {}  # saved before the header carried the config
+    try:
+        saved = json.loads(header[_HEADER_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: the {_HEADER_KEY} header entry is not valid JSON: {err}") from err
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: the {_HEADER_KEY} header entry is not a JSON object")
+    return state, saved
+
+
+def _check_consistent(
+    config: RouterConfig, written: set, state, saved: dict, config_path, weights_path
+) -> None:
+    """Refuse a config that disagrees with the weight shapes or with ``saved``, the config in their header.
+
+    ``written`` are the keys the config file sets. A file without a base-model fingerprint passes here: the
+    model refuses it when the routers are loaded into one.
+    """
+    first = state.get("layers.0.net.0.weight")
+    if first is not None and first.dim() == 2:
+        layers = {k.split(".")[1] for k in state if k.startswith("layers.")}
+        found = {"num_layers": len(layers), "hidden_size": first.shape[1], "bottleneck": first.shape[0]}
+        for key, value in found.items():
+            if getattr(config, key) != value:
+                raise ValueError(
+                    f"{config_path} does not match {weights_path}: {key} is {getattr(config, key)} in the "
+                    f"config, the weights have {key} {value}"
+                )
+    for key, value in saved.items():
+        if (key in _IDENTITY and key not in written) or getattr(config, key, value) == value:
+            continue
+        unset = "" if key in written else " (not set: the default)"
+        raise ValueError(
+            f"{config_path} does not match {weights_path}: {key} is {getattr(config, key)!r}{unset} in the "
+            f"config, the weights were saved with {key} {value!r}"
+        )
+
+
+def _read_config(path: Path) -> tuple[RouterConfig, set[str]]:
+    """The config and the keys the file sets (the others take their defaults)."""
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -197,9 +258,20 @@ def _read_config(path: Path) -> RouterConfig:
     unknown = set(raw) - fields
     if unknown:
         raise ValueError(f"{path} has unknown keys {sorted(unknown)}")
+    version = raw.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise ValueError(
+            f"{path}: format_version is {version!r}; this drllm reads router files of format_version "
+            f"{FORMAT_VERSION}"
+        )
     config = RouterConfig(**raw)
     for name in ("num_layers", "hidden_size", "num_windows", "bottleneck"):
         value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{path}: {name} must be a positive integer, got {value!r}")
-    return config
+    for name, kind in (("fingerprint", str), ("base_model", str), ("weight_probe", list)):
+        if not isinstance(getattr(config, name), kind):
+            raise ValueError(f"{path}: {name} must be a {kind.__name__}, got {getattr(config, name)!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in config.weight_probe):
+        raise ValueError(f"{path}: weight_probe must be a list of numbers, got {config.weight_probe!r}")
+    return config, set(raw)

@@ -1,7 +1,7 @@
 """Model surgery: the only module that knows where an architecture keeps its decoder layers.
 
 ``wrap_layers`` replaces, in place, each decoder layer ``i`` of a causal LM by a
-``RoutedLayer(layer, index=i)``; ``unwrap_layers`` puts the original objects back. The layer list keeps
+``RoutedLayer(layer, index=i)``; ``put_layers`` puts the original objects back. The layer list keeps
 its length, so the model's own loop, masks, rotary embeddings and per-layer attention types stay correct.
 
 The other config facts that routed code needs live here too: which layers attend through a sliding
@@ -46,6 +46,26 @@ def _resolve(model: nn.Module, path: str) -> nn.Module:
     return obj
 
 
+def causal_lm(model) -> nn.Module:
+    """The transformers causal LM to wrap: ``model`` itself, or the one inside a PEFT model.
+
+    A ``PeftModel`` (anything with ``get_base_model()``) holds the causal LM, its LoRA layers injected in
+    place, behind two wrappers; its decoder layers are that model's.
+
+    Raises:
+        UnsupportedArchitectureError: for something that is not a module, saying what to pass.
+    """
+    get_base_model = getattr(model, "get_base_model", None)
+    if callable(get_base_model):
+        model = get_base_model()
+    if not isinstance(model, nn.Module):
+        raise UnsupportedArchitectureError(
+            f"RoutedModel takes a transformers *ForCausalLM model or a PEFT model around one "
+            f"(AutoModelForCausalLM.from_pretrained(...)), got {type(model).__name__}"
+        )
+    return model
+
+
 def layer_list(model: nn.Module) -> nn.ModuleList:
     """The decoder layer list of a causal LM.
 
@@ -62,8 +82,8 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
         layers = _resolve(model, LAYER_PATHS[model_type])
     except AttributeError as err:
         raise UnsupportedArchitectureError(
-            f"{type(model).__name__} has no {LAYER_PATHS[model_type]!r}; pass the *ForCausalLM model, "
-            f"not the bare backbone"
+            f"{type(model).__name__} has no {LAYER_PATHS[model_type]!r}; pass the *ForCausalLM model (or a "
+            f"PEFT model around one), not the bare backbone"
         ) from err
     if not isinstance(layers, nn.ModuleList):
         raise UnsupportedArchitectureError(
@@ -76,7 +96,7 @@ def wrap_layers(model: nn.Module, make_wrapper: Callable[[nn.Module, int], nn.Mo
     """Replace every decoder layer ``i`` by ``make_wrapper(layer, i)`` in place.
 
     Returns:
-        The original layer objects, in order, for ``unwrap_layers``.
+        The original layer objects, in order, for ``put_layers``.
 
     Raises:
         ValueError: when the model's layers are already wrapped.
@@ -90,13 +110,13 @@ def wrap_layers(model: nn.Module, make_wrapper: Callable[[nn.Module, int], nn.Mo
     return originals
 
 
-def unwrap_layers(model: nn.Module, originals: list[nn.Module]) -> nn.Module:
-    """Put the original layer objects back in place and return the model."""
-    layers = layer_list(model)
-    if len(layers) != len(originals):
-        raise ValueError(f"model has {len(layers)} layers but {len(originals)} originals were kept")
-    for i, layer in enumerate(originals):
-        layers[i] = layer
+def put_layers(model: nn.Module, layers: list[nn.Module]) -> nn.Module:
+    """Put these layer objects (the originals, or the wrappers again) in the layer list, in place."""
+    current = layer_list(model)
+    if len(current) != len(layers):
+        raise ValueError(f"model has {len(current)} layers but {len(layers)} were given")
+    for i, layer in enumerate(layers):
+        current[i] = layer
     return model
 
 

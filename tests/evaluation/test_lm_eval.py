@@ -62,3 +62,14 @@ def test_harness_loglikelihood_and_generation_run_routed(task_dir):
         correct += int(max(range(3), key=scores.__getitem__) == row["label"])
     assert out["results"]["tiny_mc"]["acc,none"] == pytest.approx(correct / len(rows))
     assert "exact_match,none" in out["results"]["tiny_gen"]
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-inf", float("nan")])
+def test_harness_refuses_a_non_finite_budget(budget):
+    from drllm.evaluation.lm_eval import DrLLMEval
+
+    routed = RoutedModel(tiny_model("llama"))
+    with pytest.raises(ValueError, match=f"budget must be a finite number, got {budget!r}"):
+        DrLLMEval(routed, tokenizer=tiny_tokenizer(), budget=budget, batch_size=1)
+    lm = DrLLMEval(routed, tokenizer=tiny_tokenizer(), budget="0.5", batch_size=1)  # model_args are strings
+    assert lm.routed.budget == 0.5
