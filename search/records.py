@@ -17,11 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import filelock
+
+from drllm.router.fingerprint import probe_mismatch
 
 DECISION_VALUES = (0, 1, 2)
 REQUIRED_KEYS = ("id", "prompt", "decisions")
@@ -97,6 +100,9 @@ class SearchRecord:
     of the chosen path, ``margin_gain`` (best margin reached minus the base's), ``sweep`` (margins of
     every single-layer skip and repeat), ``evaluated`` (every path the search scored: path, reward,
     margin), ``safe_paths``, and with the controls ``control`` (the wrong-gold search) and ``seeds``."""
+    settings: dict | None = None
+    """What else made the record (see :class:`SearchSettings`): ``split``, ``simulations`` asked for,
+    ``seed``, and the model's ``fingerprint`` and ``weight_probe``; None in rows of older files."""
     extra: dict = field(default_factory=dict)
     """Keys of the row that this version does not know, kept as read."""
 
@@ -154,6 +160,10 @@ class SearchRecord:
         if supervision is not None and not isinstance(supervision, dict):
             raise ValueError(f"{at}supervision must be a JSON object, got {type(supervision).__name__}")
         values["supervision"] = supervision
+        settings = known.get("settings")
+        if settings is not None and not isinstance(settings, dict):
+            raise ValueError(f"{at}settings must be a JSON object, got {type(settings).__name__}")
+        values["settings"] = settings
         if values["num_layers"] is not None and values["num_layers"] != len(decisions):
             raise ValueError(
                 f"{at}num_layers is {values['num_layers']}, but decisions has {len(decisions)} values"
@@ -197,6 +207,81 @@ def _paths(value, num_layers: int, where: str) -> list[list[int]]:
         at = f"{where}: " if where else ""
         raise ValueError(f"{at}correct_paths must be a list of paths, got {value!r}")
     return [validate_path(p, num_layers, where, name=f"correct_paths[{i}]") for i, p in enumerate(value)]
+
+
+class SettingsMismatchError(ValueError):
+    """An output file holds records searched with other settings."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What made a search's records; a search appends only to a file whose records share every value.
+
+    A record keeps ``task``, ``model``, ``scoring`` and ``style`` in its own fields and the rest in its
+    ``settings`` object (``SearchOutput`` writes it). Rows of older files compare only what they carry;
+    the model's name counts only where a row has no fingerprint (one model has many names).
+    """
+
+    task: str
+    model: str
+    scoring: str
+    style: str
+    split: str
+    simulations: int
+    seed: int
+    fingerprint: str
+    weight_probe: tuple[float, ...] = ()
+
+    def stamp(self, record: SearchRecord) -> SearchRecord:
+        """The record with this search's ``settings`` object."""
+        own = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RECORD_FIELDS}
+        own["weight_probe"] = list(self.weight_probe)
+        return dataclasses.replace(record, settings={**(record.settings or {}), **own})
+
+    def differences(self, record: SearchRecord) -> dict[str, tuple]:
+        """``{key: (the record's value, this search's)}`` for every setting the record holds otherwise."""
+        saved = {k: getattr(record, k) for k in _RECORD_FIELDS} | (record.settings or {})
+        if saved.get("fingerprint"):
+            saved.pop("model")
+        differ = {}
+        for key, now in dataclasses.asdict(self).items():
+            old = saved.get(key)
+            if old is None or old == "" or old == []:
+                continue
+            if key == "weight_probe":
+                same = isinstance(old, list) and not probe_mismatch(old, list(now))
+            else:
+                same = old == now
+            if not same:
+                differ[key] = (old, list(now) if key == "weight_probe" else now)
+        return differ
+
+    def check(self, records: list[SearchRecord], path: Path) -> None:
+        """Refuse, naming both values, a file holding a record searched with other settings."""
+        for record in records:
+            differ = self.differences(record)
+            if differ:
+                details = ", ".join(f"{k}: file {a!r}, now {b!r}" for k, (a, b) in differ.items())
+                raise SettingsMismatchError(
+                    f"{path} holds example {record.id!r} searched with other settings ({details}); "
+                    "restart (--restart true) sets the file aside and searches again, "
+                    "or choose another --output"
+                )
+
+
+_RECORD_FIELDS = ("task", "model", "scoring", "style")
+
+
+def set_aside(path: Path) -> Path | None:
+    """Move a file to ``<file>.old-<timestamp>`` (never over another file); None when it does not exist."""
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = Path(f"{path}.old-{stamp}"), 1
+    while target.exists():
+        target, n = Path(f"{path}.old-{stamp}-{n}"), n + 1
+    os.rename(path, target)
+    return target
 
 
 class OutputLockedError(RuntimeError):
@@ -283,12 +368,17 @@ def finished_ids(path: str | os.PathLike) -> set[str]:
 class SearchOutput:
     """Append-only writer of search records, holding an exclusive lock on ``<file>.lock``.
 
+    With ``settings`` every record already in the file must share them (``SettingsMismatchError``
+    otherwise) and each new record is stamped with them; ``restart`` first sets an existing file aside.
+
     Attributes:
         done: ids of the examples in the file, those written through this writer included.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(
+        self, path: str | os.PathLike, settings: SearchSettings | None = None, restart: bool = False
+    ):
+        self.path, self.settings = Path(path), settings
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = filelock.FileLock(f"{self.path}.lock", timeout=0)
         try:
@@ -299,6 +389,8 @@ class SearchOutput:
                 "wait for it to finish or choose another --output"
             ) from err
         try:
+            if restart:
+                set_aside(self.path)
             self.done = self._open_existing()
         except BaseException:
             self._lock.release()
@@ -313,6 +405,8 @@ class SearchOutput:
             scan = _scan(self.path)
         except ValueError as err:
             raise ValueError(f"{err}; refusing to append to {self.path}") from err
+        if self.settings is not None:
+            self.settings.check(scan.records, self.path)
         size = self.path.stat().st_size
         if scan.complete < size:
             with open(self.path, "r+b") as f:
@@ -329,6 +423,8 @@ class SearchOutput:
         """Append one record as a single line, flushed to disk."""
         if record.id in self.done:
             raise ValueError(f"{self.path} already holds example {record.id!r}")
+        if self.settings is not None:
+            record = self.settings.stamp(record)
         line = (record.to_json() + "\n").encode("utf-8")
         written = os.write(self._fd, line)
         if written != len(line):

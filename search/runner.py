@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 
@@ -19,7 +20,7 @@ from . import progress
 from .distributed import barrier, launch_sharded, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import SearchConfig
-from .records import SearchOutput, SearchRecord, read_records
+from .records import SearchOutput, SearchRecord, SearchSettings, read_records, set_aside
 from .supervision import Supervision, format_reliability, reliability, search_examples
 from .tasks import get_task
 from .tasks.style import describe, resolve_style
@@ -38,6 +39,7 @@ def run_search(
     scoring: str | None = None,
     style: str = "auto",
     seed: int = 0,
+    restart: bool = False,
     data_dir: str | None = None,
     tokenizer=None,
     max_rows: int = 64,
@@ -68,6 +70,9 @@ def run_search(
         style: prompt style: ``plain``, ``chat``, or ``auto`` (the better of the two for the base model on
             the training split; see :mod:`drllm.search.tasks.style`).
         seed: base seed; each tree uses a seed derived from (seed, example id).
+        restart: set an existing ``output`` aside (``<output>.old-<timestamp>``) and start over; without
+            it, an output whose records were searched with other settings (model, task, split, scoring,
+            style, simulations, seed) is refused.
         data_dir: benchmark data folder (default: ``$DRLLM_DATA`` or ``../shared/data``).
         tokenizer: the tokenizer, when ``model`` is a RoutedModel.
         max_rows: rows per forward pass of the evaluator.
@@ -90,13 +95,16 @@ def run_search(
     Returns:
         The summary (see ``summarize``) over every example in the output file for this task.
     """
-    if batch_size < 1 or simulations < 0:
-        raise ValueError(f"batch_size must be >= 1 and simulations >= 0, got {batch_size} and {simulations}")
+    _check_counts(limit=limit, simulations=simulations, batch_size=batch_size)
     if devices > 1 and "WORLD_SIZE" not in os.environ:
+        if restart:
+            set_aside(Path(output))  # each rank sets its own file aside
         return launch_sharded(devices, locals())
     fields = {"question_field": question_field, "answer_field": answer_field, "choices_field": choices_field}
     task_obj = get_task(task, **fields, config=hf_config) if task.startswith("hf:") else get_task(task)
-    examples = task_obj.load(split or task_obj.default_split_train, data_dir=data_dir, limit=limit)
+    _refuse_task_file(output, task_obj)
+    split = split or task_obj.default_split_train
+    examples = task_obj.load(split, data_dir=data_dir, limit=limit)
     rank, world, local_rank = rank_info()
     if world > 1 and device is None and torch.cuda.is_available():
         device = f"cuda:{local_rank}"  # launched by torchrun: one GPU per rank
@@ -112,7 +120,20 @@ def run_search(
     evaluator = PathEvaluator(routed, tokenizer, task_obj, scoring, style, max_rows, max_new_tokens)
     config = SearchConfig(simulations=simulations)
     supervision = Supervision(sweep, control, seeds, safe_margin)
-    with SearchOutput(target) as out:
+    settings = SearchSettings(
+        task=task,
+        model=model_name,
+        scoring=evaluator.scoring,
+        style=style,
+        split=split,
+        simulations=simulations,
+        seed=seed,
+        fingerprint=routed.fingerprint,
+        weight_probe=tuple(routed.weight_probe),
+    )
+    if world > 1:  # the main output too, which the ranks' files are merged into
+        settings.check(read_records(output, allow_empty=True), Path(output))
+    with SearchOutput(target, settings, restart) as out:
         todo = [ex for ex in examples if str(ex.id) not in out.done]
         bar = progress.bar(len(examples), "search", "ex", len(examples) - len(todo))
         bar.disable = bar.disable or rank != 0
@@ -132,6 +153,24 @@ def run_search(
     summary = summarize(records)
     log.info(format_summary(summary))
     return summary
+
+
+def _check_counts(**counts) -> None:
+    """Refuse a count below 1 (``limit`` may be None: every example)."""
+    for name, value in counts.items():
+        if value is None and name == "limit":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def _refuse_task_file(output, task_obj) -> None:
+    """Refuse an output that is the task's own data file (its rows would be read as search records)."""
+    for source in (getattr(task_obj, "path", None), getattr(task_obj, "dataset", None)):
+        if source and Path(source).is_file() and Path(output).resolve() == Path(source).resolve():
+            raise ValueError(
+                f"output {output} is the task file of {task_obj.name!r}; choose another --output"
+            )
 
 
 def _load(model, tokenizer, device):

@@ -2,33 +2,46 @@
 
     metrics = train_routers("smollm2-135m-instruct", "runs/arc/paths.jsonl", "runs/arc/routers")
 
-Steps: load the model and tokenizer (or take them), read and check the paths, build (or reuse) the
+Steps: check every argument and the paths file, lock the output folder (``train.lock``), load the model
+and tokenizer (or take them), refuse paths searched with another model, build (or reuse) the
 teacher-forced feature cache, attach fresh seeded routers, train them with Lightning (checkpoints in
-``<output>/checkpoints``, resumed from ``last.ckpt``), then save the best epoch's routers as
-``router_config.json`` + ``routers.safetensors`` and its validation metrics as ``metrics.json``.
+``<output>/checkpoints`` beside the ``run.json`` they were made with, resumed from ``last.ckpt``), then
+save the best epoch's routers as ``router_config.json`` + ``routers.safetensors``, its validation metrics
+as ``metrics.json`` and the run's settings as ``run.json``. The finished files are written aside and
+replace the old ones only at the end (see :mod:`drllm.train.outputs`): a failed or killed run leaves the
+previous routers as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
+import math
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from drllm.router import RoutedModel, load_routed, load_tokenizer
+from drllm.router.fingerprint import probe_mismatch
 from drllm.search import progress
 from drllm.search.records import read_records
+from drllm.search.tasks.base import MAX_PROMPT_CHARS
 
+from . import outputs
 from .data import RouterDataModule
 from .features import build_features
 from .module import RouterModule
+from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
+from .outputs import read_run_record  # noqa: F401 - readers import it from here
 
 MONITOR = "val/macro_f1"
+LOGGERS = ("csv", "wandb", "none", "", None, False)
 
 
 def train_routers(
@@ -59,7 +72,8 @@ def train_routers(
     Args:
         model: a model name or folder (``RoutedModel.from_pretrained``), or an already built ``RoutedModel``.
         paths: the search's JSONL output.
-        output: folder for routers, ``metrics.json``, checkpoints, logs and the feature cache.
+        output: folder for routers, ``metrics.json``, ``run.json``, checkpoints, logs and the feature cache;
+            locked (``train.lock``) while the run writes it: a second run into it is refused.
         epochs: training epochs (a resumed run continues up to this many in all).
         num_windows: W, windows pooled per prompt.
         bottleneck: router bottleneck width (hidden units of each layer's router MLP).
@@ -75,7 +89,8 @@ def train_routers(
         precision: Lightning precision.
         online: run the frozen model every step instead of caching its pooled hidden states.
         cache_dir: feature cache folder; defaults to ``<output>/feature_cache``.
-        resume: continue from ``<output>/checkpoints/last.ckpt`` when it exists.
+        resume: continue from ``<output>/checkpoints/last.ckpt`` when it exists (refused when it was made
+            from other inputs); False starts over, the finished routers staying until this run ends.
         tokenizer: the tokenizer, required when ``model`` is a ``RoutedModel``.
         device: where the frozen model runs while features are built (``load_routed``'s policy: CUDA when
             available; the CPU when ``accelerator="cpu"``).
@@ -83,60 +98,150 @@ def train_routers(
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``).
     """
-    routed, tokenizer = _load(model, tokenizer, accelerator, device)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    rows = read_records(paths, routed.num_layers)
-    routed.model.requires_grad_(False)
-    if online:
-        data = RouterDataModule(rows=rows, batch_size=batch_size, val_fraction=val_fraction, seed=seed)
-    else:
-        cache_dir = cache_dir or output / "feature_cache"
-        features = build_features(routed, tokenizer, rows, num_windows, batch_size, cache_dir)
+    _check_arguments(locals())
+    _check_prompts(read_records(paths), paths)  # every row is checked before the model loads
+    output, leader = Path(output), outputs.is_leader()
+    trainer, checkpoint = _trainer(epochs, logger, output, accelerator, devices, strategy, precision)
+    with outputs.locked(output) if leader else contextlib.nullcontext():
+        routed, tokenizer = _load(model, tokenizer, accelerator, device)
+        rows = read_records(paths, routed.num_layers)
+        _check_searched_model(rows, routed, paths)
+        run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
+        last = output / "checkpoints" / "last.ckpt"
+        resuming = outputs.prepare_checkpoints(last.parent, run, resume, leader)
+        routed.model.requires_grad_(False)
+        features = None
+        if not online:
+            cache = cache_dir or output / "feature_cache"
+            features = build_features(routed, tokenizer, rows, num_windows, batch_size, cache)
         data = RouterDataModule(
-            features=features, batch_size=batch_size, val_fraction=val_fraction, seed=seed
+            features=features,
+            rows=rows if online else None,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            seed=seed,
         )
-    L.seed_everything(seed, verbose=False)
-    routers = routed.add_routers(num_windows=num_windows, bottleneck=bottleneck, seed=seed).train()
-    frozen = {"routed": routed, "tokenizer": tokenizer} if online else {}
-    module = RouterModule(routers, data.class_counts().tolist(), lr=lr, weight_decay=weight_decay, **frozen)
-    checkpoint, latest = _checkpoints(output / "checkpoints")
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=_logger(logger, output),
-        callbacks=[checkpoint, latest],
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        precision=precision,
-        enable_progress_bar=progress.showing(),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        default_root_dir=str(output),
-    )
-    last = output / "checkpoints" / "last.ckpt"
-    run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
-    resuming = resume and last.is_file()
-    _check_resume(output / "run.json", run, resuming)
-    if trainer.logger is not None:
-        trainer.logger.log_hyperparams(
-            {
-                **run,
-                "epochs": epochs,
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "batch_size": batch_size,
-                "precision": precision,
-            }
-        )
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resuming else None)
-    metrics = _export(routed, checkpoint, last, output, write=trainer.is_global_zero)
-    if not online and trainer.is_global_zero:
-        _decision_figure(routed, features, data.val_indices, output, trainer.logger)
+        L.seed_everything(seed, verbose=False)
+        routers = routed.add_routers(num_windows=num_windows, bottleneck=bottleneck, seed=seed).train()
+        frozen = {"routed": routed, "tokenizer": tokenizer} if online else {}
+        counts = data.class_counts().tolist()
+        module = RouterModule(routers, counts, lr=lr, weight_decay=weight_decay, **frozen)
+        settings = {**run, "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
+        settings["precision"] = precision
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams(settings)
+        with warnings.catch_warnings():  # the folder holds run.json, written before any checkpoint
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=data, ckpt_path=str(last) if resuming else None)
+        metrics = _best_routers(routed, checkpoint, last)
+        if trainer.is_global_zero:
+            _finish(routed, metrics, settings, features, data, output, trainer.logger)
     if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
         trainer.logger.experiment.finish()  # flush the run (config, metrics, images) before returning
     return metrics
+
+
+def _check_arguments(args: dict) -> None:
+    """Refuse a bad argument with one line naming it and its value, before anything loads or is written."""
+    for name in ("epochs", "num_windows", "bottleneck", "batch_size"):
+        if not _whole(args[name]) or args[name] < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {args[name]!r}")
+    if not _whole(args["seed"]) or not 0 <= args["seed"] < 2**32:
+        raise ValueError(f"seed must be a whole number in [0, 2**32), got {args['seed']!r}")
+    if not _finite(args["lr"]) or args["lr"] <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {args['lr']!r}")
+    if not _finite(args["weight_decay"]) or args["weight_decay"] < 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {args['weight_decay']!r}")
+    if not _finite(args["val_fraction"]) or not 0 < args["val_fraction"] < 1:
+        raise ValueError(
+            f"val_fraction must be a share strictly between 0 and 1, got {args['val_fraction']!r}"
+        )
+    if args["logger"] not in LOGGERS:
+        raise ValueError(f"logger must be 'csv', 'wandb' or 'none', got {args['logger']!r}")
+    if isinstance(args["model"], RoutedModel) and args["tokenizer"] is None:
+        raise ValueError("train_routers got a RoutedModel without its tokenizer; pass tokenizer=")
+    for name in ("output", "cache_dir"):
+        if args[name] is not None and Path(args[name]).is_file():
+            raise ValueError(f"{name} {args[name]} is a file; it must be a folder")
+    if args["device"] is not None:
+        try:
+            torch.device(args["device"])
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device {args['device']!r} is not a torch device ({err})") from None
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_prompts(rows, paths) -> None:
+    """Refuse a searched prompt too long to tokenize (``MAX_PROMPT_CHARS``), naming the example."""
+    for row in rows:
+        if len(row.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(
+                f"{paths}: example {row.id!r} has a prompt of {len(row.prompt)} characters, "
+                f"more than {MAX_PROMPT_CHARS}"
+            )
+
+
+def _check_searched_model(rows, routed: RoutedModel, paths) -> None:
+    """Refuse paths whose records say they were searched with another model (fingerprint or weights)."""
+    for row in rows:
+        saved = row.settings or {}
+        fingerprint, probe = saved.get("fingerprint"), saved.get("weight_probe")
+        if fingerprint and fingerprint != routed.fingerprint:
+            raise ValueError(
+                f"{paths}: example {row.id!r} was searched with model {row.model!r} of fingerprint "
+                f"{fingerprint}, this model has fingerprint {routed.fingerprint}"
+            )
+        if isinstance(probe, list) and probe and probe_mismatch(probe, routed.weight_probe):
+            raise ValueError(
+                f"{paths}: example {row.id!r} was searched with model {row.model!r} of weight fingerprint "
+                f"{probe}, this model has {routed.weight_probe}"
+            )
+
+
+def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, precision):
+    """The Lightning trainer and its best-epoch callback (Lightning's refusals become a ValueError)."""
+    checkpoint, latest = _checkpoints(output / "checkpoints")
+    try:
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            logger=_logger(logger, output),
+            callbacks=[checkpoint, latest],
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            enable_progress_bar=progress.showing(),
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+            default_root_dir=str(output),
+        )
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"Lightning refused accelerator={accelerator!r}, devices={devices!r}, strategy={strategy!r}, "
+            f"precision={precision!r}: {first}"
+        ) from None
+    return trainer, checkpoint
+
+
+def _finish(routed, metrics: dict, settings: dict, features, data, output: Path, logger) -> None:
+    """Write routers, ``metrics.json``, ``run.json`` and ``decisions.png``; they replace the old ones last."""
+    folder = outputs.staging(output)
+    routed.save_pretrained(folder)
+    routed.load_routers(folder)  # checks the saved files against the model; routers on its device, eval
+    outputs.write_json(folder / "metrics.json", metrics)
+    outputs.write_json(folder / "run.json", settings)
+    if features is not None:
+        _decision_figure(routed, features, data.val_indices, folder, logger)
+    outputs.publish(folder, output)
 
 
 def _decision_figure(routed, features, val_indices, output: Path, logger) -> None:
@@ -171,47 +276,11 @@ def _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, on
     }
 
 
-def read_run_record(record: Path) -> dict:
-    """The identity a checkpoint was trained with (``run.json``); a damaged record is refused by name."""
-    try:
-        saved = json.loads(record.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        saved, problem = None, str(err)
-    else:
-        problem = "not a JSON object"
-    if not isinstance(saved, dict):
-        raise ValueError(
-            f"{record} is damaged ({problem}), so the checkpoint beside it cannot be checked; "
-            "use another --output or --resume false to start over"
-        )
-    return saved
-
-
-def _check_resume(record: Path, run: dict, resuming: bool) -> None:
-    """Refuse to resume a checkpoint made from other paths or settings; record this run's identity."""
-    if resuming and record.is_file():
-        saved = read_run_record(record)
-        if "hidden_size" in saved and "bottleneck" not in saved:  # records before the rename
-            saved["bottleneck"] = saved.pop("hidden_size")
-        differ = {k: (saved.get(k), v) for k, v in run.items() if saved.get(k) != v}
-        if differ:
-            details = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
-            raise ValueError(
-                f"{record.parent / 'checkpoints' / 'last.ckpt'} was trained with other inputs ({details}); "
-                "use another --output or --resume false to start over"
-            )
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(run, indent=2) + "\n")
-    os.replace(tmp, record)
-
-
 def _load(model, tokenizer, accelerator: str, device):
     """The ``RoutedModel`` and tokenizer through ``load_routed`` (the CPU when the accelerator is the CPU)."""
     if device is None and accelerator == "cpu":
         device = "cpu"
     if isinstance(model, RoutedModel):
-        if tokenizer is None:
-            raise ValueError("train_routers got a RoutedModel without its tokenizer; pass tokenizer=")
         return load_routed(model, device=device), tokenizer
     routed = load_routed(model, device=device)
     return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model))
@@ -246,21 +315,16 @@ def _checkpoints(folder: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
 
 def _logger(kind: str | None, output: Path):
     """A CSV or Weights & Biases logger writing under ``output`` (or False for none)."""
-    if kind in (None, False, "none", ""):
-        return False
     if kind == "csv":
         return CSVLogger(str(output), name="logs")
     if kind == "wandb":
         offline = os.environ.get("WANDB_MODE") == "offline" or not os.environ.get("WANDB_API_KEY")
         return WandbLogger(project="drllm", save_dir=str(output), offline=offline)
-    raise ValueError(f"logger must be 'csv', 'wandb' or 'none', got {kind!r}")
+    return False
 
 
-def _export(routed: RoutedModel, checkpoint: ModelCheckpoint, last: Path, output: Path, write: bool) -> dict:
-    """Load the best checkpoint's routers; save them and ``metrics.json`` when ``write``; return the metrics.
-
-    Under DDP every process loads the routers, and only rank 0 (``write``) writes the files.
-    """
+def _best_routers(routed: RoutedModel, checkpoint: ModelCheckpoint, last: Path) -> dict:
+    """Load the best checkpoint's routers into ``routed`` (eval mode) and return its validation metrics."""
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     if not best.is_file():
         best = last
@@ -270,13 +334,5 @@ def _export(routed: RoutedModel, checkpoint: ModelCheckpoint, last: Path, output
     prefix = "routers."
     weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
     routed.routers.load_state_dict(weights)
-    metrics = dict(state.get("drllm_val_metrics") or {})
-    if not write:
-        routed.routers.eval()
-        return metrics
-    routed.save_pretrained(output)
-    routed.load_routers(output)  # checks the saved files against the model; routers on its device, eval
-    tmp = output / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, output / "metrics.json")
-    return metrics
+    routed.routers.eval()
+    return dict(state.get("drllm_val_metrics") or {})

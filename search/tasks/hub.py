@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import ChoiceTask, ExactTask, Example, Task
+from .base import ChoiceTask, ExactTask, Example, Task, check_example, check_limit
 
 
 class _HubSource:
@@ -31,9 +31,10 @@ class _HubSource:
     def load(
         self, split: str = "train", data_dir: str | Path | None = None, limit: int | None = None
     ) -> list:
-        """Load a split of the dataset and map its columns to examples."""
+        """Load a split of the dataset and map its columns to examples (each checked: ``check_example``)."""
         from datasets import load_dataset
 
+        check_limit(limit)
         try:
             data = load_dataset(self.dataset, self.config, split=split)
         except Exception as err:  # datasets raises many types for missing data or no network
@@ -47,10 +48,17 @@ class _HubSource:
                 f"dataset {self.dataset!r} has no column {missing[0]!r}; columns: {data.column_names}"
             )
         count = len(data) if limit is None else min(limit, len(data))
-        return [self._example(data[i], i, split) for i in range(count)]
+        examples = []
+        for i in range(count):
+            where = f"dataset {self.dataset!r} split {split!r} row {i}"
+            examples.append(check_example(self._example(data[i], i, split), where))
+        return examples
 
     def _text(self, row: dict, key: str) -> str:
-        return str(row[self.fields[key]])
+        value = row[self.fields[key]]
+        if value is None:
+            raise ValueError(f"dataset {self.dataset!r}: column {self.fields[key]!r} is null in a row")
+        return str(value)
 
 
 class HubExactTask(_HubSource, ExactTask):

@@ -2,32 +2,36 @@
 
 Rows are ``{"id", "prompt", "target"}`` (exact answer, prompt used as written) or
 ``{"id", "question", "choices", "answer"}`` (multiple choice; ``answer`` an index or a label). The kind is
-decided by the first row. Malformed rows are refused with the file name and line number.
+decided by the first row. Malformed rows are refused with the file name and line number, as are ids that
+are ``null`` or empty, empty questions or prompts, repeated options or labels, lines that are not UTF-8
+and lines over 1 MiB (see ``base.check_example`` and ``base.read_jsonl_rows``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .base import ChoiceTask, ExactTask, Example, Task, _chat, effective_style
+from .base import (
+    ChoiceTask,
+    ExactTask,
+    Example,
+    Task,
+    _chat,
+    check_example,
+    check_limit,
+    effective_style,
+    example_id,
+    read_jsonl_rows,
+)
 
 
 def _parse_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(1-based line number, object) for each non-blank line; malformed lines raise ValueError."""
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
+    """(1-based line number, object) for each non-blank line; bad lines raise ValueError naming them."""
+    rows = read_jsonl_rows(path)
+    for number, row in rows:
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
     if not rows:
         raise ValueError(f"{path} is empty: expected one JSON object per line")
     return rows
@@ -65,10 +69,11 @@ class _JsonlSource:
         self, split: str = "all", data_dir: str | Path | None = None, limit: int | None = None
     ) -> list[Example]:
         """Load and check every row of the file (``split`` and ``data_dir`` are ignored)."""
+        check_limit(limit)
         examples, seen = [], {}
         for number, row in _parse_jsonl(self.path):
             where = f"{self.path} line {number}"
-            ex = self._row_example(row, where)
+            ex = check_example(self._row_example(row, where), where)
             if ex.id in seen:
                 raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
             seen[ex.id] = number
@@ -89,7 +94,9 @@ class JsonlChoiceTask(_JsonlSource, ChoiceTask):
         if len(labels) != len(choices):
             raise ValueError(f"{where}: {len(labels)} labels for {len(choices)} choices")
         answer = _choice_answer(row, labels, where)
-        return Example(str(row["id"]), str(row["question"]), tuple(choices), answer, labels)
+        if not isinstance(row["question"], str):
+            raise ValueError(f"{where}: question must be a string, got {row['question']!r}")
+        return Example(example_id(row["id"], where), row["question"], tuple(choices), answer, labels)
 
 
 class JsonlExactTask(_JsonlSource, ExactTask):
@@ -100,7 +107,7 @@ class JsonlExactTask(_JsonlSource, ExactTask):
         _require(row, ("id", "prompt", "target"), where)
         if not isinstance(row["prompt"], str) or not isinstance(row["target"], str):
             raise ValueError(f"{where}: prompt and target must be strings")
-        return Example(id=str(row["id"]), question=row["prompt"], answer=row["target"])
+        return Example(id=example_id(row["id"], where), question=row["prompt"], answer=row["target"])
 
     def prompt(
         self, ex: Example, tokenizer: Any = None, style: str = "plain", scoring: str | None = None

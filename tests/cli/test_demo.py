@@ -1,4 +1,7 @@
-"""``run_demo`` end to end on a tiny random model, and skipping finished stages on a second call."""
+"""``run_demo`` end to end on a tiny random model: skipping finished stages, redoing changed ones."""
+
+import hashlib
+import json
 
 import pytest
 from task_files import choice_file
@@ -6,6 +9,7 @@ from tiny_models import tiny_model, tiny_tokenizer
 
 from drllm.cli import demo
 from drllm.router import RoutedModel
+from drllm.search.records import read_records
 
 
 def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
@@ -49,3 +53,34 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
     assert fresh.routers is not None  # the saved routers were loaded
     with pytest.raises(AssertionError, match="ran again"):
         demo.run_demo(routed=fresh, **{**kwargs, "epochs": 2})
+
+
+def test_demo_searches_again_when_the_simulations_change(tmp_path):
+    task = choice_file(tmp_path / "mc.jsonl", n=6)
+    out = tmp_path / "demo"
+    kwargs = dict(
+        output=str(out),
+        model="tiny",
+        task=task,
+        train_examples=4,
+        eval_examples=2,
+        simulations=2,
+        epochs=1,
+        target_layers=(3,),
+        baselines=("drop-last",),
+        calibration=2,
+        greedy_examples=2,
+        tokenizer=tiny_tokenizer(),
+    )
+    demo.run_demo(routed=RoutedModel.from_pretrained(tiny_model("llama")), **kwargs)
+    paths = out / "paths.jsonl"
+    before = paths.read_bytes()
+    assert {r.settings["simulations"] for r in read_records(paths)} == {2}
+
+    demo.run_demo(routed=RoutedModel.from_pretrained(tiny_model("llama")), **{**kwargs, "simulations": 3})
+    assert {r.settings["simulations"] for r in read_records(paths)} == {3}, "searched again, not reused"
+    (old,) = out.glob("paths.jsonl.old-*")
+    assert old.read_bytes() == before, "the 2-simulation paths are kept aside"
+    trained = json.loads((out / "routers" / "run.json").read_text())
+    assert trained["paths_sha256"] == hashlib.sha256(paths.read_bytes()).hexdigest()[:16]
+    assert json.loads((out / "eval" / ".done").read_text())["simulations"] == 3

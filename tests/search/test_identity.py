@@ -1,0 +1,93 @@
+"""A search appends only to a file searched with the same settings; restart sets the old file aside."""
+
+import json
+
+import pytest
+from task_files import choice_file
+from tiny_models import tiny_model, tiny_tokenizer
+
+from drllm.router import RoutedModel
+from drllm.search.records import SettingsMismatchError, read_records
+from drllm.search.runner import run_search
+
+FAST = {"limit": 2, "batch_size": 2, "sweep": False}
+
+
+def _search(routed, task, out, **changes):
+    args = {"simulations": 2, "seed": 0, "tokenizer": tiny_tokenizer(), **FAST, **changes}
+    return run_search(routed, task, str(out), **args)
+
+
+@pytest.fixture
+def searched(tmp_path):
+    """A finished 2-example search: (model, task, output file, its bytes)."""
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    task = choice_file(tmp_path / "mc.jsonl", n=4)
+    out = tmp_path / "paths.jsonl"
+    _search(routed, task, out)
+    return routed, task, out, out.read_bytes()
+
+
+def test_every_record_names_the_settings_it_was_searched_with(searched):
+    routed, task, out, _ = searched
+    for record in read_records(out):
+        assert (record.task, record.scoring, record.style) == (task, "mc-loglik", "plain")
+        assert record.settings["split"] == "all" and record.settings["simulations"] == 2
+        assert record.settings["seed"] == 0
+        assert record.settings["fingerprint"] == routed.fingerprint == "llama-L4-d32-v96"
+        assert record.settings["weight_probe"] == pytest.approx(routed.weight_probe)
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"simulations": 3}, "simulations: file 2, now 3"),
+        ({"seed": 1}, "seed: file 0, now 1"),
+        ({"split": "validation"}, "split: file 'all', now 'validation'"),
+        ({"scoring": "mc-letter"}, "scoring: file 'mc-loglik', now 'mc-letter'"),
+        ({"style": "chat", "tokenizer": tiny_tokenizer(chat=True)}, "style: file 'plain', now 'chat'"),
+    ],
+)
+def test_resuming_with_other_settings_is_refused_naming_both_values(searched, changes, named):
+    routed, task, out, before = searched
+    with pytest.raises(SettingsMismatchError, match=named) as err:
+        _search(routed, task, out, **changes)
+    assert "restart" in str(err.value) and "\n" not in str(err.value)
+    assert out.read_bytes() == before, "nothing was appended"
+
+
+def test_another_model_or_task_is_refused(searched, tmp_path):
+    routed, task, out, before = searched
+    other_weights = RoutedModel.from_pretrained(tiny_model("llama", seed=1))
+    with pytest.raises(SettingsMismatchError, match=r"weight_probe: file \[.*\], now \["):
+        _search(other_weights, task, out)
+    other_shape = RoutedModel.from_pretrained(tiny_model("qwen2"))
+    with pytest.raises(SettingsMismatchError, match="fingerprint: file 'llama-L4-d32-v96', now 'qwen2-L4"):
+        _search(other_shape, task, out)
+    other_task = choice_file(tmp_path / "other.jsonl", n=4)
+    with pytest.raises(SettingsMismatchError, match=f"task: file '{task}', now '{other_task}'"):
+        _search(routed, other_task, out)
+    assert out.read_bytes() == before
+
+
+def test_restart_sets_the_old_file_aside_and_searches_again(searched):
+    routed, task, out, before = searched
+    summary = _search(routed, task, out, simulations=3, restart=True)
+    (old,) = out.parent.glob("paths.jsonl.old-*")
+    assert old.read_bytes() == before, "the old file is kept, byte for byte"
+    assert summary["examples"] == 2
+    assert {r.settings["simulations"] for r in read_records(out)} == {3}
+
+
+def test_the_same_settings_resume_and_old_files_still_load(searched):
+    routed, task, out, before = searched
+    _search(routed, task, out, limit=3)  # one more example, same settings: appended
+    assert out.read_bytes().startswith(before) and len(read_records(out)) == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for row in rows:
+        del row["settings"]  # as an older version wrote them
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _search(routed, task, out, limit=4)  # the values older rows carry agree: resumed
+    assert len(read_records(out)) == 4
+    with pytest.raises(SettingsMismatchError, match="scoring"):  # and those they carry are compared
+        _search(routed, task, out, limit=4, scoring="mc-letter")

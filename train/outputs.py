@@ -1,0 +1,143 @@
+"""The output folder of a router training: its lock, the checkpoints' identity, and the finished files.
+
+    <output>/train.lock           held while a run writes the folder (removed on release)
+    <output>/checkpoints/         the training state: run.json (the identity it was made with), last.ckpt
+                                  and the best epoch's checkpoint
+    <output>/.incoming-<pid>/     the finished files, before they replace the published ones
+    <output>/router_config.json, routers.safetensors, metrics.json, run.json, decisions.png
+                                  the last finished run's routers, metrics, settings and figure
+
+A run only writes its checkpoints after recording their identity beside them, so a later resume can
+never adopt another run's checkpoint; it writes the published files last, each replaced atomically, so a
+failed or killed run leaves the previous routers as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import filelock
+
+from drllm.search.records import OutputLockedError
+
+LOCK_NAME = "train.lock"
+IDENTITY_NAME = "run.json"
+STAGING_PREFIX = ".incoming-"
+
+
+def is_leader() -> bool:
+    """Whether this process is rank 0 (or alone): the one that locks the folder and writes its files.
+
+    Lightning's DDP launcher starts the other ranks as copies of this script with ``LOCAL_RANK`` set;
+    ``torchrun`` sets ``RANK``.
+    """
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+@contextmanager
+def locked(output: Path):
+    """Hold ``<output>/train.lock`` for the block; refuse, naming the lock, when another run holds it."""
+    output.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(output / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout as err:
+        raise OutputLockedError(
+            f"{output} is being written by another training run (lock {lock.lock_file} is held); "
+            "wait for it to finish or choose another --output"
+        ) from err
+    try:
+        for stale in output.glob(f"{STAGING_PREFIX}*"):  # left by a killed run: no other run is writing
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        Path(lock.lock_file).unlink(missing_ok=True)  # while held: a later run starts from a fresh file
+        lock.release()
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Write ``value`` as JSON through a temporary file, so a reader sees the old file or the new one."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_run_record(record: Path) -> dict:
+    """The identity a checkpoint was trained with (``run.json``); a damaged record is refused by name."""
+    try:
+        saved = json.loads(record.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        saved, problem = None, str(err)
+    else:
+        problem = "not a JSON object"
+    if not isinstance(saved, dict):
+        raise ValueError(
+            f"{record} is damaged ({problem}), so the checkpoint beside it cannot be checked; "
+            "use another --output or --resume false to start over"
+        )
+    return saved
+
+
+def check_resume(record: Path, run: dict, resuming: bool) -> None:
+    """Refuse to resume a checkpoint made from other paths or settings; record this run's identity."""
+    if resuming and record.is_file():
+        saved = read_run_record(record)
+        if "hidden_size" in saved and "bottleneck" not in saved:  # records before the rename
+            saved["bottleneck"] = saved.pop("hidden_size")
+        differ = {k: (saved.get(k), v) for k, v in run.items() if saved.get(k) != v}
+        if differ:
+            details = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
+            raise ValueError(
+                f"the checkpoint recorded in {record} was trained with other inputs ({details}); "
+                "use another --output or --resume false to start over"
+            )
+    write_json(record, run)
+
+
+def prepare_checkpoints(folder: Path, run: dict, resume: bool, leader: bool) -> bool:
+    """Make ``folder`` hold only checkpoints of this run; True when training resumes from ``last.ckpt``.
+
+    Resuming needs ``last.ckpt`` and, beside it, a ``run.json`` equal to ``run``. Otherwise the folder is
+    emptied and ``run.json`` written before any checkpoint is. Only the leader writes.
+    """
+    last, record = folder / "last.ckpt", folder / IDENTITY_NAME
+    resuming = resume and last.is_file()
+    if not leader:
+        return resuming
+    if resuming:
+        if not record.is_file():
+            raise ValueError(
+                f"{last} has no {IDENTITY_NAME} beside it (an older drllm wrote it), so it cannot be "
+                "checked; use --resume false to start over (the finished routers stay until the new run ends)"
+            )
+        check_resume(record, run, resuming=True)
+        return True
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_json(record, run)
+    return False
+
+
+def staging(output: Path) -> Path:
+    """An empty folder for this process's finished files (see :func:`publish`)."""
+    folder = output / f"{STAGING_PREFIX}{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def publish(folder: Path, output: Path) -> None:
+    """Move every file of ``folder`` into ``output`` (each ``os.replace``: atomic), then remove ``folder``.
+
+    The weights go first and their config right after, so the pair changes in one short step.
+    """
+    names = sorted(p.name for p in folder.iterdir())
+    names.sort(key=lambda n: (n != "routers.safetensors", n != "router_config.json"))
+    for name in names:
+        os.replace(folder / name, output / name)
+    folder.rmdir()
