@@ -438,6 +438,7 @@ class SearchOutput:
             os.close(self._fd)
             self._fd = None
         self._lock.release()
+        Path(self._lock.lock_file).unlink(missing_ok=True)  # no lock file lingers after a clean exit
 
     def __enter__(self) -> SearchOutput:
         return self

@@ -22,7 +22,7 @@ from .evaluator import PathEvaluator
 from .mcts import SearchConfig
 from .records import SearchOutput, SearchRecord, SearchSettings, read_records, set_aside
 from .supervision import Supervision, format_reliability, reliability, search_examples
-from .tasks import get_task
+from .tasks import Scoring, Style, get_task
 from .tasks.style import describe, resolve_style
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ def run_search(
     limit: int | None = None,
     simulations: int = 50,
     batch_size: int = 8,
-    scoring: str | None = None,
-    style: str = "auto",
+    scoring: Scoring | None = None,
+    style: Style = "auto",
     seed: int = 0,
     restart: bool = False,
     data_dir: str | None = None,
