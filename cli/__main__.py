@@ -171,10 +171,16 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{name}: {err}")
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "config"}
     configure_logging()
+    from drllm.search.records import OutputLockedError
+
     try:
         command_function(name)(**kwargs)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+    except (ValueError, OSError, OutputLockedError) as err:  # bad input, files, disks, locks: one line
+        _fail(
+            str(err)
+            if not isinstance(err, OSError) or not err.filename
+            else f"{err.strerror}: {err.filename}"
+        )
 
 
 def _version() -> str:

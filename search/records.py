@@ -231,6 +231,10 @@ class SearchSettings:
     seed: int
     fingerprint: str
     weight_probe: tuple[float, ...] = ()
+    sweep: bool = True
+    control: str = "none"
+    seeds: int = 1
+    safe_margin: float = 0.0
 
     def stamp(self, record: SearchRecord) -> SearchRecord:
         """The record with this search's ``settings`` object."""

@@ -130,6 +130,10 @@ def run_search(
         seed=seed,
         fingerprint=routed.fingerprint,
         weight_probe=tuple(routed.weight_probe),
+        sweep=sweep,
+        control=control or "none",
+        seeds=seeds,
+        safe_margin=safe_margin,
     )
     if world > 1:  # the main output too, which the ranks' files are merged into
         settings.check(read_records(output, allow_empty=True), Path(output))

@@ -38,3 +38,21 @@ def mc_file(tmp_path):
     path = tmp_path / "mc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _drllm_logger_as_found():
+    """Commands run in-process turn the drllm logger to INFO; every test starts from Python's default."""
+    import logging
+
+    logger = logging.getLogger("drllm")
+    level, handlers = logger.level, list(logger.handlers)
+    logger.setLevel(logging.NOTSET)
+    for handler in handlers:
+        logger.removeHandler(handler)
+    yield
+    logger.setLevel(level)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    for handler in handlers:
+        logger.addHandler(handler)

@@ -40,3 +40,28 @@ def test_no_lock_file_lingers_after_a_clean_exit(tmp_path):
     with SearchOutput(out):
         assert (tmp_path / "p.jsonl.lock").exists()
     assert not (tmp_path / "p.jsonl.lock").exists()
+
+
+def test_a_locked_output_and_an_unwritable_one_are_one_line_errors(tiny_model_dir, mc_file, tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    argv = ["search", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--simulations", "2"]
+    with SearchOutput(out), pytest.raises(SystemExit) as err:
+        main([*argv, "--output", str(out)])
+    assert err.value.code == 2 and "being written by another search" in capsys.readouterr().err
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    with pytest.raises(SystemExit) as err:
+        main([*argv, "--output", str(blocked / "p.jsonl")])  # a file where a folder should be
+    text = capsys.readouterr().err
+    last = text.strip().splitlines()[-1]
+    assert err.value.code == 2 and last.startswith("drllm: error:") and str(blocked) in last
+    assert "Traceback" not in text
+
+
+def test_search_settings_include_the_controls(tiny_model_dir, mc_file, tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    argv = ["search", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--output", str(out)]
+    main([*argv, "--simulations", "2", "--limit", "2", "--control", "wrong-gold"])
+    with pytest.raises(SystemExit):
+        main([*argv, "--simulations", "2", "--limit", "3"])
+    assert "control: file 'wrong-gold', now 'none'" in capsys.readouterr().err
