@@ -58,10 +58,37 @@ def load_model(name_or_path: str, **kwargs):
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         model.config.name_or_path = name_or_path
         return model
+    check_model_name(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except pickle.UnpicklingError as err:
         raise ValueError(f"{name_or_path}: {_refused_pickle(name_or_path, err)}") from err
+    except OSError as err:
+        raise FileNotFoundError(_unreachable(name_or_path, err)) from err
+
+
+def check_model_name(name_or_path: str) -> None:
+    """Refuse, in one line, a model that is neither an existing folder nor shaped like a hub id.
+
+    Raises:
+        FileNotFoundError: for a path (absolute, relative with a dot, or with more than one slash) that
+            does not exist, naming it and the embedded default.
+    """
+    text = str(name_or_path)
+    looks_like_path = text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if looks_like_path and not Path(text).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"model folder {text} does not exist; pass a model folder, a hub id (namespace/name) or the "
+            f"embedded {DEFAULT_MODEL!r}"
+        )
+
+
+def _unreachable(name_or_path: str, err: OSError) -> str:
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return (
+        f"cannot load model {name_or_path!r}: it is not a local folder and the Hugging Face hub did not "
+        f"provide it ({first}); pass a model folder or the embedded {DEFAULT_MODEL!r}"
+    )
 
 
 def _refused_pickle(name_or_path: str, err: Exception) -> str:
@@ -84,7 +111,12 @@ def load_tokenizer(name_or_path: str, **kwargs):
         folder, gguf = embedded_gguf(name_or_path)
         kwargs.setdefault("gguf_file", gguf)
         name_or_path = folder
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    else:
+        check_model_name(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
+        raise FileNotFoundError(_unreachable(name_or_path, err)) from err
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
