@@ -46,6 +46,7 @@ import torch
 from drllm.router import RoutedModel, batch_prompts, load_routed, load_tokenizer
 from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
+from drllm.search.records import check_output
 from drllm.search.tasks import Scoring, Style, get_task
 from drllm.search.tasks.style import describe, resolve_style
 
@@ -130,6 +131,7 @@ def run_eval(
     if not names:
         raise ValueError("no task given")
     tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
+    check_output(output, folder=True)
     routed, tokenizer, model_name = _load(model, routers, tokenizer, device)
     levels = resolve_levels(target_layers, routed.num_layers)
     settings = _Settings(

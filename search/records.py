@@ -288,6 +288,32 @@ def set_aside(path: Path) -> Path | None:
     return target
 
 
+def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Check, before any model loads, that an output can be written.
+
+    Its folder exists (or is created) and is writable, and the path is a file (with ``folder``, a folder)
+    where it exists.
+
+    Raises:
+        ValueError: naming the path and what is in the way.
+    """
+    path = Path(path)
+    where = path if folder else path.parent
+    if path.exists() and path.is_dir() != folder:
+        found, wanted = ("file", "folder") if folder else ("folder", "file")
+        raise ValueError(f"output {path} is a {found}; expected a {wanted}")
+    blocker = next((p for p in [where, *where.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"output {path} cannot be created: {blocker} is a file")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"output {path} cannot be created: {err.strerror}") from err
+    if not os.access(where, os.W_OK):
+        raise ValueError(f"output {path} cannot be written: {where} is read-only")
+    return path
+
+
 class OutputLockedError(RuntimeError):
     """Another process holds the output file."""
 

@@ -20,7 +20,7 @@ from . import progress
 from .distributed import barrier, launch_sharded, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import SearchConfig
-from .records import SearchOutput, SearchRecord, SearchSettings, read_records, set_aside
+from .records import SearchOutput, SearchRecord, SearchSettings, check_output, read_records, set_aside
 from .supervision import Supervision, format_reliability, reliability, search_examples
 from .tasks import Scoring, Style, get_task
 from .tasks.style import describe, resolve_style
@@ -108,6 +108,7 @@ def run_search(
     rank, world, local_rank = rank_info()
     if world > 1 and device is None and torch.cuda.is_available():
         device = f"cuda:{local_rank}"  # launched by torchrun: one GPU per rank
+    check_output(output)
     routed, tokenizer, model_name = _load(model, tokenizer, device)
     target = output
     if world > 1:  # launched by torchrun: this process searches one shard into its own file

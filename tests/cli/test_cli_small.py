@@ -65,3 +65,18 @@ def test_search_settings_include_the_controls(tiny_model_dir, mc_file, tmp_path,
     with pytest.raises(SystemExit):
         main([*argv, "--simulations", "2", "--limit", "3"])
     assert "control: file 'wrong-gold', now 'none'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["search", "eval"])
+def test_bad_output_locations_are_refused_before_the_model_loads(
+    command, mc_file, tmp_path, capsys, monkeypatch
+):
+    import drllm.router.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    argv = [command, "--model", "m", "--task", f"jsonl:{mc_file}", "--output", str(blocked / "out")]
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2 and f"{blocked} is a file" in capsys.readouterr().err
