@@ -96,6 +96,7 @@ def run_demo(
         "split": task_obj.default_split_train,
         "limit": train_examples,
         "simulations": simulations,
+        "sweep": False,  # the single-edit sweep costs 2L rows per question: minutes on CPU
         "seed": seed,
         "style": style,
         "data_dir": data_dir,

@@ -73,8 +73,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drllm.router import RoutedModel, batch_prompts, check_decisions, expand_path, load_routed, load_tokenizer
+from drllm.router import RoutedModel, batch_prompts, check_decisions, expand_path
 from drllm.router.decisions import parse_decisions
+from drllm.router.loading import load_with_tokenizer
 from drllm.search import progress
 from drllm.search.evaluator import PathEvaluator
 from drllm.search.records import read_records
@@ -148,7 +149,7 @@ def run_analysis(
     _check_counts(limit, fidelity_tokens, batch_size)
     task_obj = get_task(task)  # unknown names fail here, before the model loads
     fixed = _fixed(decisions)
-    routed, tokenizer, name = _load(model, routers, tokenizer, device)
+    routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, routers, "run_analysis")
     result = analyze_depth(
         routed,
         tokenizer,
@@ -669,17 +670,6 @@ def _fixed(decisions) -> list[int] | None:
     if decisions is None or isinstance(decisions, (list, tuple)):
         return None if decisions is None else list(decisions)
     return parse_decisions(str(decisions))
-
-
-def _load(model, routers, tokenizer, device):
-    """The ``RoutedModel`` (routers loaded when given), its tokenizer and a display name."""
-    if isinstance(model, RoutedModel):
-        if tokenizer is None:
-            raise ValueError("run_analysis got a RoutedModel without its tokenizer; pass tokenizer=")
-        name = str(getattr(model.model.config, "name_or_path", "") or "model")
-        return load_routed(model, device=device, routers=routers), tokenizer, name
-    routed = load_routed(model, device=device, routers=routers)
-    return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model)), str(model)
 
 
 def _mean(values) -> float | None:

@@ -43,7 +43,8 @@ from pathlib import Path
 
 import torch
 
-from drllm.router import RoutedModel, batch_prompts, load_routed, load_tokenizer
+from drllm.router import RoutedModel, batch_prompts
+from drllm.router.loading import load_with_tokenizer
 from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
 from drllm.search.records import check_output
@@ -132,7 +133,7 @@ def run_eval(
         raise ValueError("no task given")
     tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
     check_output(output, folder=True)
-    routed, tokenizer, model_name = _load(model, routers, tokenizer, device)
+    routed, tokenizer, model_name = load_with_tokenizer(model, tokenizer, device, routers, "run_eval")
     levels = resolve_levels(target_layers, routed.num_layers)
     settings = _Settings(
         split,
@@ -517,17 +518,6 @@ def _agrees(outcome: Outcome, base: Outcome, scoring: str) -> bool:
 
 def _compare(against: str, a: list[bool], b: list[bool]) -> Comparison:
     return Comparison(against, paired_difference(a, b), mcnemar_exact(a, b))
-
-
-def _load(model, routers, tokenizer, device):
-    """The ``RoutedModel`` (routers loaded when given), its tokenizer and a display name."""
-    if isinstance(model, RoutedModel):
-        if tokenizer is None:
-            raise ValueError("run_eval got a RoutedModel without its tokenizer; pass tokenizer=")
-        name = str(getattr(model.model.config, "name_or_path", "") or "model")
-        return load_routed(model, device=device, routers=routers), tokenizer, name
-    routed = load_routed(model, device=device, routers=routers)
-    return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model)), str(model)
 
 
 def _slug(name: str) -> str:

@@ -221,3 +221,22 @@ def load_routed(model, device=None, dtype=None, routers=None, **from_pretrained_
     if dtype is not None:
         routed.model.to(dtype)
     return routed.eval()
+
+
+def load_with_tokenizer(model, tokenizer=None, device=None, routers=None, caller: str = "drllm"):
+    """``(RoutedModel, tokenizer, display name)`` for a model name or folder, or a given ``RoutedModel``.
+
+    A ``RoutedModel`` must come with its tokenizer; a name loads both (``load_routed``, ``load_tokenizer``).
+
+    Raises:
+        ValueError: for a ``RoutedModel`` without its tokenizer, naming ``caller``.
+    """
+    from .model import RoutedModel
+
+    if isinstance(model, RoutedModel):
+        if tokenizer is None:
+            raise ValueError(f"{caller} got a RoutedModel without its tokenizer; pass tokenizer=")
+        name = str(getattr(model.model.config, "name_or_path", "") or "model")
+        return load_routed(model, device=device, routers=routers), tokenizer, name
+    routed = load_routed(model, device=device, routers=routers)
+    return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model)), str(model)
