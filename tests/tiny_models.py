@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -141,3 +142,28 @@ def tiny_tokenizer(chat: bool = False):
             "{% if add_generation_prompt %}assistant:{% endif %}"
         )
     return tok
+
+
+@contextlib.contextmanager
+def plain_layer_states(model):
+    """Record, in a plain (unwrapped) model, the state entering every layer, then its last layer's output."""
+    from drllm.router import layer_list
+
+    seen, layers = [], layer_list(model)
+    hooks = [
+        layer.register_forward_pre_hook(
+            lambda mod, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]),
+            with_kwargs=True,
+        )
+        for layer in layers
+    ]
+    hooks.append(
+        layers[-1].register_forward_hook(
+            lambda mod, a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+        )
+    )
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from task_files import choice_file
-from tiny_models import ARCHITECTURES, explicit_model, prompts, tiny_model, tiny_tokenizer
+from tiny_models import ARCHITECTURES, explicit_model, plain_layer_states, prompts, tiny_model, tiny_tokenizer
 
 from drllm.cli.__main__ import main
 from drllm.evaluation.analysis import (
@@ -21,7 +21,7 @@ from drllm.evaluation.analysis import (
     run_analysis,
     spearman,
 )
-from drllm.router import RoutedModel, encode_prompt, layer_list
+from drllm.router import RoutedModel, encode_prompt
 from drllm.search.evaluator import PathEvaluator
 from drllm.search.records import SearchRecord
 from drllm.search.tasks import get_task
@@ -41,25 +41,8 @@ def _softcap(model, logits):
 
 def _plain_states(model, ids):
     """Hidden states entering every layer of a plain (unwrapped) model, then its last layer's output."""
-    seen, layers = [], layer_list(model)
-    hooks = [
-        layer.register_forward_pre_hook(
-            lambda mod, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]),
-            with_kwargs=True,
-        )
-        for layer in layers
-    ]
-    hooks.append(
-        layers[-1].register_forward_hook(
-            lambda mod, a, out: seen.append(out[0] if isinstance(out, tuple) else out)
-        )
-    )
-    try:
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with plain_layer_states(model) as seen, torch.no_grad():
+        logits = model(input_ids=ids).logits
     return [s[0] for s in seen], logits[0]
 
 

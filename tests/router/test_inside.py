@@ -3,7 +3,7 @@ final hidden states, LM-head logits and 4D attention masks, checked against the 
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, explicit_model, prompts, tiny_model
+from tiny_models import ARCHITECTURES, explicit_model, plain_layer_states, prompts, tiny_model
 
 from drllm.router import RoutedModel, layer_list
 
@@ -16,26 +16,8 @@ def _positions(mask):
 
 def _explicit_layer_inputs(model, ids, mask):
     """Hidden states entering every layer of a plain model, then its last layer's output."""
-    seen = []
-    layers = layer_list(model)
-    hooks = [
-        layer.register_forward_pre_hook(
-            lambda mod, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]),
-            with_kwargs=True,
-        )
-        for layer in layers
-    ]
-    hooks.append(
-        layers[-1].register_forward_hook(
-            lambda mod, args, out: seen.append(out[0] if isinstance(out, tuple) else out)
-        )
-    )
-    try:
-        with torch.no_grad():
-            final = model.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with plain_layer_states(model) as seen, torch.no_grad():
+        final = model.base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
     return seen, final.last_hidden_state
 
 
