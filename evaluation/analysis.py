@@ -197,7 +197,7 @@ def analyze_depth(
     records = read_records(paths, num_layers=L)[:limit] if paths else None
     final_norm(routed)  # an unknown layout fails before any work
     split = split or task_obj.default_split_eval
-    examples = task_obj.load(split, data_dir=data_dir, limit=limit)
+    examples = task_obj.load(split, data_dir=data_dir, limit=limit, strict=False)
     if not examples:
         raise ValueError(f"task {task_name!r} has no examples in split {split!r}")
     seconds, clock = {}, time.perf_counter()

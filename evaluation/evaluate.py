@@ -84,6 +84,7 @@ def run_eval(
     batch_size: int = 16,
     tokenizer=None,
     device: str | None = None,
+    strict: bool = False,
 ) -> list[EvalRow]:
     """Evaluate base, routed and static-baseline paths at matched compute and write the reports.
 
@@ -113,6 +114,8 @@ def run_eval(
         batch_size: rows per forward pass.
         tokenizer: the tokenizer, when ``model`` is a ``RoutedModel``.
         device: where the model runs (``load_routed``'s policy: CUDA when available).
+        strict: stop at the first task row that cannot be scored fairly (an empty question, a repeated
+            option, ...); by default such a row is skipped with a warning naming it.
 
     Returns:
         The result rows of every task, base first.
@@ -150,6 +153,7 @@ def run_eval(
         style,
         random_seeds,
         batch_size,
+        strict,
     )
     rows: list[EvalRow] = []
     for name, task_obj in zip(names, tasks, strict=True):
@@ -189,6 +193,7 @@ class _Settings:
     style: str
     random_seeds: int
     batch_size: int
+    strict: bool = False
 
 
 @dataclass
@@ -225,7 +230,7 @@ class _TaskEvaluation:
     def run(self, folder: Path) -> list[EvalRow]:
         s, task = self.s, self.task
         split = s.split or task.default_split_eval
-        examples = task.load(split, data_dir=s.data_dir, limit=s.limit)
+        examples = task.load(split, data_dir=s.data_dir, limit=s.limit, strict=s.strict)
         if not examples:
             raise ValueError(f"task {self.name!r} has no examples in split {split!r}")
         scoring = s.scoring or ("generate" if task.kind == "exact" else None)
@@ -260,7 +265,7 @@ class _TaskEvaluation:
             log.warning(
                 "task %r evaluates on its training split: calibration examples come from it", self.name
             )
-        return task.load(train, data_dir=self.s.data_dir, limit=self.s.calibration)
+        return task.load(train, data_dir=self.s.data_dir, limit=self.s.calibration, strict=self.s.strict)
 
     # ------------------------------------------------------------------ methods
     def _static_methods(self, calib) -> list[_Method]:

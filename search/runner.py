@@ -55,6 +55,7 @@ def run_search(
     control: str | None = None,
     seeds: int = 1,
     safe_margin: float = 0.0,
+    strict: bool = False,
 ) -> dict:
     """Search paths for the examples of a task and append them to ``output`` (resumable).
 
@@ -91,6 +92,8 @@ def run_search(
             prints the lucky-fix rate (see :mod:`drllm.search.supervision`).
         seeds: 2 searches each example twice and keeps the edits both seeds agree on.
         safe_margin: a path keeps a base-correct answer safely when its gold margin is at least this.
+        strict: stop at the first task row that cannot be searched (an empty prompt, a repeated option,
+            a line that is not JSON, ...); by default each such row is skipped with a warning naming it.
 
     Returns:
         The summary (see ``summarize``) over every example in the output file for this task.
@@ -104,7 +107,7 @@ def run_search(
     task_obj = get_task(task, **fields, config=hf_config) if task.startswith("hf:") else get_task(task)
     _refuse_task_file(output, task_obj)
     split = split or task_obj.default_split_train
-    examples = task_obj.load(split, data_dir=data_dir, limit=limit)
+    examples = task_obj.load(split, data_dir=data_dir, limit=limit, strict=strict)
     rank, world, local_rank = rank_info()
     if world > 1 and device is None and torch.cuda.is_available():
         device = f"cuda:{local_rank}"  # launched by torchrun: one GPU per rank

@@ -17,8 +17,10 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +37,51 @@ MAX_ROW_BYTES = 1 << 20
 """A task file line longer than this (1 MiB) is refused by its length, before it is decoded."""
 MAX_PROMPT_CHARS = 1_000_000
 """A question, prompt or searched prompt longer than this is refused before it is tokenized."""
+
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()
+
+
+class BadRows:
+    """What a loader does with a row it refuses: raise at once (``strict``), or skip it with a warning.
+
+    Skipped rows are logged once per process each (a file loaded twice does not repeat its warnings).
+    ``done`` raises when every row was bad, and logs how many were skipped otherwise.
+    """
+
+    def __init__(self, source: str, strict: bool = True, warn: bool = True) -> None:
+        self.source, self.strict, self.warn, self.skipped = source, strict, warn, []
+
+    def refuse(self, err: ValueError) -> None:
+        """Raise ``err`` when strict; else record it and warn once."""
+        if self.strict:
+            raise err
+        self.skipped.append(str(err))
+        if self.warn and str(err) not in _WARNED:
+            _WARNED.add(str(err))
+            log.warning("skipping a bad row: %s", err)
+
+    def check(self, make, where: str) -> Example | None:
+        """``check_example(make(), where)``, or None when the row is refused and skipped."""
+        try:
+            return check_example(make(), where)
+        except ValueError as err:
+            self.refuse(err if str(err).startswith(where) else ValueError(f"{where}: {err}"))
+            return None
+
+    def done(self, kept: int) -> None:
+        """Refuse a source with no good row; sum up the skipped ones."""
+        if not self.skipped:
+            return
+        if kept == 0:
+            raise ValueError(f"{self.source}: no usable row; the first problem: {self.skipped[0]}")
+        summary = (
+            f"{self.source}: skipped {len(self.skipped)} bad row(s), kept {kept} "
+            "(strict=True, or --strict, stops at the first)"
+        )
+        if summary not in _WARNED:
+            _WARNED.add(summary)
+            log.warning(summary)
 
 
 @dataclass(frozen=True)
@@ -114,30 +161,37 @@ def _heldout(example_id: str) -> bool:
     return int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % 10 == 0
 
 
-def read_jsonl_rows(path: Path) -> list[tuple[int, Any]]:
-    """``(1-based line number, decoded value)`` for each non-blank line of a JSONL file.
+def read_jsonl_rows(path: Path, bad: BadRows | None = None) -> Iterator[tuple[int, Any]]:
+    """``(1-based line number, decoded value)`` for each non-blank line of a JSONL file, lazily (so the
+    problems of a file are met in line order).
 
     Raises:
         ValueError: naming the file and line, for a line longer than ``MAX_ROW_BYTES`` (refused by its
-            length, before it is decoded or tokenized), a line that is not UTF-8 or not JSON.
+            length, before it is decoded or tokenized), a line that is not UTF-8 or not JSON; with a
+            non-strict ``bad``, such a line is skipped with a warning instead.
     """
-    rows = []
+    bad = bad or BadRows(str(path))
     with path.open("rb") as handle:
         for number, raw in enumerate(iter(lambda: handle.readline(MAX_ROW_BYTES + 1), b""), start=1):
             where = f"{path} line {number}"
             if len(raw) > MAX_ROW_BYTES:
-                raise ValueError(f"{where}: longer than {MAX_ROW_BYTES} bytes, the most a task row may hold")
+                bad.refuse(ValueError(f"{where}: longer than {MAX_ROW_BYTES} bytes, the most a task row may hold"))
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the line unread
+                    raw = handle.readline(MAX_ROW_BYTES + 1)
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+                bad.refuse(ValueError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})"))
+                continue
             if not text.strip():
                 continue
             try:
-                rows.append((number, json.loads(text)))
+                value = json.loads(text)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
-    return rows
+                bad.refuse(ValueError(f"{where}: invalid JSON ({err.msg})"))
+                continue
+            yield number, value
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -224,7 +278,11 @@ class Task(abc.ABC):
         return others[0] if others else self.splits[0]
 
     def load(
-        self, split: str = "train", data_dir: str | Path | None = None, limit: int | None = None
+        self,
+        split: str = "train",
+        data_dir: str | Path | None = None,
+        limit: int | None = None,
+        strict: bool = False,
     ) -> list[Example]:
         """Load a split as examples.
 
@@ -232,6 +290,8 @@ class Task(abc.ABC):
             split: Split name; see ``splits``.
             data_dir: Data directory; see :func:`resolve_data_dir`.
             limit: Keep only the first ``limit`` examples.
+            strict: raise on the first row that cannot be scored fairly (see :func:`check_example`);
+                when False, skip it with a warning naming it (see :class:`BadRows`).
 
         Returns:
             The examples, in file order.
@@ -245,8 +305,14 @@ class Task(abc.ABC):
             raise ValueError(f"task {self.name!r} has no split {split!r}; available splits: {self.splits}")
         source = self._source_split(split)
         rows = self._rows(source, data_dir)
-        examples = [ex for ex in (self._convert(row, source, i) for i, row in enumerate(rows)) if ex]
-        examples = [ex for ex in examples if self._keep(ex, split)]
+        bad = BadRows(f"task {self.name!r} split {source!r}", strict)
+        examples = []
+        for i, row in enumerate(rows):
+            ex = self._convert(row, source, i)
+            if ex is not None and self._keep(ex, split):
+                ex = bad.check(lambda ex=ex: ex, f"task {self.name!r} split {source!r} row {i}")
+                examples += [ex] if ex is not None else []
+        bad.done(len(examples))
         return examples[:limit] if limit is not None else examples
 
     def _source_split(self, split: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import ChoiceTask, ExactTask, Example, Task, check_example, check_limit
+from .base import BadRows, ChoiceTask, ExactTask, Example, Task, check_limit
 
 
 class _HubSource:
@@ -29,9 +29,14 @@ class _HubSource:
         self.default_split_eval = "validation"
 
     def load(
-        self, split: str = "train", data_dir: str | Path | None = None, limit: int | None = None
+        self,
+        split: str = "train",
+        data_dir: str | Path | None = None,
+        limit: int | None = None,
+        strict: bool = False,
     ) -> list:
-        """Load a split of the dataset and map its columns to examples (each checked: ``check_example``)."""
+        """Load a split of the dataset and map its columns to examples (each checked: ``check_example``;
+        a bad row raises when ``strict``, else it is skipped with a warning)."""
         from datasets import load_dataset
 
         check_limit(limit)
@@ -47,11 +52,15 @@ class _HubSource:
             raise ValueError(
                 f"dataset {self.dataset!r} has no column {missing[0]!r}; columns: {data.column_names}"
             )
-        count = len(data) if limit is None else min(limit, len(data))
+        bad = BadRows(f"dataset {self.dataset!r} split {split!r}", strict)
         examples = []
-        for i in range(count):
+        for i in range(len(data)):
+            if limit is not None and len(examples) >= limit:
+                break
             where = f"dataset {self.dataset!r} split {split!r} row {i}"
-            examples.append(check_example(self._example(data[i], i, split), where))
+            ex = bad.check(lambda i=i: self._example(data[i], i, split), where)
+            examples += [ex] if ex is not None else []
+        bad.done(len(examples))
         return examples
 
     def _text(self, row: dict, key: str) -> str:

@@ -9,6 +9,7 @@ and lines over 1 MiB (see ``base.check_example`` and ``base.read_jsonl_rows``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ from .base import (
     ChoiceTask,
     ExactTask,
     Example,
+    BadRows,
     Task,
     _chat,
-    check_example,
     check_limit,
     effective_style,
     example_id,
@@ -26,15 +27,19 @@ from .base import (
 )
 
 
-def _parse_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(1-based line number, object) for each non-blank line; bad lines raise ValueError naming them."""
-    rows = read_jsonl_rows(path)
-    for number, row in rows:
-        if not isinstance(row, dict):
-            raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-    if not rows:
+def _parse_jsonl(path: Path, bad: BadRows | None = None) -> Iterator[tuple[int, dict]]:
+    """(1-based line number, object) for each non-blank line, lazily; bad lines raise ValueError naming
+    them (or are skipped, with a non-strict ``bad``). A file with no line at all raises too."""
+    bad = bad or BadRows(str(path))
+    empty = True
+    for number, row in read_jsonl_rows(path, bad):
+        empty = False
+        if isinstance(row, dict):
+            yield number, row
+        else:
+            bad.refuse(ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}"))
+    if empty and not bad.skipped:
         raise ValueError(f"{path} is empty: expected one JSON object per line")
-    return rows
 
 
 def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
@@ -66,18 +71,31 @@ class _JsonlSource:
         self.name, self.path = name, path
 
     def load(
-        self, split: str = "all", data_dir: str | Path | None = None, limit: int | None = None
+        self,
+        split: str = "all",
+        data_dir: str | Path | None = None,
+        limit: int | None = None,
+        strict: bool = False,
     ) -> list[Example]:
-        """Load and check every row of the file (``split`` and ``data_dir`` are ignored)."""
+        """Load and check every row of the file (``split`` and ``data_dir`` are ignored).
+
+        With ``strict`` the first bad row raises ValueError naming file and line; without it, each bad row
+        is skipped with a warning naming it (a file with no good row still raises).
+        """
         check_limit(limit)
+        bad = BadRows(str(self.path), strict)
         examples, seen = [], {}
-        for number, row in _parse_jsonl(self.path):
+        for number, row in _parse_jsonl(self.path, bad):
             where = f"{self.path} line {number}"
-            ex = check_example(self._row_example(row, where), where)
+            ex = bad.check(lambda row=row, where=where: self._row_example(row, where), where)
+            if ex is None:
+                continue
             if ex.id in seen:
-                raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
+                bad.refuse(ValueError(f"{where}: duplicate id {ex.id!r} (first on line {seen[ex.id]})"))
+                continue
             seen[ex.id] = number
             examples.append(ex)
+        bad.done(len(examples))
         return examples[:limit] if limit is not None else examples
 
 
@@ -131,7 +149,10 @@ def jsonl_task(name: str) -> Task:
     path = Path(name.removeprefix("jsonl:"))
     if not path.is_file():
         raise FileNotFoundError(f"task {name!r}: no file at {path.resolve()}")
-    number, first = _parse_jsonl(path)[0]
+    rows = _parse_jsonl(path, BadRows(str(path), strict=False, warn=False))  # load checks them
+    number, first = next(rows, (None, None))
+    if first is None:
+        raise ValueError(f"{path}: no line holds a JSON object")
     if "prompt" in first and "target" in first:
         return JsonlExactTask(name, path)
     if "question" in first and "choices" in first:
