@@ -176,11 +176,21 @@ def main(argv: list[str] | None = None) -> None:
     try:
         command_function(name)(**kwargs)
     except (ValueError, OSError, OutputLockedError) as err:  # bad input, files, disks, locks: one line
-        _fail(
-            str(err)
-            if not isinstance(err, OSError) or not err.filename
-            else f"{err.strerror}: {err.filename}"
-        )
+        _fail(_one_line(err))
+
+
+def _one_line(err: Exception) -> str:
+    """The message of a refused input, a file problem or a lock (``strerror: filename`` for OS errors)."""
+    if not isinstance(err, OSError) or not err.strerror:
+        return str(err)
+    return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+
+
+def _close_bars() -> None:
+    """Close the progress bars a failed command left open, so its error starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def _version() -> str:
@@ -193,6 +203,7 @@ def _version() -> str:
 
 
 def _fail(message: str):
+    _close_bars()
     print(f"drllm: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 

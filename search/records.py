@@ -15,6 +15,7 @@ with ``filelock``) keeps two searches from writing the same output.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import time
@@ -456,10 +457,18 @@ class SearchOutput:
         if self.settings is not None:
             record = self.settings.stamp(record)
         line = (record.to_json() + "\n").encode("utf-8")
-        written = os.write(self._fd, line)
-        if written != len(line):
-            raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
-        os.fsync(self._fd)
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):  # the disk filled up in the middle of the line
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+            os.fsync(self._fd)
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"{err.strerror or err} while appending example {record.id!r} to {self.path}; the "
+                f"{len(self.done)} example(s) written before are kept, and the same command continues "
+                "after them once the problem is fixed",
+            ) from err
         self.done.add(record.id)
 
     def close(self) -> None:

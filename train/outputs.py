@@ -14,6 +14,7 @@ failed or killed run leaves the previous routers as they were.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -57,6 +58,43 @@ def locked(output: Path):
     finally:
         Path(lock.lock_file).unlink(missing_ok=True)  # while held: a later run starts from a fresh file
         lock.release()
+
+
+def disk_full(err: BaseException, where: Path) -> bool:
+    """Whether ``err`` (or an error it came from) means the disk under ``where`` is full.
+
+    torch and safetensors report a full disk in their own exception types, sometimes with no errno (a
+    failed ``torch.save`` says only "unexpected pos"), so the free space left under ``where`` decides too.
+    """
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen) or "os error 28" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        return False
+
+
+@contextmanager
+def disk_errors(output: Path):
+    """Turn a full disk met while the block writes into one ``OSError(ENOSPC)`` that says what is kept."""
+    try:
+        yield
+    except Exception as err:
+        if not isinstance(err, (OSError, RuntimeError)) and type(err).__name__ != "SafetensorError":
+            raise
+        if not disk_full(err, output):
+            raise
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on the device of {output} while training wrote its files; the routers "
+            "published there before are unchanged; free some space and rerun (the last checkpoint, if "
+            "one was written whole, lets --resume continue)",
+        ) from err
 
 
 def write_json(path: Path, value: dict) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -130,12 +131,13 @@ def train_routers(
         settings["precision"] = precision
         if trainer.logger is not None:
             trainer.logger.log_hyperparams(settings)
-        with warnings.catch_warnings():  # the folder holds run.json, written before any checkpoint
+        with warnings.catch_warnings(), outputs.disk_errors(output):
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if resuming else None)
         metrics = _best_routers(routed, checkpoint, last)
         if trainer.is_global_zero:
-            _finish(routed, metrics, settings, features, data, output, trainer.logger)
+            with outputs.disk_errors(output):
+                _finish(routed, metrics, settings, features, data, output, trainer.logger)
     if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
         trainer.logger.experiment.finish()  # flush the run (config, metrics, images) before returning
     return metrics
@@ -235,12 +237,16 @@ def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, preci
 def _finish(routed, metrics: dict, settings: dict, features, data, output: Path, logger) -> None:
     """Write routers, ``metrics.json``, ``run.json`` and ``decisions.png``; they replace the old ones last."""
     folder = outputs.staging(output)
-    routed.save_pretrained(folder)
-    routed.load_routers(folder)  # checks the saved files against the model; routers on its device, eval
-    outputs.write_json(folder / "metrics.json", metrics)
-    outputs.write_json(folder / "run.json", settings)
-    if features is not None:
-        _decision_figure(routed, features, data.val_indices, folder, logger)
+    try:
+        routed.save_pretrained(folder)
+        routed.load_routers(folder)  # checks the saved files against the model; routers on its device, eval
+        outputs.write_json(folder / "metrics.json", metrics)
+        outputs.write_json(folder / "run.json", settings)
+        if features is not None:
+            _decision_figure(routed, features, data.val_indices, folder, logger)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # a half-written staging folder frees its space at once
+        raise
     outputs.publish(folder, output)
 
 

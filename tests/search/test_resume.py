@@ -1,6 +1,7 @@
 """Search output survives crashes: killed searches resume to the same file, torn lines, locks."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -172,3 +173,33 @@ def test_search_sharded_over_two_processes_equals_one_process(tiny_model_dir, mc
     for key, row in expected.items():
         assert got[key].decisions == row.decisions and got[key].reward == row.reward
     assert not list(tmp_path.glob("sharded.jsonl.rank*")), "rank files are merged and removed"
+
+
+def test_a_full_disk_mid_line_is_one_error_and_the_rerun_continues(tiny_model_dir, mc_file, tmp_path, monkeypatch, capsys):
+    """The disk fills up halfway through the second record: one line naming the file and what is kept; once
+    there is space again the same command drops the torn line and finishes, every record whole."""
+    from drllm.cli.__main__ import main
+    from drllm.search import records as records_module
+
+    out = tmp_path / "p.jsonl"
+    argv = ["search", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--simulations", "2"]
+    argv += ["--output", str(out), "--batch-size", "1"]
+    real_write, calls = os.write, []
+
+    def filling_disk(fd, data):
+        calls.append(len(data))
+        if len(calls) == 2:
+            return real_write(fd, data[: len(data) // 2])  # the disk is full after half the line
+        return real_write(fd, data)
+
+    monkeypatch.setattr(records_module.os, "write", filling_disk)
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    text = capsys.readouterr().err.strip().splitlines()
+    assert err.value.code == 2 and "Traceback" not in "\n".join(text)
+    assert text[-1].startswith("drllm: error: short write") and f"to {out}; the 1 example(s)" in text[-1]
+    monkeypatch.setattr(records_module.os, "write", real_write)
+    with pytest.warns(UserWarning, match="torn last line"):
+        main(argv)
+    rows = read_records(out)
+    assert len(rows) == len(mc_file.read_text().splitlines()) and len({r.id for r in rows}) == len(rows)

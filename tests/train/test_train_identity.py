@@ -4,6 +4,8 @@ inputs: every argument before the model loads, paths searched with another model
 
 import csv
 import dataclasses
+import errno
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +200,29 @@ def test_a_huge_searched_prompt_is_refused_before_tokenizing(tmp_path, config, m
         ValueError, match="example 'ex2' has a prompt of 1200000 characters, more than 1000000"
     ):
         train_routers("tiny", str(paths), str(tmp_path / "out"), **config)
+
+
+def test_a_full_disk_while_publishing_is_one_error_and_keeps_the_finished_routers(tmp_path, config, monkeypatch):
+    paths = write_rows(tmp_path / "a.jsonl", synthetic_rows(12))
+    out = tmp_path / "routers"
+    _train(paths, out, config)
+    finished = _snapshot(out)
+
+    def full(*args, **kwargs):  # safetensors reports a full disk in its own words, as torch does
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(RoutedModel, "save_pretrained", full)
+    with pytest.raises(OSError) as err:
+        _train(paths, out, config, resume=False)
+    assert err.value.errno == errno.ENOSPC
+    assert f"no space left on the device of {out}" in str(err.value) and "unchanged" in str(err.value)
+    assert _snapshot(out) == finished
+    assert not list(out.glob(".incoming-*")), "the half-written staging folder is removed"
+
+
+def test_a_full_disk_is_recognised_by_the_space_left_when_the_error_does_not_say(tmp_path, monkeypatch):
+    assert outputs.disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
+    assert not outputs.disk_full(RuntimeError("unexpected pos 576 vs 534"), tmp_path)  # plenty of space here
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    assert outputs.disk_full(RuntimeError("unexpected pos 576 vs 534"), tmp_path)  # torch.save's words
