@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "eval": "drllm.evaluation.evaluate:run_eval",
     "demo": "drllm.cli.demo:run_demo",
     "analyze": "drllm.evaluation.analysis:run_analysis",
+    "signal": "drllm.evaluation.signal:run_signal",
 }
 PYTHON_ONLY = {"tokenizer", "routed"}  # objects handed over from Python, never flags
 # the pip extra a command needs
