@@ -102,17 +102,29 @@ class RoutingState:
         self.plan[index] = _uniform(choices)
 
     def _choose(self, index: int, logits: list[float]) -> int:
-        """Argmax with the budget added to the skip logit; execute (and warn once) on a non-finite logit."""
+        """Argmax with the budget added to the skip logit, or, with a default path, a deviation from it only
+        where the argmax beats the default by more than the threshold in probability; protected layers
+        keep the default. A non-finite logit keeps the default (and warns once)."""
+        config = self.routers.config
+        default = config.default_path[index] if config.default_path else EXECUTE
+        if index in config.protected:
+            return default
         if not all(math.isfinite(v) for v in logits):
             if not self.warned_nonfinite:
                 warnings.warn(
-                    f"router {index} produced a non-finite logit; executing the layer for those rows",
+                    f"router {index} produced a non-finite logit; keeping the default decision for those rows",
                     stacklevel=4,
                 )
                 self.warned_nonfinite = True
-            return EXECUTE
+            return default
         shifted = [logits[SKIP] + self.budget, logits[EXECUTE], logits[REPEAT]]
-        return max(range(3), key=shifted.__getitem__)
+        best = max(range(3), key=shifted.__getitem__)
+        if not config.default_path or config.threshold is None or best == default:
+            return best
+        top = max(shifted)
+        weights = [math.exp(v - top) for v in shifted]
+        gap = (weights[best] - weights[default]) / sum(weights)
+        return best if gap > config.threshold else default
 
 
 def _uniform(values: list[int]) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from pathlib import Path
 
@@ -125,6 +126,13 @@ class RouterConfig:
     fingerprint: str = ""
     weight_probe: list[float] = dataclasses.field(default_factory=list)
     base_model: str = ""
+    default_path: list[int] = dataclasses.field(default_factory=list)
+    """A static path the routers deviate from (see ``Routers.set_default_path``); empty: each router's
+    argmax decides its layer, as in Dr.LLM."""
+    threshold: float | None = None
+    """With ``default_path``: a router deviates only where ``p[best] - p[default] > threshold``."""
+    protected: list[int] = dataclasses.field(default_factory=list)
+    """Layers that always follow ``default_path`` (or execute, without one)."""
     format_version: int = FORMAT_VERSION
 
 
@@ -149,6 +157,40 @@ class Routers(nn.Module):
         pooled, valid = window_pool(hidden, mask, self.config.num_windows, weights and weights[:2])
         average = weights[2] if weights is not None and len(weights) > 2 else None
         return self.layers[index](pooled, valid, average)
+
+    def set_default_path(
+        self, path, threshold: float | None = 0.5, protected=(0, 1, -1)
+    ) -> None:
+        """Route as deviations from a static ``path``: layer ``i`` follows ``path[i]`` unless its router's
+        most likely decision beats it by more than ``threshold`` in probability (after the budget shifts the
+        skip logit). ``threshold=1.0`` never deviates: the model runs ``path``. ``protected`` layers (default:
+        the first two and the last; negative counts from the end) always follow ``path``. ``path=None``
+        restores plain argmax routing (protected layers then execute).
+
+        Raises:
+            ValueError: naming the problem, for a path of the wrong length or with values outside 0/1/2, a
+                threshold outside [0, 1] or a protected layer that does not exist.
+        """
+        L = self.config.num_layers
+        values: list = [] if path is None else list(path.tolist() if hasattr(path, "tolist") else path)
+        if path is not None and (
+            len(values) != L
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v not in (0, 1, 2) for v in values)
+        ):
+            raise ValueError(f"default path must hold {L} values of 0, 1 or 2, got {values!r}")
+        values = [int(v) for v in values]
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0
+        ):
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
+        layers = []
+        for p in protected or ():
+            if isinstance(p, bool) or not isinstance(p, int) or not -L <= p < L:
+                raise ValueError(f"protected layer {p!r} does not exist in a {L}-layer model")
+            layers.append(p % L)
+        self.config.default_path = values
+        self.config.threshold = None if threshold is None else float(threshold)
+        self.config.protected = sorted(set(layers))
 
     def forward_pooled(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, L, 3]`` of every router for pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``."""
@@ -274,4 +316,14 @@ def _read_config(path: Path) -> tuple[RouterConfig, set[str]]:
             raise ValueError(f"{path}: {name} must be a {kind.__name__}, got {getattr(config, name)!r}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in config.weight_probe):
         raise ValueError(f"{path}: weight_probe must be a list of numbers, got {config.weight_probe!r}")
-    return config, set(raw)
+    try:
+        if not isinstance(config.default_path, list) or not isinstance(config.protected, list):
+            raise ValueError("default_path and protected must be lists")
+        check = Routers.__new__(Routers)
+        check.config = dataclasses.replace(config)
+        check.set_default_path(config.default_path or None, config.threshold, config.protected)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    if check.config.protected != config.protected:
+        raise ValueError(f"{path}: protected layers must be sorted, distinct and counted from 0")
+    return check.config, set(raw)

@@ -249,3 +249,83 @@ def test_check_decisions_accepts_exactly_valid_vectors(values, rows):
         return
     assert valid and out.shape == (rows, 4) and out.dtype == torch.long
     assert out.sum(-1).tolist() == [sum(values)] * rows
+
+
+STATIC = [1, 0, 2, 1]
+
+
+def _routed_with_routers(seed=2):
+    routed = RoutedModel(tiny_model("llama"))
+    routed.add_routers(num_windows=2, bottleneck=8, seed=seed)
+    with torch.no_grad():  # confident, varied routers: every decision has a real margin
+        for r in routed.routers.layers:
+            r.net[2].weight.mul_(20.0)
+    return routed
+
+
+def test_a_default_path_with_threshold_one_runs_the_static_path_exactly():
+    routed = _routed_with_routers()
+    ids, mask = prompts(batch=3, length=8)
+    routed.routers.set_default_path(STATIC, threshold=1.0, protected=())
+    assert routed.route(ids, mask).eq(torch.tensor(STATIC)).all()
+    with torch.no_grad():
+        static = routed(ids, attention_mask=mask, decisions=STATIC).logits
+        torch.testing.assert_close(routed(ids, attention_mask=mask).logits, static, rtol=0, atol=0)
+    routed.budget = 50.0  # skip-more cannot move a router past threshold 1
+    assert routed.route(ids, mask).eq(torch.tensor(STATIC)).all()
+
+
+def test_threshold_zero_is_plain_argmax_and_deviations_shrink_as_it_grows():
+    routed = _routed_with_routers()
+    ids, mask = prompts(batch=4, length=8, pad_rows=2)
+    plain = routed.route(ids, mask)
+    routed.routers.set_default_path([1] * 4, threshold=0.0, protected=())
+    assert torch.equal(routed.route(ids, mask), plain)
+    deviations = []
+    for t in (0.0, 0.2, 0.5, 0.8, 0.99, 1.0):
+        routed.routers.set_default_path([1] * 4, threshold=t, protected=())
+        deviations.append(int(routed.route(ids, mask).ne(1).sum()))
+    assert deviations == sorted(deviations, reverse=True) and deviations[-1] == 0 < deviations[0]
+
+
+def test_protected_layers_keep_the_default_whatever_the_budget():
+    routed = _routed_with_routers()
+    ids, mask = prompts()
+    routed.routers.set_default_path(STATIC, threshold=0.0, protected=(0, -1))
+    routed.budget = 100.0
+    decided = routed.route(ids, mask)
+    assert decided[:, 0].eq(STATIC[0]).all() and decided[:, 3].eq(STATIC[3]).all()
+    assert decided[:, 1:3].eq(0).all()
+    routed.routers.set_default_path(None, protected=(1,))  # plain argmax: a protected layer executes
+    assert routed.route(ids, mask)[:, 1].eq(1).all()
+
+
+def test_a_default_path_survives_save_and_load_and_bad_ones_are_refused(tmp_path):
+    routed = _routed_with_routers()
+    routed.routers.set_default_path(STATIC, threshold=0.3)
+    routed.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert saved["default_path"] == STATIC and saved["threshold"] == 0.3 and saved["protected"] == [0, 1, 3]
+    ids, mask = prompts()
+    expected = routed.route(ids, mask)
+    other = RoutedModel.from_pretrained(routed.unwrap(), routers=tmp_path)
+    assert torch.equal(other.route(ids, mask), expected)
+    routers = other.routers
+    for kwargs, message in [
+        ({"path": [1, 1, 1]}, "default path must hold 4 values of 0, 1 or 2"),
+        ({"path": [1, 3, 1, 1]}, "default path must hold 4 values"),
+        ({"path": [1, True, 1, 1]}, "default path must hold 4 values"),
+        ({"path": STATIC, "threshold": 1.5}, r"threshold must lie in \[0, 1\], got 1.5"),
+        ({"path": STATIC, "threshold": float("nan")}, "threshold must lie in"),
+        ({"path": STATIC, "protected": (4,)}, "protected layer 4 does not exist in a 4-layer model"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            routers.set_default_path(**kwargs)
+    for key, value, message in [
+        ("threshold", 2, "threshold must lie in"),
+        ("default_path", [1, 1], "default path must hold 4 values"),
+        ("protected", [3, 0], "protected layers must be sorted"),
+    ]:
+        (tmp_path / CONFIG_NAME).write_text(json.dumps({**saved, key: value}))
+        with pytest.raises(ValueError, match=f"{CONFIG_NAME}: {message}"):
+            Routers.from_pretrained(tmp_path)
