@@ -12,7 +12,13 @@ are mean layers executed per prompt. At each level
   split (found by bisection; the level reached on the evaluated split is reported beside it);
 - two controls tell whether the routers learned anything per input: ``routed-random`` draws each layer's
   decision at the routers' own per-layer rates (measured on the calibration prompts), ``routed-majority``
-  runs the routers' per-layer majority decision as one static path.
+  runs the routers' per-layer majority decision as one static path;
+- ``routed-static`` (``route_from_static``) routes as deviations from a static path: the static baseline
+  of that level most accurate on the calibration examples, from which a router deviates only where its
+  probability gap clears a threshold (``Routers.set_default_path``; the first two layers and the last are
+  protected). The threshold is the one of ``STATIC_THRESHOLDS`` most accurate on the calibration examples
+  among those keeping the level within half a layer, ties going to the higher; 1.0 never deviates, so
+  with no per-input signal it runs the static path.
 
 For every method and example the evaluation keeps the task score (correct or not, and the continuous
 margin), agreement with the base model's answer, and greedy fidelity: how many tokens of the base model's
@@ -61,6 +67,7 @@ log = logging.getLogger(__name__)
 BASELINES = ("greedy", "block-influence", "angular", "drop-last", "random")
 STATIC = ("greedy", "block-influence", "angular", "drop-last")  # candidates for "the best static baseline"
 CONTROLS = ("routed-random", "routed-majority")
+STATIC_THRESHOLDS = (0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def run_eval(
@@ -85,6 +92,7 @@ def run_eval(
     tokenizer=None,
     device: str | None = None,
     strict: bool = False,
+    route_from_static: bool = True,
 ) -> list[EvalRow]:
     """Evaluate base, routed and static-baseline paths at matched compute and write the reports.
 
@@ -116,6 +124,8 @@ def run_eval(
         device: where the model runs (``load_routed``'s policy: CUDA when available).
         strict: stop at the first task row that cannot be scored fairly (an empty question, a repeated
             option, ...); by default such a row is skipped with a warning naming it.
+        route_from_static: with routers, also evaluate ``routed-static``: routing as confident deviations
+            from the level's best static path on the calibration examples (see the module docstring).
 
     Returns:
         The result rows of every task, base first.
@@ -154,6 +164,7 @@ def run_eval(
         random_seeds,
         batch_size,
         strict,
+        route_from_static,
     )
     rows: list[EvalRow] = []
     for name, task_obj in zip(names, tasks, strict=True):
@@ -194,6 +205,7 @@ class _Settings:
     random_seeds: int
     batch_size: int
     strict: bool = False
+    route_from_static: bool = True
 
 
 @dataclass
@@ -206,6 +218,7 @@ class _Method:
     budget: float | None = None  # routed
     seed: int | None = None
     rates: list[list[float]] | None = None  # routed-random: per layer, shares of skip/execute/repeat
+    threshold: float | None = None  # routed-static: deviations from ``path`` need this probability gap
     calibration_layers: float | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     layers: list[int] = field(default_factory=list)
@@ -251,6 +264,8 @@ class _TaskEvaluation:
         methods = [_Method("base", path=(1,) * self.L)]
         methods += self._static_methods(calib)
         methods += self._routed_methods(calib)
+        if s.route_from_static and self.routed.routers is not None:
+            methods += self._from_static_methods(calib, methods)
         self._score(methods, examples)
         rows = self._rows(methods, examples)
         self._write(
@@ -328,6 +343,46 @@ class _TaskEvaluation:
         )
         return methods
 
+    def _from_static_methods(self, calib, methods: list[_Method]) -> list[_Method]:
+        """Per level, ``routed-static``: the best static path on the calibration examples and a threshold."""
+        statics = [m for m in methods if m.name in STATIC and m.level is not None]
+        if not statics:
+            return []
+        prepared = self.ev.prepare(calib)
+        routers, L = self.routed.routers, self.L
+        saved = (list(routers.config.default_path), routers.config.threshold, list(routers.config.protected))
+        found = []
+        try:
+            for level in self.s.levels:
+                here = [m for m in statics if m.level == level]
+                scores = [self._calib_accuracy(prepared, m.path) for m in here]
+                chosen = here[max(range(len(here)), key=lambda k: (scores[k], -k))]
+                best = None
+                for threshold in STATIC_THRESHOLDS:
+                    routers.set_default_path(chosen.path, threshold, protected=(0, 1, L - 1))
+                    outcomes, decisions = self.ev.routed_outcomes(prepared)
+                    layers = sum(map(sum, decisions)) / len(decisions)
+                    accuracy = sum(o.reward >= 1.0 for o in outcomes) / len(outcomes)
+                    if abs(layers - level) <= 0.5 and (best is None or accuracy >= best[0]):
+                        best = (accuracy, threshold, layers)
+                _, threshold, layers = best  # threshold 1.0 runs the static path: always within the level
+                found.append(
+                    _Method("routed-static", level, path=chosen.path, threshold=threshold, calibration_layers=layers)
+                )
+                log.info(
+                    "%s: routed-static at %d layers deviates from %s (calibration accuracy %.1f%%) where a "
+                    "router's probability gap exceeds %.2f",
+                    self.name, level, chosen.name, 100 * max(scores) / len(prepared), threshold,
+                )
+        finally:
+            routers.set_default_path(saved[0] or None, saved[1], saved[2])
+            for p in prepared:
+                self.ev.release(p)
+        return found
+
+    def _calib_accuracy(self, prepared, path) -> int:
+        return sum(o.reward >= 1.0 for o in self.ev.outcomes([(p, tuple(path)) for p in prepared]))
+
     # ------------------------------------------------------------------ scoring
     def _score(self, methods: list[_Method], examples) -> None:
         s, ev = self.s, self.ev
@@ -359,6 +414,14 @@ class _TaskEvaluation:
                 outcomes, decisions = ev.routed_outcomes(prepared)
             finally:
                 routed.budget = old
+        elif method.threshold is not None:
+            config = routed.routers.config
+            saved = (list(config.default_path), config.threshold, list(config.protected))
+            routed.routers.set_default_path(method.path, method.threshold, protected=(0, 1, self.L - 1))
+            try:
+                outcomes, decisions = ev.routed_outcomes(prepared)
+            finally:
+                routed.routers.set_default_path(saved[0] or None, saved[1], saved[2])
         else:
             if method.rates is not None:
                 decisions = [_draw_path(method.rates, method.seed, start + k) for k in range(len(prepared))]

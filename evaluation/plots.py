@@ -16,6 +16,7 @@ from .report import DECISION_NAMES, sort_rows
 _COLORS = {
     "base": "black",
     "routed": "tab:blue",
+    "routed-static": "tab:pink",
     "routed-random": "tab:cyan",
     "routed-majority": "tab:purple",
     "greedy": "tab:olive",
@@ -26,6 +27,7 @@ _COLORS = {
 }
 _MARKERS = {
     "routed": "o",
+    "routed-static": "*",
     "routed-random": "v",
     "routed-majority": "P",
     "greedy": "X",

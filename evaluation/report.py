@@ -23,6 +23,7 @@ from .stats import Interval
 METHOD_ORDER = (
     "base",
     "routed",
+    "routed-static",
     "routed-random",
     "routed-majority",
     "greedy",

@@ -164,3 +164,42 @@ def test_bad_arguments_name_the_problem(tmp_path):
         run_eval(routed, task, str(tmp_path / "o"), tokenizer=tok, target_layers=(4,))
     with pytest.raises(ValueError, match="unknown task"):
         run_eval(routed, "nope", str(tmp_path / "o"), tokenizer=tok)
+
+
+def test_routed_static_runs_its_static_path_where_no_router_is_confident_enough(tmp_path):
+    """Ladder routers on 4 layers, layers 0, 1 and 3 protected: only layer 2 may deviate, and its router
+    prefers skipping by a probability gap of 0.245, below every threshold tried. So ``routed-static`` is
+    the level's best static path, example for example."""
+    task = choice_file(tmp_path / "mc.jsonl", n=6)
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    ladder_routers(routed)
+    out = tmp_path / "out"
+    common = dict(tokenizer=tiny_tokenizer(), target_layers=(3, 2), baselines=("drop-last",), calibration=4)
+    rows = run_eval(routed, task, str(out), batch_size=4, fidelity_tokens=2, **common)
+    by = {(r.method, r.level): r for r in rows}
+    examples = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    for level in (3, 2):
+        r = by[("routed-static", level)]
+        assert r.layers == level and r.path == by[("drop-last", level)].path
+        mine = [(e["id"], e["score"]) for e in examples if e["method"] == "routed-static" and e["level"] == level]
+        static = [(e["id"], e["score"]) for e in examples if e["method"] == "drop-last" and e["level"] == level]
+        assert mine == static
+    assert routed.routers.config.default_path == [] and routed.routers.config.threshold is None
+    off = run_eval(routed, task, str(tmp_path / "off"), batch_size=4, route_from_static=False, **common)
+    assert not [r for r in off if r.method == "routed-static"]
+
+
+def test_routed_static_deviates_only_while_the_level_holds(tmp_path):
+    """Layer 2's router is sure it should skip: from drop-last's 3-layer path that would run 2 layers, off
+    the level, so threshold 1.0 (no deviation) is kept there; from the 2-layer path skipping is the default."""
+    task = choice_file(tmp_path / "mc.jsonl", n=6)
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    ladder_routers(routed)
+    with torch.no_grad():
+        routed.routers.layers[2].net[2].bias.copy_(torch.tensor([8.0, 0.0, -9.0]))
+    rows = run_eval(
+        routed, task, str(tmp_path / "out"), tokenizer=tiny_tokenizer(), target_layers=(3, 2),
+        baselines=("drop-last",), calibration=4, batch_size=4, fidelity_tokens=0,
+    )
+    by = {(r.method, r.level): r for r in rows}
+    assert by[("routed-static", 3)].layers == 3 and by[("routed-static", 2)].layers == 2
