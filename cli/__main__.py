@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "drllm.evaluation.analysis:run_analysis",
     "signal": "drllm.evaluation.signal:run_signal",
 }
+RESUMABLE = {"search", "train", "demo"}  # commands whose finished work survives an interrupt
 PYTHON_ONLY = {"tokenizer", "routed"}  # objects handed over from Python, never flags
 # the pip extra a command needs
 EXTRAS = {"train": "train", "eval": "eval", "demo": "train", "analyze": "eval"}
@@ -178,6 +179,11 @@ def main(argv: list[str] | None = None) -> None:
         command_function(name)(**kwargs)
     except (ValueError, OSError, OutputLockedError) as err:  # bad input, files, disks, locks: one line
         _fail(_one_line(err))
+    except KeyboardInterrupt:
+        _close_bars()
+        kept = "what it finished is kept, and the same command continues from it" if name in RESUMABLE else "nothing was written"
+        print(f"drllm: {name} interrupted; {kept}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _one_line(err: Exception) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from drllm.evaluation import plots, report
 from drllm.evaluation.evaluate import run_eval
 from drllm.router import DEFAULT_MODEL, RoutedModel, load_routed, load_tokenizer
-from drllm.search.records import SettingsMismatchError
+from drllm.search.records import SettingsMismatchError, check_output
 from drllm.search.runner import run_search
 from drllm.search.tasks import get_task
 from drllm.search.tasks.style import describe, resolve_style
@@ -78,8 +78,10 @@ def run_demo(
     Returns:
         ``{"search": summary, "train": router metrics, "eval": result rows, "report": path of report.md}``.
     """
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    for name, value in (("train_examples", train_examples), ("simulations", simulations), ("epochs", epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    out = check_output(output, folder=True)  # a file in the way is refused before the model loads
     routed, tokenizer = _load(model, routed, tokenizer, device)
     task_obj = get_task(task)
     paths = out / "paths.jsonl"

@@ -139,11 +139,24 @@ def run_eval(
     for name, value, least in (("calibration", calibration, 1), ("batch_size", batch_size, 1)):
         if value < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
-    if fidelity_tokens < 0 or random_seeds < 0 or (limit is not None and limit < 1):
-        raise ValueError("fidelity_tokens and random_seeds must be >= 0 and limit >= 1")
+    for name, value, least in (("fidelity_tokens", fidelity_tokens, 0), ("random_seeds", random_seeds, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a whole number >= 1 (or None for the whole split), got {limit!r}")
+    if "random" in baselines and random_seeds == 0:
+        raise ValueError("the random baseline needs random_seeds >= 1 (or leave 'random' out of baselines)")
     names = [t.strip() for t in task.split(",") if t.strip()]
     if not names:
         raise ValueError("no task given")
+    folders: dict[str, str] = {}
+    for name in names:
+        if _slug(name) in folders:
+            raise ValueError(
+                f"tasks {folders[_slug(name)]!r} and {name!r} would share the output folder {_slug(name)!r}; "
+                "evaluate them into separate outputs"
+            )
+        folders[_slug(name)] = name
     tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
     check_output(output, folder=True)
     routed, tokenizer, model_name = load_with_tokenizer(model, tokenizer, device, routers, "run_eval")

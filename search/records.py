@@ -303,6 +303,8 @@ def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
     if path.exists() and path.is_dir() != folder:
         found, wanted = ("file", "folder") if folder else ("folder", "file")
         raise ValueError(f"output {path} is a {found}; expected a {wanted}")
+    if path.exists() and not folder and not path.is_file():
+        raise ValueError(f"output {path} is not a regular file (a device or a pipe); expected a file")
     blocker = next((p for p in [where, *where.parents] if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise ValueError(f"output {path} cannot be created: {blocker} is a file")

@@ -9,6 +9,7 @@ so an example's result does not depend on the batch size, its neighbours or a re
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -98,7 +99,11 @@ def run_search(
     Returns:
         The summary (see ``summarize``) over every example in the output file for this task.
     """
-    _check_counts(limit=limit, simulations=simulations, batch_size=batch_size)
+    _check_counts(
+        limit=limit, simulations=simulations, batch_size=batch_size, max_rows=max_rows, max_new_tokens=max_new_tokens
+    )
+    if isinstance(safe_margin, bool) or not isinstance(safe_margin, (int, float)) or not math.isfinite(safe_margin):
+        raise ValueError(f"safe_margin must be a finite number, got {safe_margin!r}")
     if devices > 1 and "WORLD_SIZE" not in os.environ:
         if restart:
             set_aside(Path(output))  # each rank sets its own file aside

@@ -163,7 +163,7 @@ def _check_arguments(args: dict) -> None:
     if isinstance(args["model"], RoutedModel) and args["tokenizer"] is None:
         raise ValueError("train_routers got a RoutedModel without its tokenizer; pass tokenizer=")
     for name in ("output", "cache_dir"):
-        if args[name] is not None and Path(args[name]).is_file():
+        if args[name] is not None and Path(args[name]).exists() and not Path(args[name]).is_dir():
             raise ValueError(f"{name} {args[name]} is a file; it must be a folder")
     if args["device"] is not None:
         try:

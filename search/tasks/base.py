@@ -161,6 +161,19 @@ def _heldout(example_id: str) -> bool:
     return int(hashlib.sha256(example_id.encode()).hexdigest(), 16) % 10 == 0
 
 
+class _DuplicateKey(Exception):
+    """A JSON object names one key twice (``json`` would keep the last value silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def read_jsonl_rows(path: Path, bad: BadRows | None = None) -> Iterator[tuple[int, Any]]:
     """``(1-based line number, decoded value)`` for each non-blank line of a JSONL file, lazily (so the
     problems of a file are met in line order).
@@ -187,9 +200,12 @@ def read_jsonl_rows(path: Path, bad: BadRows | None = None) -> Iterator[tuple[in
             if not text.strip():
                 continue
             try:
-                value = json.loads(text)
+                value = json.loads(text, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as err:
                 bad.refuse(ValueError(f"{where}: invalid JSON ({err.msg})"))
+                continue
+            except _DuplicateKey as err:
+                bad.refuse(ValueError(f"{where}: the key {err.args[0]!r} appears twice in the row"))
                 continue
             yield number, value
 
@@ -219,6 +235,9 @@ def check_example(ex: Example, where: str) -> Example:
             f"{where}: example {ex.id!r} has a question of {len(ex.question)} characters, "
             f"more than {MAX_PROMPT_CHARS}"
         )
+    for j, choice in enumerate(ex.choices):
+        if not str(choice).strip():
+            raise ValueError(f"{where}: example {ex.id!r} has an empty option (option {j})")
     for what, values in (("choice", ex.choices), ("label", ex.labels)):
         for j, value in enumerate(values):
             if value in values[:j]:
