@@ -181,7 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(_one_line(err))
     except KeyboardInterrupt:
         _close_bars()
-        kept = "what it finished is kept, and the same command continues from it" if name in RESUMABLE else "nothing was written"
+        kept = (
+            "what it finished is kept, and the same command continues from it"
+            if name in RESUMABLE
+            else "nothing was written"
+        )
         print(f"drllm: {name} interrupted; {kept}", file=sys.stderr)
         raise SystemExit(130) from None
 

@@ -78,7 +78,7 @@ from drllm.router.decisions import parse_decisions
 from drllm.router.loading import load_with_tokenizer
 from drllm.search import progress
 from drllm.search.evaluator import PathEvaluator
-from drllm.search.records import read_records
+from drllm.search.records import check_searched_with, read_records
 from drllm.search.tasks import Style, get_task
 from drllm.search.tasks.style import describe, resolve_style
 
@@ -195,6 +195,8 @@ def analyze_depth(
     L = routed.num_layers
     fixed = None if decisions is None else check_decisions(_fixed(decisions), L)[0].tolist()
     records = read_records(paths, num_layers=L)[:limit] if paths else None
+    if records:
+        check_searched_with(records, routed, paths)
     final_norm(routed)  # an unknown layout fails before any work
     split = split or task_obj.default_split_eval
     examples = task_obj.load(split, data_dir=data_dir, limit=limit, strict=False)

@@ -380,12 +380,22 @@ class _TaskEvaluation:
                         best = (accuracy, threshold, layers)
                 _, threshold, layers = best  # threshold 1.0 runs the static path: always within the level
                 found.append(
-                    _Method("routed-static", level, path=chosen.path, threshold=threshold, calibration_layers=layers)
+                    _Method(
+                        "routed-static",
+                        level,
+                        path=chosen.path,
+                        threshold=threshold,
+                        calibration_layers=layers,
+                    )
                 )
                 log.info(
                     "%s: routed-static at %d layers deviates from %s (calibration accuracy %.1f%%) where a "
                     "router's probability gap exceeds %.2f",
-                    self.name, level, chosen.name, 100 * max(scores) / len(prepared), threshold,
+                    self.name,
+                    level,
+                    chosen.name,
+                    100 * max(scores) / len(prepared),
+                    threshold,
                 )
         finally:
             routers.set_default_path(saved[0] or None, saved[1], saved[2])

@@ -32,7 +32,7 @@ import torch
 from drllm.router import batch_prompts
 from drllm.router.loading import load_with_tokenizer
 from drllm.search import progress
-from drllm.search.records import check_output, read_records
+from drllm.search.records import check_output, check_searched_with, read_records
 
 from .report import atomic_write_text
 from .stats import bootstrap_interval, mcnemar_exact, paired_difference
@@ -44,8 +44,11 @@ EDITS = ("skip", "repeat")
 
 @dataclass
 class SweepTable:
-    """The sweep of every record: ``base`` [N] gold margins with all layers, ``edits[kind]`` [N, L] margins
-    after one skip (or repeat) of each layer."""
+    """The single-edit sweep of every record.
+
+    ``base`` [N] holds the gold margins with all layers, ``edits[kind]`` [N, L] the margins after one skip
+    (or repeat) of each layer.
+    """
 
     ids: list[str]
     prompts: list[str]
@@ -55,6 +58,7 @@ class SweepTable:
 
     @property
     def num_layers(self) -> int:
+        """Decoder layers of the model the sweep was made on."""
         return self.edits["skip"].shape[1]
 
 
@@ -78,8 +82,10 @@ def sweep_table(records, source: str = "paths") -> SweepTable:
 
 @torch.no_grad()
 def prompt_features(routed, tokenizer, prompts: list[str], layer: int | None = None, batch_size: int = 8):
-    """``[N, d]``: each prompt's mean hidden state entering ``layer`` (default: the middle one), over its
-    tokens but the first (often an attention sink with an outsized norm)."""
+    """``[N, d]``: each prompt's mean hidden state entering ``layer`` (default: the middle one).
+
+    The mean runs over the prompt's tokens but the first (often an attention sink with an outsized norm).
+    """
     layer = routed.num_layers // 2 if layer is None else layer
     if not 0 <= layer < routed.num_layers:
         raise ValueError(f"layer must lie in 0..{routed.num_layers - 1}, got {layer}")
@@ -173,7 +179,9 @@ def signal_test(
                 cmp["accuracy"] = paired_difference(right["knn"], right[other]).as_dict()
                 cmp["mcnemar_p"] = mcnemar_exact(right["knn"].tolist(), right[other].tolist())
             entry[f"knn_vs_{other}"] = cmp
-        entry["signal"] = all(entry[f"knn_vs_{o}"]["margin_change"]["low"] > 0 for o in ("static", "knn-shuffled"))
+        entry["signal"] = all(
+            entry[f"knn_vs_{o}"]["margin_change"]["low"] > 0 for o in ("static", "knn-shuffled")
+        )
         result["edits"][kind] = entry
     return result
 
@@ -194,7 +202,9 @@ def format_signal(result: dict) -> str:
         lines += [head, "|---|---:|---:|---:|---:|---:|"]
         for p, v in e["predictors"].items():
             acc = v.get("accuracy")
-            acc_text = f"{100 * acc['value']:.1f} [{100 * acc['low']:.1f}, {100 * acc['high']:.1f}]" if acc else "-"
+            acc_text = (
+                f"{100 * acc['value']:.1f} [{100 * acc['low']:.1f}, {100 * acc['high']:.1f}]" if acc else "-"
+            )
             lines.append(
                 f"| {p} | {_iv(v['margin_change'])} | {_iv(v['regret'])} | {acc_text} | "
                 f"{v['distinct_layers']} | {v['most_chosen_layer']} |"
@@ -207,7 +217,8 @@ def format_signal(result: dict) -> str:
             if "accuracy" in c:
                 a = c["accuracy"]
                 text += (
-                    f", accuracy {100 * a['value']:+.1f} points [{100 * a['low']:+.1f}, {100 * a['high']:+.1f}], "
+                    f", accuracy {100 * a['value']:+.1f} points "
+                    f"[{100 * a['low']:+.1f}, {100 * a['high']:+.1f}], "
                     f"McNemar p = {c['mcnemar_p']:.3g}"
                 )
             lines.append(text)
@@ -265,13 +276,10 @@ def run_signal(
     routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, None, "run_signal")
     for r in records:
         if r.num_layers not in (None, routed.num_layers):
-            raise ValueError(f"{paths}: record {r.id!r} has {r.num_layers} layers, the model {routed.num_layers}")
-        made = (r.settings or {}).get("fingerprint")
-        if made and made != routed.fingerprint:
             raise ValueError(
-                f"{paths}: record {r.id!r} was searched with another model (fingerprint {made}, this "
-                f"model {routed.fingerprint}); pass the model it was searched with"
+                f"{paths}: record {r.id!r} has {r.num_layers} layers, the model {routed.num_layers}"
             )
+    check_searched_with(records, routed, paths)
     features = prompt_features(routed, tokenizer, table.prompts, layer, batch_size)
     result = {"model": name, "paths": str(paths), **signal_test(features, table, k, folds, protect, seed)}
     folder = Path(output)

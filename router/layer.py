@@ -102,9 +102,12 @@ class RoutingState:
         self.plan[index] = _uniform(choices)
 
     def _choose(self, index: int, logits: list[float]) -> int:
-        """Argmax with the budget added to the skip logit, or, with a default path, a deviation from it only
-        where the argmax beats the default by more than the threshold in probability; protected layers
-        keep the default. A non-finite logit keeps the default (and warns once)."""
+        """Argmax with the budget added to the skip logit, or a deviation from the default path.
+
+        With a default path, the argmax replaces the default only where it beats it by more than the
+        threshold in probability; protected layers keep the default. A non-finite logit keeps the default
+        (and warns once).
+        """
         config = self.routers.config
         default = config.default_path[index] if config.default_path else EXECUTE
         if index in config.protected:
@@ -112,7 +115,8 @@ class RoutingState:
         if not all(math.isfinite(v) for v in logits):
             if not self.warned_nonfinite:
                 warnings.warn(
-                    f"router {index} produced a non-finite logit; keeping the default decision for those rows",
+                    f"router {index} produced a non-finite logit; keeping the default decision for those "
+                    "rows",
                     stacklevel=4,
                 )
                 self.warned_nonfinite = True

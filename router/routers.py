@@ -158,14 +158,14 @@ class Routers(nn.Module):
         average = weights[2] if weights is not None and len(weights) > 2 else None
         return self.layers[index](pooled, valid, average)
 
-    def set_default_path(
-        self, path, threshold: float | None = 0.5, protected=(0, 1, -1)
-    ) -> None:
-        """Route as deviations from a static ``path``: layer ``i`` follows ``path[i]`` unless its router's
-        most likely decision beats it by more than ``threshold`` in probability (after the budget shifts the
-        skip logit). ``threshold=1.0`` never deviates: the model runs ``path``. ``protected`` layers (default:
-        the first two and the last; negative counts from the end) always follow ``path``. ``path=None``
-        restores plain argmax routing (protected layers then execute).
+    def set_default_path(self, path, threshold: float | None = 0.5, protected=(0, 1, -1)) -> None:
+        """Route as deviations from a static ``path``.
+
+        Layer ``i`` follows ``path[i]`` unless its router's most likely decision beats it by more than
+        ``threshold`` in probability (after the budget shifts the skip logit). ``threshold=1.0`` never
+        deviates: the model runs ``path``. ``protected`` layers (default: the first two and the last;
+        negative counts from the end) always follow ``path``. ``path=None`` restores plain argmax routing
+        (protected layers then execute).
 
         Raises:
             ValueError: naming the problem, for a path of the wrong length or with values outside 0/1/2, a
@@ -175,12 +175,17 @@ class Routers(nn.Module):
         values: list = [] if path is None else list(path.tolist() if hasattr(path, "tolist") else path)
         if path is not None and (
             len(values) != L
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v not in (0, 1, 2) for v in values)
+            or any(
+                isinstance(v, bool) or not isinstance(v, numbers.Integral) or v not in (0, 1, 2)
+                for v in values
+            )
         ):
             raise ValueError(f"default path must hold {L} values of 0, 1 or 2, got {values!r}")
         values = [int(v) for v in values]
         if threshold is not None and (
-            isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not 0.0 <= threshold <= 1.0
         ):
             raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
         layers = []

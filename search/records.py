@@ -289,6 +289,29 @@ def set_aside(path: Path) -> Path | None:
     return target
 
 
+def check_searched_with(records: list[SearchRecord], routed, source) -> None:
+    """Refuse records whose settings say they were searched with another model than ``routed``.
+
+    Fingerprint or weights differ: the error names the example and both values. Records without settings
+    pass.
+    """
+    from drllm.router.fingerprint import probe_mismatch
+
+    for row in records:
+        saved = row.settings or {}
+        fingerprint, probe = saved.get("fingerprint"), saved.get("weight_probe")
+        if fingerprint and fingerprint != routed.fingerprint:
+            raise ValueError(
+                f"{source}: example {row.id!r} was searched with model {row.model!r} of fingerprint "
+                f"{fingerprint}, this model has fingerprint {routed.fingerprint}"
+            )
+        if isinstance(probe, list) and probe and probe_mismatch(probe, routed.weight_probe):
+            raise ValueError(
+                f"{source}: example {row.id!r} was searched with model {row.model!r} of weight fingerprint "
+                f"{probe}, this model has {routed.weight_probe}"
+            )
+
+
 def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
     """Check, before any model loads, that an output can be written.
 

@@ -100,9 +100,17 @@ def run_search(
         The summary (see ``summarize``) over every example in the output file for this task.
     """
     _check_counts(
-        limit=limit, simulations=simulations, batch_size=batch_size, max_rows=max_rows, max_new_tokens=max_new_tokens
+        limit=limit,
+        simulations=simulations,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        max_new_tokens=max_new_tokens,
     )
-    if isinstance(safe_margin, bool) or not isinstance(safe_margin, (int, float)) or not math.isfinite(safe_margin):
+    if (
+        isinstance(safe_margin, bool)
+        or not isinstance(safe_margin, (int, float))
+        or not math.isfinite(safe_margin)
+    ):
         raise ValueError(f"safe_margin must be a finite number, got {safe_margin!r}")
     if devices > 1 and "WORLD_SIZE" not in os.environ:
         if restart:

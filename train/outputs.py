@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import shutil
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -153,6 +154,11 @@ def prepare_checkpoints(folder: Path, run: dict, resume: bool, leader: bool) -> 
                 "checked; use --resume false to start over (the finished routers stay until the new run ends)"
             )
         check_resume(record, run, resuming=True)
+        if not zipfile.is_zipfile(last):  # torch.save writes a zip archive; a torn one has no directory
+            raise ValueError(
+                f"{last} is damaged (not a whole checkpoint: an interrupted write or a full disk); use "
+                "--resume false to start over (the finished routers stay until the new run ends)"
+            )
         return True
     if folder.exists():
         shutil.rmtree(folder)

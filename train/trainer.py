@@ -29,9 +29,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from drllm.router import RoutedModel, load_routed, load_tokenizer
-from drllm.router.fingerprint import probe_mismatch
 from drllm.search import progress
-from drllm.search.records import read_records
+from drllm.search.records import check_searched_with, read_records
 from drllm.search.tasks.base import MAX_PROMPT_CHARS
 
 from . import outputs
@@ -106,7 +105,7 @@ def train_routers(
     with outputs.locked(output) if leader else contextlib.nullcontext():
         routed, tokenizer = _load(model, tokenizer, accelerator, device)
         rows = read_records(paths, routed.num_layers)
-        _check_searched_model(rows, routed, paths)
+        check_searched_with(rows, routed, paths)
         run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
         last = output / "checkpoints" / "last.ckpt"
         resuming = outputs.prepare_checkpoints(last.parent, run, resume, leader)
@@ -187,23 +186,6 @@ def _check_prompts(rows, paths) -> None:
             raise ValueError(
                 f"{paths}: example {row.id!r} has a prompt of {len(row.prompt)} characters, "
                 f"more than {MAX_PROMPT_CHARS}"
-            )
-
-
-def _check_searched_model(rows, routed: RoutedModel, paths) -> None:
-    """Refuse paths whose records say they were searched with another model (fingerprint or weights)."""
-    for row in rows:
-        saved = row.settings or {}
-        fingerprint, probe = saved.get("fingerprint"), saved.get("weight_probe")
-        if fingerprint and fingerprint != routed.fingerprint:
-            raise ValueError(
-                f"{paths}: example {row.id!r} was searched with model {row.model!r} of fingerprint "
-                f"{fingerprint}, this model has fingerprint {routed.fingerprint}"
-            )
-        if isinstance(probe, list) and probe and probe_mismatch(probe, routed.weight_probe):
-            raise ValueError(
-                f"{paths}: example {row.id!r} was searched with model {row.model!r} of weight fingerprint "
-                f"{probe}, this model has {routed.weight_probe}"
             )
 
 

@@ -19,8 +19,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,8 +175,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def read_jsonl_rows(path: Path, bad: BadRows | None = None) -> Iterator[tuple[int, Any]]:
-    """``(1-based line number, decoded value)`` for each non-blank line of a JSONL file, lazily (so the
-    problems of a file are met in line order).
+    """``(1-based line number, decoded value)`` for each non-blank line of a JSONL file.
+
+    Lazily, so the problems of a file are met in line order.
 
     Raises:
         ValueError: naming the file and line, for a line longer than ``MAX_ROW_BYTES`` (refused by its
@@ -188,7 +189,9 @@ def read_jsonl_rows(path: Path, bad: BadRows | None = None) -> Iterator[tuple[in
         for number, raw in enumerate(iter(lambda: handle.readline(MAX_ROW_BYTES + 1), b""), start=1):
             where = f"{path} line {number}"
             if len(raw) > MAX_ROW_BYTES:
-                bad.refuse(ValueError(f"{where}: longer than {MAX_ROW_BYTES} bytes, the most a task row may hold"))
+                bad.refuse(
+                    ValueError(f"{where}: longer than {MAX_ROW_BYTES} bytes, the most a task row may hold")
+                )
                 while raw and not raw.endswith(b"\n"):  # skip the rest of the line unread
                     raw = handle.readline(MAX_ROW_BYTES + 1)
                 continue

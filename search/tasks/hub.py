@@ -35,8 +35,11 @@ class _HubSource:
         limit: int | None = None,
         strict: bool = False,
     ) -> list:
-        """Load a split of the dataset and map its columns to examples (each checked: ``check_example``;
-        a bad row raises when ``strict``, else it is skipped with a warning)."""
+        """Load a split of the dataset and map its columns to examples.
+
+        Each is checked (``check_example``): a bad row raises when ``strict``, else it is skipped with a
+        warning.
+        """
         from datasets import load_dataset
 
         check_limit(limit)

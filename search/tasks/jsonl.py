@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
+    BadRows,
     ChoiceTask,
     ExactTask,
     Example,
-    BadRows,
     Task,
     _chat,
     check_limit,
@@ -28,8 +28,11 @@ from .base import (
 
 
 def _parse_jsonl(path: Path, bad: BadRows | None = None) -> Iterator[tuple[int, dict]]:
-    """(1-based line number, object) for each non-blank line, lazily; bad lines raise ValueError naming
-    them (or are skipped, with a non-strict ``bad``). A file with no line at all raises too."""
+    """(1-based line number, object) for each non-blank line, lazily.
+
+    Bad lines raise ValueError naming them (or are skipped, with a non-strict ``bad``). A file with no line
+    at all raises too.
+    """
     bad = bad or BadRows(str(path))
     empty = True
     for number, row in read_jsonl_rows(path, bad):

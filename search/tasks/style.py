@@ -45,7 +45,9 @@ def resolve_style(
     if style not in CHOICES:
         raise ValueError(f"unknown prompt style {style!r}; expected one of {CHOICES}")
     if style == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise ValueError("style 'chat' needs a tokenizer with a chat template, and this one has none; use plain")
+        raise ValueError(
+            "style 'chat' needs a tokenizer with a chat template, and this one has none; use plain"
+        )
     if style != "auto":
         return style, {}
     if not getattr(tokenizer, "chat_template", None):

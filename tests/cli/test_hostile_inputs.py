@@ -29,7 +29,15 @@ def _fails(argv, capsys, code=2):
     ],
 )
 def test_search_refusals(mc_file, tmp_path, capsys, extra, message):
-    argv = ["search", "--model", "nowhere", "--task", f"jsonl:{mc_file}", "--output", str(tmp_path / "p.jsonl")]
+    argv = [
+        "search",
+        "--model",
+        "nowhere",
+        "--task",
+        f"jsonl:{mc_file}",
+        "--output",
+        str(tmp_path / "p.jsonl"),
+    ]
     assert message in _fails([*argv, *extra], capsys)
     assert not (tmp_path / "p.jsonl").exists()
 
@@ -106,8 +114,12 @@ def test_an_interrupt_is_one_line_with_exit_code_130(monkeypatch, mc_file, tmp_p
             raise KeyboardInterrupt
 
         monkeypatch.setattr(module, name, interrupted)
-    line = _fails(["search", "--task", f"jsonl:{mc_file}", "--output", str(tmp_path / "p.jsonl")], capsys, 130)
-    assert line == "drllm: search interrupted; what it finished is kept, and the same command continues from it"
+    line = _fails(
+        ["search", "--task", f"jsonl:{mc_file}", "--output", str(tmp_path / "p.jsonl")], capsys, 130
+    )
+    assert (
+        line == "drllm: search interrupted; what it finished is kept, and the same command continues from it"
+    )
     line = _fails(["eval", "--task", f"jsonl:{mc_file}", "--output", str(tmp_path / "e")], capsys, 130)
     assert line == "drllm: eval interrupted; nothing was written"
 
@@ -115,4 +127,6 @@ def test_an_interrupt_is_one_line_with_exit_code_130(monkeypatch, mc_file, tmp_p
 def test_chat_style_without_a_chat_template_is_refused(mc_file, tmp_path):
     routed = RoutedModel.from_pretrained(tiny_model("llama"))
     with pytest.raises(ValueError, match="style 'chat' needs a tokenizer with a chat template"):
-        run_search(routed, f"jsonl:{mc_file}", str(tmp_path / "p.jsonl"), tokenizer=tiny_tokenizer(), style="chat")
+        run_search(
+            routed, f"jsonl:{mc_file}", str(tmp_path / "p.jsonl"), tokenizer=tiny_tokenizer(), style="chat"
+        )

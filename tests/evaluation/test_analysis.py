@@ -225,6 +225,10 @@ def test_paths_overlay_reads_search_records(tmp_path):
         analyze_depth(routed, tok, task, limit=3, decisions="1,0,1")
     with pytest.raises(ValueError, match="without its tokenizer"):
         run_analysis(routed, task, str(tmp_path / "x"))
+    other = SearchRecord("c", "red cat?", [1, 1, 1, 1], settings={"fingerprint": "mistral-L4-d32-other"})
+    paths.write_text(other.to_json() + "\n")
+    with pytest.raises(ValueError, match="example 'c' was searched with model '' of fingerprint mistral-L4"):
+        analyze_depth(routed, tok, task, limit=3, paths=str(paths))
 
 
 def test_run_analysis_writes_json_figures_and_report(tmp_path):

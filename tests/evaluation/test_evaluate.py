@@ -181,8 +181,12 @@ def test_routed_static_runs_its_static_path_where_no_router_is_confident_enough(
     for level in (3, 2):
         r = by[("routed-static", level)]
         assert r.layers == level and r.path == by[("drop-last", level)].path
-        mine = [(e["id"], e["score"]) for e in examples if e["method"] == "routed-static" and e["level"] == level]
-        static = [(e["id"], e["score"]) for e in examples if e["method"] == "drop-last" and e["level"] == level]
+        mine = [
+            (e["id"], e["score"]) for e in examples if e["method"] == "routed-static" and e["level"] == level
+        ]
+        static = [
+            (e["id"], e["score"]) for e in examples if e["method"] == "drop-last" and e["level"] == level
+        ]
         assert mine == static
     assert routed.routers.config.default_path == [] and routed.routers.config.threshold is None
     off = run_eval(routed, task, str(tmp_path / "off"), batch_size=4, route_from_static=False, **common)
@@ -190,16 +194,26 @@ def test_routed_static_runs_its_static_path_where_no_router_is_confident_enough(
 
 
 def test_routed_static_deviates_only_while_the_level_holds(tmp_path):
-    """Layer 2's router is sure it should skip: from drop-last's 3-layer path that would run 2 layers, off
-    the level, so threshold 1.0 (no deviation) is kept there; from the 2-layer path skipping is the default."""
+    """Layer 2's router is sure it should skip.
+
+    From drop-last's 3-layer path that would run 2 layers, off the level, so threshold 1.0 (no deviation)
+    is kept there; from the 2-layer path skipping is the default.
+    """
     task = choice_file(tmp_path / "mc.jsonl", n=6)
     routed = RoutedModel.from_pretrained(tiny_model("llama"))
     ladder_routers(routed)
     with torch.no_grad():
         routed.routers.layers[2].net[2].bias.copy_(torch.tensor([8.0, 0.0, -9.0]))
     rows = run_eval(
-        routed, task, str(tmp_path / "out"), tokenizer=tiny_tokenizer(), target_layers=(3, 2),
-        baselines=("drop-last",), calibration=4, batch_size=4, fidelity_tokens=0,
+        routed,
+        task,
+        str(tmp_path / "out"),
+        tokenizer=tiny_tokenizer(),
+        target_layers=(3, 2),
+        baselines=("drop-last",),
+        calibration=4,
+        batch_size=4,
+        fidelity_tokens=0,
     )
     by = {(r.method, r.level): r for r in rows}
     assert by[("routed-static", 3)].layers == 3 and by[("routed-static", 2)].layers == 2

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 from drllm.evaluation.signal import SweepTable, prompt_features, run_signal, signal_test, sweep_table
@@ -39,7 +38,9 @@ def test_planted_signal_is_found_and_beats_static_and_the_shuffled_control():
     assert skip["signal"]
     assert skip["knn_vs_static"]["margin_change"]["low"] > 0
     assert skip["knn_vs_knn-shuffled"]["margin_change"]["low"] > 0
-    assert skip["predictors"]["knn"]["regret"]["value"] < 0.2 < skip["predictors"]["static"]["regret"]["value"]
+    assert (
+        skip["predictors"]["knn"]["regret"]["value"] < 0.2 < skip["predictors"]["static"]["regret"]["value"]
+    )
     assert skip["predictors"]["static"]["distinct_layers"] <= 4  # one choice per fold
     assert skip["predictors"]["oracle"]["regret"]["value"] == 0.0
 
@@ -67,7 +68,9 @@ def test_protected_layers_are_never_chosen_and_bad_settings_are_refused():
 
 def test_records_without_a_sweep_are_refused_by_name():
     rows = [SearchRecord(id=f"r{i}", prompt="p", decisions=[1] * L, supervision={}) for i in range(5)]
-    with pytest.raises(ValueError, match=r"f.jsonl: 5 of 5 records have no single-edit sweep \(first: 'r0'\)"):
+    with pytest.raises(
+        ValueError, match=r"f.jsonl: 5 of 5 records have no single-edit sweep \(first: 'r0'\)"
+    ):
         sweep_table(rows, "f.jsonl")
 
 
@@ -87,7 +90,9 @@ def test_run_signal_end_to_end_on_a_searched_sweep(tmp_path, mc_file):
     routed = RoutedModel.from_pretrained(tiny_model("llama"))
     paths = tmp_path / "paths.jsonl"
     run_search(routed, f"jsonl:{mc_file}", str(paths), tokenizer=tiny_tokenizer(), simulations=2, sweep=True)
-    result = run_signal(routed, str(paths), str(tmp_path / "signal"), k=3, folds=3, tokenizer=tiny_tokenizer())
+    result = run_signal(
+        routed, str(paths), str(tmp_path / "signal"), k=3, folds=3, tokenizer=tiny_tokenizer()
+    )
     written = json.loads((tmp_path / "signal" / "signal.json").read_text())
     assert written["examples"] == 12 and written["edits"].keys() == {"skip", "repeat"}
     for entry in result["edits"].values():
@@ -96,7 +101,9 @@ def test_run_signal_end_to_end_on_a_searched_sweep(tmp_path, mc_file):
         assert all(p["regret"]["low"] >= -1e-9 for p in entry["predictors"].values())
     assert "## Choosing one layer to skip" in (tmp_path / "signal" / "signal.md").read_text()
     no_sweep = tmp_path / "plain.jsonl"
-    run_search(routed, f"jsonl:{mc_file}", str(no_sweep), tokenizer=tiny_tokenizer(), simulations=2, sweep=False)
+    run_search(
+        routed, f"jsonl:{mc_file}", str(no_sweep), tokenizer=tiny_tokenizer(), simulations=2, sweep=False
+    )
     with pytest.raises(ValueError, match="search them with --sweep true"):
         run_signal(routed, str(no_sweep), str(tmp_path / "s2"), tokenizer=tiny_tokenizer())
     assert not (tmp_path / "s2").exists(), "refused before anything is written"

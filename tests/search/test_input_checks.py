@@ -154,7 +154,9 @@ def test_bad_rows_are_skipped_with_a_warning_naming_each_unless_strict(tmp_path,
 
 def test_a_file_with_no_usable_row_is_refused(tmp_path):
     path = tmp_path / "task.jsonl"
-    path.write_text(json.dumps(GOOD_EXACT) + "\n" + json.dumps({**GOOD_EXACT, "id": "b", "prompt": ""}) + "\n")
+    path.write_text(
+        json.dumps(GOOD_EXACT) + "\n" + json.dumps({**GOOD_EXACT, "id": "b", "prompt": ""}) + "\n"
+    )
     path.write_text(json.dumps({**GOOD_EXACT, "prompt": " "}) + "\n")
     with pytest.raises(ValueError, match=f"^{path}: no usable row; the first problem: .*empty question"):
         get_task(f"jsonl:{path}").load()
@@ -181,7 +183,11 @@ def test_search_skips_a_bad_row_naming_it_and_searches_the_rest(tmp_path, caplog
     assert "example 'b' has an empty question" in caplog.text
     with pytest.raises(ValueError, match="line 2: example 'b' has an empty question"):
         run_search(
-            routed, f"jsonl:{path}", str(tmp_path / "strict.jsonl"), tokenizer=tiny_tokenizer(), simulations=2,
+            routed,
+            f"jsonl:{path}",
+            str(tmp_path / "strict.jsonl"),
+            tokenizer=tiny_tokenizer(),
+            simulations=2,
             strict=True,
         )
     assert not (tmp_path / "strict.jsonl").exists()

@@ -175,7 +175,9 @@ def test_search_sharded_over_two_processes_equals_one_process(tiny_model_dir, mc
     assert not list(tmp_path.glob("sharded.jsonl.rank*")), "rank files are merged and removed"
 
 
-def test_a_full_disk_mid_line_is_one_error_and_the_rerun_continues(tiny_model_dir, mc_file, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_mid_line_is_one_error_and_the_rerun_continues(
+    tiny_model_dir, mc_file, tmp_path, monkeypatch, capsys
+):
     """The disk fills up halfway through the second record: one line naming the file and what is kept; once
     there is space again the same command drops the torn line and finishes, every record whole."""
     from drllm.cli.__main__ import main

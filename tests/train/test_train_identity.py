@@ -202,7 +202,9 @@ def test_a_huge_searched_prompt_is_refused_before_tokenizing(tmp_path, config, m
         train_routers("tiny", str(paths), str(tmp_path / "out"), **config)
 
 
-def test_a_full_disk_while_publishing_is_one_error_and_keeps_the_finished_routers(tmp_path, config, monkeypatch):
+def test_a_full_disk_while_publishing_is_one_error_and_keeps_the_finished_routers(
+    tmp_path, config, monkeypatch
+):
     paths = write_rows(tmp_path / "a.jsonl", synthetic_rows(12))
     out = tmp_path / "routers"
     _train(paths, out, config)
@@ -226,3 +228,16 @@ def test_a_full_disk_is_recognised_by_the_space_left_when_the_error_does_not_say
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: usage._replace(free=4096))
     assert outputs.disk_full(RuntimeError("unexpected pos 576 vs 534"), tmp_path)  # torch.save's words
+
+
+def test_a_torn_last_checkpoint_is_named_and_not_resumed(tmp_path, config):
+    """What a full disk or a kill during a checkpoint write leaves: a truncated last.ckpt."""
+    paths = write_rows(tmp_path / "a.jsonl", synthetic_rows(12))
+    out = tmp_path / "routers"
+    _train(paths, out, config)
+    last = out / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:4096])
+    with pytest.raises(ValueError, match=f"{last} is damaged .* use --resume false to start over"):
+        _train(paths, out, {**config, "epochs": 3})
+    _train(paths, out, {**config, "epochs": 3}, resume=False)
+    assert _epochs_of_last_run(out) == [0, 1, 2]
