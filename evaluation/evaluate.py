@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from drllm.search.tasks.style import describe, resolve_style
 
 from . import baselines as static
 from . import plots, report
+from .calibration import BudgetCalibrator, choose_threshold, decision_rates, draw_path
 from .report import Comparison, EvalRow
 from .stats import bootstrap_interval, mcnemar_exact, paired_difference
 
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 BASELINES = ("greedy", "block-influence", "angular", "drop-last", "random")
 STATIC = ("greedy", "block-influence", "angular", "drop-last")  # candidates for "the best static baseline"
 CONTROLS = ("routed-random", "routed-majority")
-STATIC_THRESHOLDS = (0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def run_eval(
@@ -362,7 +361,7 @@ class _TaskEvaluation:
         if not statics:
             return []
         prepared = self.ev.prepare(calib)
-        routers, L = self.routed.routers, self.L
+        routers = self.routed.routers
         saved = (list(routers.config.default_path), routers.config.threshold, list(routers.config.protected))
         found = []
         try:
@@ -370,15 +369,7 @@ class _TaskEvaluation:
                 here = [m for m in statics if m.level == level]
                 scores = [self._calib_accuracy(prepared, m.path) for m in here]
                 chosen = here[max(range(len(here)), key=lambda k: (scores[k], -k))]
-                best = None
-                for threshold in STATIC_THRESHOLDS:
-                    routers.set_default_path(chosen.path, threshold, protected=(0, 1, L - 1))
-                    outcomes, decisions = self.ev.routed_outcomes(prepared)
-                    layers = sum(map(sum, decisions)) / len(decisions)
-                    accuracy = sum(o.reward >= 1.0 for o in outcomes) / len(outcomes)
-                    if abs(layers - level) <= 0.5 and (best is None or accuracy >= best[0]):
-                        best = (accuracy, threshold, layers)
-                _, threshold, layers = best  # threshold 1.0 runs the static path: always within the level
+                threshold, layers = choose_threshold(self.ev, prepared, chosen.path, level)
                 found.append(
                     _Method(
                         "routed-static",
@@ -447,7 +438,7 @@ class _TaskEvaluation:
                 routed.routers.set_default_path(saved[0] or None, saved[1], saved[2])
         else:
             if method.rates is not None:
-                decisions = [_draw_path(method.rates, method.seed, start + k) for k in range(len(prepared))]
+                decisions = [draw_path(method.rates, method.seed, start + k) for k in range(len(prepared))]
             else:
                 decisions = [list(method.path)] * len(prepared)
             outcomes = ev.outcomes([(p, tuple(d)) for p, d in zip(prepared, decisions, strict=True)])
@@ -545,59 +536,6 @@ class _TaskEvaluation:
             plots.plot_decisions(
                 paths, folder / "decisions.png", title=f"{self.name}: static paths, all levels"
             )
-
-
-class BudgetCalibrator:
-    """Finds the router budget whose mean layers per prompt on calibration prompts reaches a level.
-
-    Mean layers fall as the budget (a bias on every skip logit) rises, in steps. ``budget_for`` brackets
-    the level by doubling, then bisects; every budget tried is cached, so levels share their probes.
-    """
-
-    def __init__(self, routed: RoutedModel, batches, iterations: int = 10):
-        self.routed, self.batches, self.iterations = routed, batches, iterations
-        self._seen: dict[float, tuple[float, list[list[int]]]] = {}
-
-    def layers_at(self, budget: float) -> tuple[float, list[list[int]]]:
-        """Mean layers per calibration prompt at ``budget``, and the decisions."""
-        if budget not in self._seen:
-            old = self.routed.budget
-            self.routed.budget = budget
-            try:
-                decisions = [d for ids, mask in self.batches for d in self.routed.route(ids, mask).tolist()]
-            finally:
-                self.routed.budget = old
-            self._seen[budget] = (sum(map(sum, decisions)) / len(decisions), decisions)
-        return self._seen[budget]
-
-    def budget_for(self, level: float) -> tuple[float, float, list[list[int]]]:
-        """``(budget, mean layers reached, decisions)`` closest to ``level``."""
-        lo, hi = -1.0, 1.0  # layers(lo) should be >= level >= layers(hi)
-        while self.layers_at(lo)[0] < level and lo > -1024:
-            lo *= 2
-        while self.layers_at(hi)[0] > level and hi < 1024:
-            hi *= 2
-        for _ in range(self.iterations):
-            mid = (lo + hi) / 2
-            if self.layers_at(mid)[0] > level:
-                lo = mid
-            else:
-                hi = mid
-        best = min(self._seen, key=lambda b: (abs(self._seen[b][0] - level), abs(b)))
-        return best, self._seen[best][0], self._seen[best][1]
-
-
-def decision_rates(decisions: list[list[int]]) -> list[list[float]]:
-    """Per layer, the shares of skip, execute and repeat over a set of decision vectors."""
-    n = len(decisions)
-    columns = zip(*decisions, strict=True)
-    return [[sum(1 for d in col if d == k) / n for k in range(3)] for col in columns]
-
-
-def _draw_path(rates: list[list[float]], seed: int, index: int) -> list[int]:
-    """A random path with each layer's decision drawn at the given rates (seeded per example)."""
-    rng = random.Random(f"{seed}:{index}")
-    return [rng.choices(range(3), weights=r)[0] for r in rates]
 
 
 def _agrees(outcome: Outcome, base: Outcome, scoring: str) -> bool:

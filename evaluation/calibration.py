@@ -1,0 +1,88 @@
+"""Calibration on training examples, for the routed methods of ``run_eval``.
+
+The router budget that reaches a layer level, the routers' decision rates (for the ``routed-random``
+control), and the threshold of ``routed-static``.
+"""
+
+from __future__ import annotations
+
+import random
+
+from drllm.router import RoutedModel
+
+STATIC_THRESHOLDS = (0.25, 0.5, 0.75, 0.9, 1.0)
+"""Thresholds ``routed-static`` chooses from; 1.0 never deviates from the static path."""
+
+
+class BudgetCalibrator:
+    """Finds the router budget whose mean layers per prompt on calibration prompts reaches a level.
+
+    Mean layers fall as the budget (a bias on every skip logit) rises, in steps. ``budget_for`` brackets
+    the level by doubling, then bisects; every budget tried is cached, so levels share their probes.
+    """
+
+    def __init__(self, routed: RoutedModel, batches, iterations: int = 10):
+        self.routed, self.batches, self.iterations = routed, batches, iterations
+        self._seen: dict[float, tuple[float, list[list[int]]]] = {}
+
+    def layers_at(self, budget: float) -> tuple[float, list[list[int]]]:
+        """Mean layers per calibration prompt at ``budget``, and the decisions."""
+        if budget not in self._seen:
+            old = self.routed.budget
+            self.routed.budget = budget
+            try:
+                decisions = [d for ids, mask in self.batches for d in self.routed.route(ids, mask).tolist()]
+            finally:
+                self.routed.budget = old
+            self._seen[budget] = (sum(map(sum, decisions)) / len(decisions), decisions)
+        return self._seen[budget]
+
+    def budget_for(self, level: float) -> tuple[float, float, list[list[int]]]:
+        """``(budget, mean layers reached, decisions)`` closest to ``level``."""
+        lo, hi = -1.0, 1.0  # layers(lo) should be >= level >= layers(hi)
+        while self.layers_at(lo)[0] < level and lo > -1024:
+            lo *= 2
+        while self.layers_at(hi)[0] > level and hi < 1024:
+            hi *= 2
+        for _ in range(self.iterations):
+            mid = (lo + hi) / 2
+            if self.layers_at(mid)[0] > level:
+                lo = mid
+            else:
+                hi = mid
+        best = min(self._seen, key=lambda b: (abs(self._seen[b][0] - level), abs(b)))
+        return best, self._seen[best][0], self._seen[best][1]
+
+
+def decision_rates(decisions: list[list[int]]) -> list[list[float]]:
+    """Per layer, the shares of skip, execute and repeat over a set of decision vectors."""
+    n = len(decisions)
+    columns = zip(*decisions, strict=True)
+    return [[sum(1 for d in col if d == k) / n for k in range(3)] for col in columns]
+
+
+def draw_path(rates: list[list[float]], seed: int, index: int) -> list[int]:
+    """A random path with each layer's decision drawn at the given rates (seeded per example)."""
+    rng = random.Random(f"{seed}:{index}")
+    return [rng.choices(range(3), weights=r)[0] for r in rates]
+
+
+def choose_threshold(ev, prepared, path, level: int) -> tuple[float, float]:
+    """``(threshold, mean layers)`` for routing as deviations from ``path`` on the calibration examples.
+
+    Of ``STATIC_THRESHOLDS``, the most accurate one whose mean layers stay within half a layer of ``level``
+    (ties go to the higher threshold: fewer deviations). 1.0 runs ``path`` itself, so one always qualifies
+    when ``path`` has ``level`` layers. The routers' default path is left set to the last one tried.
+    """
+    routers, L = ev.routed.routers, ev.routed.num_layers
+    best = None
+    for threshold in STATIC_THRESHOLDS:
+        routers.set_default_path(path, threshold, protected=(0, 1, L - 1))
+        outcomes, decisions = ev.routed_outcomes(prepared)
+        layers = sum(map(sum, decisions)) / len(decisions)
+        accuracy = sum(o.reward >= 1.0 for o in outcomes) / len(outcomes)
+        if abs(layers - level) <= 0.5 and (best is None or accuracy >= best[0]):
+            best = (accuracy, threshold, layers)
+    if best is None:
+        raise ValueError(f"no threshold keeps {level} layers: the static path runs {sum(path)}")
+    return best[1], best[2]
