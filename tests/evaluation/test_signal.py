@@ -107,3 +107,18 @@ def test_run_signal_end_to_end_on_a_searched_sweep(tmp_path, mc_file):
     with pytest.raises(ValueError, match="search them with --sweep true"):
         run_signal(routed, str(no_sweep), str(tmp_path / "s2"), tokenizer=tiny_tokenizer())
     assert not (tmp_path / "s2").exists(), "refused before anything is written"
+
+
+def test_signal_command(tiny_model_dir, mc_file, tmp_path):
+    from drllm.cli.__main__ import main
+
+    paths = tmp_path / "p.jsonl"
+    main(["search", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--output", str(paths)])
+    main(["signal", "--model", tiny_model_dir, "--paths", str(paths), "--output", str(tmp_path / "s")])
+    main(
+        ["signal", "--model", tiny_model_dir, "--paths", str(paths), "--output", str(tmp_path / "t")]
+        + ["--k", "2", "--folds", "3", "--protect", "0,3"]
+    )
+    first = json.loads((tmp_path / "s" / "signal.json").read_text())
+    second = json.loads((tmp_path / "t" / "signal.json").read_text())
+    assert first["protected"] == [0, 1, 3] and second["protected"] == [0, 3] and second["k"] == 2
