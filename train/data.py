@@ -25,29 +25,31 @@ from .features import FeatureSet
 class _CachedItems(Dataset):
     """Indexable view of a FeatureSet's examples."""
 
-    def __init__(self, features: FeatureSet, indices: list[int]):
-        self.features, self.indices = features, indices
+    def __init__(self, features: FeatureSet, indices: list[int], targets: torch.Tensor | None = None):
+        self.features, self.indices, self.targets = features, indices, targets
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> dict:
         i, f = self.indices[k], self.features
-        return {"pooled": f.pooled[i], "valid": f.valid[i], "decisions": f.decisions[i]}
+        item = {"pooled": f.pooled[i], "valid": f.valid[i], "decisions": f.decisions[i]}
+        return item if self.targets is None else {**item, "targets": self.targets[i]}
 
 
 class _OnlineItems(Dataset):
     """Prompts and labelled decisions, for a module that runs the base model itself."""
 
-    def __init__(self, rows: list[SearchRecord], indices: list[int]):
-        self.rows, self.indices = rows, indices
+    def __init__(self, rows: list[SearchRecord], indices: list[int], targets: torch.Tensor | None = None):
+        self.rows, self.indices, self.targets = rows, indices, targets
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> dict:
         row = self.rows[self.indices[k]]
-        return {"prompt": row.prompt, "decisions": torch.tensor(row.decisions, dtype=torch.long)}
+        item = {"prompt": row.prompt, "decisions": torch.tensor(row.decisions, dtype=torch.long)}
+        return item if self.targets is None else {**item, "targets": self.targets[self.indices[k]]}
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -70,6 +72,7 @@ class RouterDataModule(L.LightningDataModule):
         batch_size: examples per batch.
         val_fraction: share of examples held out for validation (at least one when N >= 2).
         seed: seed of the split.
+        targets: ``[N, L, 3]`` target distributions (``drllm.train.targets``); None: the labelled paths.
     """
 
     def __init__(
@@ -79,8 +82,10 @@ class RouterDataModule(L.LightningDataModule):
         batch_size: int = 16,
         val_fraction: float = 0.1,
         seed: int = 0,
+        targets: torch.Tensor | None = None,
     ):
         super().__init__()
+        self.targets = targets
         if (features is None) == (rows is None):
             raise ValueError("give exactly one of features (cached mode) or rows (online mode)")
         if batch_size < 1:
@@ -103,13 +108,18 @@ class RouterDataModule(L.LightningDataModule):
         return torch.tensor([self.rows[i].decisions for i in indices], dtype=torch.long)
 
     def class_counts(self) -> torch.Tensor:
-        """Counts of skip / execute / repeat ``[3]`` over every layer of the training split."""
+        """Counts of skip / execute / repeat ``[3]`` over every layer of the training split.
+
+        With soft targets, the summed target shares.
+        """
+        if self.targets is not None:
+            return self.targets[self.train_indices].reshape(-1, 3).sum(0)
         return torch.bincount(self._decisions(self.train_indices).flatten(), minlength=3)
 
     def _items(self, indices: list[int]) -> Dataset:
         if self.features is not None:
-            return _CachedItems(self.features, indices)
-        return _OnlineItems(self.rows, indices)
+            return _CachedItems(self.features, indices, self.targets)
+        return _OnlineItems(self.rows, indices, self.targets)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (the shuffle follows Lightning's seed)."""

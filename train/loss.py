@@ -80,6 +80,42 @@ def focal_loss(
     return (-alpha[targets] * focal * log_pt).mean()
 
 
+def soft_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    class_counts: Tensor | Sequence[float],
+    gamma: float = 2.0,
+    beta: float = 0.999,
+) -> Tensor:
+    """Mean class-balanced focal loss against target distributions.
+
+    ``loss_i = -sum_c alpha[c] * t_ic * (1 - p_ic) ** gamma * log p_ic``; with one-hot targets it equals
+    :func:`focal_loss`.
+
+    Args:
+        logits: ``[..., C]`` unnormalised class scores.
+        targets: ``[..., C]`` non-negative target distributions (each row sums to 1).
+        class_counts: ``[C]`` (soft) label counts over the whole training set.
+        gamma: Focusing exponent, ``>= 0``.
+        beta: Effective-number smoothing, see :func:`class_weights`.
+
+    Returns:
+        Scalar tensor, the mean over the rows.
+    """
+    if logits.shape != targets.shape or logits.dim() < 2:
+        raise ValueError(
+            f"targets has shape {tuple(targets.shape)}, logits {tuple(logits.shape)}: expected equal"
+        )
+    if gamma < 0:
+        raise ValueError(f"gamma is {gamma}, expected a value >= 0")
+    num_classes = logits.shape[-1]
+    logits, targets = logits.reshape(-1, num_classes), targets.reshape(-1, num_classes).to(logits.dtype)
+    alpha = class_weights(class_counts, beta).to(device=logits.device, dtype=logits.dtype)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    focal = (1.0 - log_probs.exp()).clamp_min(0.0).pow(gamma)
+    return -(alpha * targets * focal * log_probs).sum(-1).mean()
+
+
 def _flatten_checked(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Validate logits ``[..., C]`` against targets ``[...]`` and flatten to ``[N, C]`` and ``[N]``."""
     if logits.dim() < 2:

@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from transformers import get_cosine_schedule_with_warmup
 
 from .features import online_pooled
-from .loss import focal_loss
+from .loss import focal_loss, soft_focal_loss
 from .metrics import CLASS_NAMES, metrics_from_confusion
 
 
@@ -54,7 +54,7 @@ class RouterModule(L.LightningModule):
     ):
         super().__init__()
         self.routers = routers
-        self.class_counts = [int(c) for c in torch.as_tensor(class_counts).tolist()]
+        self.class_counts = [float(c) for c in torch.as_tensor(class_counts).tolist()]
         self.save_hyperparameters(ignore=["routers", "routed", "tokenizer"])
         object.__setattr__(self, "_routed", routed)  # a plain attribute: never a submodule
         self._tokenizer = tokenizer
@@ -93,9 +93,14 @@ class RouterModule(L.LightningModule):
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """``(focal loss, logits [N, L, 3])`` of one batch."""
         logits = self(*self.pooled_inputs(batch))
-        loss = focal_loss(
-            logits, batch["decisions"], self.class_counts, self.hparams.gamma, self.hparams.beta
-        )
+        if "targets" in batch:  # soft targets: distributions over the safe paths
+            loss = soft_focal_loss(
+                logits, batch["targets"], self.class_counts, self.hparams.gamma, self.hparams.beta
+            )
+        else:
+            loss = focal_loss(
+                logits, batch["decisions"], self.class_counts, self.hparams.gamma, self.hparams.beta
+            )
         return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -115,7 +120,8 @@ class RouterModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Accumulate a validation batch's confusion matrix, layers executed and loss."""
         loss, logits = self.batch_loss(batch)
-        pred, target = logits.argmax(-1), batch["decisions"]  # [N, L] each
+        target = batch["targets"].argmax(-1) if "targets" in batch else batch["decisions"]
+        pred = logits.argmax(-1)  # [N, L], as target
         self.val_confusion.update(pred, target)
         self.val_layers_pred.update(pred.sum(dim=1).float())
         self.val_layers_target.update(target.sum(dim=1).float())

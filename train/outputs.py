@@ -29,6 +29,8 @@ from drllm.search.records import OutputLockedError
 LOCK_NAME = "train.lock"
 IDENTITY_NAME = "run.json"
 STAGING_PREFIX = ".incoming-"
+IDENTITY_DEFAULTS = {"targets": "hard", "safe_margin": 0.0}
+"""Identity keys newer than some checkpoints, with the value those checkpoints were trained with."""
 
 
 def is_leader() -> bool:
@@ -127,6 +129,7 @@ def check_resume(record: Path, run: dict, resuming: bool) -> None:
         saved = read_run_record(record)
         if "hidden_size" in saved and "bottleneck" not in saved:  # records before the rename
             saved["bottleneck"] = saved.pop("hidden_size")
+        saved = {**IDENTITY_DEFAULTS, **saved}  # keys added later take the value older runs had
         differ = {k: (saved.get(k), v) for k, v in run.items() if saved.get(k) != v}
         if differ:
             details = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())

@@ -39,6 +39,7 @@ from .features import build_features
 from .module import RouterModule
 from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
 from .outputs import read_run_record  # noqa: F401 - readers import it from here
+from .targets import TARGETS, Targets, target_table
 
 MONITOR = "val/macro_f1"
 LOGGERS = ("csv", "wandb", "none", "", None, False)
@@ -66,6 +67,8 @@ def train_routers(
     resume: bool = True,
     tokenizer=None,
     device: str | None = None,
+    targets: Targets = "hard",
+    safe_margin: float = 0.0,
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -95,6 +98,10 @@ def train_routers(
         device: where the frozen model runs while features are built (``load_routed``'s policy: CUDA when
             available; the CPU when ``accelerator="cpu"``).
 
+        targets: ``hard`` trains on the one path the search chose per example; ``soft`` on the share of
+            skip / execute / repeat over every safe path it evaluated (``drllm.train.targets``).
+        safe_margin: with soft targets, the gold margin a path must keep to count as safe.
+
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``).
     """
@@ -107,6 +114,7 @@ def train_routers(
         rows = read_records(paths, routed.num_layers)
         check_searched_with(rows, routed, paths)
         run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
+        run.update(targets=targets, safe_margin=safe_margin)
         last = output / "checkpoints" / "last.ckpt"
         resuming = outputs.prepare_checkpoints(last.parent, run, resume, leader)
         routed.model.requires_grad_(False)
@@ -120,6 +128,9 @@ def train_routers(
             batch_size=batch_size,
             val_fraction=val_fraction,
             seed=seed,
+            targets=None
+            if targets == "hard"
+            else target_table(rows, routed.num_layers, targets, safe_margin),
         )
         L.seed_everything(seed, verbose=False)
         routers = routed.add_routers(num_windows=num_windows, bottleneck=bottleneck, seed=seed).train()
@@ -157,6 +168,10 @@ def _check_arguments(args: dict) -> None:
         raise ValueError(
             f"val_fraction must be a share strictly between 0 and 1, got {args['val_fraction']!r}"
         )
+    if args["targets"] not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {args['targets']!r}")
+    if not _finite(args["safe_margin"]):
+        raise ValueError(f"safe_margin must be a finite number, got {args['safe_margin']!r}")
     if args["logger"] not in LOGGERS:
         raise ValueError(f"logger must be 'csv', 'wandb' or 'none', got {args['logger']!r}")
     if isinstance(args["model"], RoutedModel) and args["tokenizer"] is None:

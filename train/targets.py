@@ -1,0 +1,73 @@
+"""Training targets for the routers: one searched path per example (hard), or every safe path (soft).
+
+A hard target is the one-hot decision of the path the search chose. That path is one of several that keep
+the answer, picked by the order the tree tried them, so its label is partly chance. A soft target is, per
+layer, the distribution of skip / execute / repeat over every path the search evaluated that is *safe*:
+
+- for an example the base model gets right, a path that keeps the right answer with a gold margin of at
+  least ``safe_margin``; the all-execute path counts too, down-weighted (``full_weight``), and every other
+  path weighs ``2 ** (L - layers)``, so shorter paths count more and a repeat less;
+- for an example it gets wrong, only a fix that passed the wrong-gold control (``trusted_fix`` in the
+  record; see ``drllm search --control wrong-gold``) counts, beside the all-execute path; without the
+  control no fix is trusted and the target is to execute every layer.
+
+Records without the evaluated paths (written before the search kept them) keep their hard target.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from drllm.search.records import SearchRecord
+
+Targets = Literal["hard", "soft"]
+TARGETS = ("hard", "soft")
+
+
+def hard_targets(record: SearchRecord, num_layers: int) -> torch.Tensor:
+    """``[L, 3]`` one-hot of the record's chosen path."""
+    return torch.nn.functional.one_hot(torch.tensor(record.decisions), 3).float().reshape(num_layers, 3)
+
+
+def soft_targets(
+    record: SearchRecord, num_layers: int, safe_margin: float = 0.0, full_weight: float = 0.5
+) -> torch.Tensor:
+    """``[L, 3]``: per layer, the weighted shares of skip / execute / repeat over the record's safe paths."""
+    info = record.supervision or {}
+    evaluated = info.get("evaluated")
+    if not evaluated:
+        return hard_targets(record, num_layers)
+    root = "1" * num_layers
+    paths: list[tuple[list[int], float]] = [([1] * num_layers, full_weight)]
+    right = (record.base_reward or 0.0) >= 1.0
+    for entry in evaluated:
+        path, margin = entry["path"], entry.get("margin")
+        if path == root or len(path) != num_layers or entry.get("reward", 0.0) < 1.0:
+            continue
+        if right and (margin is None or margin < safe_margin):
+            continue
+        if not right and not (info.get("trusted_fix") and [int(c) for c in path] == list(record.decisions)):
+            continue
+        decisions = [int(c) for c in path]
+        paths.append((decisions, 2.0 ** (num_layers - sum(decisions))))
+    table = torch.zeros(num_layers, 3)
+    for decisions, weight in paths:
+        table[torch.arange(num_layers), torch.tensor(decisions)] += weight
+    return table / table.sum(-1, keepdim=True)
+
+
+def target_table(
+    rows: list[SearchRecord], num_layers: int, mode: Targets = "hard", safe_margin: float = 0.0
+) -> torch.Tensor:
+    """``[N, L, 3]`` targets of every row (see the module docstring).
+
+    Raises:
+        ValueError: for an unknown mode.
+    """
+    if mode not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {mode!r}")
+    if mode == "hard":
+        return torch.stack([hard_targets(r, num_layers) for r in rows])
+    return torch.stack([soft_targets(r, num_layers, safe_margin) for r in rows])
