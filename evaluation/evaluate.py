@@ -272,7 +272,8 @@ class _TaskEvaluation:
             max_rows=s.batch_size,
             max_new_tokens=s.max_new_tokens,
         )
-        calib = self._calibration_examples(split)
+        examples = self.ev.usable(examples, s.strict)
+        calib = self.ev.usable(self._calibration_examples(split), s.strict)
         methods = [_Method("base", path=(1,) * self.L)]
         methods += self._static_methods(calib)
         methods += self._routed_methods(calib)

@@ -26,6 +26,7 @@ layer, and starts each row at its first change (layers before it are skipped, th
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -33,6 +34,8 @@ import torch
 from drllm.router import RoutedModel, encode_prompt
 
 from .tasks.grading import extract_final_answer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,36 @@ class PathEvaluator:
         """The prompt of an example in this evaluator's style and scoring."""
         return self.task.prompt(example, self.tokenizer, style=self.style, scoring=self.scoring)
 
+    def gold_text(self, example) -> str:
+        """The continuation scored as gold: the gold option, or the exact-answer target."""
+        task, tok = self.task, self.tokenizer
+        if task.kind == "choice":
+            return task.continuations(example, self.scoring, style=self.style, tokenizer=tok)[
+                int(example.answer)
+            ]
+        return task.target(example, self.scoring, style=self.style, tokenizer=tok)
+
+    def usable(self, examples, strict: bool = False) -> list:
+        """The examples that tokenize into rows this model can score (see ``prepare``).
+
+        An example whose option encodes to no tokens or to the same tokens as another option, or that does
+        not fit the context, raises ValueError naming it when ``strict``; otherwise it is skipped with a
+        warning.
+        """
+        kept = []
+        for ex in examples:
+            try:
+                self._prepare_one(ex, 0)
+            except ValueError as err:
+                if strict:
+                    raise
+                log.warning("skipping example %r: %s", str(ex.id), err)
+                continue
+            kept.append(ex)
+        if examples and not kept:
+            raise ValueError(f"no example can be scored; the first: {examples[0].id!r}")
+        return kept
+
     def _prepare_one(self, ex, index: int, continuation=None) -> Prepared:
         task, tok = self.task, self.tokenizer
         prompt = self.prompt_text(ex)
@@ -135,6 +168,12 @@ class PathEvaluator:
         pieces = [tok(c, add_special_tokens=False)["input_ids"] for c in conts]
         if any(len(c) == 0 for c in pieces):
             raise ValueError(f"example {ex.id}: a continuation encodes to no tokens")
+        for j, piece in enumerate(pieces):
+            if piece in pieces[:j]:
+                raise ValueError(
+                    f"example {ex.id}: options {pieces.index(piece)} and {j} encode to the same tokens, so "
+                    "the gold one could never win"
+                )
         self._check_length(ex, len(p), max(len(c) for c in pieces))
         if continuation is not None and len(continuation):
             self._check_length(ex, len(p), len(continuation))

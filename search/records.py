@@ -444,6 +444,7 @@ class SearchOutput:
                 f"{self.path} is being written by another search (lock {self._lock.lock_file} is held); "
                 "wait for it to finish or choose another --output"
             ) from err
+        self.records: dict[str, SearchRecord] = {}
         try:
             if restart:
                 set_aside(self.path)
@@ -461,6 +462,7 @@ class SearchOutput:
             scan = _scan(self.path)
         except ValueError as err:
             raise ValueError(f"{err}; refusing to append to {self.path}") from err
+        self.records = {r.id: r for r in scan.records}
         if self.settings is not None:
             self.settings.check(scan.records, self.path)
         size = self.path.stat().st_size

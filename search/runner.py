@@ -154,7 +154,9 @@ def run_search(
     )
     if world > 1:  # the main output too, which the ranks' files are merged into
         settings.check(read_records(output, allow_empty=True), Path(output))
+    examples = evaluator.usable(examples, strict)
     with SearchOutput(target, settings, restart) as out:
+        _check_unchanged(out.records, examples, evaluator, target)
         todo = [ex for ex in examples if str(ex.id) not in out.done]
         bar = progress.bar(len(examples), "search", "ex", len(examples) - len(todo))
         bar.disable = bar.disable or rank != 0
@@ -174,6 +176,23 @@ def run_search(
     summary = summarize(records)
     log.info(format_summary(summary))
     return summary
+
+
+def _check_unchanged(records: dict, examples, evaluator: PathEvaluator, output) -> None:
+    """Refuse resuming over records whose example changed in the task file since (prompt or gold)."""
+    for ex in examples:
+        record = records.get(str(ex.id))
+        if record is None:
+            continue
+        for what, then, now in (
+            ("prompt", record.prompt, evaluator.prompt_text(ex)),
+            ("gold continuation", record.target, evaluator.gold_text(ex)),
+        ):
+            if then and then != now:
+                raise ValueError(
+                    f"{output}: example {ex.id!r} was searched with another {what} ({then[:60]!r}, now "
+                    f"{now[:60]!r}): the task changed since; pass --restart to search it again"
+                )
 
 
 def _check_counts(**counts) -> None:

@@ -130,3 +130,45 @@ def test_chat_style_without_a_chat_template_is_refused(mc_file, tmp_path):
         run_search(
             routed, f"jsonl:{mc_file}", str(tmp_path / "p.jsonl"), tokenizer=tiny_tokenizer(), style="chat"
         )
+
+
+def test_options_that_encode_alike_are_skipped_and_the_search_goes_on(tmp_path, caplog):
+    rows = [
+        {"id": "a", "question": "red or blue?", "choices": ["red", "blue"], "answer": 0},
+        {"id": "b", "question": "red again?", "choices": ["é", "ü"], "answer": 1},  # both unknown: one token
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    out = tmp_path / "p.jsonl"
+    with caplog.at_level("WARNING"):
+        summary = run_search(routed, f"jsonl:{path}", str(out), tokenizer=tiny_tokenizer(), simulations=2)
+    assert summary["examples"] == 1
+    assert "skipping example 'b': example b: options 0 and 1 encode to the same tokens" in caplog.text
+    with pytest.raises(ValueError, match="options 0 and 1 encode to the same tokens"):
+        run_search(
+            routed, f"jsonl:{path}", str(tmp_path / "s.jsonl"), tokenizer=tiny_tokenizer(), strict=True
+        )
+
+
+def test_resuming_over_an_example_whose_row_changed_is_refused(tmp_path):
+    rows = [
+        {"id": f"q{i}", "question": f"red {i}?", "choices": ["red", "blue"], "answer": 0} for i in range(3)
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    out = tmp_path / "p.jsonl"
+    run_search(routed, f"jsonl:{path}", str(out), tokenizer=tiny_tokenizer(), simulations=2, limit=2)
+    rows[1]["answer"] = 1  # the gold changes after q1 was searched
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="example 'q1' was searched with another gold continuation"):
+        run_search(routed, f"jsonl:{path}", str(out), tokenizer=tiny_tokenizer(), simulations=2)
+    rows[1]["answer"], rows[0]["question"] = 0, "blue 0?"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="example 'q0' was searched with another prompt"):
+        run_search(routed, f"jsonl:{path}", str(out), tokenizer=tiny_tokenizer(), simulations=2)
+    summary = run_search(
+        routed, f"jsonl:{path}", str(out), tokenizer=tiny_tokenizer(), simulations=2, restart=True
+    )
+    assert summary["examples"] == 3
