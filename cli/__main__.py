@@ -124,6 +124,8 @@ def adapt_argv(parser, argv: list[str]) -> list[str]:
                 value, eq = "true", "="
             else:
                 value, eq, i = following, "=", i + 1
+        elif not eq and following is not None and following.startswith("-") and _is_number(following):
+            value, eq, i = following, "=", i + 1  # -1e308: argparse would read it as a flag
         elif ("list[" in kind or "tuple[" in kind or "Sequence[" in kind) and not value.startswith("["):
             if not eq and following is not None and not following.startswith("["):
                 value, eq, i = following, "=", i + 1
@@ -132,6 +134,14 @@ def adapt_argv(parser, argv: list[str]) -> list[str]:
         out.append(f"--{name}{eq}{value}")
         i += 1
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _top_help() -> str:

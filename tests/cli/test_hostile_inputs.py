@@ -172,3 +172,12 @@ def test_resuming_over_an_example_whose_row_changed_is_refused(tmp_path):
         routed, f"jsonl:{path}", str(out), tokenizer=tiny_tokenizer(), simulations=2, restart=True
     )
     assert summary["examples"] == 3
+
+
+def test_negative_numbers_in_any_notation_are_values_not_flags():
+    from drllm.cli.__main__ import adapt_argv, command_parser
+
+    parser = command_parser("search")
+    argv = adapt_argv(parser, ["--task", "t", "--output", "o", "--safe-margin", "-1e-3", "--seed", "-2"])
+    cfg = parser.parse_args(argv)
+    assert cfg.safe_margin == -1e-3 and cfg.seed == -2
