@@ -64,8 +64,8 @@ def decode_tps(routed, ids, path, new_tokens: int, repeats: int) -> float:
     return (new_tokens - 1) / max(full - first, 1e-9)
 
 
-def router_share(routed, ids, repeats: int) -> dict:
-    routed.add_routers()
+def router_share(routed, ids, repeats: int, kind: str = "mlp") -> dict:
+    routed.add_routers(kind=kind)
     with torch.no_grad():
         decided = routed.route(ids)
     base = routed.model.base_model
@@ -98,6 +98,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", type=float, nargs="*", default=[0.75, 0.5])
+    parser.add_argument(
+        "--routers",
+        nargs="*",
+        default=["mlp", "linear", "shared"],
+        help="router kinds whose share to measure",
+    )
     args = parser.parse_args()
     routed = load(args)
     L = routed.num_layers
@@ -134,12 +140,14 @@ def main() -> None:
             f"{speed / reach:9.2f}"
         )
     print(f"time per token that does not scale with layers: {t_fixed * 1e3:.1f} ms of {t_all * 1e3:.1f} ms")
-    share = router_share(routed, ids, args.repeats)
-    print(
-        f"routers' share of prefill time: {share['router_share']:.2%} "
-        f"({share['prefill_with_routers_s'] * 1e3:.1f} ms with routers, "
-        f"{share['prefill_given_s'] * 1e3:.1f} ms given)"
-    )
+    shares = {}
+    for kind in args.routers:
+        share = shares[kind] = router_share(routed, ids, args.repeats, kind)
+        print(
+            f"{kind} routers' share of prefill time: {share['router_share']:.2%} "
+            f"({share['prefill_with_routers_s'] * 1e3:.1f} ms with routers, "
+            f"{share['prefill_given_s'] * 1e3:.1f} ms given)"
+        )
     print(
         json.dumps(
             {
@@ -148,7 +156,7 @@ def main() -> None:
                 "all_tps": base_tps,
                 "fixed_ms": t_fixed * 1e3,
                 "paths": rows,
-                **share,
+                "router_shares": shares,
             }
         )
     )

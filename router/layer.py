@@ -24,7 +24,6 @@ from transformers.cache_utils import Cache
 
 from .cache import RoutedCache
 from .decisions import EXECUTE, REPEAT, SKIP
-from .routers import window_average, window_weights
 
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
@@ -88,10 +87,9 @@ class RoutingState:
         if mask is not None and mask.shape[1] != hidden.shape[1]:
             raise ValueError(f"attention_mask has {mask.shape[1]} positions, the prompt {hidden.shape[1]}")
         if self.pool_weights is None or self.pool_weights[0].shape[0] != hidden.shape[0]:
-            matrix, valid = window_weights(
-                mask, hidden.shape[0], hidden.shape[1], self.routers.config.num_windows, hidden.device
+            self.pool_weights = self.routers.pool_weights(
+                mask, hidden.shape[0], hidden.shape[1], hidden.device
             )
-            self.pool_weights = (matrix, valid, window_average(valid))
         logits = self.routers(index, hidden, mask, self.pool_weights).tolist()  # [B, 3]: one sync per layer
         rows = self._routed
         step = len(logits) // len(rows)  # generate may have expanded rows (beams); decide once per sequence

@@ -39,8 +39,16 @@ from .decisions import SKIP, check_budget, check_decisions
 from .fingerprint import architecture_string, probe_mismatch, weight_probe
 from .layer import RoutedLayer, RoutingState, layer_input, put_rows
 from .loading import load_model
-from .routers import RouterConfig, Routers, window_pool
-from .surgery import additive_masks, causal_lm, layer_list, put_layers, softcap_logits, wrap_layers
+from .routers import RouterConfig, Routers, pooling_mask, window_pool, window_weights
+from .surgery import (
+    additive_masks,
+    causal_lm,
+    final_norm_scale,
+    layer_list,
+    put_layers,
+    softcap_logits,
+    wrap_layers,
+)
 
 
 def padded_positions(attention_mask):
@@ -101,11 +109,21 @@ class RoutedModel(nn.Module):
         self._state.budget = check_budget(value)
 
     def add_routers(
-        self, num_windows: int = 8, bottleneck: int = 128, seed: int = 0, *, hidden_size: int | None = None
+        self,
+        num_windows: int = 8,
+        bottleneck: int = 128,
+        seed: int = 0,
+        *,
+        kind: str = "mlp",
+        hidden_size: int | None = None,
     ) -> Routers:
-        """Attach fresh seeded routers (an MLP of ``bottleneck`` hidden units per layer) on the model device.
+        """Attach fresh seeded routers on the model device.
 
-        ``hidden_size`` is the deprecated name of ``bottleneck`` (``self.hidden_size`` is the model width).
+        ``kind``: ``mlp`` (an MLP of ``bottleneck`` hidden units per layer, on raw window means, as in
+        Dr.LLM), ``linear`` (one linear map per layer) or ``shared`` (one MLP for all layers with a layer
+        embedding); ``linear`` and ``shared`` read window means normalised with this model's final norm gain
+        and leave out the first token (see ``drllm.router.routers``). ``hidden_size`` is the deprecated
+        name of ``bottleneck`` (``self.hidden_size`` is the model width).
         """
         if hidden_size is not None:
             import warnings
@@ -121,6 +139,9 @@ class RoutedModel(nn.Module):
             hidden_size=self.hidden_size,
             num_windows=num_windows,
             bottleneck=bottleneck,
+            kind=kind,
+            norm=kind != "mlp",
+            skip_first=kind != "mlp",
             fingerprint=self.fingerprint,
             weight_probe=self.weight_probe,
             base_model=str(getattr(self.model.config, "name_or_path", "") or ""),
@@ -128,6 +149,8 @@ class RoutedModel(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             routers = Routers(config)
+        if config.norm:
+            routers.norm_scale.copy_(final_norm_scale(self.model, self.hidden_size))
         self._attach(routers)
         return routers
 
@@ -252,21 +275,35 @@ class RoutedModel(nn.Module):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
     @torch.no_grad()
-    def layer_inputs(self, input_ids, attention_mask=None, decisions=None, num_windows: int | None = None):
+    def layer_inputs(
+        self,
+        input_ids,
+        attention_mask=None,
+        decisions=None,
+        num_windows: int | None = None,
+        skip_first: bool | None = None,
+    ):
         """Window-pooled hidden states entering every layer under ``decisions`` (what router i reads).
 
-        Runs the backbone once (no LM head). ``num_windows`` defaults to the routers' W, else 8.
+        Runs the backbone once (no LM head). ``num_windows`` and ``skip_first`` (leave each prompt's first
+        token out) default to the routers' settings, else 8 and False. The means are raw: routers with
+        ``norm`` normalise them themselves.
 
         Returns:
             ``(pooled [B, L, W, d] float32, valid [B, L, W] bool)``.
         """
         if num_windows is None:
             num_windows = self.routers.config.num_windows if self.routers is not None else 8
+        if skip_first is None:
+            skip_first = self.routers.config.skip_first if self.routers is not None else False
         if decisions is None:
             decisions = torch.ones(self.num_layers, dtype=torch.long)
         with self.recording() as states:
             self.backbone(input_ids, attention_mask, decisions)
-        pooled = [window_pool(h, attention_mask, num_windows) for h in states[: self.num_layers]]
+        b, t = input_ids.shape
+        mask = pooling_mask(attention_mask, b, t, skip_first, input_ids.device)
+        weights = window_weights(mask, b, t, num_windows, input_ids.device)
+        pooled = [window_pool(h, mask, num_windows, weights) for h in states[: self.num_layers]]
         return torch.stack([p for p, _ in pooled], 1), torch.stack([v for _, v in pooled], 1)
 
     @torch.no_grad()

@@ -1,8 +1,18 @@
-"""Router MLPs: windowed mean pooling of a layer's input, a bottleneck MLP, logits averaged over windows.
+"""Routers: windowed mean pooling of a layer's input, a small head, logits averaged over windows.
 
 Router ``i`` reads the hidden states entering decoder layer ``i`` over the prompt's real (non-padding)
 tokens, splits them into W contiguous windows (W clamped to the prompt length), takes each window's mean,
-applies ``Linear(d, h) -> GELU -> Linear(h, 3)`` to each mean and averages the logits over the windows.
+applies a head to each mean and averages the logits over the windows. Heads (``RouterConfig.kind``):
+
+- ``mlp`` (Dr.LLM's): ``Linear(d, h) -> GELU -> Linear(h, 3)`` per layer, on raw window means.
+- ``linear``: ``Linear(d, 3)`` per layer (3(d + 1) weights a layer).
+- ``shared``: one ``Linear(d, h) -> GELU -> Linear(h, 3)`` for every layer, with a learned layer embedding
+  added to its hidden units.
+
+``linear`` and ``shared`` read window means normalised as the model's final norm normalises (root mean
+square, times the norm's gain, see ``surgery.final_norm_scale``) and leave out each prompt's first token,
+whose hidden state (the attention sink) is orders of magnitude larger than the others and says nothing of
+the prompt. Both are recorded in the config (``norm``, ``skip_first``).
 Routers save as ``router_config.json`` + ``routers.safetensors`` (never pickle); the safetensors header
 repeats the config, so a config edited after saving (``num_windows``, which no weight shape shows) is refused.
 """
@@ -57,6 +67,19 @@ def window_weights(
     return weights, counts[..., 0] > 0
 
 
+def pooling_mask(mask: torch.Tensor | None, batch: int, length: int, skip_first: bool, device=None):
+    """The mask pooling reads: ``mask`` (None: every token real), without each row's first real token.
+
+    With ``skip_first`` a row keeps its first real token only when it has no other.
+    """
+    if not skip_first:
+        return mask
+    real = torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None else mask.bool()
+    first = real.long().cumsum(1).eq(1) & real
+    drop = first & (real.sum(1, keepdim=True) > 1)
+    return real & ~drop
+
+
 def window_pool(
     hidden: torch.Tensor,
     mask: torch.Tensor | None,
@@ -109,6 +132,54 @@ class LayerRouter(nn.Module):
         return torch.bmm(average.to(per_window.dtype), per_window)[:, 0].float()
 
 
+class LinearRouter(nn.Module):
+    """``Linear(d, 3)`` on the average of the valid window means (a linear map commutes with the average)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, 3)
+
+    def forward(
+        self, pooled: torch.Tensor, valid: torch.Tensor, average: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``[B, 3]`` from window means ``[B, W, d]`` and their validity ``[B, W]``."""
+        if average is None:
+            average = window_average(valid)
+        mean = torch.bmm(average.to(pooled.dtype), pooled)[:, 0]
+        return F.linear(mean.to(self.proj.weight.dtype), self.proj.weight, self.proj.bias).float()
+
+
+class SharedRouter(nn.Module):
+    """One ``Linear(d, h) -> GELU -> Linear(h, 3)`` for all layers; layer ``i`` adds its embedding to h."""
+
+    def __init__(self, hidden_size: int, bottleneck: int, num_layers: int):
+        super().__init__()
+        self.first = nn.Linear(hidden_size, bottleneck)
+        self.layer_embedding = nn.Parameter(torch.randn(num_layers, bottleneck) * 0.02)
+        self.last = nn.Linear(bottleneck, 3)
+
+    def forward(
+        self, index, pooled: torch.Tensor, valid: torch.Tensor, average: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``[..., 3]`` of layer(s) ``index`` from window means ``[..., W, d]`` and ``valid [..., W]``.
+
+        ``index`` is one layer (``pooled [B, W, d]``) or None for every layer at once (``pooled
+        [B, L, W, d]``, the layers on dim 1).
+        """
+        weight = self.first.weight
+        hidden = F.linear(pooled.to(weight.dtype), weight, self.first.bias)  # [..., W, h]
+        embedding = self.layer_embedding[index] if index is not None else self.layer_embedding[:, None]
+        per_window = self.last(F.gelu(hidden + embedding))  # [..., W, 3]
+        if average is None:
+            weights = valid.to(per_window.dtype)
+            average = weights / weights.sum(-1, keepdim=True).clamp(min=1)
+            return (average[..., None] * per_window).sum(-2).float()
+        return torch.bmm(average.to(per_window.dtype), per_window)[:, 0].float()
+
+
+KINDS = ("mlp", "linear", "shared")
+
+
 def window_average(valid: torch.Tensor) -> torch.Tensor:
     """Weights ``[B, 1, W]`` that average each row over its valid windows (``valid [B, W]``)."""
     weights = valid.float()
@@ -123,6 +194,12 @@ class RouterConfig:
     hidden_size: int
     num_windows: int = 8
     bottleneck: int = 128
+    kind: str = "mlp"
+    """The head: ``mlp``, ``linear`` or ``shared`` (see the module docstring)."""
+    norm: bool = False
+    """Normalise each window mean as the model's final norm does (``Routers.norm_scale`` holds its gain)."""
+    skip_first: bool = False
+    """Leave each prompt's first real token out of the pooling."""
     fingerprint: str = ""
     weight_probe: list[float] = dataclasses.field(default_factory=list)
     base_model: str = ""
@@ -137,14 +214,41 @@ class RouterConfig:
 
 
 class Routers(nn.Module):
-    """One ``LayerRouter`` per decoder layer, with the config saved beside the weights."""
+    """A router per decoder layer (``mlp``, ``linear``) or one shared head, the config saved beside them."""
 
     def __init__(self, config: RouterConfig):
         super().__init__()
+        if config.kind not in KINDS:
+            raise ValueError(f"router kind must be one of {KINDS}, got {config.kind!r}")
         self.config = config
-        self.layers = nn.ModuleList(
-            LayerRouter(config.hidden_size, config.bottleneck) for _ in range(config.num_layers)
-        )
+        d, h, L = config.hidden_size, config.bottleneck, config.num_layers
+        if config.kind == "shared":
+            self.shared = SharedRouter(d, h, L)
+        else:
+            make = (lambda: LayerRouter(d, h)) if config.kind == "mlp" else (lambda: LinearRouter(d))
+            self.layers = nn.ModuleList(make() for _ in range(L))
+        if config.norm:
+            self.register_buffer("norm_scale", torch.ones(d))  # set from the model by RoutedModel.add_routers
+
+    def pool_weights(self, mask: torch.Tensor | None, batch: int, length: int, device=None) -> tuple:
+        """``(matrix [B, W, T], valid [B, W], average [B, 1, W])`` of a prompt, shared by every router."""
+        mask = pooling_mask(mask, batch, length, self.config.skip_first, device)
+        matrix, valid = window_weights(mask, batch, length, self.config.num_windows, device)
+        return matrix, valid, window_average(valid)
+
+    def head(self, index: int, pooled: torch.Tensor, valid: torch.Tensor, average=None) -> torch.Tensor:
+        """Logits ``[B, 3]`` of router ``index`` from raw window means ``[B, W, d]`` (normalised here)."""
+        pooled = self.normalize(pooled)
+        if self.config.kind == "shared":
+            return self.shared(index, pooled, valid, average)
+        return self.layers[index](pooled, valid, average)
+
+    def normalize(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Window means as the routers read them: RMS-normalised times the final norm's gain with ``norm``."""
+        if not self.config.norm:
+            return pooled
+        scale = self.norm_scale.to(pooled.dtype)
+        return F.rms_norm(pooled, (pooled.shape[-1],), scale, eps=1e-6)
 
     def forward(
         self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None, weights=None
@@ -154,9 +258,11 @@ class Routers(nn.Module):
         ``weights`` is ``window_weights(...)`` for this mask, optionally with ``window_average(valid)``
         appended; precompute it once when one prompt feeds every router.
         """
-        pooled, valid = window_pool(hidden, mask, self.config.num_windows, weights and weights[:2])
-        average = weights[2] if weights is not None and len(weights) > 2 else None
-        return self.layers[index](pooled, valid, average)
+        if weights is None:
+            weights = self.pool_weights(mask, hidden.shape[0], hidden.shape[1], hidden.device)
+        pooled, valid = window_pool(hidden, mask, self.config.num_windows, weights[:2])
+        average = weights[2] if len(weights) > 2 else None
+        return self.head(index, pooled, valid, average)
 
     def set_default_path(self, path, threshold: float | None = 0.5, protected=(0, 1, -1)) -> None:
         """Route as deviations from a static ``path``.
@@ -199,7 +305,9 @@ class Routers(nn.Module):
 
     def forward_pooled(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, L, 3]`` of every router for pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``."""
-        return torch.stack([r(pooled[:, i], valid[:, i]) for i, r in enumerate(self.layers)], dim=1)
+        if self.config.kind == "shared":
+            return self.shared(None, self.normalize(pooled), valid)
+        return torch.stack([self.head(i, pooled[:, i], valid[:, i]) for i in range(len(self.layers))], dim=1)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``router_config.json`` and ``routers.safetensors`` (each atomically) into ``directory``."""
@@ -274,7 +382,7 @@ def _check_consistent(
     model refuses it when the routers are loaded into one.
     """
     first = state.get("layers.0.net.0.weight")
-    if first is not None and first.dim() == 2:
+    if config.kind == "mlp" and first is not None and first.dim() == 2:
         layers = {k.split(".")[1] for k in state if k.startswith("layers.")}
         found = {"num_layers": len(layers), "hidden_size": first.shape[1], "bottleneck": first.shape[0]}
         for key, value in found.items():
@@ -316,6 +424,11 @@ def _read_config(path: Path) -> tuple[RouterConfig, set[str]]:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{path}: {name} must be a positive integer, got {value!r}")
+    if config.kind not in KINDS:
+        raise ValueError(f"{path}: kind must be one of {KINDS}, got {config.kind!r}")
+    for name in ("norm", "skip_first"):
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{path}: {name} must be true or false, got {getattr(config, name)!r}")
     for name, kind in (("fingerprint", str), ("base_model", str), ("weight_probe", list)):
         if not isinstance(getattr(config, name), kind):
             raise ValueError(f"{path}: {name} must be a {kind.__name__}, got {getattr(config, name)!r}")

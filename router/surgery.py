@@ -30,6 +30,14 @@ LAYER_PATHS: dict[str, str] = {
 }
 
 
+# model_type -> dotted path to the final norm (applied after the last layer, before the LM head).
+NORM_PATHS: dict[str, str] = {
+    **{k: "model.norm" for k in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "olmo2")},
+    "gpt_neox": "gpt_neox.final_layer_norm",
+    "gpt2": "transformer.ln_f",
+}
+
+
 class UnsupportedArchitectureError(ValueError):
     """Raised for a model whose layer layout drllm does not know."""
 
@@ -44,6 +52,23 @@ def _resolve(model: nn.Module, path: str) -> nn.Module:
     for name in path.split("."):
         obj = getattr(obj, name)
     return obj
+
+
+@torch.no_grad()
+def final_norm_scale(model: nn.Module, hidden_size: int) -> torch.Tensor:
+    """The per-channel gain ``[d]`` (float32, CPU) of the model's final norm, read by probing it.
+
+    The norm is applied to ``x`` and ``-x`` for ``x`` of alternating ones (mean 0, root mean square 1), so
+    ``(norm(x) - norm(-x)) / 2x`` is the gain whatever the norm's form: ``w`` for RMSNorm and LayerNorm,
+    ``1 + w`` for Gemma's RMSNorm; a bias cancels. Routers that normalise their inputs multiply by it.
+    """
+    model = causal_lm(model)
+    norm = _resolve(model, NORM_PATHS[model.config.model_type])
+    like = next(norm.parameters(), torch.ones(()))
+    x = torch.ones(hidden_size, device=like.device, dtype=like.dtype)
+    x[1::2] = -1
+    gain = (norm(x[None]) - norm(-x[None]))[0].float() / (2 * x.float())
+    return gain.cpu()
 
 
 def causal_lm(model) -> nn.Module:

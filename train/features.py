@@ -77,8 +77,8 @@ class FeatureSet:
         return cls(ids=ids, **tensors)
 
 
-def cache_key(routed, rows: list[SearchRecord], num_windows: int) -> str:
-    """sha256 over the model fingerprint and weight probe, W and every row's id, prompt and decisions."""
+def cache_key(routed, rows: list[SearchRecord], num_windows: int, skip_first: bool = False) -> str:
+    """sha256 over the model fingerprint and probe, W, ``skip_first`` and each row (id, prompt, path)."""
     digest = hashlib.sha256()
     header = {
         "format": FORMAT_VERSION,
@@ -86,6 +86,8 @@ def cache_key(routed, rows: list[SearchRecord], num_windows: int) -> str:
         "weight_probe": list(routed.weight_probe),
         "num_windows": int(num_windows),
     }
+    if skip_first:  # absent when False, so caches written before the option stay valid
+        header["skip_first"] = True
     digest.update(json.dumps(header, sort_keys=True).encode())
     for row in rows:
         digest.update(json.dumps([row.id, row.prompt, list(row.decisions)]).encode())
@@ -98,15 +100,21 @@ def tokenize_prompts(tokenizer, prompts: list[str], device: torch.device | str =
     return batch_prompts(tokenizer, list(prompts), device)
 
 
-def online_pooled(routed, tokenizer, prompts: list[str], decisions: torch.Tensor, num_windows: int):
+def online_pooled(
+    routed, tokenizer, prompts: list[str], decisions: torch.Tensor, num_windows: int, skip_first: bool = False
+):
     """Pooled inputs of every router for one batch, the model following ``decisions`` ``[B, L]``.
+
+    ``skip_first`` leaves each prompt's first token out of the pooling.
 
     Returns:
         ``(pooled [B, L, W, d] float32, valid [B, L, W] bool)`` on the model's device.
     """
     input_ids, attention_mask = tokenize_prompts(tokenizer, prompts, routed.device)
     decisions = torch.as_tensor(decisions, dtype=torch.long).to(routed.device)
-    return routed.layer_inputs(input_ids, attention_mask, decisions=decisions, num_windows=num_windows)
+    return routed.layer_inputs(
+        input_ids, attention_mask, decisions=decisions, num_windows=num_windows, skip_first=skip_first
+    )
 
 
 def build_features(
@@ -116,6 +124,7 @@ def build_features(
     num_windows: int,
     batch_size: int = 8,
     cache_dir: str | os.PathLike | None = None,
+    skip_first: bool = False,
 ) -> FeatureSet:
     """Teacher-forced pooled inputs for every row, reused from ``cache_dir`` when the key matches.
 
@@ -126,18 +135,19 @@ def build_features(
         num_windows: W.
         batch_size: prompts per forward; prompts are grouped by token length to limit padding.
         cache_dir: folder of cached feature files; None disables caching.
+        skip_first: leave each prompt's first token out of the pooling (routers with ``skip_first``).
 
     Returns:
         The :class:`FeatureSet`, in row order.
     """
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{cache_key(routed, rows, num_windows)}.safetensors"
+        path = Path(cache_dir) / f"{cache_key(routed, rows, num_windows, skip_first)}.safetensors"
         if path.is_file():
             cached = _load_cached(path, len(rows))
             if cached is not None:
                 return cached
-    features = _compute(routed, tokenizer, rows, num_windows, batch_size)
+    features = _compute(routed, tokenizer, rows, num_windows, batch_size, skip_first)
     if path is not None:
         features.save(path)
     return features
@@ -158,7 +168,7 @@ def _load_cached(path: Path, rows: int) -> FeatureSet | None:
     return features
 
 
-def _compute(routed, tokenizer, rows, num_windows, batch_size) -> FeatureSet:
+def _compute(routed, tokenizer, rows, num_windows, batch_size, skip_first=False) -> FeatureSet:
     """Run the frozen model over the rows in batches of similar length; results back in row order."""
     lengths = [len(encode_prompt(tokenizer, r.prompt)) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: lengths[i])
@@ -170,7 +180,7 @@ def _compute(routed, tokenizer, rows, num_windows, batch_size) -> FeatureSet:
         bar.update(1)
         chunk = order[start : start + batch_size]
         p, v = online_pooled(
-            routed, tokenizer, [rows[i].prompt for i in chunk], decisions[chunk], num_windows
+            routed, tokenizer, [rows[i].prompt for i in chunk], decisions[chunk], num_windows, skip_first
         )
         for j, i in enumerate(chunk):
             pooled[i], valid[i] = p[j].float().cpu(), v[j].cpu()

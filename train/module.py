@@ -87,6 +87,7 @@ class RouterModule(L.LightningModule):
                 batch["prompt"],
                 batch["decisions"],
                 self.routers.config.num_windows,
+                self.routers.config.skip_first,
             )
         return pooled.to(self.device), valid.to(self.device)
 

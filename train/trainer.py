@@ -21,6 +21,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -41,6 +42,8 @@ from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it
 from .outputs import read_run_record  # noqa: F401 - readers import it from here
 from .targets import TARGETS, Targets, target_table
 
+ROUTER_KINDS = ("mlp", "linear", "shared")
+RouterKind = Literal["mlp", "linear", "shared"]
 MONITOR = "val/macro_f1"
 LOGGERS = ("csv", "wandb", "none", "", None, False)
 
@@ -69,6 +72,7 @@ def train_routers(
     device: str | None = None,
     targets: Targets = "hard",
     safe_margin: float = 0.0,
+    router: RouterKind = "mlp",
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -101,6 +105,9 @@ def train_routers(
         targets: ``hard`` trains on the one path the search chose per example; ``soft`` on the share of
             skip / execute / repeat over every safe path it evaluated (``drllm.train.targets``).
         safe_margin: with soft targets, the gold margin a path must keep to count as safe.
+        router: the router head (``drllm.router.routers``): ``mlp`` per layer on raw window means (Dr.LLM's),
+            ``linear`` per layer, or one ``shared`` MLP with a layer embedding; ``linear`` and ``shared`` read
+            window means normalised with the model's final norm, the first token left out.
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``).
@@ -114,14 +121,15 @@ def train_routers(
         rows = read_records(paths, routed.num_layers)
         check_searched_with(rows, routed, paths)
         run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
-        run.update(targets=targets, safe_margin=safe_margin)
+        run.update(targets=targets, safe_margin=safe_margin, router=router)
         last = output / "checkpoints" / "last.ckpt"
         resuming = outputs.prepare_checkpoints(last.parent, run, resume, leader)
         routed.model.requires_grad_(False)
         features = None
         if not online:
             cache = cache_dir or output / "feature_cache"
-            features = build_features(routed, tokenizer, rows, num_windows, batch_size, cache)
+            skip_first = router != "mlp"
+            features = build_features(routed, tokenizer, rows, num_windows, batch_size, cache, skip_first)
         data = RouterDataModule(
             features=features,
             rows=rows if online else None,
@@ -133,7 +141,7 @@ def train_routers(
             else target_table(rows, routed.num_layers, targets, safe_margin),
         )
         L.seed_everything(seed, verbose=False)
-        routers = routed.add_routers(num_windows=num_windows, bottleneck=bottleneck, seed=seed).train()
+        routers = routed.add_routers(num_windows, bottleneck, seed, kind=router).train()
         frozen = {"routed": routed, "tokenizer": tokenizer} if online else {}
         counts = data.class_counts().tolist()
         module = RouterModule(routers, counts, lr=lr, weight_decay=weight_decay, **frozen)
@@ -168,6 +176,8 @@ def _check_arguments(args: dict) -> None:
         raise ValueError(
             f"val_fraction must be a share strictly between 0 and 1, got {args['val_fraction']!r}"
         )
+    if args["router"] not in ROUTER_KINDS:
+        raise ValueError(f"router must be one of {ROUTER_KINDS}, got {args['router']!r}")
     if args["targets"] not in TARGETS:
         raise ValueError(f"targets must be one of {TARGETS}, got {args['targets']!r}")
     if not _finite(args["safe_margin"]):
