@@ -131,8 +131,32 @@ def test_resuming_a_checkpoint_made_from_other_paths_is_refused(tmp_path, config
     with pytest.raises(ValueError, match="num_windows: checkpoint 4, now 2"):  # other router files
         other = {**config, "num_windows": 2}
         train_routers(routed, str(first), str(out), tokenizer=tiny_tokenizer(), **other)
+    with pytest.raises(ValueError, match="router: checkpoint 'mlp', now 'linear'"):
+        train_routers(
+            routed, str(first), str(out), tokenizer=tiny_tokenizer(), **{**config, "router": "linear"}
+        )
     config["resume"] = False  # starting over is allowed
     train_routers(routed, str(second), str(out), tokenizer=tiny_tokenizer(), **config)
+
+
+@pytest.mark.parametrize("kind", ["linear", "shared"])
+def test_train_routers_of_each_kind_saves_what_it_trained(tmp_path, config, kind):
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    paths = write_rows(tmp_path / "paths.jsonl", synthetic_rows(12))
+    out = tmp_path / "routers"
+    config.update(epochs=2, logger="none")
+    metrics = train_routers(routed, str(paths), str(out), tokenizer=tiny_tokenizer(), router=kind, **config)
+    assert METRIC_KEYS <= set(metrics)
+    saved = json.loads((out / "router_config.json").read_text())
+    assert (saved["kind"], saved["norm"], saved["skip_first"]) == (kind, True, True)
+    assert json.loads((out / "run.json").read_text())["router"] == kind
+    reloaded = RoutedModel.from_pretrained(tiny_model("llama"), routers=out)
+    for a, b in zip(
+        reloaded.routers.state_dict().values(), routed.routers.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b.cpu())
+    with pytest.raises(ValueError, match="router must be one of"):
+        train_routers(routed, str(paths), str(out), tokenizer=tiny_tokenizer(), router="conv", **config)
 
 
 def test_resuming_maps_the_old_hidden_size_key_to_bottleneck(tmp_path):
