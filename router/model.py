@@ -115,15 +115,18 @@ class RoutedModel(nn.Module):
         seed: int = 0,
         *,
         kind: str = "mlp",
+        neighbours: int = 16,
+        examples: int = 0,
         hidden_size: int | None = None,
     ) -> Routers:
         """Attach fresh seeded routers on the model device.
 
         ``kind``: ``mlp`` (an MLP of ``bottleneck`` hidden units per layer, on raw window means, as in
         Dr.LLM), ``linear`` (one linear map per layer) or ``shared`` (one MLP for all layers with a layer
-        embedding); ``linear`` and ``shared`` read window means normalised with this model's final norm gain
-        and leave out the first token (see ``drllm.router.routers``). ``hidden_size`` is the deprecated
-        name of ``bottleneck`` (``self.hidden_size`` is the model width).
+        embedding) or ``knn`` (the ``neighbours`` nearest of ``examples`` training prompts vote; fill it
+        with ``Routers.fit_neighbours``). All but ``mlp`` read window means normalised with this model's
+        final norm gain and leave out the first token (see ``drllm.router.routers``). ``hidden_size`` is
+        the deprecated name of ``bottleneck`` (``self.hidden_size`` is the model width).
         """
         if hidden_size is not None:
             import warnings
@@ -140,6 +143,8 @@ class RoutedModel(nn.Module):
             num_windows=num_windows,
             bottleneck=bottleneck,
             kind=kind,
+            neighbours=neighbours,
+            examples=examples,
             norm=kind != "mlp",
             skip_first=kind != "mlp",
             fingerprint=self.fingerprint,

@@ -8,9 +8,11 @@ applies a head to each mean and averages the logits over the windows. Heads (``R
 - ``linear``: ``Linear(d, 3)`` per layer (3(d + 1) weights a layer).
 - ``shared``: one ``Linear(d, h) -> GELU -> Linear(h, 3)`` for every layer, with a learned layer embedding
   added to its hidden units.
+- ``knn``: no weights; the target tables of the k training prompts nearest in the same features
+  (``NeighbourRouter``).
 
-``linear`` and ``shared`` read window means normalised as the model's final norm normalises (root mean
-square, times the norm's gain, see ``surgery.final_norm_scale``) and leave out each prompt's first token,
+``linear``, ``shared`` and ``knn`` read window means normalised as the model's final norm normalises (root
+mean square, times the norm's gain, see ``surgery.final_norm_scale``) and leave out each prompt's first token,
 whose hidden state (the attention sink) is orders of magnitude larger than the others and says nothing of
 the prompt. Both are recorded in the config (``norm``, ``skip_first``).
 Routers save as ``router_config.json`` + ``routers.safetensors`` (never pickle); the safetensors header
@@ -177,7 +179,58 @@ class SharedRouter(nn.Module):
         return torch.bmm(average.to(per_window.dtype), per_window)[:, 0].float()
 
 
-KINDS = ("mlp", "linear", "shared")
+class NeighbourRouter(nn.Module):
+    """k nearest training prompts: the log of the average of their target tables.
+
+    A prompt's feature at layer ``i`` is the average of its valid (normalised) window means, centred with
+    the training prompts' mean at that layer and scaled to unit length; neighbours are the ``k`` training
+    prompts of highest cosine similarity. Its state is data, not weights: ``keys [L, N, d]``, ``centre
+    [L, d]`` and ``tables [N, L, 3]`` (each row a distribution over skip / execute / repeat), set by ``fit``.
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, examples: int, neighbours: int):
+        super().__init__()
+        self.neighbours = neighbours
+        self.register_buffer("keys", torch.zeros(num_layers, examples, hidden_size))
+        self.register_buffer("centre", torch.zeros(num_layers, hidden_size))
+        self.register_buffer("tables", torch.full((examples, num_layers, 3), 1 / 3))
+
+    @staticmethod
+    def mean(pooled: torch.Tensor, valid: torch.Tensor, average: torch.Tensor | None = None) -> torch.Tensor:
+        """The average of the valid window means: ``[..., d]`` from ``[..., W, d]``."""
+        if average is not None:
+            return torch.bmm(average.to(pooled.dtype), pooled)[:, 0]
+        weights = valid.to(pooled.dtype)
+        weights = weights / weights.sum(-1, keepdim=True).clamp(min=1)
+        return (weights[..., None] * pooled).sum(-2)
+
+    @torch.no_grad()
+    def fit(self, pooled: torch.Tensor, valid: torch.Tensor, tables: torch.Tensor) -> None:
+        """Remember N training prompts.
+
+        Args: normalised window means ``[N, L, W, d]``, ``valid [N, L, W]`` and target tables ``[N, L, 3]``.
+        """
+        mean = self.mean(pooled.float(), valid).transpose(0, 1)  # [L, N, d]
+        self.centre.copy_(mean.mean(1))
+        self.keys.copy_(F.normalize(mean - self.centre[:, None], dim=-1))
+        self.tables.copy_(tables.float() / tables.float().sum(-1, keepdim=True).clamp(min=1e-12))
+
+    def forward(self, index, pooled: torch.Tensor, valid: torch.Tensor, average=None) -> torch.Tensor:
+        """Logits ``[B, 3]`` of layer ``index``; ``index=None``: ``[B, L, 3]`` from ``[B, L, W, d]``."""
+        k = min(self.neighbours, self.keys.shape[1])
+        if index is None:
+            feature = F.normalize(self.mean(pooled, valid) - self.centre, dim=-1)  # [B, L, d]
+            top = torch.einsum("bld,lnd->bln", feature, self.keys).topk(k, -1).indices  # [B, L, k]
+            layer = torch.arange(self.keys.shape[0], device=top.device)[None, :, None]
+            probs = self.tables[top, layer.expand_as(top)].mean(-2)
+        else:
+            feature = F.normalize(self.mean(pooled, valid, average) - self.centre[index], dim=-1)  # [B, d]
+            top = (feature @ self.keys[index].T).topk(k, -1).indices  # [B, k]
+            probs = self.tables[:, index][top].mean(-2)
+        return probs.clamp(min=1e-4).log().float()
+
+
+KINDS = ("mlp", "linear", "shared", "knn")
 
 
 def window_average(valid: torch.Tensor) -> torch.Tensor:
@@ -200,6 +253,10 @@ class RouterConfig:
     """Normalise each window mean as the model's final norm does (``Routers.norm_scale`` holds its gain)."""
     skip_first: bool = False
     """Leave each prompt's first real token out of the pooling."""
+    neighbours: int = 16
+    """``knn``: how many nearest training prompts vote."""
+    examples: int = 0
+    """``knn``: how many training prompts it remembers."""
     fingerprint: str = ""
     weight_probe: list[float] = dataclasses.field(default_factory=list)
     base_model: str = ""
@@ -224,6 +281,10 @@ class Routers(nn.Module):
         d, h, L = config.hidden_size, config.bottleneck, config.num_layers
         if config.kind == "shared":
             self.shared = SharedRouter(d, h, L)
+        elif config.kind == "knn":
+            if config.examples < 1:
+                raise ValueError(f"a knn router needs examples >= 1, got {config.examples!r}")
+            self.knn = NeighbourRouter(d, L, config.examples, config.neighbours)
         else:
             make = (lambda: LayerRouter(d, h)) if config.kind == "mlp" else (lambda: LinearRouter(d))
             self.layers = nn.ModuleList(make() for _ in range(L))
@@ -241,6 +302,8 @@ class Routers(nn.Module):
         pooled = self.normalize(pooled)
         if self.config.kind == "shared":
             return self.shared(index, pooled, valid, average)
+        if self.config.kind == "knn":
+            return self.knn(index, pooled, valid, average)
         return self.layers[index](pooled, valid, average)
 
     def normalize(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -303,10 +366,29 @@ class Routers(nn.Module):
         self.config.threshold = None if threshold is None else float(threshold)
         self.config.protected = sorted(set(layers))
 
+    def fit_neighbours(self, pooled: torch.Tensor, valid: torch.Tensor, tables: torch.Tensor) -> None:
+        """Fill a ``knn`` router from raw window means ``[N, L, W, d]`` and target tables ``[N, L, 3]``."""
+        if self.config.kind != "knn":
+            raise ValueError(f"fit_neighbours is for knn routers; these are {self.config.kind}")
+        if pooled.shape[0] != self.config.examples or tables.shape != (
+            pooled.shape[0],
+            self.config.num_layers,
+            3,
+        ):
+            raise ValueError(
+                f"a knn router made for {self.config.examples} examples got {pooled.shape[0]} feature rows "
+                f"and tables of shape {list(tables.shape)}"
+            )
+        self.knn.fit(
+            self.normalize(pooled.to(self.knn.keys.device)),
+            valid.to(self.knn.keys.device),
+            tables.to(self.knn.keys.device),
+        )
+
     def forward_pooled(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, L, 3]`` of every router for pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``."""
-        if self.config.kind == "shared":
-            return self.shared(None, self.normalize(pooled), valid)
+        if self.config.kind in ("shared", "knn"):
+            return getattr(self, self.config.kind)(None, self.normalize(pooled), valid)
         return torch.stack([self.head(i, pooled[:, i], valid[:, i]) for i in range(len(self.layers))], dim=1)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -420,12 +502,16 @@ def _read_config(path: Path) -> tuple[RouterConfig, set[str]]:
             f"{FORMAT_VERSION}"
         )
     config = RouterConfig(**raw)
-    for name in ("num_layers", "hidden_size", "num_windows", "bottleneck"):
+    for name in ("num_layers", "hidden_size", "num_windows", "bottleneck", "neighbours"):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{path}: {name} must be a positive integer, got {value!r}")
     if config.kind not in KINDS:
         raise ValueError(f"{path}: kind must be one of {KINDS}, got {config.kind!r}")
+    if not isinstance(config.examples, int) or isinstance(config.examples, bool) or config.examples < 0:
+        raise ValueError(f"{path}: examples must be a whole number >= 0, got {config.examples!r}")
+    if config.kind == "knn" and config.examples < 1:
+        raise ValueError(f"{path}: a knn router needs examples >= 1, got {config.examples!r}")
     for name in ("norm", "skip_first"):
         if not isinstance(getattr(config, name), bool):
             raise ValueError(f"{path}: {name} must be true or false, got {getattr(config, name)!r}")

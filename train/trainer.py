@@ -38,12 +38,15 @@ from . import outputs
 from .data import RouterDataModule
 from .features import build_features
 from .module import RouterModule
+from .neighbours import fit_neighbours, shuffled_targets
 from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
 from .outputs import read_run_record  # noqa: F401 - readers import it from here
 from .targets import TARGETS, Targets, target_table
 
-ROUTER_KINDS = ("mlp", "linear", "shared")
-RouterKind = Literal["mlp", "linear", "shared"]
+ROUTER_KINDS = ("mlp", "linear", "shared", "knn")
+RouterKind = Literal["mlp", "linear", "shared", "knn"]
+CONTROLS = ("none", "shuffled")
+Control = Literal["none", "shuffled"]
 MONITOR = "val/macro_f1"
 LOGGERS = ("csv", "wandb", "none", "", None, False)
 
@@ -73,6 +76,8 @@ def train_routers(
     targets: Targets = "hard",
     safe_margin: float = 0.0,
     router: RouterKind = "mlp",
+    neighbours: int = 16,
+    control: Control = "none",
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -107,7 +112,12 @@ def train_routers(
         safe_margin: with soft targets, the gold margin a path must keep to count as safe.
         router: the router head (``drllm.router.routers``): ``mlp`` per layer on raw window means (Dr.LLM's),
             ``linear`` per layer, or one ``shared`` MLP with a layer embedding; ``linear`` and ``shared`` read
-            window means normalised with the model's final norm, the first token left out.
+            window means normalised with the model's final norm, the first token left out; ``knn`` keeps the
+            training prompts and averages the targets of the ``neighbours`` nearest (no gradient training,
+            no checkpoints).
+        neighbours: ``knn``: how many nearest training prompts vote.
+        control: ``shuffled`` trains on targets permuted among the training prompts (seeded), a control
+            with every per-prompt signal removed: routers that do not beat it have learned none.
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``).
@@ -121,7 +131,9 @@ def train_routers(
         rows = read_records(paths, routed.num_layers)
         check_searched_with(rows, routed, paths)
         run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
-        run.update(targets=targets, safe_margin=safe_margin, router=router)
+        run.update(targets=targets, safe_margin=safe_margin, router=router, control=control)
+        if router == "knn":
+            run["neighbours"] = neighbours
         last = output / "checkpoints" / "last.ckpt"
         resuming = outputs.prepare_checkpoints(last.parent, run, resume, leader)
         routed.model.requires_grad_(False)
@@ -130,18 +142,33 @@ def train_routers(
             cache = cache_dir or output / "feature_cache"
             skip_first = router != "mlp"
             features = build_features(routed, tokenizer, rows, num_windows, batch_size, cache, skip_first)
+        table = None
+        if targets != "hard" or control != "none" or router == "knn":
+            table = target_table(rows, routed.num_layers, targets, safe_margin)
         data = RouterDataModule(
             features=features,
             rows=rows if online else None,
             batch_size=batch_size,
             val_fraction=val_fraction,
             seed=seed,
-            targets=None
-            if targets == "hard"
-            else target_table(rows, routed.num_layers, targets, safe_margin),
+            targets=table,
         )
+        if control == "shuffled":
+            data.targets = table = shuffled_targets(table, data.train_indices, seed)
         L.seed_everything(seed, verbose=False)
-        routers = routed.add_routers(num_windows, bottleneck, seed, kind=router).train()
+        examples = len(data.train_indices) if router == "knn" else 0
+        routers = routed.add_routers(
+            num_windows, bottleneck, seed, kind=router, neighbours=neighbours, examples=examples
+        ).train()
+        if router == "knn":
+            counts = data.class_counts().tolist()
+            metrics = fit_neighbours(routers, features, table, data.train_indices, data.val_indices, counts)
+            routers.eval()
+            settings = {**run, "precision": precision}
+            if leader:
+                with outputs.disk_errors(output):
+                    _finish(routed, metrics, settings, features, data, output, trainer.logger)
+            return metrics
         frozen = {"routed": routed, "tokenizer": tokenizer} if online else {}
         counts = data.class_counts().tolist()
         module = RouterModule(routers, counts, lr=lr, weight_decay=weight_decay, **frozen)
@@ -178,6 +205,12 @@ def _check_arguments(args: dict) -> None:
         )
     if args["router"] not in ROUTER_KINDS:
         raise ValueError(f"router must be one of {ROUTER_KINDS}, got {args['router']!r}")
+    if args["control"] not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {args['control']!r}")
+    if not _whole(args["neighbours"]) or args["neighbours"] < 1:
+        raise ValueError(f"neighbours must be a whole number >= 1, got {args['neighbours']!r}")
+    if args["router"] == "knn" and args["online"]:
+        raise ValueError("a knn router keeps the training prompts' features: it cannot train online")
     if args["targets"] not in TARGETS:
         raise ValueError(f"targets must be one of {TARGETS}, got {args['targets']!r}")
     if not _finite(args["safe_margin"]):
@@ -264,7 +297,7 @@ def _decision_figure(routed, features, val_indices, output: Path, logger) -> Non
     rows = torch.as_tensor(val_indices, dtype=torch.long)
     if rows.numel() == 0:
         return
-    device = next(routed.routers.parameters()).device
+    device = routed.device
     with torch.no_grad():
         logits = routed.routers.forward_pooled(
             features.pooled[rows].to(device), features.valid[rows].to(device)
