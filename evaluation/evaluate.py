@@ -18,7 +18,9 @@ are mean layers executed per prompt. At each level
   probability gap clears a threshold (``Routers.set_default_path``; the first two layers and the last are
   protected). The threshold is the one of ``STATIC_THRESHOLDS`` most accurate on the calibration examples
   among those keeping the level within half a layer, ties going to the higher; 1.0 never deviates, so
-  with no per-input signal it runs the static path.
+  with no per-input signal it runs the static path. Each level's ``routed-static`` routers are also saved,
+  as ``<output>/routers-at-<level>``, with a verdict: they deviate from the static path only if the routers
+  beat both it and random routing here (``drllm.evaluation.export``); ``verdict.md`` lists the verdicts.
 
 For every method and example the evaluation keeps the task score (correct or not, and the continuous
 margin), agreement with the base model's answer, and greedy fidelity: how many tokens of the base model's
@@ -59,6 +61,7 @@ from drllm.search.tasks.style import describe, resolve_style
 from . import baselines as static
 from . import plots, report
 from .calibration import BudgetCalibrator, choose_threshold, decision_rates, draw_path
+from .export import export_routers
 from .report import Comparison, EvalRow
 from .stats import bootstrap_interval, mcnemar_exact, paired_difference
 
@@ -284,6 +287,11 @@ class _TaskEvaluation:
         self._write(
             folder, rows, methods, examples, f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
         )
+        if any(m.name == "routed-static" for m in methods):
+            verdicts = export_routers(self.routed, methods, self._best_static(methods), folder, self.name)
+            report.atomic_write_text(folder / "verdict.md", "".join(f"- {v}\n" for v in verdicts))
+            for v in verdicts:
+                log.info("%s", v)
         return rows
 
     def _calibration_examples(self, eval_split: str) -> list:

@@ -267,6 +267,8 @@ class RouterConfig:
     """With ``default_path``: a router deviates only where ``p[best] - p[default] > threshold``."""
     protected: list[int] = dataclasses.field(default_factory=list)
     """Layers that always follow ``default_path`` (or execute, without one)."""
+    verdict: str = ""
+    """What the evaluation that exported these routers found (``drllm eval``: ``routers-at-<level>``)."""
     format_version: int = FORMAT_VERSION
 
 
@@ -515,7 +517,7 @@ def _read_config(path: Path) -> tuple[RouterConfig, set[str]]:
     for name in ("norm", "skip_first"):
         if not isinstance(getattr(config, name), bool):
             raise ValueError(f"{path}: {name} must be true or false, got {getattr(config, name)!r}")
-    for name, kind in (("fingerprint", str), ("base_model", str), ("weight_probe", list)):
+    for name, kind in (("fingerprint", str), ("base_model", str), ("weight_probe", list), ("verdict", str)):
         if not isinstance(getattr(config, name), kind):
             raise ValueError(f"{path}: {name} must be a {kind.__name__}, got {getattr(config, name)!r}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in config.weight_probe):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from task_files import choice_file, exact_file
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import prompts, tiny_model, tiny_tokenizer
 
 from drllm.evaluation.evaluate import BudgetCalibrator, decision_rates, run_eval
 from drllm.evaluation.report import read_results
@@ -188,6 +188,13 @@ def test_routed_static_runs_its_static_path_where_no_router_is_confident_enough(
             (e["id"], e["score"]) for e in examples if e["method"] == "drop-last" and e["level"] == level
         ]
         assert mine == static
+        exported = RoutedModel.from_pretrained(tiny_model("llama"), routers=out / f"routers-at-{level}")
+        config = exported.routers.config
+        assert (config.default_path, config.threshold, config.protected) == (r.path, 1.0, [0, 1, 3])
+        assert "no per-input signal shown" in config.verdict and f"{level} layers" in config.verdict
+        ids, mask = prompts()
+        assert exported.route(ids, mask).tolist() == [r.path] * ids.shape[0]  # the static path, every row
+    assert (out / "verdict.md").read_text().count("no per-input signal shown") == 2
     assert routed.routers.config.default_path == [] and routed.routers.config.threshold is None
     off = run_eval(routed, task, str(tmp_path / "off"), batch_size=4, route_from_static=False, **common)
     assert not [r for r in off if r.method == "routed-static"]
