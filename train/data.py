@@ -22,34 +22,27 @@ from drllm.search.records import SearchRecord
 from .features import FeatureSet
 
 
-class _CachedItems(Dataset):
-    """Indexable view of a FeatureSet's examples."""
+class _Items(Dataset):
+    """Examples by index: cached pooled inputs or prompts, their decisions, and per-example ``extras``.
 
-    def __init__(self, features: FeatureSet, indices: list[int], targets: torch.Tensor | None = None):
-        self.features, self.indices, self.targets = features, indices, targets
+    ``extras`` maps a key to an ``[N, ...]`` tensor (``targets``, ``gains``) or None (left out).
+    """
+
+    def __init__(self, features: FeatureSet | None, rows, indices: list[int], extras: dict):
+        self.features, self.rows, self.indices = features, rows, indices
+        self.extras = {k: v for k, v in extras.items() if v is not None}
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> dict:
         i, f = self.indices[k], self.features
-        item = {"pooled": f.pooled[i], "valid": f.valid[i], "decisions": f.decisions[i]}
-        return item if self.targets is None else {**item, "targets": self.targets[i]}
-
-
-class _OnlineItems(Dataset):
-    """Prompts and labelled decisions, for a module that runs the base model itself."""
-
-    def __init__(self, rows: list[SearchRecord], indices: list[int], targets: torch.Tensor | None = None):
-        self.rows, self.indices, self.targets = rows, indices, targets
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> dict:
-        row = self.rows[self.indices[k]]
-        item = {"prompt": row.prompt, "decisions": torch.tensor(row.decisions, dtype=torch.long)}
-        return item if self.targets is None else {**item, "targets": self.targets[self.indices[k]]}
+        if f is not None:
+            item = {"pooled": f.pooled[i], "valid": f.valid[i], "decisions": f.decisions[i]}
+        else:
+            row = self.rows[i]
+            item = {"prompt": row.prompt, "decisions": torch.tensor(row.decisions, dtype=torch.long)}
+        return {**item, **{key: value[i] for key, value in self.extras.items()}}
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -73,6 +66,7 @@ class RouterDataModule(L.LightningDataModule):
         val_fraction: share of examples held out for validation (at least one when N >= 2).
         seed: seed of the split.
         targets: ``[N, L, 3]`` target distributions (``drllm.train.targets``); None: the labelled paths.
+        gains: ``[N, L, 2]`` single-edit gains (``drllm.train.regret``) for the validation regret, or None.
     """
 
     def __init__(
@@ -83,9 +77,10 @@ class RouterDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         targets: torch.Tensor | None = None,
+        gains: torch.Tensor | None = None,
     ):
         super().__init__()
-        self.targets = targets
+        self.targets, self.gains = targets, gains
         if (features is None) == (rows is None):
             raise ValueError("give exactly one of features (cached mode) or rows (online mode)")
         if batch_size < 1:
@@ -117,9 +112,7 @@ class RouterDataModule(L.LightningDataModule):
         return torch.bincount(self._decisions(self.train_indices).flatten(), minlength=3)
 
     def _items(self, indices: list[int]) -> Dataset:
-        if self.features is not None:
-            return _CachedItems(self.features, indices, self.targets)
-        return _OnlineItems(self.rows, indices, self.targets)
+        return _Items(self.features, self.rows, indices, {"targets": self.targets, "gains": self.gains})
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (the shuffle follows Lightning's seed)."""

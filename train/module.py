@@ -16,13 +16,16 @@ import math
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import MeanMetric
+from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 from transformers import get_cosine_schedule_with_warmup
 
 from .features import online_pooled
 from .loss import focal_loss, soft_focal_loss
 from .metrics import CLASS_NAMES, metrics_from_confusion
+from .regret import EDITS, regret_summary, regrets
+
+REGRET_KEYS = tuple(f"regret_{s}{name}" for s in ("", "static_") for name, _ in EDITS)
 
 
 class RouterModule(L.LightningModule):
@@ -38,6 +41,9 @@ class RouterModule(L.LightningModule):
         beta: class-balance smoothing.
         routed: the frozen ``RoutedModel``, needed only for online batches.
         tokenizer: its tokenizer, needed only for online batches.
+        static: per edit kind (skip, repeat), the static choice's layer; with batches carrying ``gains``,
+            validation also logs the regret of the routers and of that static choice
+            (``drllm.train.regret``).
     """
 
     def __init__(
@@ -51,11 +57,13 @@ class RouterModule(L.LightningModule):
         beta: float = 0.999,
         routed=None,
         tokenizer=None,
+        static: list[int] | None = None,
     ):
         super().__init__()
+        self.static = static
         self.routers = routers
         self.class_counts = [float(c) for c in torch.as_tensor(class_counts).tolist()]
-        self.save_hyperparameters(ignore=["routers", "routed", "tokenizer"])
+        self.save_hyperparameters(ignore=["routers", "routed", "tokenizer", "static"])
         object.__setattr__(self, "_routed", routed)  # a plain attribute: never a submodule
         self._tokenizer = tokenizer
         if routed is not None:
@@ -63,6 +71,9 @@ class RouterModule(L.LightningModule):
         # validation states, summed over processes when computed (torchmetrics); never in checkpoints
         self.val_confusion = MulticlassConfusionMatrix(num_classes=len(CLASS_NAMES))
         self.val_layers_pred, self.val_layers_target, self.val_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_regrets = {k: CatMetric() for k in REGRET_KEYS}  # per example, gathered over processes
+        for key, metric in self.val_regrets.items():
+            self.add_module(f"val_{key}", metric)
         self.last_val_metrics: dict[str, float] = {}
 
     @property
@@ -127,10 +138,15 @@ class RouterModule(L.LightningModule):
         self.val_layers_pred.update(pred.sum(dim=1).float())
         self.val_layers_target.update(target.sum(dim=1).float())
         self.val_loss.update(loss.detach(), weight=target.shape[0])  # mean over examples, not batches
+        if "gains" in batch and self.static is not None:
+            for key, values in regrets(logits.detach(), batch["gains"], self.static).items():
+                self.val_regrets[key].update(values)
 
     def on_validation_epoch_start(self) -> None:
         """Forget the previous epoch's validation states."""
         for metric in (self.val_confusion, self.val_layers_pred, self.val_layers_target, self.val_loss):
+            metric.reset()
+        for metric in self.val_regrets.values():
             metric.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -147,6 +163,11 @@ class RouterModule(L.LightningModule):
             self.log(f"val/{key}", value, prog_bar=key == "macro_f1", sync_dist=True)
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=True)
         self.last_val_metrics = {**metrics, "epoch": int(self.current_epoch), "val_loss": val_loss}
+        if self.val_regrets["regret_skip"].update_count:
+            summary = regret_summary({k: m.compute().flatten().cpu() for k, m in self.val_regrets.items()})
+            for key in ("regret", "regret_static"):
+                self.log(f"val/{key}", summary[key], prog_bar=key == "regret", sync_dist=True)
+            self.last_val_metrics.update(summary)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store the latest validation metrics beside the weights (read back for ``metrics.json``)."""

@@ -13,6 +13,7 @@ import torch
 
 from .loss import soft_focal_loss
 from .metrics import routing_metrics
+from .regret import regret_summary, regrets
 
 
 def shuffled_targets(table: torch.Tensor, train_indices: list[int], seed: int) -> torch.Tensor:
@@ -30,7 +31,16 @@ def shuffled_targets(table: torch.Tensor, train_indices: list[int], seed: int) -
 
 @torch.no_grad()
 def fit_neighbours(
-    routers, features, table: torch.Tensor, train_indices, val_indices, counts, gamma=2.0, beta=0.999
+    routers,
+    features,
+    table,
+    train_indices,
+    val_indices,
+    counts,
+    gains=None,
+    static=None,
+    gamma=2.0,
+    beta=0.999,
 ):
     """Fill ``routers`` (kind ``knn``, made for ``len(train_indices)`` examples) and score validation.
 
@@ -41,6 +51,12 @@ def fit_neighbours(
         train_indices: rows to remember.
         val_indices: rows to score.
         counts: ``[3]`` class counts of the training targets (for the focal loss, as in training).
+        gains: ``[N, L, 2]`` single-edit gains (``drllm.train.regret``); with ``static``, the validation
+            regret and its verdict are added.
+        static: the static choice per edit kind.
+        gains: ``[N, L, 2]`` single-edit gains (``drllm.train.regret``); with ``static``, the validation
+            regret and its verdict are added.
+        static: the static choice per edit kind.
         gamma: focal-loss exponent.
         beta: class-balance smoothing.
 
@@ -55,4 +71,7 @@ def fit_neighbours(
     target = table[val]
     metrics = routing_metrics(logits.argmax(-1), target.argmax(-1))
     loss = soft_focal_loss(logits, target, [float(c) for c in counts], gamma, beta)
-    return {**metrics, "epoch": 0, "val_loss": float(loss)}
+    out = {**metrics, "epoch": 0, "val_loss": float(loss)}
+    if gains is not None and static is not None:
+        out.update(regret_summary(regrets(logits, gains[val], static)))
+    return out

@@ -41,6 +41,7 @@ from .module import RouterModule
 from .neighbours import fit_neighbours, shuffled_targets
 from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
 from .outputs import read_run_record  # noqa: F401 - readers import it from here
+from .regret import static_choices, sweep_gains
 from .targets import TARGETS, Targets, target_table
 
 ROUTER_KINDS = ("mlp", "linear", "shared", "knn")
@@ -48,6 +49,7 @@ RouterKind = Literal["mlp", "linear", "shared", "knn"]
 CONTROLS = ("none", "shuffled")
 Control = Literal["none", "shuffled"]
 MONITOR = "val/macro_f1"
+REGRET = "val/regret"
 LOGGERS = ("csv", "wandb", "none", "", None, False)
 
 
@@ -123,9 +125,13 @@ def train_routers(
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``).
     """
     _check_arguments(locals())
-    _check_prompts(read_records(paths), paths)  # every row is checked before the model loads
+    first = read_records(paths)
+    _check_prompts(first, paths)  # every row is checked before the model loads
+    by_regret = bool(first) and sweep_gains(first, len(first[0].decisions)) is not None
     output, leader = Path(output), outputs.is_leader()
-    trainer, checkpoint = _trainer(epochs, logger, output, accelerator, devices, strategy, precision)
+    trainer, checkpoint = _trainer(
+        epochs, logger, output, accelerator, devices, strategy, precision, by_regret
+    )
     with outputs.locked(output) if leader else contextlib.nullcontext():
         routed, tokenizer = _load(model, tokenizer, accelerator, device)
         rows = read_records(paths, routed.num_layers)
@@ -145,6 +151,7 @@ def train_routers(
         table = None
         if targets != "hard" or control != "none" or router == "knn":
             table = target_table(rows, routed.num_layers, targets, safe_margin)
+        gains = sweep_gains(rows, routed.num_layers) if by_regret else None
         data = RouterDataModule(
             features=features,
             rows=rows if online else None,
@@ -152,7 +159,9 @@ def train_routers(
             val_fraction=val_fraction,
             seed=seed,
             targets=table,
+            gains=gains,
         )
+        static = static_choices(gains, data.train_indices) if gains is not None else None
         if control == "shuffled":
             data.targets = table = shuffled_targets(table, data.train_indices, seed)
         L.seed_everything(seed, verbose=False)
@@ -162,7 +171,10 @@ def train_routers(
         ).train()
         if router == "knn":
             counts = data.class_counts().tolist()
-            metrics = fit_neighbours(routers, features, table, data.train_indices, data.val_indices, counts)
+            metrics = fit_neighbours(
+                routers, features, table, data.train_indices, data.val_indices, counts, gains, static
+            )
+            routers.config.verdict = metrics.get("verdict", "")
             routers.eval()
             settings = {**run, "precision": precision}
             if leader:
@@ -171,7 +183,7 @@ def train_routers(
             return metrics
         frozen = {"routed": routed, "tokenizer": tokenizer} if online else {}
         counts = data.class_counts().tolist()
-        module = RouterModule(routers, counts, lr=lr, weight_decay=weight_decay, **frozen)
+        module = RouterModule(routers, counts, lr=lr, weight_decay=weight_decay, static=static, **frozen)
         settings = {**run, "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
         settings["precision"] = precision
         if trainer.logger is not None:
@@ -180,6 +192,7 @@ def train_routers(
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if resuming else None)
         metrics = _best_routers(routed, checkpoint, last)
+        routed.routers.config.verdict = metrics.get("verdict", "")
         if trainer.is_global_zero:
             with outputs.disk_errors(output):
                 _finish(routed, metrics, settings, features, data, output, trainer.logger)
@@ -247,9 +260,9 @@ def _check_prompts(rows, paths) -> None:
             )
 
 
-def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, precision):
+def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, precision, by_regret=False):
     """The Lightning trainer and its best-epoch callback (Lightning's refusals become a ValueError)."""
-    checkpoint, latest = _checkpoints(output / "checkpoints")
+    checkpoint, latest = _checkpoints(output / "checkpoints", by_regret)
     try:
         trainer = L.Trainer(
             max_epochs=epochs,
@@ -332,8 +345,10 @@ def _load(model, tokenizer, accelerator: str, device):
     return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model))
 
 
-def _checkpoints(folder: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """The best epoch by validation macro F1, and ``last.ckpt`` rewritten after every epoch.
+def _checkpoints(folder: Path, by_regret: bool = False) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The best epoch by validation regret (every record has a sweep) or macro F1, and ``last.ckpt``.
+
+    ``last.ckpt`` is rewritten after every epoch.
 
     Both save at the end of the training epoch (after validation), so ``last.ckpt`` resumes at the next
     epoch. ``save_last=True`` is not used: Lightning 2.6 writes ``last.ckpt`` only in epochs that improve
@@ -341,8 +356,8 @@ def _checkpoints(folder: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """
     best = ModelCheckpoint(
         dirpath=folder,
-        monitor=MONITOR,
-        mode="max",
+        monitor=REGRET if by_regret else MONITOR,
+        mode="min" if by_regret else "max",
         save_top_k=1,
         filename="best-epoch{epoch:03d}",
         auto_insert_metric_name=False,
