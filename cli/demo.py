@@ -301,7 +301,13 @@ def _router_lines(m: dict) -> list[str]:
     text = f"On held-out searched questions the routers' decisions reach a macro F1 of {m['macro_f1']:.3f}"
     if "layers_pred" in m and "layers_target" in m:
         text += f"; they pick {m['layers_pred']:.2f} layers where search picked {m['layers_target']:.2f}"
-    return [text + ".\n"]
+    lines = [text + "."]
+    if "verdict" in m:
+        lines.append(
+            "Regret is the gold margin lost, against each held-out question's best single skip or repeat, by "
+            "the edit the routers are most sure of; the " + m["verdict"] + "."
+        )
+    return ["\n".join(lines) + "\n"]
 
 
 def _verdict_lines(rows: list) -> list[str]:
