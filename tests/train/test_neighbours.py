@@ -47,40 +47,52 @@ def test_shuffled_targets_permute_training_rows_only():
     assert torch.equal(shuffled_targets(table, train, seed=0), shuffled)
 
 
-def _planted(n=48):
-    """Prompts of two vocabularies; the first vocabulary's prompts skip layer 2, the second's repeat it."""
-    rows = synthetic_rows(n)
+def two_vocabularies(rows):
+    """Even rows' prompts use one vocabulary, odd rows' another (the signal a test plants rides on it)."""
     for i, row in enumerate(rows):
         words = ["w1", "w2", "w3"] if i % 2 == 0 else ["w7", "w8", "w9"]
         row.prompt = " ".join(words[(i + j) % 3] for j in range(4 + i % 5))
+    return rows
+
+
+def _planted(n=48):
+    """The first vocabulary's prompts skip layer 2, the second's repeat it."""
+    rows = two_vocabularies(synthetic_rows(n))
+    for i, row in enumerate(rows):
         row.decisions = [1, 1, 0 if i % 2 == 0 else 2, 1]
         row.correct_paths = [row.decisions]
     return rows
 
 
-@pytest.mark.parametrize("kind", ["knn"])
-def test_knn_finds_a_planted_signal_and_the_shuffled_control_does_not(tmp_path, kind):
-    config = yaml.safe_load(CONFIG.read_text())
-    config.update(logger="none", val_fraction=0.25)
-    paths = write_rows(tmp_path / "paths.jsonl", _planted())
+def knn_and_its_control(tmp_path, paths, config, neighbours, layers=4, **extra) -> dict:
+    """Train a knn router and its shuffled control on ``paths``; their metrics by control."""
     found = {}
     for control in ("none", "shuffled"):
-        routed = RoutedModel.from_pretrained(tiny_model("llama"))
-        out = tmp_path / control
+        routed = RoutedModel.from_pretrained(tiny_model("llama", num_hidden_layers=layers))
         found[control] = train_routers(
             routed,
             str(paths),
-            str(out),
+            str(tmp_path / control),
             tokenizer=tiny_tokenizer(),
-            router=kind,
-            neighbours=3,
+            router="knn",
+            neighbours=neighbours,
             control=control,
             **config,
+            **extra,
         )
-        assert METRIC_KEYS <= set(found[control])
-        saved = json.loads((out / "router_config.json").read_text())
+    return found
+
+
+def test_knn_finds_a_planted_signal_and_the_shuffled_control_does_not(tmp_path):
+    config = yaml.safe_load(CONFIG.read_text())
+    config.update(logger="none", val_fraction=0.25)
+    paths = write_rows(tmp_path / "paths.jsonl", _planted())
+    found = knn_and_its_control(tmp_path, paths, config, neighbours=3)
+    for control, metrics in found.items():
+        assert METRIC_KEYS <= set(metrics)
+        saved = json.loads((tmp_path / control / "router_config.json").read_text())
         assert (saved["kind"], saved["examples"], saved["neighbours"]) == ("knn", 36, 3)
-        assert json.loads((out / "run.json").read_text())["control"] == control
+        assert json.loads((tmp_path / control / "run.json").read_text())["control"] == control
     assert found["none"]["macro_f1"] == 1.0
     assert found["shuffled"]["macro_f1"] < 0.8
 

@@ -5,6 +5,7 @@ import json
 import torch
 import yaml
 from test_features import synthetic_rows, tiny_tokenizer, write_rows
+from test_neighbours import knn_and_its_control, two_vocabularies
 from test_trainer import CONFIG
 from tiny_models import tiny_model
 
@@ -60,49 +61,28 @@ def _swept(rows, best=None):
     return rows
 
 
-def _planted(n=60):
-    rows = synthetic_rows(n)
-    for i, row in enumerate(rows):
-        words = ["w1", "w2", "w3"] if i % 2 == 0 else ["w7", "w8", "w9"]
-        row.prompt = " ".join(words[(i + j) % 3] for j in range(4 + i % 5))
-    return _swept(rows, best=lambda i: 2 if i % 2 == 0 else 3)  # on 8 layers, 0, 1 and 7 are protected
-
-
 def test_knn_regret_finds_planted_signal_and_its_control_does_not(tmp_path):
+    """Even prompts gain most by skipping layer 2, odd ones layer 3 (8 layers: 0, 1, 7 protected); the
+    labels skip each row's best layer."""
     config = yaml.safe_load(CONFIG.read_text())
     config.update(logger="none", val_fraction=0.3)
-    rows = _planted()
-    for i, row in enumerate(rows):  # 8 layers: the sweep above is for 4; widen it
-        sweep = row.supervision["sweep"]
+    rows = _swept(two_vocabularies(synthetic_rows(60)), best=lambda i: 2 + i % 2)
+    for i, row in enumerate(rows):
+        sweep = row.supervision["sweep"]  # widen the 4-layer sweep to 8 layers
         sweep["skip"] = sweep["skip"] + [-0.5] * 4
         sweep["repeat"] = sweep["repeat"] + [-0.5] * 4
         row.decisions = [1] * 8
-        row.decisions[2 if i % 2 == 0 else 3] = 0  # the labels skip each row's best layer
+        row.decisions[2 + i % 2] = 0
         row.correct_paths = [row.decisions]
     paths = write_rows(tmp_path / "paths.jsonl", rows)
-    found = {}
-    for control in ("none", "shuffled"):
-        routed = RoutedModel.from_pretrained(tiny_model("llama", num_hidden_layers=8))
-        out = tmp_path / control
-        found[control] = train_routers(
-            routed,
-            str(paths),
-            str(out),
-            tokenizer=tiny_tokenizer(),
-            router="knn",
-            neighbours=5,
-            control=control,
-            targets="hard",
-            **config,
-        )
-        saved = json.loads((out / "router_config.json").read_text())
-        assert saved["verdict"] == found[control]["verdict"]
+    found = knn_and_its_control(tmp_path, paths, config, neighbours=5, layers=8, targets="hard")
+    for control, metrics in found.items():
+        saved = json.loads((tmp_path / control / "router_config.json").read_text())
+        assert saved["verdict"] == metrics["verdict"]
     assert found["none"]["per_input_signal"] is True and found["none"]["regret_skip"] == 0.0
     assert found["none"]["regret_static_skip"] > 1.0  # one layer for all is wrong for half the prompts
-    assert (
-        found["shuffled"]["regret_skip"] > 0.5
-        and "the routers found per-input signal" in found["none"]["verdict"]
-    )
+    assert found["shuffled"]["regret_skip"] > 0.5
+    assert "the routers found per-input signal" in found["none"]["verdict"]
 
 
 def test_training_with_a_sweep_selects_by_regret_and_records_the_verdict(tmp_path):
