@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "router": {"router"},
     "search": {"router", "search"},
-    "train": {"router", "search", "train", "evaluation.plots"},
+    "train": {"router", "search", "train", "evaluation.plots", "evaluation.stats"},
     "evaluation": {"router", "search", "evaluation"},
     "cli": {"router", "search", "train", "evaluation", "cli"},
 }
