@@ -64,8 +64,14 @@ def decode_tps(routed, ids, path, new_tokens: int, repeats: int) -> float:
     return (new_tokens - 1) / max(full - first, 1e-9)
 
 
-def router_share(routed, ids, repeats: int, kind: str = "mlp") -> dict:
-    routed.add_routers(kind=kind)
+def router_share(routed, ids, repeats: int, kind: str = "mlp", examples: int = 400) -> dict:
+    """The routers' share of prefill time; a ``knn`` router remembers ``examples`` (random) prompts.
+
+    Every router computes its logits, but the all-execute default path with threshold 1.0 (nothing
+    protected) makes every kind decide the same path, so their shares compare.
+    """
+    routers = routed.add_routers(kind=kind, examples=examples if kind == "knn" else 0)
+    routers.set_default_path([1] * routed.num_layers, threshold=1.0, protected=())
     with torch.no_grad():
         decided = routed.route(ids)
     base = routed.model.base_model
