@@ -106,6 +106,8 @@ def run_search(
         max_rows=max_rows,
         max_new_tokens=max_new_tokens,
     )
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be a whole number in [0, 2**32), got {seed!r} (as drllm train takes)")
     if (
         isinstance(safe_margin, bool)
         or not isinstance(safe_margin, (int, float))

@@ -104,6 +104,7 @@ def test_a_negative_limit_is_refused(tmp_path):
         ({"limit": 0}, "limit must be a whole number >= 1, got 0"),
         ({"simulations": 0}, "simulations must be a whole number >= 1, got 0"),
         ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+        ({"seed": -1}, r"seed must be a whole number in \[0, 2\*\*32\), got -1"),
     ],
 )
 def test_search_refuses_bad_counts(tmp_path, changes, message):
