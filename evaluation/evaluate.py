@@ -54,7 +54,7 @@ from drllm.router import RoutedModel, batch_prompts
 from drllm.router.loading import load_with_tokenizer
 from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
-from drllm.search.records import check_output
+from drllm.search.records import claimed_output
 from drllm.search.tasks import Scoring, Style, get_task
 from drllm.search.tasks.style import describe, resolve_style
 
@@ -160,9 +160,9 @@ def run_eval(
             )
         folders[_slug(name)] = name
     tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
-    check_output(output, folder=True)
-    routed, tokenizer, model_name = load_with_tokenizer(model, tokenizer, device, routers, "run_eval")
-    levels = resolve_levels(target_layers, routed.num_layers)
+    with claimed_output(output, folder=True):  # a refusal below leaves no empty folder behind
+        routed, tokenizer, model_name = load_with_tokenizer(model, tokenizer, device, routers, "run_eval")
+        levels = resolve_levels(target_layers, routed.num_layers)
     settings = _Settings(
         split,
         limit,

@@ -14,6 +14,7 @@ with ``filelock``) keeps two searches from writing the same output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -310,6 +311,27 @@ def check_searched_with(records: list[SearchRecord], routed, source) -> None:
                 f"{source}: example {row.id!r} was searched with model {row.model!r} of weight fingerprint "
                 f"{probe}, this model has {routed.weight_probe}"
             )
+
+
+@contextlib.contextmanager
+def claimed_output(path: str | os.PathLike, folder: bool = False):
+    """``check_output`` for a block; when the block raises, the folders it created, if still empty, go.
+
+    A refusal after the output was checked (a bad argument only the loaded model can judge) then leaves
+    nothing behind.
+    """
+    where = Path(path) if folder else Path(path).parent
+    created = [p for p in [where, *where.parents] if not p.exists()]  # deepest first
+    checked = check_output(path, folder)
+    try:
+        yield checked
+    except BaseException:
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:  # not empty (or gone): keep it and everything above it
+                break
+        raise
 
 
 def check_output(path: str | os.PathLike, folder: bool = False) -> Path:

@@ -161,7 +161,8 @@ def test_bad_arguments_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="known baselines: greedy"):
         run_eval(routed, task, str(tmp_path / "o"), tokenizer=tok, baselines=("nope",))
     with pytest.raises(ValueError, match=r"target layers must lie in 1..3"):
-        run_eval(routed, task, str(tmp_path / "o"), tokenizer=tok, target_layers=(4,))
+        run_eval(routed, task, str(tmp_path / "new" / "o"), tokenizer=tok, target_layers=(4,))
+    assert not (tmp_path / "new").exists(), "a refusal leaves no empty output folder behind"
     with pytest.raises(ValueError, match="unknown task"):
         run_eval(routed, "nope", str(tmp_path / "o"), tokenizer=tok)
 
