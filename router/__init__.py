@@ -14,6 +14,7 @@ from .decisions import (
     expand_path,
     parse_decisions,
 )
+from .heads import LayerRouter
 from .loading import (
     DEFAULT_MODEL,
     batch_prompts,
@@ -24,7 +25,8 @@ from .loading import (
     resolve_device,
 )
 from .model import RoutedModel
-from .routers import LayerRouter, RouterConfig, Routers, window_pool
+from .pooling import window_pool
+from .routers import RouterConfig, Routers
 from .surgery import UnsupportedArchitectureError, layer_list, supported_architectures
 
 __all__ = [

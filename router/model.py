@@ -39,7 +39,8 @@ from .decisions import SKIP, check_budget, check_decisions
 from .fingerprint import architecture_string, probe_mismatch, weight_probe
 from .layer import RoutedLayer, RoutingState, layer_input, put_rows
 from .loading import load_model
-from .routers import RouterConfig, Routers, pooling_mask, window_pool, window_weights
+from .pooling import pooling_mask, window_pool, window_weights
+from .routers import RouterConfig, Routers
 from .surgery import (
     additive_masks,
     causal_lm,

@@ -7,7 +7,8 @@ import torch
 from tiny_models import ARCHITECTURES, prompts, tiny_model
 
 from drllm.router import RoutedModel, Routers
-from drllm.router.routers import CONFIG_NAME, RouterConfig, pooling_mask
+from drllm.router.pooling import pooling_mask
+from drllm.router.routers import CONFIG_NAME, RouterConfig
 from drllm.router.surgery import NORM_PATHS, _resolve, final_norm_scale
 
 KINDS = ("mlp", "linear", "shared")

@@ -10,7 +10,7 @@ from test_trainer import CONFIG, METRIC_KEYS
 from tiny_models import prompts, tiny_model
 
 from drllm.router import RoutedModel
-from drllm.router.routers import NeighbourRouter
+from drllm.router.heads import NeighbourRouter
 from drllm.train.neighbours import shuffled_targets
 from drllm.train.trainer import train_routers
 
