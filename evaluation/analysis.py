@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drllm.router import RoutedModel, batch_prompts, check_decisions, expand_path
+from drllm.router import RoutedModel, batch_prompts, check_decisions, expand_path, surgery
 from drllm.router.decisions import parse_decisions
 from drllm.router.loading import load_with_tokenizer
 from drllm.search import progress
@@ -100,7 +100,6 @@ LENS_KEYS = (
     "top1_agreement",
 )
 SENSITIVITY_KEYS = ("reward", "margin", "fidelity")
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm")
 
 
 def run_analysis(
@@ -253,20 +252,8 @@ def write_analysis(result: dict, output: str | Path) -> None:
 
 # ---------------------------------------------------------------------- states along a path
 def final_norm(routed: RoutedModel) -> nn.Module:
-    """The model's final norm (``norm``, ``ln_f`` or ``final_layer_norm`` of its base model).
-
-    Raises:
-        ValueError: when the base model has none of these attributes.
-    """
-    base = routed.model.base_model
-    for name in FINAL_NORM_NAMES:
-        module = getattr(base, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise ValueError(
-        f"the logit lens needs the final norm, but {type(base).__name__} has none of "
-        f"{', '.join(FINAL_NORM_NAMES)}"
-    )
+    """The model's final norm (``drllm.router.surgery.final_norm``)."""
+    return surgery.final_norm(routed.model)
 
 
 def _last_positions(mask: torch.Tensor) -> torch.Tensor:

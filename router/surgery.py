@@ -54,6 +54,22 @@ def _resolve(model: nn.Module, path: str) -> nn.Module:
     return obj
 
 
+def final_norm(model: nn.Module) -> nn.Module:
+    """The model's final norm (applied after the last decoder layer, before the LM head).
+
+    Raises:
+        UnsupportedArchitectureError: for a model type drllm does not know.
+    """
+    model = causal_lm(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in NORM_PATHS:
+        raise UnsupportedArchitectureError(
+            f"drllm does not know where model_type {model_type!r} keeps its final norm; supported "
+            f"architectures: {', '.join(supported_architectures())}"
+        )
+    return _resolve(model, NORM_PATHS[model_type])
+
+
 @torch.no_grad()
 def final_norm_scale(model: nn.Module, hidden_size: int) -> torch.Tensor:
     """The per-channel gain ``[d]`` (float32, CPU) of the model's final norm, read by probing it.
@@ -62,8 +78,7 @@ def final_norm_scale(model: nn.Module, hidden_size: int) -> torch.Tensor:
     ``(norm(x) - norm(-x)) / 2x`` is the gain whatever the norm's form: ``w`` for RMSNorm and LayerNorm,
     ``1 + w`` for Gemma's RMSNorm; a bias cancels. Routers that normalise their inputs multiply by it.
     """
-    model = causal_lm(model)
-    norm = _resolve(model, NORM_PATHS[model.config.model_type])
+    norm = final_norm(model)
     like = next(norm.parameters(), torch.ones(()))
     x = torch.ones(hidden_size, device=like.device, dtype=like.dtype)
     x[1::2] = -1
