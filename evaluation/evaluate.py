@@ -41,7 +41,6 @@ Outputs in ``output`` (one subfolder per task when several are given): ``results
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -59,16 +58,15 @@ from drllm.search.tasks import Scoring, Style, get_task
 from drllm.search.tasks.style import describe, resolve_style
 
 from . import baselines as static
-from . import plots, report
+from . import report
 from .calibration import BudgetCalibrator, choose_threshold, decision_rates, draw_path
 from .export import export_routers
-from .report import Comparison, EvalRow
-from .stats import bootstrap_interval, mcnemar_exact, paired_difference
+from .report import EvalRow
+from .results import STATIC, best_static, method_rows, write_task_files
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("greedy", "block-influence", "angular", "drop-last", "random")
-STATIC = ("greedy", "block-influence", "angular", "drop-last")  # candidates for "the best static baseline"
 CONTROLS = ("routed-random", "routed-majority")
 
 
@@ -283,12 +281,11 @@ class _TaskEvaluation:
         if s.route_from_static and self.routed.routers is not None:
             methods += self._from_static_methods(calib, methods)
         self._score(methods, examples)
-        rows = self._rows(methods, examples)
-        self._write(
-            folder, rows, methods, examples, f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
-        )
+        rows = method_rows(self.name, methods, self.ev.scoring)
+        title = f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
+        write_task_files(folder, self.name, rows, methods, examples, self.L, self.ev.scoring, title)
         if any(m.name == "routed-static" for m in methods):
-            verdicts = export_routers(self.routed, methods, self._best_static(methods), folder, self.name)
+            verdicts = export_routers(self.routed, methods, best_static(methods), folder, self.name)
             report.atomic_write_text(folder / "verdict.md", "".join(f"- {v}\n" for v in verdicts))
             for v in verdicts:
                 log.info("%s", v)
@@ -457,105 +454,6 @@ class _TaskEvaluation:
         method.decisions += [list(d) for d in decisions]
         method.layers += [sum(d) for d in decisions]
         method.tokens += [len(p.tokens) - (len(p.continuation[1]) if p.continuation else 0) for p in prepared]
-
-    # ------------------------------------------------------------------ rows
-    def _rows(self, methods: list[_Method], examples) -> list[EvalRow]:
-        base = methods[0]
-        best = self._best_static(methods)
-        rows = []
-        for m in methods:
-            correct = [o.reward >= 1.0 for o in m.outcomes]
-            agree = [_agrees(o, b, self.ev.scoring) for o, b in zip(m.outcomes, base.outcomes, strict=True)]
-            fidelity = [o.fidelity for o in m.outcomes if o.fidelity is not None]
-            row = EvalRow(
-                task=self.name,
-                method=m.name,
-                level=m.level,
-                layers=sum(m.layers) / len(m.layers),
-                accuracy=bootstrap_interval(correct),
-                agreement=bootstrap_interval(agree),
-                fidelity=bootstrap_interval(fidelity) if fidelity else None,
-                n=len(correct),
-                budget=m.budget,
-                seed=m.seed,
-                calibration_layers=m.calibration_layers,
-                layer_applications=sum(a * t for a, t in zip(m.layers, m.tokens, strict=True))
-                / len(m.layers),
-                seconds=m.seconds,
-                path=list(m.path) if m.path is not None and m.name != "base" else None,
-            )
-            if m is not base:
-                row.vs_base = _compare("base", correct, [o.reward >= 1.0 for o in base.outcomes])
-                ref = best.get(m.level)
-                if ref is not None and ref is not m:
-                    row.vs_static = _compare(ref.name, correct, [o.reward >= 1.0 for o in ref.outcomes])
-            rows.append(row)
-        return rows
-
-    @staticmethod
-    def _best_static(methods: list[_Method]) -> dict[int, _Method]:
-        """Per level, the static baseline (greedy, block-influence, angular, drop-last) with most correct."""
-        best: dict[int, _Method] = {}
-        for m in methods:
-            if m.name in STATIC and m.level is not None:
-                score = sum(o.reward >= 1.0 for o in m.outcomes)
-                if m.level not in best or score > sum(o.reward >= 1.0 for o in best[m.level].outcomes):
-                    best[m.level] = m
-        return best
-
-    # ------------------------------------------------------------------ files
-    def _write(self, folder: Path, rows: list[EvalRow], methods: list[_Method], examples, title: str) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        report.write_results(rows, folder, self.L, title=title)
-        lines = []
-        for m in methods:
-            base = methods[0].outcomes
-            for ex, o, b, layers in zip(examples, m.outcomes, base, m.layers, strict=True):
-                lines.append(
-                    json.dumps(
-                        {
-                            "task": self.name,
-                            "id": str(ex.id),
-                            "method": m.name,
-                            "level": m.level,
-                            "budget": m.budget,
-                            "seed": m.seed,
-                            "layers": layers,
-                            "correct": o.reward >= 1.0,
-                            "score": o.margin,
-                            "answer": o.answer,
-                            "agree": _agrees(o, b, self.ev.scoring),
-                            "fidelity": o.fidelity,
-                        }
-                    )
-                )
-        report.atomic_write_text(folder / "examples.jsonl", "\n".join(lines) + "\n")
-        routed = [m for m in methods if m.name == "routed"]
-        saved = [
-            {"method": m.name, "level": m.level, "budget": m.budget, "decisions": m.decisions} for m in routed
-        ]
-        report.atomic_write_text(folder / "decisions.json", json.dumps(saved) + "\n")
-        plots.plot_tradeoff(rows, folder / "tradeoff.png", self.L, title=title)
-        if routed:
-            shown = min(routed, key=lambda m: abs((m.level or self.L) - (self.L - 3)))
-            label = f"routed at {shown.level} layers" if shown.level else f"routed, budget {shown.budget:g}"
-            plots.plot_decisions(shown.decisions, folder / "decisions.png", title=f"{self.name}: {label}")
-        else:
-            paths = [list(m.path) for m in methods if m.path is not None and m.name in STATIC]
-            plots.plot_decisions(
-                paths, folder / "decisions.png", title=f"{self.name}: static paths, all levels"
-            )
-
-
-def _agrees(outcome: Outcome, base: Outcome, scoring: str) -> bool:
-    """Whether a path gives the base model's answer (teacher-forced exact answers: its whole continuation)."""
-    if scoring == "teacher-forced":
-        return outcome.fidelity is not None and outcome.fidelity == base.fidelity
-    return outcome.answer is not None and outcome.answer == base.answer
-
-
-def _compare(against: str, a: list[bool], b: list[bool]) -> Comparison:
-    return Comparison(against, paired_difference(a, b), mcnemar_exact(a, b))
 
 
 def _slug(name: str) -> str:

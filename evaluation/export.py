@@ -16,15 +16,11 @@ import dataclasses
 from pathlib import Path
 
 from .report import SIGNIFICANCE, Comparison
-from .stats import mcnemar_exact, paired_difference
+from .results import compare
 
 
 def _correct(method) -> list[bool]:
     return [o.reward >= 1.0 for o in method.outcomes]
-
-
-def _compare(against: str, a, b) -> Comparison:
-    return Comparison(against, paired_difference(a, b), mcnemar_exact(a, b))
 
 
 def _describe(c: Comparison, what: str) -> str:
@@ -47,14 +43,14 @@ def verdict(task: str, level: int, methods, best_static) -> tuple[bool, str]:
         return False, f"{task}, {level} layers: the routers were not evaluated at this level"
     mine = _correct(routed)
     n = len(mine)
-    vs_static = _compare(best_static.name, mine, _correct(best_static))
+    vs_static = compare(best_static.name, mine, _correct(best_static))
     parts = [
         f"drllm eval, {task}, {n} examples, {level} layers: routers {100 * sum(mine) / n:.1f}% at "
         f"{sum(routed.layers) / n:.2f} layers, {_describe(vs_static, f'the static path {best_static.name}')}"
     ]
     beats = vs_static.difference.value > 0 and vs_static.p_value < SIGNIFICANCE
     if random is not None:
-        vs_random = _compare("routed-random", mine, _correct(random))
+        vs_random = compare("routed-random", mine, _correct(random))
         parts.append(_describe(vs_random, "random routing at the routers' rates"))
         beats = beats and vs_random.difference.value > 0 and vs_random.p_value < SIGNIFICANCE
     if beats:

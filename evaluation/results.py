@@ -1,0 +1,121 @@
+"""The results of one task's evaluation: a row per method with intervals and paired comparisons, and files.
+
+``method_rows`` turns the scored methods into ``EvalRow``s (each compared, paired, with the base model and
+with the level's best static baseline); ``write_task_files`` writes ``results.md``/``results.json``,
+``examples.jsonl`` (every method on every example), ``decisions.json`` and the figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from drllm.search.evaluator import Outcome
+
+from . import plots, report
+from .report import Comparison, EvalRow
+from .stats import bootstrap_interval, mcnemar_exact, paired_difference
+
+STATIC = ("greedy", "block-influence", "angular", "drop-last")  # candidates for "the best static baseline"
+
+
+def method_rows(task: str, methods: list, scoring: str) -> list[EvalRow]:
+    """One row per method: accuracy, agreement and fidelity with intervals, paired comparisons."""
+    base = methods[0]
+    best = best_static(methods)
+    rows = []
+    for m in methods:
+        correct = [o.reward >= 1.0 for o in m.outcomes]
+        agree = [agrees(o, b, scoring) for o, b in zip(m.outcomes, base.outcomes, strict=True)]
+        fidelity = [o.fidelity for o in m.outcomes if o.fidelity is not None]
+        row = EvalRow(
+            task=task,
+            method=m.name,
+            level=m.level,
+            layers=sum(m.layers) / len(m.layers),
+            accuracy=bootstrap_interval(correct),
+            agreement=bootstrap_interval(agree),
+            fidelity=bootstrap_interval(fidelity) if fidelity else None,
+            n=len(correct),
+            budget=m.budget,
+            seed=m.seed,
+            calibration_layers=m.calibration_layers,
+            layer_applications=sum(a * t for a, t in zip(m.layers, m.tokens, strict=True)) / len(m.layers),
+            seconds=m.seconds,
+            path=list(m.path) if m.path is not None and m.name != "base" else None,
+        )
+        if m is not base:
+            row.vs_base = compare("base", correct, [o.reward >= 1.0 for o in base.outcomes])
+            ref = best.get(m.level)
+            if ref is not None and ref is not m:
+                row.vs_static = compare(ref.name, correct, [o.reward >= 1.0 for o in ref.outcomes])
+        rows.append(row)
+    return rows
+
+
+def best_static(methods: list) -> dict[int, Any]:
+    """Per level, the static baseline (greedy, block-influence, angular, drop-last) with most correct."""
+    best: dict[int, Any] = {}
+    for m in methods:
+        if m.name in STATIC and m.level is not None:
+            score = sum(o.reward >= 1.0 for o in m.outcomes)
+            if m.level not in best or score > sum(o.reward >= 1.0 for o in best[m.level].outcomes):
+                best[m.level] = m
+    return best
+
+
+def write_task_files(
+    folder: Path, task: str, rows: list[EvalRow], methods: list, examples, L: int, scoring: str, title: str
+) -> None:
+    """``results.md``/``results.json``, ``examples.jsonl``, ``decisions.json`` and the figures of one task."""
+    folder.mkdir(parents=True, exist_ok=True)
+    report.write_results(rows, folder, L, title=title)
+    lines = []
+    for m in methods:
+        base = methods[0].outcomes
+        for ex, o, b, layers in zip(examples, m.outcomes, base, m.layers, strict=True):
+            lines.append(
+                json.dumps(
+                    {
+                        "task": task,
+                        "id": str(ex.id),
+                        "method": m.name,
+                        "level": m.level,
+                        "budget": m.budget,
+                        "seed": m.seed,
+                        "layers": layers,
+                        "correct": o.reward >= 1.0,
+                        "score": o.margin,
+                        "answer": o.answer,
+                        "agree": agrees(o, b, scoring),
+                        "fidelity": o.fidelity,
+                    }
+                )
+            )
+    report.atomic_write_text(folder / "examples.jsonl", "\n".join(lines) + "\n")
+    routed = [m for m in methods if m.name == "routed"]
+    saved = [
+        {"method": m.name, "level": m.level, "budget": m.budget, "decisions": m.decisions} for m in routed
+    ]
+    report.atomic_write_text(folder / "decisions.json", json.dumps(saved) + "\n")
+    plots.plot_tradeoff(rows, folder / "tradeoff.png", L, title=title)
+    if routed:
+        shown = min(routed, key=lambda m: abs((m.level or L) - (L - 3)))
+        label = f"routed at {shown.level} layers" if shown.level else f"routed, budget {shown.budget:g}"
+        plots.plot_decisions(shown.decisions, folder / "decisions.png", title=f"{task}: {label}")
+    else:
+        paths = [list(m.path) for m in methods if m.path is not None and m.name in STATIC]
+        plots.plot_decisions(paths, folder / "decisions.png", title=f"{task}: static paths, all levels")
+
+
+def agrees(outcome: Outcome, base: Outcome, scoring: str) -> bool:
+    """Whether a path gives the base model's answer (teacher-forced exact answers: its whole continuation)."""
+    if scoring == "teacher-forced":
+        return outcome.fidelity is not None and outcome.fidelity == base.fidelity
+    return outcome.answer is not None and outcome.answer == base.answer
+
+
+def compare(against: str, a: list[bool], b: list[bool]) -> Comparison:
+    """The paired difference of ``a`` and ``b`` (accuracy of a minus b) with its exact McNemar p-value."""
+    return Comparison(against, paired_difference(a, b), mcnemar_exact(a, b))
