@@ -112,17 +112,20 @@ def train_routers(
         targets: ``hard`` trains on the one path the search chose per example; ``soft`` on the share of
             skip / execute / repeat over every safe path it evaluated (``drllm.train.targets``).
         safe_margin: with soft targets, the gold margin a path must keep to count as safe.
-        router: the router head (``drllm.router.routers``): ``mlp`` per layer on raw window means (Dr.LLM's),
-            ``linear`` per layer, or one ``shared`` MLP with a layer embedding; ``linear`` and ``shared`` read
-            window means normalised with the model's final norm, the first token left out; ``knn`` keeps the
+        router: the router head (``drllm.router.heads``): ``mlp`` per layer on raw window means (Dr.LLM's),
+            ``linear`` per layer, one ``shared`` MLP with a layer embedding, or ``knn``, which keeps the
             training prompts and averages the targets of the ``neighbours`` nearest (no gradient training,
-            no checkpoints).
+            no checkpoints); all but ``mlp`` read window means normalised with the model's final norm, the
+            first token left out.
         neighbours: ``knn``: how many nearest training prompts vote.
         control: ``shuffled`` trains on targets permuted among the training prompts (seeded), a control
             with every per-prompt signal removed: routers that do not beat it have learned none.
 
     Returns:
-        The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``).
+        The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``; with a sweep
+        in every record also the validation regret, the static choice's, ``per_input_signal`` and the
+        ``verdict``, see ``drllm.train.regret``). The best epoch is the one of least regret when there is a
+        sweep, else of highest macro F1.
     """
     _check_arguments(locals())
     first = read_records(paths)
