@@ -62,7 +62,7 @@ from . import report
 from .calibration import BudgetCalibrator, choose_threshold, decision_rates, draw_path
 from .export import export_routers
 from .report import EvalRow
-from .results import STATIC, best_static, method_rows, write_task_files
+from .results import STATIC, method_rows, write_task_files
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ class _TaskEvaluation:
         title = f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
         write_task_files(folder, self.name, rows, methods, examples, self.L, self.ev.scoring, title)
         if any(m.name == "routed-static" for m in methods):
-            verdicts = export_routers(self.routed, methods, best_static(methods), folder, self.name)
+            verdicts = export_routers(self.routed, methods, folder, self.name)
             report.atomic_write_text(folder / "verdict.md", "".join(f"- {v}\n" for v in verdicts))
             for v in verdicts:
                 log.info("%s", v)

@@ -133,6 +133,8 @@ class NeighbourRouter(nn.Module):
             feature = F.normalize(self.mean(pooled, valid, average) - self.centre[index], dim=-1)  # [B, d]
             top = (feature @ self.keys[index].T).topk(k, -1).indices  # [B, k]
             probs = self.tables[:, index][top].mean(-2)
+        # a tie (8 of 16 votes each, or an unfitted router's uniform tables) goes to execute, never to skip
+        probs = probs + probs.new_tensor([0.0, 1e-6, 0.0])
         return probs.clamp(min=1e-4).log().float()
 
 

@@ -11,8 +11,9 @@ applies a head to each mean and averages the logits over the windows. Heads (``R
 - ``knn``: no weights; the target tables of the k training prompts nearest in the same features
   (``NeighbourRouter``).
 
-``linear``, ``shared`` and ``knn`` read window means normalised as the model's final norm normalises (root
-mean square, times the norm's gain, see ``surgery.final_norm_scale``) and leave out each prompt's first token,
+``linear``, ``shared`` and ``knn`` read window means divided by their root mean square and multiplied by the
+gain of the model's final norm (``surgery.final_norm_scale``; an RMS norm, also for the LayerNorm models
+gpt2 and gpt_neox, whose mean and bias it does not apply) and leave out each prompt's first token,
 whose hidden state (the attention sink) is orders of magnitude larger than the others and says nothing of
 the prompt. Both are recorded in the config (``norm``, ``skip_first``).
 Routers save as ``router_config.json`` + ``routers.safetensors`` (never pickle); the safetensors header
@@ -124,8 +125,8 @@ class Routers(nn.Module):
     ) -> torch.Tensor:
         """Logits ``[B, 3]`` of router ``index`` for hidden states ``[B, T, d]`` entering layer ``index``.
 
-        ``weights`` is ``window_weights(...)`` for this mask, optionally with ``window_average(valid)``
-        appended; precompute it once when one prompt feeds every router.
+        ``weights`` is ``self.pool_weights(...)`` for this mask (it leaves out the first token with
+        ``skip_first``, as training did); precompute it once when one prompt feeds every router.
         """
         if weights is None:
             weights = self.pool_weights(mask, hidden.shape[0], hidden.shape[1], hidden.device)
@@ -176,14 +177,17 @@ class Routers(nn.Module):
         """Fill a ``knn`` router from raw window means ``[N, L, W, d]`` and target tables ``[N, L, 3]``."""
         if self.config.kind != "knn":
             raise ValueError(f"fit_neighbours is for knn routers; these are {self.config.kind}")
-        if pooled.shape[0] != self.config.examples or tables.shape != (
-            pooled.shape[0],
-            self.config.num_layers,
-            3,
+        c = self.config
+        if (
+            pooled.shape[0] != c.examples
+            or tuple(pooled.shape[1:]) != (c.num_layers, c.num_windows, c.hidden_size)
+            or tuple(valid.shape) != tuple(pooled.shape[:3])
+            or tuple(tables.shape) != (c.examples, c.num_layers, 3)
         ):
             raise ValueError(
-                f"a knn router made for {self.config.examples} examples got {pooled.shape[0]} feature rows "
-                f"and tables of shape {list(tables.shape)}"
+                f"a knn router for {c.examples} examples, {c.num_layers} layers, {c.num_windows} windows and "
+                f"width {c.hidden_size} got features {list(pooled.shape)}, validity {list(valid.shape)} "
+                f"and tables {list(tables.shape)}"
             )
         self.knn.fit(
             self.normalize(pooled.to(self.knn.keys.device)),

@@ -164,7 +164,8 @@ class RouterModule(L.LightningModule):
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=True)
         self.last_val_metrics = {**metrics, "epoch": int(self.current_epoch), "val_loss": val_loss}
         if self.val_regrets["regret_skip"].update_count:
-            summary = regret_summary({k: m.compute().flatten().cpu() for k, m in self.val_regrets.items()})
+            per_example = {k: m.compute().flatten().cpu() for k, m in self.val_regrets.items()}
+            summary = regret_summary(per_example, selected=True)
             for key in ("regret", "regret_static"):
                 self.log(f"val/{key}", summary[key], prog_bar=key == "regret", sync_dist=True)
             self.last_val_metrics.update(summary)

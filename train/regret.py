@@ -29,6 +29,8 @@ def sweep_gains(rows, num_layers: int) -> torch.Tensor | None:
         sweep, base = info.get("sweep"), info.get("base_margin")
         if not sweep or base is None or any(len(sweep.get(k) or ()) != num_layers for k, _ in EDITS):
             return None
+        if any(v is None for k, _ in EDITS for v in sweep[k]):  # a scoring without margins
+            return None
         out.append([[sweep["skip"][i] - base, sweep["repeat"][i] - base] for i in range(num_layers)])
     gains = torch.tensor(out, dtype=torch.float32)
     return gains if torch.isfinite(gains).all() else None
@@ -62,11 +64,12 @@ def regrets(logits: torch.Tensor, gains: torch.Tensor, static: list[int]) -> dic
     return out
 
 
-def regret_summary(per_example: dict[str, torch.Tensor]) -> dict:
+def regret_summary(per_example: dict[str, torch.Tensor], selected: bool = False) -> dict:
     """Mean regrets (``regret``: of both edit kinds) and the verdict on per-input signal, with intervals.
 
     Signal is claimed when the routers' regret is below the static choice's with the whole 95% paired
-    bootstrap interval of the difference below zero.
+    bootstrap interval of the difference below zero. ``selected``: the routers are the epoch of least
+    regret on these same examples, so the comparison favours them; the verdict says so.
     """
     mine = (per_example["regret_skip"] + per_example["regret_repeat"]) / 2
     static = (per_example["regret_static_skip"] + per_example["regret_static_repeat"]) / 2
@@ -79,5 +82,6 @@ def regret_summary(per_example: dict[str, torch.Tensor]) -> dict:
         f"validation regret {out['regret']:.3f} against {out['regret_static']:.3f} for the best static edit "
         f"(difference {diff.value:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}], {len(mine)} examples): "
         + ("the routers found per-input signal" if signal else "no per-input signal shown")
+        + (" (the epoch was chosen by this regret, which favours the routers)" if selected else "")
     )
     return out

@@ -126,3 +126,19 @@ def test_knn_arguments_are_checked(tmp_path):
             train_routers(
                 routed, str(paths), str(tmp_path / "o"), tokenizer=tiny_tokenizer(), **{**config, **extra}
             )
+
+
+def test_knn_ties_go_to_execute_and_bad_feature_shapes_are_refused():
+    routed = RoutedModel(tiny_model("llama"))
+    routers = routed.add_routers(num_windows=2, kind="knn", neighbours=2, examples=4)
+    ids, mask = prompts()
+    assert routed.route(ids, mask).eq(1).all(), "an unfitted knn router (uniform tables) executes every layer"
+    torch.manual_seed(0)
+    pairs = torch.randn(2, 1, 1, 32) * 5
+    pooled = pairs.repeat_interleave(2, 0).expand(4, 4, 2, 32) + 0.01 * torch.randn(4, 4, 2, 32)
+    valid = torch.ones(4, 4, 2, dtype=torch.bool)
+    tables = _one_hot([0, 1, 0, 1])  # prompts 0-1 and 2-3 are neighbours: each pair splits skip 1 to 1
+    routers.fit_neighbours(pooled, valid, tables)
+    assert routers.forward_pooled(pooled, valid).argmax(-1).ne(0).all()
+    with pytest.raises(ValueError, match=r"got features \[4, 1, 2, 32\]"):
+        routers.fit_neighbours(pooled[:, :1], valid[:, :1], tables)

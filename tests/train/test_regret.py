@@ -44,6 +44,9 @@ def test_sweep_gains_need_a_sweep_in_every_record():
         rows[0].supervision["sweep"]["skip"][2] - 0.5,
         rows[0].supervision["sweep"]["repeat"][2] - 0.5,
     ]
+    rows[0].supervision["sweep"]["skip"][1] = None  # a scoring without margins
+    assert sweep_gains(rows, 4) is None
+    rows[0].supervision["sweep"]["skip"][1] = 0.0
     rows[1].supervision = None
     assert sweep_gains(rows, 4) is None
 
