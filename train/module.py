@@ -71,9 +71,8 @@ class RouterModule(L.LightningModule):
         # validation states, summed over processes when computed (torchmetrics); never in checkpoints
         self.val_confusion = MulticlassConfusionMatrix(num_classes=len(CLASS_NAMES))
         self.val_layers_pred, self.val_layers_target, self.val_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_regrets = {k: CatMetric() for k in REGRET_KEYS}  # per example, gathered over processes
-        for key, metric in self.val_regrets.items():
-            self.add_module(f"val_{key}", metric)
+        # per example, gathered over processes
+        self.val_regrets = torch.nn.ModuleDict({k: CatMetric() for k in REGRET_KEYS})
         self.last_val_metrics: dict[str, float] = {}
 
     @property
