@@ -67,10 +67,14 @@ def decode_tps(routed, ids, path, new_tokens: int, repeats: int) -> float:
 def router_share(routed, ids, repeats: int, kind: str = "mlp", examples: int = 400) -> dict:
     """The routers' share of prefill time; a ``knn`` router remembers ``examples`` (random) prompts.
 
-    Every router computes its logits, but the all-execute default path with threshold 1.0 (nothing
-    protected) makes every kind decide the same path, so their shares compare.
+    ``kind@r`` routers all read layer r's input and decide every layer there (``read_layer=r``, one
+    router call per prompt). Every router computes its logits, but the all-execute default path with
+    threshold 1.0 (nothing protected) makes every kind decide the same path, so their shares compare.
     """
-    routers = routed.add_routers(kind=kind, examples=examples if kind == "knn" else 0)
+    kind, _, read = kind.partition("@")
+    routers = routed.add_routers(
+        kind=kind, examples=examples if kind == "knn" else 0, read_layer=int(read) if read else None
+    )
     routers.set_default_path([1] * routed.num_layers, threshold=1.0, protected=())
     with torch.no_grad():
         decided = routed.route(ids)
@@ -107,8 +111,8 @@ def main() -> None:
     parser.add_argument(
         "--routers",
         nargs="*",
-        default=["mlp", "linear", "shared"],
-        help="router kinds whose share to measure",
+        default=["mlp", "linear", "shared", "knn", "mlp@2", "linear@2", "shared@2", "knn@2"],
+        help="router kinds whose share to measure; kind@r: one call reading layer r (read_layer=r)",
     )
     args = parser.parse_args()
     routed = load(args)

@@ -86,29 +86,40 @@ class RoutingState:
         mask = None if self.pad_mask is None else _match_batch(self.pad_mask, hidden.shape[0])
         if mask is not None and mask.shape[1] != hidden.shape[1]:
             raise ValueError(f"attention_mask has {mask.shape[1]} positions, the prompt {hidden.shape[1]}")
+        read = self.routers.config.read_layer
+        if read is not None and index < read:  # decided before the routers read anything: the default
+            self._store(index, [self._choose(index, None)] * len(self._routed))
+            return
         if self.pool_weights is None or self.pool_weights[0].shape[0] != hidden.shape[0]:
             self.pool_weights = self.routers.pool_weights(
                 mask, hidden.shape[0], hidden.shape[1], hidden.device
             )
-        logits = self.routers(index, hidden, mask, self.pool_weights).tolist()  # [B, 3]: one sync per layer
-        rows = self._routed
-        step = len(logits) // len(rows)  # generate may have expanded rows (beams); decide once per sequence
-        choices = [self._choose(index, row) for row in logits[::step]]
-        for row, choice in zip(rows, choices, strict=True):
+        step = hidden.shape[0] // len(self._routed)  # generate may have expanded rows (beams)
+        if read is None:
+            logits = self.routers(index, hidden, mask, self.pool_weights).tolist()  # [B, 3]: one sync a layer
+            self._store(index, [self._choose(index, row) for row in logits[::step]])
+            return
+        logits = self.routers.forward_all(hidden, mask, self.pool_weights)[::step].tolist()  # [B, L, 3]
+        for layer in range(index, self.num_layers):  # every remaining layer, from one router call
+            self._store(layer, [self._choose(layer, row[layer]) for row in logits])
+
+    def _store(self, index: int, choices: list[int]) -> None:
+        """Record layer ``index``'s decision for each sequence (one per sequence, in order)."""
+        for row, choice in zip(self._routed, choices, strict=True):
             row[index] = choice
         self.pending[index] = False
         self.plan[index] = _uniform(choices)
 
-    def _choose(self, index: int, logits: list[float]) -> int:
+    def _choose(self, index: int, logits: list[float] | None) -> int:
         """Argmax with the budget added to the skip logit, or a deviation from the default path.
 
         With a default path, the argmax replaces the default only where it beats it by more than the
-        threshold in probability; protected layers keep the default. A non-finite logit keeps the default
-        (and warns once).
+        threshold in probability; protected layers (and ``logits=None``: no router read) keep the default.
+        A non-finite logit keeps the default (and warns once).
         """
         config = self.routers.config
         default = config.default_path[index] if config.default_path else EXECUTE
-        if index in config.protected:
+        if logits is None or index in config.protected:
             return default
         if not all(math.isfinite(v) for v in logits):
             if not self.warned_nonfinite:

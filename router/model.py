@@ -119,6 +119,7 @@ class RoutedModel(nn.Module):
         neighbours: int = 16,
         examples: int = 0,
         hidden_size: int | None = None,
+        read_layer: int | None = None,
     ) -> Routers:
         """Attach fresh seeded routers on the model device.
 
@@ -127,7 +128,9 @@ class RoutedModel(nn.Module):
         embedding) or ``knn`` (the ``neighbours`` nearest of ``examples`` training prompts vote; fill it
         with ``Routers.fit_neighbours``). All but ``mlp`` read window means normalised with this model's
         final norm gain and leave out the first token (see ``drllm.router.routers``). ``hidden_size`` is
-        the deprecated name of ``bottleneck`` (``self.hidden_size`` is the model width).
+        the deprecated name of ``bottleneck`` (``self.hidden_size`` is the model width). ``read_layer``:
+        every router reads that layer's input and all decide there at once (one router call per prompt;
+        the layers before it keep the default path); None: router ``i`` reads layer ``i``'s input.
         """
         if hidden_size is not None:
             import warnings
@@ -146,6 +149,7 @@ class RoutedModel(nn.Module):
             kind=kind,
             neighbours=neighbours,
             examples=examples,
+            read_layer=read_layer,
             norm=kind != "mlp",
             skip_first=kind != "mlp",
             fingerprint=self.fingerprint,

@@ -62,6 +62,10 @@ class RouterConfig:
     """``knn``: how many nearest training prompts vote."""
     examples: int = 0
     """``knn``: how many training prompts it remembers."""
+    read_layer: int | None = None
+    """None: router ``i`` reads the input of layer ``i`` (Dr.LLM's). A layer index: every router reads the
+    input of that layer and all decide there at once, one router call per prompt instead of one per layer;
+    the layers before it follow the default path (execute without one)."""
     fingerprint: str = ""
     weight_probe: list[float] = dataclasses.field(default_factory=list)
     base_model: str = ""
@@ -84,6 +88,11 @@ class Routers(nn.Module):
         super().__init__()
         if config.kind not in KINDS:
             raise ValueError(f"router kind must be one of {KINDS}, got {config.kind!r}")
+        read = config.read_layer
+        if read is not None and (
+            isinstance(read, bool) or not isinstance(read, int) or not 0 <= read < config.num_layers
+        ):
+            raise ValueError(f"read_layer must be None or a layer in [0, {config.num_layers}), got {read!r}")
         self.config = config
         d, h, L = config.hidden_size, config.bottleneck, config.num_layers
         if config.kind == "shared":
@@ -133,6 +142,16 @@ class Routers(nn.Module):
         pooled, valid = window_pool(hidden, mask, self.config.num_windows, weights[:2])
         average = weights[2] if len(weights) > 2 else None
         return self.head(index, pooled, valid, average)
+
+    def forward_all(self, hidden: torch.Tensor, mask: torch.Tensor | None, weights=None) -> torch.Tensor:
+        """Logits ``[B, L, 3]`` of every router from the hidden states ``[B, T, d]`` entering ``read_layer``.
+
+        One router call per prompt; ``weights`` as in ``forward``.
+        """
+        if weights is None:
+            weights = self.pool_weights(mask, hidden.shape[0], hidden.shape[1], hidden.device)
+        pooled, valid = window_pool(hidden, mask, self.config.num_windows, weights[:2])
+        return self.forward_pooled(pooled[:, None], valid[:, None])
 
     def set_default_path(self, path, threshold: float | None = 0.5, protected=(0, 1, -1)) -> None:
         """Route as deviations from a static ``path``.
@@ -196,10 +215,33 @@ class Routers(nn.Module):
         )
 
     def forward_pooled(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, L, 3]`` of every router for pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``."""
-        if self.config.kind in ("shared", "knn"):
+        """Logits ``[N, L, 3]`` of every router for pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``.
+
+        With ``read_layer`` every router reads that layer's inputs (the others are ignored); a layer
+        dimension of 1 holds the read layer's alone.
+        """
+        read = self.config.read_layer
+        if read is not None and pooled.shape[1] != 1:
+            pooled, valid = pooled[:, read : read + 1], valid[:, read : read + 1]
+        if self.config.kind in ("shared", "knn"):  # both broadcast a layer dimension of 1
             return getattr(self, self.config.kind)(None, self.normalize(pooled), valid)
-        return torch.stack([self.head(i, pooled[:, i], valid[:, i]) for i in range(len(self.layers))], dim=1)
+        if pooled.shape[1] == 1 and self.config.kind == "linear":
+            return self._linear_all(pooled[:, 0], valid[:, 0])
+        one = pooled.shape[1] == 1
+        return torch.stack(
+            [
+                self.head(i, pooled[:, 0 if one else i], valid[:, 0 if one else i])
+                for i in range(len(self.layers))
+            ],
+            dim=1,
+        )
+
+    def _linear_all(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Every linear router on the same window means ``[N, W, d]``: one matrix product, ``[N, L, 3]``."""
+        mean = NeighbourRouter.mean(self.normalize(pooled), valid)  # [N, d]
+        weight = torch.stack([layer.proj.weight for layer in self.layers])  # [L, 3, d]
+        bias = torch.stack([layer.proj.bias for layer in self.layers])  # [L, 3]
+        return (torch.einsum("nd,lcd->nlc", mean.to(weight.dtype), weight) + bias).float()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``router_config.json`` and ``routers.safetensors`` (each atomically) into ``directory``."""
@@ -322,6 +364,13 @@ def _read_config(path: Path) -> tuple[RouterConfig, set[str]]:
         raise ValueError(f"{path}: examples must be a whole number >= 0, got {config.examples!r}")
     if config.kind == "knn" and config.examples < 1:
         raise ValueError(f"{path}: a knn router needs examples >= 1, got {config.examples!r}")
+    read = config.read_layer
+    if read is not None and (
+        isinstance(read, bool) or not isinstance(read, int) or not 0 <= read < config.num_layers
+    ):
+        raise ValueError(
+            f"{path}: read_layer must be null or a layer in [0, {config.num_layers}), got {read!r}"
+        )
     for name in ("norm", "skip_first"):
         if not isinstance(getattr(config, name), bool):
             raise ValueError(f"{path}: {name} must be true or false, got {getattr(config, name)!r}")

@@ -29,7 +29,13 @@ from drllm.search.records import OutputLockedError
 LOCK_NAME = "train.lock"
 IDENTITY_NAME = "run.json"
 STAGING_PREFIX = ".incoming-"
-IDENTITY_DEFAULTS = {"targets": "hard", "safe_margin": 0.0, "router": "mlp", "control": "none"}
+IDENTITY_DEFAULTS = {
+    "targets": "hard",
+    "safe_margin": 0.0,
+    "router": "mlp",
+    "control": "none",
+    "read_layer": None,
+}
 """Identity keys newer than some checkpoints, with the value those checkpoints were trained with."""
 
 

@@ -80,6 +80,7 @@ def train_routers(
     router: RouterKind = "mlp",
     neighbours: int = 16,
     control: Control = "none",
+    read_layer: int | None = None,
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -120,6 +121,9 @@ def train_routers(
         neighbours: ``knn``: how many nearest training prompts vote.
         control: ``shuffled`` trains on targets permuted among the training prompts (seeded), a control
             with every per-prompt signal removed: routers that do not beat it have learned none.
+        read_layer: every router reads the input of this layer and all decide there at once (one router
+            call per prompt, the cheapest at inference; the layers before it keep the default path); None:
+            router ``i`` reads layer ``i``'s input, as in Dr.LLM.
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``; with a sweep
@@ -141,6 +145,9 @@ def train_routers(
         check_searched_with(rows, routed, paths)
         run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
         run.update(targets=targets, safe_margin=safe_margin, router=router, control=control)
+        if read_layer is not None and read_layer >= routed.num_layers:
+            raise ValueError(f"read_layer must be a layer in [0, {routed.num_layers}), got {read_layer!r}")
+        run["read_layer"] = read_layer
         if router == "knn":
             run["neighbours"] = neighbours
         last = output / "checkpoints" / "last.ckpt"
@@ -170,7 +177,13 @@ def train_routers(
         L.seed_everything(seed, verbose=False)
         examples = len(data.train_indices) if router == "knn" else 0
         routers = routed.add_routers(
-            num_windows, bottleneck, seed, kind=router, neighbours=neighbours, examples=examples
+            num_windows,
+            bottleneck,
+            seed,
+            kind=router,
+            neighbours=neighbours,
+            examples=examples,
+            read_layer=read_layer,
         ).train()
         if router == "knn":
             counts = data.class_counts().tolist()
@@ -223,6 +236,8 @@ def _check_arguments(args: dict) -> None:
         raise ValueError(f"router must be one of {ROUTER_KINDS}, got {args['router']!r}")
     if args["control"] not in CONTROLS:
         raise ValueError(f"control must be one of {CONTROLS}, got {args['control']!r}")
+    if args["read_layer"] is not None and (not _whole(args["read_layer"]) or args["read_layer"] < 0):
+        raise ValueError(f"read_layer must be None or a layer index >= 0, got {args['read_layer']!r}")
     if not _whole(args["neighbours"]) or args["neighbours"] < 1:
         raise ValueError(f"neighbours must be a whole number >= 1, got {args['neighbours']!r}")
     if args["router"] == "knn" and args["online"]:

@@ -135,8 +135,32 @@ def test_resuming_a_checkpoint_made_from_other_paths_is_refused(tmp_path, config
         train_routers(
             routed, str(first), str(out), tokenizer=tiny_tokenizer(), **{**config, "router": "linear"}
         )
+    with pytest.raises(ValueError, match="read_layer: checkpoint None, now 1"):
+        train_routers(routed, str(first), str(out), tokenizer=tiny_tokenizer(), **{**config, "read_layer": 1})
     config["resume"] = False  # starting over is allowed
     train_routers(routed, str(second), str(out), tokenizer=tiny_tokenizer(), **config)
+
+
+def test_one_shot_routers_train_on_their_read_layer_and_refuse_a_missing_one(tmp_path, config):
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    paths = write_rows(tmp_path / "paths.jsonl", synthetic_rows(12))
+    out = tmp_path / "routers"
+    config.update(epochs=1, logger="none")
+    train_routers(
+        routed, str(paths), str(out), tokenizer=tiny_tokenizer(), router="shared", read_layer=2, **config
+    )
+    assert json.loads((out / "router_config.json").read_text())["read_layer"] == 2
+    assert json.loads((out / "run.json").read_text())["read_layer"] == 2
+    for bad, message in [(4, r"read_layer must be a layer in \[0, 4\), got 4"), (-1, "read_layer must be")]:
+        with pytest.raises(ValueError, match=message):
+            train_routers(
+                routed,
+                str(paths),
+                str(tmp_path / "other"),
+                tokenizer=tiny_tokenizer(),
+                read_layer=bad,
+                **config,
+            )
 
 
 @pytest.mark.parametrize("kind", ["linear", "shared"])
