@@ -31,6 +31,7 @@ import torch
 
 from drllm.router import batch_prompts
 from drllm.router.loading import load_with_tokenizer
+from drllm.router.pooling import pooling_mask
 from drllm.search import progress
 from drllm.search.records import check_output, check_searched_with, read_records
 
@@ -84,7 +85,8 @@ def sweep_table(records, source: str = "paths") -> SweepTable:
 def prompt_features(routed, tokenizer, prompts: list[str], layer: int | None = None, batch_size: int = 8):
     """``[N, d]``: each prompt's mean hidden state entering ``layer`` (default: the middle one).
 
-    The mean runs over the prompt's tokens but the first (often an attention sink with an outsized norm).
+    The mean runs over the prompt's tokens but the first (often an attention sink with an outsized norm),
+    the routers' own ``pooling_mask`` (a one-token prompt keeps its token).
     """
     layer = routed.num_layers // 2 if layer is None else layer
     if not 0 <= layer < routed.num_layers:
@@ -95,9 +97,7 @@ def prompt_features(routed, tokenizer, prompts: list[str], layer: int | None = N
         ids, mask = batch_prompts(tokenizer, prompts[start : start + batch_size], routed.device)
         with routed.recording() as states:
             routed.backbone(ids, mask, torch.ones(routed.num_layers, dtype=torch.long))
-        keep = mask.clone()
-        keep[torch.arange(len(keep)), mask.argmax(1)] = 0  # the first real token (left padding)
-        keep = keep.unsqueeze(-1).float()
+        keep = pooling_mask(mask, *mask.shape, skip_first=True).unsqueeze(-1).float()
         hidden = states[layer].float() * keep
         out.append((hidden.sum(1) / keep.sum(1).clamp(min=1)).cpu())
         bar.update(len(ids))
