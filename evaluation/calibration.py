@@ -6,12 +6,48 @@ control), and the threshold of ``routed-static``.
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 from drllm.router import RoutedModel
+from drllm.router.routers import TRAINED_ON_NAME
 
 STATIC_THRESHOLDS = (0.25, 0.5, 0.75, 0.9, 1.0)
 """Thresholds ``routed-static`` chooses from; 1.0 never deviates from the static path."""
+
+
+def trained_on(routers: str | Path | None) -> frozenset[str]:
+    """Ids of the examples the routers in folder ``routers`` were fitted on (empty when not recorded).
+
+    Raises:
+        ValueError: naming the file, when ``trained_on.json`` is not ``{"ids": [strings]}``.
+    """
+    if routers is None or not (Path(routers) / TRAINED_ON_NAME).is_file():
+        return frozenset()
+    path = Path(routers) / TRAINED_ON_NAME
+    try:
+        ids = json.loads(path.read_text())["ids"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a JSON object with an 'ids' list: {err}") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"{path}: 'ids' must be a list of strings")
+    return frozenset(ids)
+
+
+def fresh_examples(pool: list, exclude: frozenset[str], wanted: int, where: str) -> list:
+    """The first ``wanted`` examples of ``pool`` whose id is not in ``exclude`` (the routers' training).
+
+    Raises:
+        ValueError: when every example of ``pool`` is excluded.
+    """
+    fresh = [ex for ex in pool if ex.id not in exclude]
+    if not fresh:
+        raise ValueError(
+            f"the routers were trained on every example of {where}: none is left to calibrate on "
+            f"({TRAINED_ON_NAME} lists {len(exclude)} ids)"
+        )
+    return fresh[:wanted]
 
 
 class BudgetCalibrator:

@@ -9,7 +9,9 @@ are mean layers executed per prompt. At each level
   training examples only: ``greedy`` (task-aware, TALE), ``block-influence`` (ShortGPT), ``angular``
   (Gromov et al.), ``drop-last`` and ``random`` (one row per seed);
 - ``routed`` runs the routers at the budget that reaches the level on calibration prompts of the training
-  split (found by bisection; the level reached on the evaluated split is reported beside it);
+  split (found by bisection; the level reached on the evaluated split is reported beside it), leaving out
+  the prompts the routers were trained on (their ``trained_on.json``): routers are more confident on
+  those, so a budget fitted there overshoots on new prompts;
 - two controls tell whether the routers learned anything per input: ``routed-random`` draws each layer's
   decision at the routers' own per-layer rates (measured on the calibration prompts), ``routed-majority``
   runs the routers' per-layer majority decision as one static path;
@@ -59,7 +61,14 @@ from drllm.search.tasks.style import describe, resolve_style
 
 from . import baselines as static
 from . import report
-from .calibration import BudgetCalibrator, choose_threshold, decision_rates, draw_path
+from .calibration import (
+    BudgetCalibrator,
+    choose_threshold,
+    decision_rates,
+    draw_path,
+    fresh_examples,
+    trained_on,
+)
 from .export import export_routers
 from .report import EvalRow
 from .results import STATIC, method_rows, write_task_files
@@ -102,6 +111,9 @@ def run_eval(
             works too. Several tasks are evaluated with the same routers, each into its own subfolder.
         output: folder for the results.
         routers: folder of saved routers; None keeps the routers already on a ``RoutedModel`` (or none).
+            When the folder lists the examples the routers were trained on (``trained_on.json``, written
+            by ``drllm train``), calibration leaves them out: routers are calibrated on prompts they never
+            saw, as they will be evaluated.
         split: evaluation split (default: the task's validation split).
         limit: at most this many examples (default: the whole split).
         target_layers: mean layers per prompt to compare every method at (default: L-1, L-2, L-3, L-4, L-6,
@@ -158,6 +170,7 @@ def run_eval(
             )
         folders[_slug(name)] = name
     tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
+    trained = trained_on(routers)  # so does a damaged trained_on.json
     with claimed_output(output, folder=True):  # a refusal below leaves no empty folder behind
         routed, tokenizer, model_name = load_with_tokenizer(model, tokenizer, device, routers, "run_eval")
         levels = resolve_levels(target_layers, routed.num_layers)
@@ -178,6 +191,7 @@ def run_eval(
         batch_size,
         strict,
         route_from_static,
+        trained,
     )
     rows: list[EvalRow] = []
     for name, task_obj in zip(names, tasks, strict=True):
@@ -219,6 +233,8 @@ class _Settings:
     batch_size: int
     strict: bool = False
     route_from_static: bool = True
+    trained_on: frozenset[str] = frozenset()
+    """Ids the routers were fitted on (their ``trained_on.json``): calibration leaves them out."""
 
 
 @dataclass
@@ -285,7 +301,7 @@ class _TaskEvaluation:
         title = f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
         write_task_files(folder, self.name, rows, methods, examples, self.L, self.ev.scoring, title)
         if any(m.name == "routed-static" for m in methods):
-            verdicts = export_routers(self.routed, methods, folder, self.name)
+            verdicts = export_routers(self.routed, methods, folder, self.name, self.s.trained_on)
             report.atomic_write_text(folder / "verdict.md", "".join(f"- {v}\n" for v in verdicts))
             for v in verdicts:
                 log.info("%s", v)
@@ -298,7 +314,20 @@ class _TaskEvaluation:
             log.warning(
                 "task %r evaluates on its training split: calibration examples come from it", self.name
             )
-        return task.load(train, data_dir=self.s.data_dir, limit=self.s.calibration, strict=self.s.strict)
+        s = self.s
+        if not s.trained_on:
+            return task.load(train, data_dir=s.data_dir, limit=s.calibration, strict=s.strict)
+        pool = task.load(train, data_dir=s.data_dir, strict=s.strict)
+        calib = fresh_examples(pool, s.trained_on, s.calibration, f"the {train} split of {self.name}")
+        log.info(
+            "%s: calibrating on %d %s examples the routers were not trained on (%d of %d were)",
+            self.name,
+            len(calib),
+            train,
+            len(pool) - sum(ex.id not in s.trained_on for ex in pool),
+            len(pool),
+        )
+        return calib
 
     # ------------------------------------------------------------------ methods
     def _static_methods(self, calib) -> list[_Method]:

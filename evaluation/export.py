@@ -13,9 +13,12 @@ path exactly, example for example, whatever the routers would say.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
-from .report import SIGNIFICANCE, Comparison
+from drllm.router.routers import TRAINED_ON_NAME
+
+from .report import SIGNIFICANCE, Comparison, atomic_write_text
 from .results import STATIC, compare
 
 
@@ -82,10 +85,12 @@ def verdict(task: str, level: int, methods) -> tuple[bool, str]:
     return beats, "; ".join(parts) + "."
 
 
-def export_routers(routed, methods, folder: Path, task: str) -> list[str]:
+def export_routers(routed, methods, folder: Path, task: str, trained_on=frozenset()) -> list[str]:
     """Write ``routers-at-<level>`` for every ``routed-static`` method; returns the verdicts written.
 
-    The routers' own default path, threshold and protected layers are left as they were.
+    The routers' own default path, threshold and protected layers are left as they were. ``trained_on``
+    (the ids the routers were fitted on) is written beside each export, so evaluating it again still
+    calibrates on other examples.
     """
     routers = routed.routers
     config = routers.config
@@ -100,6 +105,11 @@ def export_routers(routed, methods, folder: Path, task: str) -> list[str]:
             routers.set_default_path(list(m.path), m.threshold if signal else 1.0, protected=(0, 1, L - 1))
             config.verdict = text
             routed.save_pretrained(folder / f"routers-at-{m.level}")
+            if trained_on:
+                atomic_write_text(
+                    folder / f"routers-at-{m.level}" / TRAINED_ON_NAME,
+                    json.dumps({"ids": sorted(trained_on)}) + "\n",
+                )
             written.append(text)
     finally:
         routers.config = saved

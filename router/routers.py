@@ -39,6 +39,9 @@ from .pooling import pooling_mask, window_average, window_pool, window_weights
 
 CONFIG_NAME = "router_config.json"
 WEIGHTS_NAME = "routers.safetensors"
+TRAINED_ON_NAME = "trained_on.json"
+"""Beside the router files: ``{"ids": [...]}``, the examples they were fitted on (written by ``drllm train``);
+the evaluation calibrates on other examples."""
 FORMAT_VERSION = 1  # of router_config.json; the loader refuses others
 _HEADER_KEY = "router_config"  # safetensors metadata entry holding the config as saved
 _IDENTITY = ("fingerprint", "weight_probe", "base_model")  # base-model records; absent in older files

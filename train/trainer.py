@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from drllm.router import RoutedModel, load_routed, load_tokenizer
+from drllm.router.routers import TRAINED_ON_NAME
 from drllm.search import progress
 from drllm.search.records import check_searched_with, read_records
 from drllm.search.tasks.base import MAX_PROMPT_CHARS
@@ -195,7 +196,7 @@ def train_routers(
             settings = {**run, "precision": precision}
             if leader:
                 with outputs.disk_errors(output):
-                    _finish(routed, metrics, settings, features, data, output, trainer.logger)
+                    _finish(routed, metrics, settings, features, data, output, trainer.logger, rows)
             return metrics
         frozen = {"routed": routed, "tokenizer": tokenizer} if online else {}
         counts = data.class_counts().tolist()
@@ -211,7 +212,7 @@ def train_routers(
         routed.routers.config.verdict = metrics.get("verdict", "")
         if trainer.is_global_zero:
             with outputs.disk_errors(output):
-                _finish(routed, metrics, settings, features, data, output, trainer.logger)
+                _finish(routed, metrics, settings, features, data, output, trainer.logger, rows)
     if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
         trainer.logger.experiment.finish()  # flush the run (config, metrics, images) before returning
     return metrics
@@ -305,14 +306,19 @@ def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, preci
     return trainer, checkpoint
 
 
-def _finish(routed, metrics: dict, settings: dict, features, data, output: Path, logger) -> None:
-    """Write routers, ``metrics.json``, ``run.json`` and ``decisions.png``; they replace the old ones last."""
+def _finish(routed, metrics: dict, settings: dict, features, data, output: Path, logger, rows) -> None:
+    """Write routers, ``metrics.json``, ``run.json``, ``trained_on.json`` and ``decisions.png``.
+
+    They replace the old ones last. ``trained_on.json`` lists the ids of the training split's examples: the
+    evaluation calibrates budgets on others.
+    """
     folder = outputs.staging(output)
     try:
         routed.save_pretrained(folder)
         routed.load_routers(folder)  # checks the saved files against the model; routers on its device, eval
         outputs.write_json(folder / "metrics.json", metrics)
         outputs.write_json(folder / "run.json", settings)
+        outputs.write_json(folder / TRAINED_ON_NAME, {"ids": [rows[i].id for i in data.train_indices]})
         if features is not None:
             _decision_figure(routed, features, data.val_indices, folder, logger)
     except BaseException:

@@ -225,3 +225,44 @@ def test_routed_static_deviates_only_while_the_level_holds(tmp_path):
     )
     by = {(r.method, r.level): r for r in rows}
     assert by[("routed-static", 3)].layers == 3 and by[("routed-static", 2)].layers == 2
+
+
+def test_calibration_leaves_out_the_examples_the_routers_were_trained_on(tmp_path, monkeypatch):
+    from drllm.evaluation import evaluate
+
+    task = choice_file(tmp_path / "mc.jsonl", n=8)
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    ladder_routers(routed)
+    folder = tmp_path / "routers"
+    routed.save_pretrained(folder)
+    seen = []
+    original = evaluate._TaskEvaluation._routed_methods
+
+    def recording(self, calib):
+        seen.append([ex.id for ex in calib])
+        return original(self, calib)
+
+    monkeypatch.setattr(evaluate._TaskEvaluation, "_routed_methods", recording)
+    common = dict(tokenizer=tiny_tokenizer(), target_layers=(3,), baselines=("drop-last",), batch_size=4)
+    common.update(random_seeds=0, fidelity_tokens=0, route_from_static=False)
+    run_eval(routed, task, str(tmp_path / "a"), routers=str(folder), calibration=4, **common)
+    assert seen[-1] == ["q0", "q1", "q2", "q3"], "without trained_on.json: the first examples"
+    (folder / "trained_on.json").write_text(json.dumps({"ids": ["q0", "q2", "q3", "q4", "q5"]}))
+    run_eval(
+        routed,
+        task,
+        str(tmp_path / "b"),
+        routers=str(folder),
+        calibration=4,
+        **{**common, "route_from_static": True},
+    )
+    assert seen[-1] == ["q1", "q6", "q7"], "only examples the routers never saw"
+    exported = json.loads((tmp_path / "b" / "routers-at-3" / "trained_on.json").read_text())
+    assert exported == {"ids": ["q0", "q2", "q3", "q4", "q5"]}, "the export keeps what the routers saw"
+    (folder / "trained_on.json").write_text(json.dumps({"ids": [f"q{i}" for i in range(8)]}))
+    with pytest.raises(ValueError, match="trained on every example of .* none is left to calibrate on"):
+        run_eval(routed, task, str(tmp_path / "c"), routers=str(folder), calibration=4, **common)
+    (folder / "trained_on.json").write_text('{"ids": [1, 2]}')
+    with pytest.raises(ValueError, match="trained_on.json: 'ids' must be a list of strings"):
+        run_eval(routed, task, str(tmp_path / "d"), routers=str(folder), calibration=4, **common)
+    assert not (tmp_path / "d").exists(), "refused before anything is written"

@@ -151,6 +151,11 @@ def test_one_shot_routers_train_on_their_read_layer_and_refuse_a_missing_one(tmp
     )
     assert json.loads((out / "router_config.json").read_text())["read_layer"] == 2
     assert json.loads((out / "run.json").read_text())["read_layer"] == 2
+    trained = json.loads((out / "trained_on.json").read_text())["ids"]
+    ids = [json.loads(line)["id"] for line in paths.read_text().splitlines()]
+    assert 0 < len(trained) < len(ids) and set(trained) <= set(ids), (
+        "the training split's ids, not validation's"
+    )
     for bad, message in [(4, r"read_layer must be a layer in \[0, 4\), got 4"), (-1, "read_layer must be")]:
         with pytest.raises(ValueError, match=message):
             train_routers(
