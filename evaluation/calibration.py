@@ -23,9 +23,9 @@ def trained_on(routers: str | Path | None) -> frozenset[str]:
     Raises:
         ValueError: naming the file, when ``trained_on.json`` is not ``{"ids": [strings]}``.
     """
-    if routers is None or not (Path(routers) / TRAINED_ON_NAME).is_file():
+    path = None if routers is None else Path(routers) / TRAINED_ON_NAME
+    if path is None or not path.is_file():
         return frozenset()
-    path = Path(routers) / TRAINED_ON_NAME
     try:
         ids = json.loads(path.read_text())["ids"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:

@@ -324,7 +324,7 @@ class _TaskEvaluation:
             self.name,
             len(calib),
             train,
-            len(pool) - sum(ex.id not in s.trained_on for ex in pool),
+            sum(ex.id in s.trained_on for ex in pool),
             len(pool),
         )
         return calib

@@ -91,11 +91,10 @@ class Routers(nn.Module):
         super().__init__()
         if config.kind not in KINDS:
             raise ValueError(f"router kind must be one of {KINDS}, got {config.kind!r}")
-        read = config.read_layer
-        if read is not None and (
-            isinstance(read, bool) or not isinstance(read, int) or not 0 <= read < config.num_layers
-        ):
-            raise ValueError(f"read_layer must be None or a layer in [0, {config.num_layers}), got {read!r}")
+        if not _valid_read_layer(config):
+            raise ValueError(
+                f"read_layer must be None or a layer in [0, {config.num_layers}), got {config.read_layer!r}"
+            )
         self.config = config
         d, h, L = config.hidden_size, config.bottleneck, config.num_layers
         if config.kind == "shared":
@@ -228,9 +227,9 @@ class Routers(nn.Module):
             pooled, valid = pooled[:, read : read + 1], valid[:, read : read + 1]
         if self.config.kind in ("shared", "knn"):  # both broadcast a layer dimension of 1
             return getattr(self, self.config.kind)(None, self.normalize(pooled), valid)
-        if pooled.shape[1] == 1 and self.config.kind == "linear":
-            return self._linear_all(pooled[:, 0], valid[:, 0])
         one = pooled.shape[1] == 1
+        if one and self.config.kind == "linear":
+            return self._linear_all(pooled[:, 0], valid[:, 0])
         return torch.stack(
             [
                 self.head(i, pooled[:, 0 if one else i], valid[:, 0 if one else i])
@@ -279,6 +278,13 @@ class Routers(nn.Module):
             raise ValueError(f"{weights_path} does not match {config_path}: differing tensors {diff}")
         routers.load_state_dict(state)
         return routers
+
+
+def _valid_read_layer(config: RouterConfig) -> bool:
+    read = config.read_layer
+    return read is None or (
+        isinstance(read, int) and not isinstance(read, bool) and 0 <= read < config.num_layers
+    )
 
 
 def _one_line(err: Exception) -> str:
@@ -367,12 +373,10 @@ def _read_config(path: Path) -> tuple[RouterConfig, set[str]]:
         raise ValueError(f"{path}: examples must be a whole number >= 0, got {config.examples!r}")
     if config.kind == "knn" and config.examples < 1:
         raise ValueError(f"{path}: a knn router needs examples >= 1, got {config.examples!r}")
-    read = config.read_layer
-    if read is not None and (
-        isinstance(read, bool) or not isinstance(read, int) or not 0 <= read < config.num_layers
-    ):
+    if not _valid_read_layer(config):
         raise ValueError(
-            f"{path}: read_layer must be null or a layer in [0, {config.num_layers}), got {read!r}"
+            f"{path}: read_layer must be null or a layer in [0, {config.num_layers}), "
+            f"got {config.read_layer!r}"
         )
     for name in ("norm", "skip_first"):
         if not isinstance(getattr(config, name), bool):
