@@ -4,11 +4,15 @@
 
 Stages, each writing under ``output`` and loading the model once for all of them:
 
-1. search paths on the training split into ``paths.jsonl`` (resumes by example id; every record holds
-   the settings it was searched with, and a file searched with other settings, such as another
-   ``simulations``, is set aside and searched again);
-2. train routers into ``routers/`` (skipped when finished with the same arguments and the same paths);
-3. evaluate base, routed and static baselines on the validation split into ``eval/`` (same).
+1. search paths on the training split into ``paths.jsonl``, each question with the single-edit sweep
+   (resumes by example id; every record holds the settings it was searched with, and a file searched
+   with other settings, such as another ``simulations``, is set aside and searched again);
+2. train routers into ``routers/`` on soft targets (every safe path the search scored), by default one
+   ``shared`` router head that reads layer 2 once per prompt (skipped when finished with the same
+   arguments and the same paths);
+3. evaluate base, routed, routed-static (the routers deviating from the best static path only where
+   confident) and static baselines on the validation split into ``eval/`` (same), and export the
+   deployable routers with their verdict.
 
 A finished stage leaves a ``.done`` file holding its arguments as JSON; a stage is skipped when its
 outputs exist and the marker matches the arguments of this call.
@@ -28,7 +32,8 @@ from drllm.search.records import SettingsMismatchError, check_output
 from drllm.search.runner import run_search
 from drllm.search.tasks import get_task
 from drllm.search.tasks.style import describe, resolve_style
-from drllm.train.trainer import train_routers
+from drllm.train.targets import TARGETS, Targets
+from drllm.train.trainer import ROUTER_KINDS, RouterKind, train_routers
 
 MARKER = ".done"
 STARTED = ".started"  # the arguments of the router training under way (or cut off)
@@ -49,6 +54,11 @@ def run_demo(
     greedy_examples: int = 8,
     fidelity_tokens: int = 16,
     seed: int = 0,
+    sweep: bool = True,
+    router: RouterKind = "shared",
+    read_layer: int | None = 2,
+    targets: Targets = "soft",
+    route_from_static: bool = True,
     data_dir: str | None = None,
     routed: RoutedModel | None = None,
     tokenizer=None,
@@ -70,6 +80,13 @@ def run_demo(
         greedy_examples: training examples the greedy static path is searched on.
         fidelity_tokens: tokens of the base model's greedy continuation checked for greedy fidelity.
         seed: seed of search and router training (the random baseline draws seed 0).
+        sweep: score every single-layer skip and repeat of each searched question (the continuous
+            scores soft targets and the routers' regret are built from).
+        router: router head (``mlp``, ``linear``, ``shared`` or ``knn``; see ``drllm train --router``).
+        read_layer: the layer whose input every router reads, once per prompt (None: router i reads
+            layer i).
+        targets: ``soft`` (every safe path the search scored) or ``hard`` (the one path it chose).
+        route_from_static: also evaluate ``routed-static`` and export ``eval/routers-at-<level>``.
         data_dir: benchmark data folder.
         routed: an already built ``RoutedModel`` to use instead of loading ``model`` (tests).
         tokenizer: its tokenizer.
@@ -81,8 +98,21 @@ def run_demo(
     for name, value in (("train_examples", train_examples), ("simulations", simulations), ("epochs", epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    if router not in ROUTER_KINDS:
+        raise ValueError(f"router must be one of {', '.join(ROUTER_KINDS)}, got {router!r}")
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
     out = check_output(output, folder=True)  # a file in the way is refused before the model loads
     routed, tokenizer = _load(model, routed, tokenizer, device)
+    if read_layer is not None and not (
+        isinstance(read_layer, int)
+        and not isinstance(read_layer, bool)
+        and 0 <= read_layer < routed.num_layers
+    ):
+        raise ValueError(
+            f"read_layer must be a layer of the model (0 to {routed.num_layers - 1}) or None, "
+            f"got {read_layer!r}"
+        )
     task_obj = get_task(task)
     paths = out / "paths.jsonl"
     style, measured = resolve_style(
@@ -98,7 +128,7 @@ def run_demo(
         "split": task_obj.default_split_train,
         "limit": train_examples,
         "simulations": simulations,
-        "sweep": False,  # the single-edit sweep costs 2L rows per question: minutes on CPU
+        "sweep": sweep,
         "seed": seed,
         "style": style,
         "data_dir": data_dir,
@@ -114,6 +144,9 @@ def run_demo(
         "epochs": epochs,
         "seed": seed,
         "style": style,
+        "router": router,
+        "read_layer": read_layer,
+        "targets": targets,
     }
     metrics = _train_stage(routed, tokenizer, out / "routers", train_args)
     eval_args = {
@@ -124,14 +157,34 @@ def run_demo(
         "calibration": calibration,
         "greedy_examples": greedy_examples,
         "fidelity_tokens": fidelity_tokens,
+        "route_from_static": route_from_static,
     }
     split = "validation" if "validation" in task_obj.splits else task_obj.default_split_eval
     rows, decisions = _eval_stage(routed, tokenizer, out, eval_args, split, data_dir)
-    text = report_text(search, metrics, rows, decisions, routed.num_layers, task, str(model), style_line)
+    verdicts = _read_verdicts(out / "eval" / "verdict.md")
+    text = report_text(
+        search,
+        metrics,
+        rows,
+        decisions,
+        routed.num_layers,
+        task,
+        str(model),
+        style_line,
+        train_args,
+        verdicts,
+    )
     path = out / "report.md"
     report.atomic_write_text(path, text)
     _say(f"report: {path}")
     return {"search": search, "train": metrics, "eval": rows, "report": str(path)}
+
+
+def _read_verdicts(path: Path) -> list[str]:
+    """The exported routers' verdicts that ``run_eval`` wrote (none without ``routed-static``)."""
+    if not path.is_file():
+        return []
+    return [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
 
 
 def _search_stage(routed, tokenizer, paths: Path, args: dict) -> dict:
@@ -195,6 +248,9 @@ def _train_stage(routed, tokenizer, folder: Path, args: dict) -> dict:
             str(folder),
             epochs=args["epochs"],
             seed=args["seed"],
+            router=args["router"],
+            read_layer=args["read_layer"],
+            targets=args["targets"],
             resume=resume,
             tokenizer=tokenizer,
         )
@@ -228,7 +284,7 @@ def _eval_stage(routed, tokenizer, out: Path, args: dict, split: str, data_dir):
             style=args["style"],
             data_dir=data_dir,
             tokenizer=tokenizer,
-            route_from_static=False,  # its threshold calibration would take the demo past 20 minutes on CPU
+            route_from_static=args["route_from_static"],
         )
         _mark(folder, args)
     rows = report.read_results(folder / "results.json")
@@ -247,6 +303,8 @@ def report_text(
     task: str,
     model: str,
     style_line: str = "",
+    setup: dict | None = None,
+    verdicts: list[str] | None = None,
 ) -> str:
     """The demo's ``report.md``: what search, the routers and the evaluation found, in plain words."""
     parts = [
@@ -262,7 +320,7 @@ def report_text(
         "## Search\n",
         *_search_lines(search),
         "## Routers\n",
-        *_router_lines(metrics),
+        *_router_lines(metrics, setup or {}),
         "## Evaluation at matched compute\n",
         "Every method runs at the same mean layers per prompt (the level); intervals are 95% bootstrap "
         "intervals, differences are paired on the same questions with exact McNemar p-values (* p < 0.05).\n",
@@ -270,7 +328,7 @@ def report_text(
         "## What it says\n",
         *report.findings(rows),
         "",
-        *_verdict_lines(rows),
+        *_verdict_lines(rows, verdicts or []),
         "## Where the routers skip and repeat\n",
         *_where_lines(decisions),
     ]
@@ -291,26 +349,50 @@ def _search_lines(s: dict) -> list[str]:
         "with fewer layers.",
         f"- For {_pct(s['fixed_when_wrong'])} of the questions it got wrong, search found a path "
         "that answers correctly.",
-        f"- The chosen paths run {s['mean_layers']:.2f} layers on average (of {s['num_layers']}).\n",
+        f"- The chosen paths run {s['mean_layers']:.2f} layers on average (of {s['num_layers']}).",
+        *(
+            [
+                f"- Every question's single-layer skips and repeats were scored too; a question the model "
+                f"got right has {s['safe_paths']:.1f} scored paths that keep its answer on average, and "
+                "the routers learn the share of skip, execute and repeat over them."
+            ]
+            if "safe_paths" in s
+            else []
+        ),
+        "",
     ]
 
 
-def _router_lines(m: dict) -> list[str]:
+def _router_lines(m: dict, setup: dict) -> list[str]:
+    lines = []
+    if setup.get("router"):
+        read = setup.get("read_layer")
+        where = (
+            f"all reading the input of layer {read} once per prompt"
+            if read is not None
+            else "router i reading the input of layer i"
+        )
+        lines.append(
+            f"Router head `{setup['router']}`, {where}, trained on {setup.get('targets', 'hard')} targets."
+        )
     if "macro_f1" not in m:
-        return ["The routers' validation metrics were not recorded.\n"]
-    text = f"On held-out searched questions the routers' decisions reach a macro F1 of {m['macro_f1']:.3f}"
-    if "layers_pred" in m and "layers_target" in m:
-        text += f"; they pick {m['layers_pred']:.2f} layers where search picked {m['layers_target']:.2f}"
-    lines = [text + "."]
+        return ["\n".join(lines + ["The routers' validation metrics were not recorded."]) + "\n"]
     if "verdict" in m:
         lines.append(
             "Regret is the gold margin lost, against each held-out question's best single skip or repeat, by "
             "the edit the routers are most sure of; the " + m["verdict"] + "."
         )
+    text = f"Macro F1 of the routers' decisions on held-out searched questions: {m['macro_f1']:.3f}"
+    if "layers_pred" in m and "layers_target" in m:
+        pred, target = m["layers_pred"], m["layers_target"]
+        text += f"; they pick {pred:.2f} layers where the targets' argmax has {target:.2f}"
+    if setup.get("targets") == "soft":
+        text += " (against soft targets, whose argmax is nearly always execute, this says little)"
+    lines.append(text + ".")
     return ["\n".join(lines) + "\n"]
 
 
-def _verdict_lines(rows: list) -> list[str]:
+def _verdict_lines(rows: list, verdicts: list[str]) -> list[str]:
     """One plain verdict: do the routers beat the base model, the best static path, their own controls?"""
     routed = [r for r in rows if r.method == "routed" and r.level is not None]
     if not routed:
@@ -332,6 +414,7 @@ def _verdict_lines(rows: list) -> list[str]:
         )
     ]
     lines = ["Verdict:"]
+    lines += [f"- The exported routers (`eval/routers-at-<level>`): {v}" for v in verdicts]
     lines.append(
         f"- The routers are significantly above the best static path at {len(wins_static)} of {len(routed)} "
         f"levels and significantly below it at {len(loses_static)}."

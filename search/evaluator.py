@@ -52,6 +52,7 @@ class Outcome:
         min_logprob: exact answers: the target's smallest token log-probability.
         fidelity: leading tokens of the base model's greedy continuation the path reproduces (None when
             the example was prepared without one).
+        loglik: ``mc-loglik`` scoring: every option's log-likelihood (what ``with_gold`` rescores from).
     """
 
     reward: float
@@ -59,6 +60,21 @@ class Outcome:
     answer: int | str | None = None
     min_logprob: float | None = None
     fidelity: int | None = None
+    loglik: tuple[float, ...] | None = None
+
+    def with_gold(self, gold: int) -> Outcome:
+        """The same path's outcome had option ``gold`` been the right one (``mc-loglik`` outcomes only).
+
+        Raises:
+            ValueError: when the outcome has no per-option log-likelihoods, or ``gold`` is not an option.
+        """
+        if self.loglik is None:
+            raise ValueError("this outcome has no per-option log-likelihoods to rescore")
+        if not 0 <= gold < len(self.loglik):
+            raise ValueError(f"gold must be an option (0 to {len(self.loglik) - 1}), got {gold}")
+        others = [s for k, s in enumerate(self.loglik) if k != gold]
+        margin = self.loglik[gold] - max(others) if others else 0.0
+        return replace(self, reward=_reward(list(self.loglik), gold), margin=margin)
 
 
 @dataclass
@@ -83,6 +99,17 @@ class Prepared:
     def base_reward(self) -> float | None:
         """Reward of the default (all-execute) path, once the prefix has run."""
         return None if self.base is None else self.base.reward
+
+    def with_gold(self, gold: int) -> Prepared:
+        """This example with option ``gold`` declared right (the wrong-gold control).
+
+        It shares the recorded prefix when the base outcome can be rescored for ``gold`` (``mc-loglik``);
+        otherwise its prefix and base outcome are run again (``dataclasses.replace`` alone would keep a
+        base outcome scored for the old gold).
+        """
+        if self.base is not None and self.base.loglik is not None:
+            return replace(self, gold=gold, base=self.base.with_gold(gold))
+        return replace(self, gold=gold, prefix=None, base=None)
 
 
 class PathEvaluator:
@@ -365,7 +392,8 @@ class PathEvaluator:
             reward, answer = _reward(loglik, p.gold), _answer(loglik)
         others = [s for k, s in enumerate(loglik) if k != p.gold]
         margin = loglik[p.gold] - max(others) if others else 0.0
-        return Outcome(reward, margin=margin, answer=answer, fidelity=fidelity)
+        scores = tuple(loglik) if self.scoring == "mc-loglik" else None  # mc-letter's reward is not from them
+        return Outcome(reward, margin=margin, answer=answer, fidelity=fidelity, loglik=scores)
 
     def _generate_outcomes(self, rows) -> list[Outcome]:
         from drllm.router import batch_prompts

@@ -9,9 +9,10 @@ token log-probability), and can run three controls whose numbers say how much it
   with prefix reuse); their margins are recorded and their rewards primed into the tree (it runs exactly
   as if it had asked for them).
 - ``control="wrong-gold"``: the same search, same seed, on the same example with a random wrong option
-  (seeded by the example id) declared gold. The share of examples where it "fixes" the wrong answer is
-  the lucky-fix rate: what the search finds with no signal at all. A real fix counts as trusted only when
-  its margin gain beats what the control reached on that example.
+  (seeded by the example id) declared gold, primed with the same sweep rescored for that option (under
+  ``mc-loglik``; other scorings evaluate the control's paths themselves). The share of examples where it
+  "fixes" the wrong answer is the lucky-fix rate: what the search finds with no signal at all. A real fix
+  counts as trusted only when its margin gain beats what the control reached on that example.
 - ``seeds=2``: a second tree with another seed. Two-seed agreement is the Jaccard overlap of the two
   chosen paths' edits (layers not executed exactly once); the record keeps only the edits both agree on
   (that path is scored too).
@@ -25,7 +26,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .evaluator import Outcome, PathEvaluator
 from .mcts import PathSearch, SearchConfig, tree_seed
@@ -142,23 +143,32 @@ def _start(evaluator, example, config, supervision: Supervision, seed: int, L: i
     if supervision.seeds == 2:
         trees.append(_Tree("seed1", prepared, PathSearch(L, tree_seed(seed + 1, str(example.id)), config)))
     ex = _Example(prepared, trees)
-    if supervision.control == "wrong-gold" and len(prepared.targets) > 1:
-        ex.control_gold = wrong_gold(example, len(prepared.targets), prepared.gold, seed)
-        control = replace(prepared, gold=ex.control_gold)
-        trees.append(_Tree("control", control, PathSearch(L, tree_seed(seed, str(example.id)), config)))
     if supervision.sweep:
         edits = single_edits(L)
         for path, outcome in zip(edits, evaluator.outcomes([(prepared, p) for p in edits]), strict=True):
             ex.sweep[path] = outcome
+    if supervision.control == "wrong-gold" and len(prepared.targets) > 1:
+        ex.control_gold = wrong_gold(example, len(prepared.targets), prepared.gold, seed)
+        control = prepared.with_gold(ex.control_gold)  # shares the prefix the sweep recorded
+        trees.append(_Tree("control", control, PathSearch(L, tree_seed(seed, str(example.id)), config)))
+    if supervision.sweep:
         for t in trees:
-            if t.role != "control":  # the control's rewards differ: it asks for what it needs
-                t.tree.prime({p: o.reward for p, o in ex.sweep.items()})
-                t.scores.update(ex.sweep)
+            swept = ex.sweep
+            if t.role == "control":  # the same sweep, rescored for the wrong gold: the control's own budget
+                if any(o.loglik is None for o in swept.values()):
+                    continue  # no per-option scores (not mc-loglik): the control asks for what it needs
+                swept = {p: o.with_gold(ex.control_gold) for p, o in swept.items()}
+            t.tree.prime({p: o.reward for p, o in swept.items()})
+            t.scores.update(swept)
     return ex
 
 
 def _edits(path) -> set[tuple[int, int]]:
     return {(i, d) for i, d in enumerate(path) if d != 1}
+
+
+def _evaluated(scores: dict) -> list[dict]:
+    return [{"path": "".join(map(str, p)), "reward": o.reward, "margin": o.margin} for p, o in scores.items()]
 
 
 def _record(evaluator, ex: _Example, meta: dict, supervision: Supervision, L: int) -> SearchRecord:
@@ -172,10 +182,7 @@ def _record(evaluator, ex: _Example, meta: dict, supervision: Supervision, L: in
         "base_margin": base.margin,
         "margin": main.scores[chosen].margin,
         "margin_gain": (max(margins) - base.margin) if margins and base.margin is not None else None,
-        "evaluated": [
-            {"path": "".join(map(str, p)), "reward": o.reward, "margin": o.margin}
-            for p, o in main.scores.items()
-        ],
+        "evaluated": _evaluated(main.scores),
     }
     if base.reward >= 1.0:
         info["safe_paths"] = sum(
@@ -199,6 +206,8 @@ def _record(evaluator, ex: _Example, meta: dict, supervision: Supervision, L: in
                 "base_reward": c_base.reward,
                 "reward": other.reward,
                 "fixed": c_base.reward < 1.0 and other.reward >= 1.0,
+                "base_margin": c_base.margin,
+                "best_margin": max(c_margins) if c_margins else None,
                 "margin_gain": max(c_margins) - c_base.margin if c_margins else None,
             }
         else:
@@ -206,6 +215,7 @@ def _record(evaluator, ex: _Example, meta: dict, supervision: Supervision, L: in
             info["seeds"] = {
                 "paths": [list(chosen), list(other.decisions)],
                 "agreement": len(a & b) / len(a | b) if a | b else None,
+                "evaluated": _evaluated(t.scores),  # the second tree's paths, for its own soft targets
             }
             agreed = [d if d == o else 1 for d, o in zip(chosen, other.decisions, strict=True)]
             outcome = evaluator.outcomes([(ex.prepared, tuple(agreed))])[0]

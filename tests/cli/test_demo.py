@@ -30,7 +30,7 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
     )
     first = demo.run_demo(routed=routed, **kwargs)
     text = (out / "report.md").read_text()
-    for piece in ("## Search", "macro F1", "| method |", "eval/tradeoff.png", "eval/decisions.png"):
+    for piece in ("## Search", "Macro F1", "| method |", "eval/tradeoff.png", "eval/decisions.png"):
         assert piece in text
     assert (out / "paths.jsonl").is_file() and (out / "routers" / "routers.safetensors").is_file()
     assert {r.method for r in first["eval"]} >= {
@@ -39,8 +39,18 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
         "greedy",
         "routed-random",
         "routed-majority",
+        "routed-static",
     }
     assert "Verdict:" in text and "significant" in text
+    # the pipeline by default: the sweep, soft targets, one-shot shared routers, routed-static
+    records = read_records(out / "paths.jsonl")
+    assert all(len(r.supervision["sweep"]["skip"]) == routed.num_layers for r in records)
+    config = json.loads((out / "routers" / "router_config.json").read_text())
+    assert config["kind"] == "shared" and config["read_layer"] == 2
+    assert "Router head `shared`, all reading the input of layer 2" in text and "soft targets" in text
+    exported = sorted(p.name for p in (out / "eval").glob("routers-at-*"))
+    assert exported == ["routers-at-2", "routers-at-3"]
+    assert text.count("The exported routers") == 2
 
     def fail(*args, **kw):
         raise AssertionError("a finished stage ran again")

@@ -1,11 +1,13 @@
 """Continuous scores, the single-edit sweep and the label controls recorded by every search."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 from drllm.router import RoutedModel
-from drllm.search.evaluator import PathEvaluator
+from drllm.search.evaluator import Outcome, PathEvaluator
 from drllm.search.records import read_records
 from drllm.search.runner import run_search
 from drllm.search.supervision import Supervision, format_reliability, reliability, single_edits, wrong_gold
@@ -81,3 +83,53 @@ def test_single_edits_and_bad_settings():
         Supervision(control="nope")
     with pytest.raises(ValueError, match="seeds must be 1 or 2"):
         Supervision(seeds=3)
+
+
+def test_an_outcome_rescored_for_another_gold_equals_scoring_with_that_gold(routed, mc_file):
+    task = get_task(f"jsonl:{mc_file}")
+    ev = PathEvaluator(routed, tiny_tokenizer(), task)
+    prepared = ev.prepare(task.load()[:2])
+    for p in prepared:
+        for path in ((1, 1, 1, 1), (1, 0, 1, 1), (1, 2, 0, 1)):
+            outcome = ev.outcomes([(p, path)])[0]
+            for gold in range(len(p.targets)):
+                fresh = replace(p, gold=gold, prefix=None, base=None)  # run from scratch for this gold
+                direct = ev.outcomes([(fresh, path)])[0]
+                again = outcome.with_gold(gold)
+                assert again.reward == direct.reward
+                assert again.margin == pytest.approx(direct.margin, abs=1e-5)
+                shared = p.with_gold(gold)  # reuses p's prefix, its base outcome rescored
+                assert shared.prefix is p.prefix and shared.base_reward == fresh.base_reward
+                assert ev.outcomes([(shared, path)])[0].margin == pytest.approx(direct.margin, abs=1e-5)
+    with pytest.raises(ValueError, match="no per-option log-likelihoods"):
+        Outcome(1.0, margin=0.5).with_gold(0)
+    with pytest.raises(ValueError, match="gold must be an option"):
+        outcome.with_gold(len(prepared[-1].targets))
+
+
+def test_the_control_gets_the_sweep_rescored_and_the_second_seed_keeps_its_paths(routed, mc_file, tmp_path):
+    out = tmp_path / "p.jsonl"
+    run_search(
+        routed,
+        f"jsonl:{mc_file}",
+        str(out),
+        tokenizer=tiny_tokenizer(),
+        simulations=3,
+        limit=4,
+        control="wrong-gold",
+        seeds=2,
+    )
+    task = get_task(f"jsonl:{mc_file}")
+    ev = PathEvaluator(routed, tiny_tokenizer(), task)
+    examples = {str(ex.id): ex for ex in task.load()}
+    for record in read_records(out):
+        sup = record.supervision
+        p = ev.prepare([examples[record.id]])[0]
+        swept = [o.with_gold(sup["control"]["gold"]) for o in ev.outcomes([(p, e) for e in single_edits(4)])]
+        # the control's best margin covers the whole sweep (it was primed with it), beside its own tree
+        assert sup["control"]["best_margin"] >= max(o.margin for o in swept) - 1e-5
+        gain = sup["control"]["best_margin"] - sup["control"]["base_margin"]
+        assert sup["control"]["margin_gain"] == pytest.approx(gain)
+        second = {e["path"] for e in sup["seeds"]["evaluated"]}
+        assert {"".join(map(str, e)) for e in single_edits(4)} <= second
+        assert "".join(map(str, sup["seeds"]["paths"][1])) in second
