@@ -237,6 +237,7 @@ class SearchSettings:
     control: str = "none"
     seeds: int = 1
     safe_margin: float = 0.0
+    fix_margin: float = 0.0
 
     def stamp(self, record: SearchRecord) -> SearchRecord:
         """The record with this search's ``settings`` object."""

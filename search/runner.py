@@ -56,6 +56,7 @@ def run_search(
     control: str | None = None,
     seeds: int = 1,
     safe_margin: float = 0.0,
+    fix_margin: float = 0.0,
     strict: bool = False,
 ) -> dict:
     """Search paths for the examples of a task and append them to ``output`` (resumable).
@@ -93,6 +94,8 @@ def run_search(
             prints the lucky-fix rate (see :mod:`drllm.search.supervision`).
         seeds: 2 searches each example twice and keeps the edits both seeds agree on.
         safe_margin: a path keeps a base-correct answer safely when its gold margin is at least this.
+        fix_margin: a path fixes a base-wrong answer (and the wrong-gold control's) only when the gold wins
+            by more than this many nats; 0 counts every correct path.
         strict: stop at the first task row that cannot be searched (an empty prompt, a repeated option,
             a line that is not JSON, ...); by default each such row is skipped with a warning naming it.
 
@@ -114,6 +117,12 @@ def run_search(
         or not math.isfinite(safe_margin)
     ):
         raise ValueError(f"safe_margin must be a finite number, got {safe_margin!r}")
+    if (
+        isinstance(fix_margin, bool)
+        or not isinstance(fix_margin, (int, float))
+        or not 0 <= fix_margin < math.inf
+    ):
+        raise ValueError(f"fix_margin must be a finite number >= 0, got {fix_margin!r}")
     if devices > 1 and "WORLD_SIZE" not in os.environ:
         if restart:
             set_aside(Path(output))  # each rank sets its own file aside
@@ -138,7 +147,7 @@ def run_search(
         log.info(describe(style, measured, task_obj.default_split_train))
     evaluator = PathEvaluator(routed, tokenizer, task_obj, scoring, style, max_rows, max_new_tokens)
     config = SearchConfig(simulations=simulations)
-    supervision = Supervision(sweep, control, seeds, safe_margin)
+    supervision = Supervision(sweep, control, seeds, safe_margin, float(fix_margin))
     settings = SearchSettings(
         task=task,
         model=model_name,
@@ -153,6 +162,7 @@ def run_search(
         control=control or "none",
         seeds=seeds,
         safe_margin=safe_margin,
+        fix_margin=float(fix_margin),
     )
     if world > 1:  # the main output too, which the ranks' files are merged into
         settings.check(read_records(output, allow_empty=True), Path(output))

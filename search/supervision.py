@@ -12,7 +12,9 @@ token log-probability), and can run three controls whose numbers say how much it
   (seeded by the example id) declared gold, primed with the same sweep rescored for that option (under
   ``mc-loglik``; other scorings evaluate the control's paths themselves). The share of examples where it
   "fixes" the wrong answer is the lucky-fix rate: what the search finds with no signal at all. A real fix
-  counts as trusted only when its margin gain beats what the control reached on that example.
+  counts as trusted only when its margin gain beats what the control reached on that example. With
+  ``fix_margin`` > 0, a fix (of the example or of the control) must also win by more than that margin,
+  in nats: the control's fix rate then says how often a fix that clear is luck.
 - ``seeds=2``: a second tree with another seed. Two-seed agreement is the Jaccard overlap of the two
   chosen paths' edits (layers not executed exactly once); the record keeps only the edits both agree on
   (that path is scored too).
@@ -23,16 +25,21 @@ at least ``safe_margin``.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import torch
 
 from .evaluator import Outcome, PathEvaluator
 from .mcts import PathSearch, SearchConfig, tree_seed
 from .records import SearchRecord
 
 CONTROLS = ("wrong-gold",)
+FIX_MARGINS = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0)
+"""Margins (nats) at which ``reliability`` compares the fix rates of the gold and of the wrong gold."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,15 @@ class Supervision:
     control: str | None = None
     seeds: int = 1
     safe_margin: float = 0.0
+    fix_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.control is not None and self.control not in CONTROLS:
             raise ValueError(f"unknown control {self.control!r}; known controls: {', '.join(CONTROLS)}")
         if self.seeds not in (1, 2):
             raise ValueError(f"seeds must be 1 or 2, got {self.seeds}")
+        if not (isinstance(self.fix_margin, (int, float)) and 0.0 <= self.fix_margin < math.inf):
+            raise ValueError(f"fix_margin must be a finite number >= 0, got {self.fix_margin!r}")
 
 
 @dataclass
@@ -163,6 +173,17 @@ def _start(evaluator, example, config, supervision: Supervision, seed: int, L: i
     return ex
 
 
+def _best_fix(scores: dict, fix_margin: float) -> tuple[tuple, float | None] | None:
+    """The correct path with the largest gold margin; with ``fix_margin > 0``, only when it exceeds that."""
+    fixes = [(-math.inf if o.margin is None else o.margin, p) for p, o in scores.items() if o.reward >= 1.0]
+    if not fixes:
+        return None
+    margin, path = max(fixes)
+    if fix_margin > 0 and not margin > fix_margin:
+        return None
+    return path, (None if margin == -math.inf else margin)
+
+
 def _edits(path) -> set[tuple[int, int]]:
     return {(i, d) for i, d in enumerate(path) if d != 1}
 
@@ -205,7 +226,7 @@ def _record(evaluator, ex: _Example, meta: dict, supervision: Supervision, L: in
                 "gold": ex.control_gold,
                 "base_reward": c_base.reward,
                 "reward": other.reward,
-                "fixed": c_base.reward < 1.0 and other.reward >= 1.0,
+                "fixed": c_base.reward < 1.0 and _best_fix(t.scores, supervision.fix_margin) is not None,
                 "base_margin": c_base.margin,
                 "best_margin": max(c_margins) if c_margins else None,
                 "margin_gain": max(c_margins) - c_base.margin if c_margins else None,
@@ -221,9 +242,12 @@ def _record(evaluator, ex: _Example, meta: dict, supervision: Supervision, L: in
             outcome = evaluator.outcomes([(ex.prepared, tuple(agreed))])[0]
             info["seeds"]["agreed_reward"] = outcome.reward
             decisions, reward = agreed, outcome.reward
-    if "control" in info and res.base_reward < 1.0 and res.reward >= 1.0:
+    fix = _best_fix(main.scores, supervision.fix_margin) if res.base_reward < 1.0 else None
+    if fix is not None:
+        info["fix"] = {"path": "".join(map(str, fix[0])), "margin": fix[1]}
+    if "control" in info and res.base_reward < 1.0:
         gain, c_gain = info["margin_gain"], info["control"]["margin_gain"]
-        info["trusted_fix"] = gain is not None and c_gain is not None and gain > c_gain
+        info["trusted_fix"] = fix is not None and gain is not None and c_gain is not None and gain > c_gain
     return SearchRecord(
         id=str(ex.prepared.example.id),
         task=meta["task"],
@@ -244,13 +268,44 @@ def _record(evaluator, ex: _Example, meta: dict, supervision: Supervision, L: in
     )
 
 
+def safe_paths(
+    evaluated: list[dict], num_layers: int, safe_margin: float = 0.0, full_weight: float = 0.5
+) -> list[tuple[list[int], float]]:
+    """``(decisions, weight)`` of every evaluated path that keeps a right answer with ``safe_margin``.
+
+    For an example the base model gets right: the all-execute path weighs ``full_weight``, every other
+    safe path ``2 ** (L - layers)`` (shorter paths count more, a repeat less).
+    """
+    root = "1" * num_layers
+    out: list[tuple[list[int], float]] = [([1] * num_layers, full_weight)]
+    for entry in evaluated:
+        path, margin = entry["path"], entry.get("margin")
+        if path == root or len(path) != num_layers or entry.get("reward", 0.0) < 1.0:
+            continue
+        if margin is None or margin < safe_margin:
+            continue
+        decisions = [int(c) for c in path]
+        out.append((decisions, 2.0 ** (num_layers - sum(decisions))))
+    return out
+
+
+def path_table(paths: list[tuple[list[int], float]], num_layers: int) -> torch.Tensor:
+    """``[L, 3]``: per layer, the weighted shares of skip / execute / repeat over ``paths``."""
+    table = torch.zeros(num_layers, 3)
+    for decisions, weight in paths:
+        table[torch.arange(num_layers), torch.tensor(decisions)] += weight
+    return table / table.sum(-1, keepdim=True)
+
+
 def reliability(records: list[SearchRecord]) -> dict:
     """Label reliability over records that carry supervision (empty when none do).
 
     Keys: ``wrong_gold_fix_rate`` (share of control searches that made a wrong answer win, among those
     where the base did not already pick it), ``trusted_fix_rate`` (share of base-wrong examples with a
     fix whose margin gain beats the control's), ``seed_agreement`` (mean Jaccard overlap of the two seeds'
-    edits), ``safe_paths`` (mean safe paths per base-correct example).
+    edits), ``safe_paths`` (mean safe paths per base-correct example), ``fixes_by_margin`` (on examples
+    that the model and the control both get wrong, paired: at each of ``FIX_MARGINS``, the share whose
+    best correct path wins by more than that margin, for the gold and for the wrong gold).
     """
     sup = [r.supervision for r in records if r.supervision]
     out: dict = {}
@@ -269,7 +324,31 @@ def reliability(records: list[SearchRecord]) -> dict:
     safe = [s["safe_paths"] for s in sup if "safe_paths" in s]
     if safe:
         out["safe_paths"] = sum(safe) / len(safe)
+    paired = [
+        (_best_correct_margin(s["evaluated"]), s["control"]["best_margin"])
+        for r, s in ((r, r.supervision) for r in records if r.supervision)
+        if (r.base_reward or 0) < 1.0
+        and "control" in s
+        and s["control"]["base_reward"] < 1.0
+        and s["control"].get("best_margin") is not None
+        and s.get("evaluated")
+    ]
+    if paired:
+        out["fixes_by_margin"] = [
+            {
+                "margin": m,
+                "fixed": sum(a is not None and a > m for a, _ in paired) / len(paired),
+                "control": sum(c > m for _, c in paired) / len(paired),
+                "examples": len(paired),
+            }
+            for m in FIX_MARGINS
+        ]
     return out
+
+
+def _best_correct_margin(evaluated: list[dict]) -> float | None:
+    margins = [e["margin"] for e in evaluated if e.get("reward", 0.0) >= 1.0 and e.get("margin") is not None]
+    return max(margins) if margins else None
 
 
 def format_reliability(r: dict) -> str:
@@ -286,14 +365,26 @@ def format_reliability(r: dict) -> str:
         lines.append(f"  two-seed agreement     {r['seed_agreement']:.2f} (Jaccard overlap of chosen edits)")
     if "safe_paths" in r:
         lines.append(f"  safe paths             {r['safe_paths']:.1f} per base-correct example")
+    if "fixes_by_margin" in r:
+        rows = r["fixes_by_margin"]
+        lines.append(
+            f"  fixed by more than m nats, on {rows[0]['examples']} examples both the model and the control "
+            "get wrong (gold | wrong gold):"
+        )
+        lines.append(
+            "    " + "  ".join(f"m={x['margin']:g}: {x['fixed']:.0%} | {x['control']:.0%}" for x in rows)
+        )
     return "\n".join(lines)
 
 
 __all__ = [
     "CONTROLS",
+    "FIX_MARGINS",
     "Supervision",
     "format_reliability",
+    "path_table",
     "reliability",
+    "safe_paths",
     "search_examples",
     "single_edits",
     "wrong_gold",

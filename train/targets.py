@@ -8,8 +8,9 @@ layer, the distribution of skip / execute / repeat over every path the search ev
   least ``safe_margin``; the all-execute path counts too, down-weighted (``full_weight``), and every other
   path weighs ``2 ** (L - layers)``, so shorter paths count more and a repeat less;
 - for an example it gets wrong, only a fix that passed the wrong-gold control (``trusted_fix`` in the
-  record; see ``drllm search --control wrong-gold``) counts, beside the all-execute path; without the
-  control no fix is trusted and the target is to execute every layer.
+  record; see ``drllm search --control wrong-gold --fix-margin``) counts, beside the all-execute path: the
+  correct path with the largest gold margin (``fix`` in the record); without the control no fix is
+  trusted and the target is to execute every layer.
 
 Records without the evaluated paths (written before the search kept them) keep their hard target.
 """
@@ -21,6 +22,7 @@ from typing import Literal
 import torch
 
 from drllm.search.records import SearchRecord
+from drllm.search.supervision import path_table, safe_paths
 
 Targets = Literal["hard", "soft"]
 TARGETS = ("hard", "soft")
@@ -39,23 +41,18 @@ def soft_targets(
     evaluated = info.get("evaluated")
     if not evaluated:
         return hard_targets(record, num_layers)
-    root = "1" * num_layers
-    paths: list[tuple[list[int], float]] = [([1] * num_layers, full_weight)]
-    right = (record.base_reward or 0.0) >= 1.0
-    for entry in evaluated:
-        path, margin = entry["path"], entry.get("margin")
-        if path == root or len(path) != num_layers or entry.get("reward", 0.0) < 1.0:
-            continue
-        if right and (margin is None or margin < safe_margin):
-            continue
-        if not right and not (info.get("trusted_fix") and [int(c) for c in path] == list(record.decisions)):
-            continue
-        decisions = [int(c) for c in path]
+    if (record.base_reward or 0.0) >= 1.0:
+        return path_table(safe_paths(evaluated, num_layers, safe_margin, full_weight), num_layers)
+    paths = [([1] * num_layers, full_weight)]
+    if info.get("fix"):  # the correct path with the largest gold margin
+        fix = info["fix"]["path"]
+    else:  # records searched before the search kept it: the chosen path
+        fix = "".join(map(str, record.decisions))
+    scored = any(e["path"] == fix and e.get("reward", 0.0) >= 1.0 for e in evaluated)
+    if info.get("trusted_fix") and scored and fix != "1" * num_layers:  # only a trusted fix counts
+        decisions = [int(c) for c in fix]
         paths.append((decisions, 2.0 ** (num_layers - sum(decisions))))
-    table = torch.zeros(num_layers, 3)
-    for decisions, weight in paths:
-        table[torch.arange(num_layers), torch.tensor(decisions)] += weight
-    return table / table.sum(-1, keepdim=True)
+    return path_table(paths, num_layers)
 
 
 def target_table(

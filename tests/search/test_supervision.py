@@ -8,7 +8,7 @@ from tiny_models import tiny_model, tiny_tokenizer
 
 from drllm.router import RoutedModel
 from drllm.search.evaluator import Outcome, PathEvaluator
-from drllm.search.records import read_records
+from drllm.search.records import SearchRecord, read_records
 from drllm.search.runner import run_search
 from drllm.search.supervision import Supervision, format_reliability, reliability, single_edits, wrong_gold
 from drllm.search.tasks import get_task
@@ -133,3 +133,51 @@ def test_the_control_gets_the_sweep_rescored_and_the_second_seed_keeps_its_paths
         second = {e["path"] for e in sup["seeds"]["evaluated"]}
         assert {"".join(map(str, e)) for e in single_edits(4)} <= second
         assert "".join(map(str, sup["seeds"]["paths"][1])) in second
+
+
+def test_fix_margin_decides_what_counts_as_a_fix_for_the_example_and_its_control(routed, mc_file, tmp_path):
+    common = dict(tokenizer=tiny_tokenizer(), simulations=3, limit=8, control="wrong-gold")
+    run_search(routed, f"jsonl:{mc_file}", str(tmp_path / "a.jsonl"), **common)
+    run_search(routed, f"jsonl:{mc_file}", str(tmp_path / "b.jsonl"), fix_margin=1e6, **common)
+    loose, strict = read_records(tmp_path / "a.jsonl"), read_records(tmp_path / "b.jsonl")
+    wrong = [r for r in loose if r.base_reward < 1.0]
+    assert wrong, "the tiny model gets some questions wrong"
+    for r in wrong:
+        correct = [e for e in r.supervision["evaluated"] if e["reward"] >= 1.0]
+        if correct:  # the fix is the correct path with the largest margin
+            assert r.supervision["fix"]["margin"] == max(e["margin"] for e in correct)
+        else:
+            assert "fix" not in r.supervision and not r.supervision["trusted_fix"]
+    for r in strict:  # nothing wins by a million nats: no fix, no trusted fix, no lucky control fix
+        assert "fix" not in r.supervision and not r.supervision["control"]["fixed"]
+        assert not r.supervision.get("trusted_fix", False)
+    assert {r.settings["fix_margin"] for r in strict} == {1e6}
+    with pytest.raises(ValueError, match="fix_margin must be a finite number >= 0"):
+        run_search(routed, f"jsonl:{mc_file}", str(tmp_path / "c.jsonl"), fix_margin=-1.0, **common)
+    with pytest.raises(ValueError, match="fix_margin must be a finite number >= 0"):
+        Supervision(fix_margin=float("nan"))
+
+
+def test_reliability_compares_gold_and_wrong_gold_fixes_at_every_margin():
+    def record(base, gold_margins, control_base, control_best):
+        evaluated = [{"path": "1111", "reward": base, "margin": -1.0}]
+        evaluated += [
+            {"path": f"{k:04b}", "reward": float(m > 0), "margin": m} for k, m in enumerate(gold_margins)
+        ]
+        control = {"base_reward": control_base, "best_margin": control_best, "fixed": control_best > 0}
+        return SearchRecord(
+            "x", "p", [1] * 4, base_reward=base, supervision={"evaluated": evaluated, "control": control}
+        )
+
+    records = [
+        record(0.0, [0.5, 2.5], 0.0, 1.5),  # gold fixed by 2.5 nats, the control by 1.5
+        record(0.0, [-0.5], 0.0, -0.2),  # neither fixed
+        record(0.0, [7.0], 0.0, 0.5),
+        record(0.0, [3.0], 1.0, 9.0),  # the control starts right: not paired
+        record(1.0, [3.0], 0.0, 9.0),  # the model starts right: not paired
+    ]
+    rows = {x["margin"]: x for x in reliability(records)["fixes_by_margin"]}
+    assert rows[0.0] == {"margin": 0.0, "fixed": 2 / 3, "control": 2 / 3, "examples": 3}
+    assert rows[2.0]["fixed"] == 2 / 3 and rows[2.0]["control"] == 0.0
+    assert rows[6.0]["fixed"] == 1 / 3 and rows[8.0]["fixed"] == 0.0
+    assert "m=2: 67% | 0%" in format_reliability(reliability(records))

@@ -53,6 +53,16 @@ def test_base_wrong_examples_learn_only_trusted_fixes():
     torch.testing.assert_close(trusted[1], torch.tensor([2 / 2.5, 0.5 / 2.5, 0]))
 
 
+def test_a_trusted_fix_is_learned_on_its_largest_margin_path_not_the_chosen_one():
+    fixes = [("1111", 0.0, -1.0), ("1011", 1.0, 0.2), ("0111", 1.0, 3.0)]
+    record = _record(
+        0.0, fixes, decisions=(1, 0, 1, 1), trusted_fix=True, fix={"path": "0111", "margin": 3.0}
+    )
+    table = soft_targets(record, L)
+    torch.testing.assert_close(table[0], torch.tensor([2 / 2.5, 0.5 / 2.5, 0]))
+    torch.testing.assert_close(table[1], torch.tensor([0.0, 1.0, 0.0]))
+
+
 def test_records_without_evaluated_paths_keep_their_hard_target_and_modes_are_checked():
     old = SearchRecord("x", "p", [1, 2, 0, 1])
     assert torch.equal(soft_targets(old, L), hard_targets(old, L))
