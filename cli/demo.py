@@ -44,7 +44,7 @@ def run_demo(
     output: str = "runs/demo",
     model: str = DEFAULT_MODEL,
     task: str = "arc_easy",
-    train_examples: int = 160,
+    train_examples: int = 100,
     eval_examples: int | None = None,
     simulations: int = 24,
     epochs: int = 25,
@@ -74,7 +74,7 @@ def run_demo(
         eval_examples: validation-split examples evaluated (default: the whole split).
         simulations: MCTS simulations per searched example.
         epochs: router training epochs.
-        target_layers: layer levels every method is compared at (default: L-2 and L-4).
+        target_layers: layer levels every method is compared at (default: L-3, three layers saved).
         baselines: static baselines evaluated.
         calibration: training examples the static baselines and router budgets are calibrated on.
         greedy_examples: training examples the greedy static path is searched on.
@@ -198,8 +198,8 @@ def _search_stage(routed, tokenizer, paths: Path, args: dict) -> dict:
 
 
 def _demo_levels(num_layers: int) -> list[int]:
-    """The demo's default layer levels: L-2 and L-4 (those that leave at least one layer)."""
-    return [num_layers - k for k in (2, 4) if num_layers - k >= 1]
+    """The demo's default layer level: L-3 (the issue's "3 layers saved"), or 1 for a smaller model."""
+    return [max(num_layers - 3, 1)]
 
 
 def _load(model, routed, tokenizer, device):

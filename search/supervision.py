@@ -185,7 +185,8 @@ def _best_fix(scores: dict, fix_margin: float) -> tuple[tuple, float | None] | N
 
 
 def _edits(path) -> set[tuple[int, int]]:
-    return {(i, d) for i, d in enumerate(path) if d != 1}
+    """(layer, decision) of every layer not executed exactly once; ``path`` as decisions or a string."""
+    return {(i, int(d)) for i, d in enumerate(path) if int(d) != 1}
 
 
 def _evaluated(scores: dict) -> list[dict]:
@@ -303,9 +304,10 @@ def reliability(records: list[SearchRecord]) -> dict:
     Keys: ``wrong_gold_fix_rate`` (share of control searches that made a wrong answer win, among those
     where the base did not already pick it), ``trusted_fix_rate`` (share of base-wrong examples with a
     fix whose margin gain beats the control's), ``seed_agreement`` (mean Jaccard overlap of the two seeds'
-    edits), ``safe_paths`` (mean safe paths per base-correct example), ``fixes_by_margin`` (on examples
-    that the model and the control both get wrong, paired: at each of ``FIX_MARGINS``, the share whose
-    best correct path wins by more than that margin, for the gold and for the wrong gold).
+    edits), ``best_margin_agreement`` (the same for each seed's evaluated path with the largest margin),
+    ``safe_paths`` (mean safe paths per base-correct example), ``fixes_by_margin`` (on examples that the
+    model and the control both get wrong, paired: at each of ``FIX_MARGINS``, the share whose best correct
+    path wins by more than that margin, for the gold and for the wrong gold).
     """
     sup = [r.supervision for r in records if r.supervision]
     out: dict = {}
@@ -321,6 +323,13 @@ def reliability(records: list[SearchRecord]) -> dict:
     agree = [s["seeds"]["agreement"] for s in sup if "seeds" in s and s["seeds"]["agreement"] is not None]
     if agree:
         out["seed_agreement"] = sum(agree) / len(agree)
+    best = [
+        _jaccard(_best_path(s["evaluated"]), _best_path(s["seeds"]["evaluated"]))
+        for s in sup
+        if s.get("evaluated") and s.get("seeds", {}).get("evaluated")
+    ]
+    if best:
+        out["best_margin_agreement"] = sum(best) / len(best)
     safe = [s["safe_paths"] for s in sup if "safe_paths" in s]
     if safe:
         out["safe_paths"] = sum(safe) / len(safe)
@@ -346,6 +355,17 @@ def reliability(records: list[SearchRecord]) -> dict:
     return out
 
 
+def _best_path(evaluated: list[dict]) -> str:
+    """The evaluated path with the largest gold margin."""
+    return max((e for e in evaluated if e.get("margin") is not None), key=lambda e: e["margin"])["path"]
+
+
+def _jaccard(a: str, b: str) -> float:
+    """Jaccard overlap of two paths' edits (1.0 when neither edits anything)."""
+    x, y = _edits(a), _edits(b)
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
 def _best_correct_margin(evaluated: list[dict]) -> float | None:
     margins = [e["margin"] for e in evaluated if e.get("reward", 0.0) >= 1.0 and e.get("margin") is not None]
     return max(margins) if margins else None
@@ -363,6 +383,11 @@ def format_reliability(r: dict) -> str:
         lines.append(f"  trusted fixes          {r['trusted_fix_rate']:.1%} of base-wrong examples")
     if "seed_agreement" in r:
         lines.append(f"  two-seed agreement     {r['seed_agreement']:.2f} (Jaccard overlap of chosen edits)")
+    if "best_margin_agreement" in r:
+        lines.append(
+            f"  best-margin agreement  {r['best_margin_agreement']:.2f} (the same for each seed's path with "
+            "the largest gold margin)"
+        )
     if "safe_paths" in r:
         lines.append(f"  safe paths             {r['safe_paths']:.1f} per base-correct example")
     if "fixes_by_margin" in r:

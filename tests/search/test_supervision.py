@@ -46,20 +46,16 @@ def test_records_carry_margins_sweep_and_every_evaluated_path(routed, mc_file, t
             assert sup["safe_paths"] == len(safe)
 
 
-def test_wrong_gold_control_and_two_seeds(routed, mc_file, tmp_path):
+def _controlled_search(routed, mc_file, tmp_path, **settings):
+    """A search with the wrong-gold control and two seeds; its summary and records."""
     out = tmp_path / "p.jsonl"
-    summary = run_search(
-        routed,
-        f"jsonl:{mc_file}",
-        str(out),
-        tokenizer=tiny_tokenizer(),
-        simulations=8,
-        limit=8,
-        control="wrong-gold",
-        seeds=2,
-        sweep=False,
-    )
-    records = read_records(out)
+    common = dict(tokenizer=tiny_tokenizer(), control="wrong-gold", seeds=2)
+    summary = run_search(routed, f"jsonl:{mc_file}", str(out), **common, **settings)
+    return summary, read_records(out)
+
+
+def test_wrong_gold_control_and_two_seeds(routed, mc_file, tmp_path):
+    summary, records = _controlled_search(routed, mc_file, tmp_path, simulations=8, limit=8, sweep=False)
     task = get_task(f"jsonl:{mc_file}")
     examples = {str(ex.id): ex for ex in task.load()}
     for r in records:
@@ -73,6 +69,16 @@ def test_wrong_gold_control_and_two_seeds(routed, mc_file, tmp_path):
         assert "sweep" not in sup
     numbers = reliability(records)
     assert summary["wrong_gold_fix_rate"] == numbers["wrong_gold_fix_rate"]
+    overlaps = []
+    for r in records:  # each seed's evaluated path with the largest gold margin, compared by edits
+        sup = r.supervision
+        a, b = (
+            max(ev, key=lambda e: e["margin"])["path"] for ev in (sup["evaluated"], sup["seeds"]["evaluated"])
+        )
+        x, y = ({(i, c) for i, c in enumerate(p) if c != "1"} for p in (a, b))
+        overlaps.append(len(x & y) / len(x | y) if x | y else 1.0)
+    assert numbers["best_margin_agreement"] == pytest.approx(sum(overlaps) / len(overlaps))
+    assert "best-margin agreement" in format_reliability(numbers)
     assert 0.0 <= numbers["seed_agreement"] <= 1.0 and "wrong-gold fix rate" in format_reliability(numbers)
 
 
@@ -108,21 +114,11 @@ def test_an_outcome_rescored_for_another_gold_equals_scoring_with_that_gold(rout
 
 
 def test_the_control_gets_the_sweep_rescored_and_the_second_seed_keeps_its_paths(routed, mc_file, tmp_path):
-    out = tmp_path / "p.jsonl"
-    run_search(
-        routed,
-        f"jsonl:{mc_file}",
-        str(out),
-        tokenizer=tiny_tokenizer(),
-        simulations=3,
-        limit=4,
-        control="wrong-gold",
-        seeds=2,
-    )
+    _, records = _controlled_search(routed, mc_file, tmp_path, simulations=3, limit=4)
     task = get_task(f"jsonl:{mc_file}")
     ev = PathEvaluator(routed, tiny_tokenizer(), task)
     examples = {str(ex.id): ex for ex in task.load()}
-    for record in read_records(out):
+    for record in records:
         sup = record.supervision
         p = ev.prepare([examples[record.id]])[0]
         swept = [o.with_gold(sup["control"]["gold"]) for o in ev.outcomes([(p, e) for e in single_edits(4)])]
