@@ -438,7 +438,14 @@ def _where_lines(decisions: list[dict]) -> list[str]:
     ref = routed[len(routed) // 2]
     shares = plots.decision_shares(ref["decisions"])  # [3, L]
     where = f"at {ref['level']} layers" if ref.get("level") else f"at budget {ref['budget']:g}"
-    lines = [f"From the routers' decisions {where} on {len(ref['decisions'])} evaluation prompts:"]
+    counts = [sum(d) for d in ref["decisions"]]
+    n, L = len(counts), len(ref["decisions"][0])
+    full, few = sum(c >= L for c in counts), sum(c <= L // 2 for c in counts)
+    lines = [f"From the routers' decisions {where} on {n} evaluation prompts:"]
+    lines.append(
+        f"- layers run per prompt: {sum(counts) / n:.2f} on average, from {min(counts)} to {max(counts)}; "
+        f"{_pct(full / n)} of prompts run {L} or more, {_pct(few / n)} run {L // 2} or fewer."
+    )
     for k, verb in ((0, "skipped"), (2, "repeated")):
         top = [i for i in shares[k].argsort()[::-1][:3] if shares[k][i] > 0]
         if top:

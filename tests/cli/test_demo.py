@@ -51,6 +51,7 @@ def test_demo_end_to_end_and_resume(tmp_path, monkeypatch):
     exported = sorted(p.name for p in (out / "eval").glob("routers-at-*"))
     assert exported == ["routers-at-2", "routers-at-3"]
     assert text.count("The exported routers") == 2
+    assert "- layers run per prompt: " in text
 
     def fail(*args, **kw):
         raise AssertionError("a finished stage ran again")
