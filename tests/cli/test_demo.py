@@ -95,3 +95,19 @@ def test_demo_searches_again_when_the_simulations_change(tmp_path):
     trained = json.loads((out / "routers" / "run.json").read_text())
     assert trained["paths_sha256"] == hashlib.sha256(paths.read_bytes()).hexdigest()[:16]
     assert json.loads((out / "eval" / ".done").read_text())["simulations"] == 3
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"router": "nope"}, "router must be one of mlp, linear, shared, knn, got 'nope'"),
+        ({"targets": "fuzzy"}, "targets must be one of hard, soft, got 'fuzzy'"),
+        ({"read_layer": 4}, r"read_layer must be a layer of the model \(0 to 3\) or None, got 4"),
+    ],
+)
+def test_demo_refuses_a_bad_router_setting_before_writing_anything(tmp_path, bad, message):
+    out = tmp_path / "demo"
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    with pytest.raises(ValueError, match=message):
+        demo.run_demo(output=str(out), task="arc_easy", routed=routed, tokenizer=tiny_tokenizer(), **bad)
+    assert not out.exists() or not any(out.iterdir())
