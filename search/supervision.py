@@ -161,15 +161,15 @@ def _start(evaluator, example, config, supervision: Supervision, seed: int, L: i
         ex.control_gold = wrong_gold(example, len(prepared.targets), prepared.gold, seed)
         control = prepared.with_gold(ex.control_gold)  # shares the prefix the sweep recorded
         trees.append(_Tree("control", control, PathSearch(L, tree_seed(seed, str(example.id)), config)))
-    if supervision.sweep:
-        for t in trees:
-            swept = ex.sweep
-            if t.role == "control":  # the same sweep, rescored for the wrong gold: the control's own budget
-                if any(o.loglik is None for o in swept.values()):
-                    continue  # no per-option scores (not mc-loglik): the control asks for what it needs
-                swept = {p: o.with_gold(ex.control_gold) for p, o in swept.items()}
-            t.tree.prime({p: o.reward for p, o in swept.items()})
-            t.scores.update(swept)
+    rescorable = all(o.loglik is not None for o in ex.sweep.values())
+    for t in trees:
+        swept = ex.sweep  # empty without the sweep: nothing is primed
+        if t.role == "control":  # the same sweep, rescored for the wrong gold: the control's own budget
+            if not rescorable:
+                continue  # no per-option scores (not mc-loglik): the control asks for what it needs
+            swept = {p: o.with_gold(ex.control_gold) for p, o in swept.items()}
+        t.tree.prime({p: o.reward for p, o in swept.items()})
+        t.scores.update(swept)
     return ex
 
 
