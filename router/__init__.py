@@ -26,6 +26,7 @@ from .loading import (
 )
 from .model import RoutedModel
 from .pooling import window_pool
+from .relaxed import Relaxation, relaxed
 from .routers import RouterConfig, Routers
 from .surgery import UnsupportedArchitectureError, layer_list, supported_architectures
 
@@ -36,6 +37,7 @@ __all__ = [
     "SKIP",
     "LayerRouter",
     "RoutedCache",
+    "Relaxation",
     "RoutedModel",
     "RouterConfig",
     "Routers",
@@ -51,6 +53,7 @@ __all__ = [
     "load_routed",
     "load_tokenizer",
     "parse_decisions",
+    "relaxed",
     "resolve_device",
     "supported_architectures",
     "window_pool",

@@ -1,7 +1,8 @@
 """Router heads: what turns a layer's window means into skip / execute / repeat logits.
 
-``mlp`` (``LayerRouter``), ``linear`` (``LinearRouter``), ``shared`` (``SharedRouter``) and ``knn``
-(``NeighbourRouter``); ``Routers`` holds one per layer or one for all (see ``drllm.router.routers``).
+``mlp`` (``LayerRouter``), ``linear`` (``LinearRouter``), ``shared`` (``SharedRouter``), ``knn``
+(``NeighbourRouter``) and ``static`` (``StaticRouter``, no input); ``Routers`` holds one per layer or one for
+all (see ``drllm.router.routers``).
 """
 
 from __future__ import annotations
@@ -138,4 +139,23 @@ class NeighbourRouter(nn.Module):
         return probs.clamp(min=1e-4).log().float()
 
 
-KINDS = ("mlp", "linear", "shared", "knn")
+class StaticRouter(nn.Module):
+    """One learnable logit vector per layer and no input: the same decisions for every prompt.
+
+    The control of every input-conditioned router trained on the same objective (a learned static path),
+    and a product of its own when the prompt says nothing about which layers it can lose.
+    """
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_layers, 3))
+
+    def forward(self, index, pooled: torch.Tensor, valid: torch.Tensor, average=None) -> torch.Tensor:
+        """Logits ``[B, 3]`` of layer ``index`` (``[B, L, 3]`` for ``index=None``); the input sets only B."""
+        batch = pooled.shape[0]
+        if index is None:
+            return self.logits.float()[None].expand(batch, -1, -1)
+        return self.logits[index].float()[None].expand(batch, -1)
+
+
+KINDS = ("mlp", "linear", "shared", "knn", "static")

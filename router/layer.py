@@ -24,8 +24,10 @@ from transformers.cache_utils import Cache
 
 from .cache import RoutedCache
 from .decisions import EXECUTE, REPEAT, SKIP
+from .relaxed import run_relaxed
 
-_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
+# transformers >= 5.24 passes the cache to decoder layers as ``cache``; older releases as ``past_key_values``
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
 
 
 class RoutingState:
@@ -36,6 +38,7 @@ class RoutingState:
         self.active = False
         self.routers: nn.Module | None = None
         self.budget = 0.0
+        self.relaxation = None  # a ``relaxed.Relaxation`` while gradient training runs (``relaxed.relaxed``)
         self.reset()
 
     def reset(self) -> None:
@@ -187,6 +190,12 @@ class RoutedLayer(nn.Module):
         if not state.active:
             return self.layer(hidden_states, *args, **kwargs)
         i = self.routed_index
+        if state.relaxation is not None:  # training: hard gates forward, gradients through the relaxation
+            if _find_cache(args, kwargs) is not None:
+                raise ValueError("relaxed routing runs without a KV cache (use_cache=False)")
+            gate = state.relaxation.gate(i, hidden_states, state.pad_mask)
+            run = lambda h: self._call(h, args, kwargs)  # noqa: E731
+            return self._wrap(run_relaxed(run, hidden_states, gate, state.relaxation.allow_repeat))
         decisions = state.decide(i, hidden_states) if state.pending[i] or state.plan[i] is None else None
         plan = state.plan[i]
         if plan == SKIP:

@@ -26,6 +26,7 @@ routing state or transformers internals:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterator
 from functools import partial
@@ -270,17 +271,35 @@ class RoutedModel(nn.Module):
         """
         batch = self._check_inputs(input_ids, attention_mask, kwargs.get("inputs_embeds"))
         kwargs.setdefault("use_cache", False)
-        if kwargs["use_cache"] and kwargs.get("past_key_values") is None:
-            kwargs["past_key_values"] = self.new_cache()
+        kwargs = self._cache_argument(kwargs, kwargs["use_cache"])
         with self.forced(decisions, attention_mask, batch):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def _cache_argument(self, kwargs: dict, use_cache: bool) -> dict:
+        """``kwargs`` with the cache under the name the model takes (a new ``RoutedCache`` if none was given).
+
+        transformers 5.24 renamed the argument ``past_key_values`` to ``cache`` (the old name warns); either
+        spelling is accepted from the caller.
+        """
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        other = "past_key_values" if name == "cache" else "cache"
+        kwargs = dict(kwargs)
+        given = [n for n in (name, other) if kwargs.get(n) is not None]
+        if len(given) > 1:
+            raise ValueError("pass the cache once, as cache= or as past_key_values=, not both")
+        first, second = kwargs.pop(other, None), kwargs.pop(name, None)
+        cache = first if first is not None else second  # (a Cache can be empty, hence falsy)
+        if cache is None and use_cache:
+            cache = self.new_cache()
+        if cache is not None:
+            kwargs[name] = cache
+        return kwargs
 
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, decisions=None, **generate_kwargs):
         """``model.generate`` under ``decisions`` (or router decisions made once at prefill)."""
         batch = self._check_inputs(input_ids, attention_mask, generate_kwargs.get("inputs_embeds"))
-        if generate_kwargs.get("use_cache", True) and generate_kwargs.get("past_key_values") is None:
-            generate_kwargs["past_key_values"] = self.new_cache()
+        generate_kwargs = self._cache_argument(generate_kwargs, generate_kwargs.get("use_cache", True))
         with self.forced(decisions, attention_mask, batch):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 

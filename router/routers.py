@@ -10,6 +10,7 @@ applies a head to each mean and averages the logits over the windows. Heads (``R
   added to its hidden units.
 - ``knn``: no weights; the target tables of the k training prompts nearest in the same features
   (``NeighbourRouter``).
+- ``static``: one learnable logit vector per layer, no input (``StaticRouter``): a learned static path.
 
 ``linear``, ``shared`` and ``knn`` read window means divided by their root mean square and multiplied by the
 gain of the model's final norm (``surgery.final_norm_scale``; an RMS norm, also for the LayerNorm models
@@ -29,13 +30,14 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from .heads import KINDS, LayerRouter, LinearRouter, NeighbourRouter, SharedRouter
+from .heads import KINDS, LayerRouter, LinearRouter, NeighbourRouter, SharedRouter, StaticRouter
 from .pooling import pooling_mask, window_average, window_pool, window_weights
+from .weights_file import HEADER_KEY as _HEADER_KEY
+from .weights_file import read_weights as _read_weights
 
 CONFIG_NAME = "router_config.json"
 WEIGHTS_NAME = "routers.safetensors"
@@ -43,7 +45,6 @@ TRAINED_ON_NAME = "trained_on.json"
 """Beside the router files: ``{"ids": [...]}``, the examples they were fitted on (written by ``drllm train``);
 the evaluation calibrates on other examples."""
 FORMAT_VERSION = 1  # of router_config.json; the loader refuses others
-_HEADER_KEY = "router_config"  # safetensors metadata entry holding the config as saved
 _IDENTITY = ("fingerprint", "weight_probe", "base_model")  # base-model records; absent in older files
 
 
@@ -99,6 +100,8 @@ class Routers(nn.Module):
         d, h, L = config.hidden_size, config.bottleneck, config.num_layers
         if config.kind == "shared":
             self.shared = SharedRouter(d, h, L)
+        elif config.kind == "static":
+            self.static = StaticRouter(L)
         elif config.kind == "knn":
             if config.examples < 1:
                 raise ValueError(f"a knn router needs examples >= 1, got {config.examples!r}")
@@ -118,10 +121,8 @@ class Routers(nn.Module):
     def head(self, index: int, pooled: torch.Tensor, valid: torch.Tensor, average=None) -> torch.Tensor:
         """Logits ``[B, 3]`` of router ``index`` from raw window means ``[B, W, d]`` (normalised here)."""
         pooled = self.normalize(pooled)
-        if self.config.kind == "shared":
-            return self.shared(index, pooled, valid, average)
-        if self.config.kind == "knn":
-            return self.knn(index, pooled, valid, average)
+        if self.config.kind in ("shared", "knn", "static"):
+            return getattr(self, self.config.kind)(index, pooled, valid, average)
         return self.layers[index](pooled, valid, average)
 
     def normalize(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -225,7 +226,7 @@ class Routers(nn.Module):
         read = self.config.read_layer
         if read is not None and pooled.shape[1] != 1:
             pooled, valid = pooled[:, read : read + 1], valid[:, read : read + 1]
-        if self.config.kind in ("shared", "knn"):  # both broadcast a layer dimension of 1
+        if self.config.kind in ("shared", "knn", "static"):  # each broadcasts a layer dimension of 1
             return getattr(self, self.config.kind)(None, self.normalize(pooled), valid)
         one = pooled.shape[1] == 1
         if one and self.config.kind == "linear":
@@ -285,35 +286,6 @@ def _valid_read_layer(config: RouterConfig) -> bool:
     return read is None or (
         isinstance(read, int) and not isinstance(read, bool) and 0 <= read < config.num_layers
     )
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors of a router safetensors file (floating point only) and the config saved in its header."""
-    try:  # safetensors never unpickles: a pickle here fails as a bad header
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for bad headers
-        raise ValueError(f"{path} is not a valid safetensors file: {_one_line(err)}") from err
-    for name, tensor in state.items():
-        if not tensor.is_floating_point():
-            raise ValueError(
-                f"{path}: tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
-                "router weights must be floating point"
-            )
-    if _HEADER_KEY not in header:
-        return state, {}  # saved before the header carried the config
-    try:
-        saved = json.loads(header[_HEADER_KEY])
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: the {_HEADER_KEY} header entry is not valid JSON: {err}") from err
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path}: the {_HEADER_KEY} header entry is not a JSON object")
-    return state, saved
 
 
 def _check_consistent(

@@ -175,3 +175,29 @@ def test_half_precision_cached_equals_uncached(dtype):
     assert torch.equal(cached, routed.generate(ids, decisions=[1, 2, 0, 1], use_cache=False, **kw))
     routed.generate(ids, **kw)  # routers (float32) read half-precision hidden states
     assert routed.last_decisions.shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_generate_takes_either_cache_name_and_warns_nothing(name):
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``: both spellings work, neither warns."""
+    import warnings
+
+    model = tiny_model("llama")
+    ids, mask = prompts()
+    routed = RoutedModel(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        plain = routed.generate(
+            ids, attention_mask=mask, decisions=[1, 2, 0, 1], max_new_tokens=4, do_sample=False
+        )
+        given = routed.generate(
+            ids,
+            attention_mask=mask,
+            decisions=[1, 2, 0, 1],
+            max_new_tokens=4,
+            do_sample=False,
+            **{name: routed.new_cache()},
+        )
+    assert torch.equal(plain, given)
+    with pytest.raises(ValueError, match="not both"):
+        routed(ids, mask, use_cache=True, cache=routed.new_cache(), past_key_values=routed.new_cache())

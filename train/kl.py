@@ -1,0 +1,262 @@
+"""The dense objective: routers trained to match the base model's next-token distribution at a layer budget.
+
+    rows = build_teacher(routed, tokenizer, task_prompts(["arc_easy", "gsm8k"], tokenizer), "runs/kl/teacher")
+    result = fit_kl(routed, rows, KLSettings(kind="static", target_layers=27), start_path)
+
+Per step, for a batch of prompts with their teacher continuations (right-padded, teacher-forced):
+
+- the base model's log-probabilities ``log p`` (all layers, no gradient) at the prompt's last position and
+  every continuation position but the last;
+- the routed model's ``log q`` at the same positions, the routers deciding each layer on the prompt alone
+  (``drllm.router.relaxed``: a hard decision per sequence in the forward pass, straight-through
+  Gumbel-softmax gradients, temperature annealed geometrically from ``tau_start`` to ``tau_end``);
+- ``loss = KL(p || q) + lam * (E[layers] - N) + rho / 2 * (E[layers] - N)^2 + floor * relu(M - E_b[layers])``
+  where ``E[layers]`` is the batch mean of the expected layers under the routers' softmax, ``M`` the
+  per-prompt floor, and ``lam`` a Lagrange multiplier moved by dual ascent on the hard layer count
+  (``lam += dual_lr * (layers - N)``), so the mean level settles at N.
+
+Routers start from a static path (the best heuristic at that level): every trainable head outputs
+``start_margin`` on the start path's decision and ``-start_margin`` on the others, its input weights at
+zero, so training begins on a deployable path. Protected layers (the first two and the last) always run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from drllm.router import EXECUTE, Relaxation, all_execute, relaxed
+
+KL_KINDS = ("static", "linear", "mlp")
+
+
+@dataclass
+class KLSettings:
+    """Everything that decides a KL training run (all of it is the run's identity)."""
+
+    kind: str = "static"
+    target_layers: float = 0.0
+    min_layers: float = 0.0
+    epochs: int = 2
+    batch_size: int = 8
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    dual_lr: float = 0.05
+    rho: float = 0.05
+    floor_weight: float = 1.0
+    start_margin: float = 2.0
+    protected: tuple[int, ...] = (0, 1, -1)
+    seed: int = 0
+
+    def identity(self) -> dict:
+        """The settings as JSON-ready values."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def protected_layers(num_layers: int, protected) -> list[int]:
+    """Protected layer indices counted from 0 (negative ones from the end), sorted and distinct."""
+    out = set()
+    for p in protected:
+        if not -num_layers <= p < num_layers:
+            raise ValueError(f"protected layer {p} does not exist in a {num_layers}-layer model")
+        out.add(p % num_layers)
+    return sorted(out)
+
+
+def start_routers(routers, path, margin: float) -> None:
+    """Make every head output ``margin`` on ``path[i]`` and ``-margin`` elsewhere, whatever its input."""
+    target = torch.full((len(path), 3), -float(margin))
+    target[torch.arange(len(path)), torch.tensor(list(path))] = float(margin)
+    kind = routers.config.kind
+    with torch.no_grad():
+        if kind == "static":
+            routers.static.logits.copy_(target)
+            return
+        for i, head in enumerate(routers.layers):
+            last = head.proj if kind == "linear" else head.net[2]
+            last.weight.zero_()
+            last.bias.copy_(target[i])
+
+
+def heuristic_paths(stats, num_layers: int, level: int, fixed: list[int]) -> dict[str, tuple[int, ...]]:
+    """Angular and block-influence paths at ``level`` layers that never skip a ``fixed`` layer.
+
+    ``stats`` is ``drllm.search.heuristics.calibration_statistics`` on calibration prompts.
+    """
+    n = num_layers - level
+    free = [i for i in range(num_layers) if i not in fixed]
+    if not 0 <= n <= len(free):
+        raise ValueError(f"level {level} needs {n} skipped layers; {len(free)} layers may be skipped")
+    order = sorted(free, key=lambda i: (float(stats.block_influence[i]), i))
+    paths = {"block-influence": tuple(0 if i in order[:n] else 1 for i in range(num_layers))}
+    starts = [s for s in range(num_layers - n + 1) if all(i in free for i in range(s, s + n))]
+    if n > 0 and starts:
+        best = min(starts, key=lambda s: float(stats.angular[n, s]))
+        paths["angular"] = tuple(0 if best <= i < best + n else 1 for i in range(num_layers))
+    elif n == 0:
+        paths["angular"] = (1,) * num_layers
+    return paths
+
+
+@torch.no_grad()
+def path_kl(routed, rows: list[dict], path, batch_size: int, pad_id: int) -> list[float]:
+    """Per-row KL to the base model of one static path (teacher-forced over each continuation)."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = batch_tensors(rows[start : start + batch_size], pad_id, routed.device)
+        teacher = teacher_log_probs(routed, batch)
+        hidden = routed.backbone(batch["ids"], batch["attention"], torch.tensor(list(path)))
+        student = F.log_softmax(routed.lm_logits(hidden[batch["target"].bool()]).float(), -1)
+        out += per_row_kl(student, teacher, batch["target"]).tolist()
+    return out
+
+
+def batch_tensors(rows: list[dict], pad_id: int, device) -> dict:
+    """Right-padded prompt + continuation ids and the masks a KL step needs.
+
+    Returns ``ids``, ``attention`` ``[B, T]``, ``prompt`` ``[B, T]`` (1 on prompt tokens: what the routers
+    pool) and ``target`` ``[B, T]`` (1 where the next token is a continuation token: the prompt's last
+    position and every continuation position but the last).
+    """
+    seqs = [r["prompt_ids"] + r["continuation"] for r in rows]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros(len(rows), width, dtype=torch.long)
+    prompt = torch.zeros_like(attention)
+    target = torch.zeros_like(attention)
+    for b, (row, seq) in enumerate(zip(rows, seqs, strict=True)):
+        p, c = len(row["prompt_ids"]), len(row["continuation"])
+        ids[b, : len(seq)] = torch.tensor(seq)
+        attention[b, : len(seq)] = 1
+        prompt[b, :p] = 1
+        target[b, p - 1 : p - 1 + c] = 1
+    return {
+        k: v.to(device) for k, v in dict(ids=ids, attention=attention, prompt=prompt, target=target).items()
+    }
+
+
+def teacher_log_probs(routed, batch: dict) -> torch.Tensor:
+    """The base model's log-probabilities ``[N, V]`` at the target positions (row-major), no gradient."""
+    with torch.no_grad():
+        hidden = routed.backbone(batch["ids"], batch["attention"], all_execute(routed.num_layers))
+        return F.log_softmax(routed.lm_logits(hidden[batch["target"].bool()]).float(), -1)
+
+
+def per_row_kl(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over each row's target positions of ``KL(teacher || student)``; ``[B]``."""
+    kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)  # [N]
+    rows = target.bool().nonzero()[:, 0]
+    total = torch.zeros(target.shape[0], device=kl.device, dtype=kl.dtype).index_add(0, rows, kl)
+    return total / target.sum(1).clamp(min=1).to(kl.dtype)
+
+
+def relaxed_step(routed, relaxation: Relaxation, batch: dict, teacher: torch.Tensor) -> torch.Tensor:
+    """Per-row KL ``[B]`` of a relaxed routed forward (the gates stay in ``relaxation``)."""
+    with relaxed(routed, relaxation):
+        hidden = routed.backbone(batch["ids"], batch["attention"], route_mask=batch["prompt"])
+    student = F.log_softmax(routed.lm_logits(hidden[batch["target"].bool()]).float(), -1)
+    return per_row_kl(student, teacher, batch["target"])
+
+
+def fit_kl(
+    routed,
+    rows: list[dict],
+    val_rows: list[dict],
+    settings: KLSettings,
+    pad_id: int,
+    state: dict | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train ``routed.routers`` (already attached and started) on ``rows``; the per-epoch history.
+
+    ``state`` resumes a run: ``{"epoch", "lam", "history", "optimizer", "routers"}`` as ``on_epoch`` was
+    handed it after each epoch (save it: a kill then loses at most one epoch).
+    """
+    routers = routed.routers
+    fixed = protected_layers(routed.num_layers, settings.protected)
+    params = [p for p in routers.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    lam, first_epoch, history = 0.0, 0, []
+    if state is not None:
+        routers.load_state_dict(state["routers"])
+        optimizer.load_state_dict(state["optimizer"])
+        lam, first_epoch, history = state["lam"], state["epoch"], state["history"]
+    steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
+    total = max(1, settings.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(settings.seed)
+    for epoch in range(first_epoch, settings.epochs):
+        order = list(range(len(rows)))
+        random.Random(settings.seed * 1000 + epoch).shuffle(order)
+        generator.manual_seed(settings.seed * 1000 + epoch)
+        sums = {"kl": 0.0, "layers": 0.0, "n": 0}
+        bar = tqdm(range(steps_per_epoch), desc=f"kl epoch {epoch + 1}/{settings.epochs}", leave=False)
+        for step in bar:
+            chunk = [rows[i] for i in order[step * settings.batch_size : (step + 1) * settings.batch_size]]
+            batch = batch_tensors(chunk, pad_id, routed.device)
+            teacher = teacher_log_probs(routed, batch)
+            progress = (epoch * steps_per_epoch + step) / total
+            tau = settings.tau_start * (settings.tau_end / settings.tau_start) ** progress
+            relaxation = Relaxation(routers, tau=tau, fixed=fixed, generator=generator)
+            kl = relaxed_step(routed, relaxation, batch, teacher)
+            expected = relaxation.expected_layers()
+            gap = expected.mean() - settings.target_layers
+            floor = F.relu(settings.min_layers - expected).mean()
+            loss = kl.mean() + lam * gap + settings.rho / 2 * gap**2 + settings.floor_weight * floor
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            hard = float(relaxation.layers().detach().mean())
+            lam += settings.dual_lr * (hard - settings.target_layers)
+            sums["kl"] += float(kl.detach().sum())
+            sums["layers"] += float(relaxation.layers().detach().sum())
+            sums["n"] += len(chunk)
+            bar.set_postfix(kl=f"{sums['kl'] / sums['n']:.3f}", layers=f"{sums['layers'] / sums['n']:.2f}")
+        bar.close()
+        record = {"epoch": epoch + 1, "train_kl": sums["kl"] / max(1, sums["n"]), "lambda": lam}
+        record["train_layers"] = sums["layers"] / max(1, sums["n"])
+        if val_rows:
+            record.update(evaluate_kl(routed, val_rows, settings.batch_size, pad_id, fixed))
+        history.append(record)
+        state = {
+            "epoch": epoch + 1,
+            "lam": lam,
+            "history": history,
+            "optimizer": optimizer.state_dict(),
+            "routers": {k: v.detach().clone() for k, v in routers.state_dict().items()},
+        }
+        if on_epoch is not None:
+            on_epoch(state)
+    return history
+
+
+@torch.no_grad()
+def evaluate_kl(routed, rows: list[dict], batch_size: int, pad_id: int, fixed) -> dict:
+    """Validation with the deployed argmax decisions: mean KL, mean layers and the 5th/95th percentiles."""
+    kls, layers = [], []
+    for start in range(0, len(rows), batch_size):
+        batch = batch_tensors(rows[start : start + batch_size], pad_id, routed.device)
+        teacher = teacher_log_probs(routed, batch)
+        relaxation = Relaxation(routed.routers, fixed=fixed, sample=False)
+        kls += relaxed_step(routed, relaxation, batch, teacher).tolist()
+        layers += relaxation.layers().tolist()
+    ordered = sorted(layers)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {
+        "val_kl": sum(kls) / len(kls),
+        "val_layers": sum(layers) / len(layers),
+        "val_layers_p5": pick(0.05),
+        "val_layers_p95": pick(0.95),
+    }
+
+
+def executed_share(decisions: torch.Tensor) -> list[float]:
+    """Share of rows that execute each layer (for reports)."""
+    return (decisions == EXECUTE).float().mean(0).tolist()

@@ -1,0 +1,201 @@
+"""Teacher data without gold: the base model's greedy continuation of each prompt, generated once.
+
+    prompts = task_prompts(["arc_easy", "mmlu:dev", "gsm8k"], tokenizer, limit=400)
+    rows = build_teacher(routed, tokenizer, prompts, "runs/kl/teacher", tokens=16)
+
+The folder holds ``teacher.jsonl`` (one row per prompt: ``id``, ``task``, ``prompt``, ``prompt_ids``,
+``continuation``: the base model's greedy tokens, cut after the first end-of-sequence) and ``teacher.json``,
+the identity it was made with (model fingerprint and weight probe, tokenizer, tokens, prompt format).
+``datasets.load_dataset("json", data_files=".../teacher.jsonl")`` loads it. A rerun reuses the rows it
+finds and generates only the missing ones (rows are appended and flushed batch by batch, so a killed run
+resumes); a folder made with another model, tokenizer, length or prompt format is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from drllm.router import all_execute, batch_prompts, encode_prompt
+from drllm.search.tasks.base import get_task
+
+ROWS_NAME, META_NAME = "teacher.jsonl", "teacher.json"
+_PROBE_TEXT = "Question: which layer can go?\nAnswer: 42"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of the teacher pool (``task`` names where it came from; no gold is kept)."""
+
+    id: str
+    task: str
+    text: str
+
+
+def parse_task_split(spec: str, default_split: str | None = None) -> tuple[str, str | None]:
+    """``"mmlu:dev"`` -> ``("mmlu", "dev")``; ``"arc_easy"`` -> ``("arc_easy", default_split)``.
+
+    ``jsonl:PATH`` and ``math:<level>`` keep their colon (a split goes after ``@``: ``jsonl:f.jsonl@train``).
+    """
+    if "@" in spec:
+        name, split = spec.rsplit("@", 1)
+        return name, split
+    if spec.startswith(("jsonl:", "hf:", "math:")) or ":" not in spec:
+        return spec, default_split
+    name, split = spec.split(":", 1)
+    return name, split
+
+
+def task_prompts(
+    tasks: list[str], tokenizer, split: str = "train", limit: int | None = None, data_dir=None
+) -> list[Prompt]:
+    """Prompts of several tasks mixed in one pool, each in its task's default format (plain style).
+
+    ``tasks`` are task names, optionally with a split (``mmlu:dev``); a task without the requested split
+    uses its own training split (MMLU's ``dev``). ``limit`` caps each task's share.
+    """
+    pool: list[Prompt] = []
+    for spec in tasks:
+        name, chosen = parse_task_split(spec)
+        task = get_task(name)
+        use = chosen or (split if split in task.splits else task.default_split_train)
+        for ex in task.load(use, data_dir=data_dir, limit=limit):
+            text = task.prompt(ex, tokenizer, style="plain")
+            pool.append(Prompt(f"{task.name}/{ex.id}", task.name, text))
+    ids = [p.id for p in pool]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the teacher pool names one example twice: list each task once")
+    return pool
+
+
+def teacher_identity(routed, tokenizer, tokens: int, prompt_format: str = "plain") -> dict:
+    """What a teacher folder must have been made with to be reused."""
+    probe = encode_prompt(tokenizer, _PROBE_TEXT)
+    return {
+        "fingerprint": routed.fingerprint,
+        "weight_probe": [round(float(v), 6) for v in routed.weight_probe],
+        "tokenizer": f"{type(tokenizer).__name__}:{len(tokenizer)}:"
+        + hashlib.sha256(json.dumps(probe).encode()).hexdigest()[:16],
+        "tokens": int(tokens),
+        "prompt_format": prompt_format,
+    }
+
+
+def build_teacher(
+    routed,
+    tokenizer,
+    prompts: list[Prompt],
+    folder: str | os.PathLike,
+    tokens: int = 16,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict]:
+    """Generate (or reuse) the base model's greedy continuation of every prompt; the rows in prompt order.
+
+    Raises:
+        ValueError: for ``tokens < 1``, or a folder made with another identity (naming what differs).
+    """
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ValueError(f"tokens must be a whole number >= 1, got {tokens!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    identity = teacher_identity(routed, tokenizer, tokens)
+    _check_identity(folder / META_NAME, identity)
+    done = _read_rows(folder / ROWS_NAME)
+    missing = [p for p in prompts if p.id not in done]
+    context = routed.context_length()
+    with open(folder / ROWS_NAME, "a") as out:
+        bar = tqdm(total=len(missing), desc="teacher continuations", disable=not progress, unit="prompt")
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            for row in _generate(routed, tokenizer, chunk, tokens, context):
+                out.write(json.dumps(row) + "\n")
+                done[row["id"]] = row
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update(len(chunk))
+        bar.close()
+    return [done[p.id] for p in prompts]
+
+
+@torch.no_grad()
+def _generate(routed, tokenizer, chunk: list[Prompt], tokens: int, context: int | None) -> list[dict]:
+    for p in chunk:
+        length = len(encode_prompt(tokenizer, p.text))
+        if context is not None and length + tokens > context:
+            raise ValueError(
+                f"prompt {p.id} has {length} tokens; with {tokens} new tokens it passes the model's "
+                f"context of {context}"
+            )
+    ids, mask = batch_prompts(tokenizer, [p.text for p in chunk], routed.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = routed.generate(
+        ids,
+        attention_mask=mask,
+        decisions=all_execute(routed.num_layers),
+        max_new_tokens=tokens,
+        do_sample=False,
+        pad_token_id=pad,
+    )
+    eos = tokenizer.eos_token_id
+    rows = []
+    for r, p in enumerate(chunk):
+        new = out[r, ids.shape[1] :].tolist()
+        if eos is not None and eos in new:
+            new = new[: new.index(eos) + 1]
+        prompt_ids = ids[r][mask[r].bool()].tolist()
+        rows.append(
+            {"id": p.id, "task": p.task, "prompt": p.text, "prompt_ids": prompt_ids, "continuation": new}
+        )
+    return rows
+
+
+def _check_identity(path: Path, identity: dict) -> None:
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(identity, indent=2) + "\n")
+        os.replace(tmp, path)
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); remove the teacher folder to regenerate"
+        ) from err
+    differ = sorted(k for k in identity if saved.get(k) != identity[k])
+    if differ:
+        raise ValueError(
+            f"{path.parent} holds teacher data made with another {', '.join(differ)} "
+            f"(saved {[saved.get(k) for k in differ]}, now {[identity[k] for k in differ]}); "
+            "use another folder or remove it"
+        )
+
+
+def _read_rows(path: Path) -> dict[str, dict]:
+    """The complete rows of a teacher file by id (a torn last line from a killed run is dropped)."""
+    if not path.exists():
+        return {}
+    rows: dict[str, dict] = {}
+    lines = path.read_text().split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the last line, without its newline: a killed write
+                break
+            raise ValueError(f"{path} line {number} is not valid JSON") from None
+        rows[row["id"]] = row
+    if lines and lines[-1].strip():  # rewrite without the torn line so appends start on a new line
+        good = "".join(json.dumps(r) + "\n" for r in rows.values())
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(good)
+        os.replace(tmp, path)
+    return rows
