@@ -35,6 +35,7 @@ class Relaxation:
         allow_repeat: bool = False,
         sample: bool = True,
         generator: torch.Generator | None = None,
+        budget: float = 0.0,
     ):
         if not tau > 0:
             raise ValueError(f"the Gumbel-softmax temperature must be > 0, got {tau!r}")
@@ -45,6 +46,7 @@ class Relaxation:
         self.allow_repeat = allow_repeat
         self.sample = sample
         self.generator = generator
+        self.budget = float(budget)  # added to the skip logit, as ``RoutedModel.budget`` does at inference
         self.reset()
 
     def reset(self) -> None:
@@ -60,6 +62,8 @@ class Relaxation:
         if index in self.fixed or (read is not None and index < read):
             return None
         logits = self._logits(index, hidden, mask)
+        if self.budget:
+            logits = logits + logits.new_tensor([self.budget, 0.0, 0.0])
         if not self.allow_repeat:
             logits = logits.masked_fill(_one_hot(REPEAT, logits), float("-inf"))
         probs = logits.softmax(-1)

@@ -153,9 +153,14 @@ def teacher_log_probs(routed, batch: dict) -> torch.Tensor:
 def per_row_kl(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over each row's target positions of ``KL(teacher || student)``; ``[B]``."""
     kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)  # [N]
+    return per_row_mean(kl, target)
+
+
+def per_row_mean(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean per row ``[B]`` of per-position values ``[N]`` at ``target [B, T]``'s ones (row-major)."""
     rows = target.bool().nonzero()[:, 0]
-    total = torch.zeros(target.shape[0], device=kl.device, dtype=kl.dtype).index_add(0, rows, kl)
-    return total / target.sum(1).clamp(min=1).to(kl.dtype)
+    total = torch.zeros(target.shape[0], device=values.device, dtype=values.dtype).index_add(0, rows, values)
+    return total / target.sum(1).clamp(min=1).to(values.dtype)
 
 
 def relaxed_step(routed, relaxation: Relaxation, batch: dict, teacher: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,7 @@ def build_teacher(
     _check_identity(folder / META_NAME, identity)
     done = _read_rows(folder / ROWS_NAME)
     missing = [p for p in prompts if p.id not in done]
-    context = routed.context_length()
+    context = routed.context_length
     with open(folder / ROWS_NAME, "a") as out:
         bar = tqdm(total=len(missing), desc="teacher continuations", disable=not progress, unit="prompt")
         for start in range(0, len(missing), batch_size):

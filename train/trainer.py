@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import shutil
 import warnings
@@ -33,35 +32,34 @@ from drllm.router import RoutedModel, load_routed, load_tokenizer
 from drllm.router.routers import TRAINED_ON_NAME
 from drllm.search import progress
 from drllm.search.records import check_searched_with, read_records
-from drllm.search.tasks.base import MAX_PROMPT_CHARS
 
 from . import outputs
+from .arguments import CONTROLS, LOGGERS, ROUTER_KINDS, check_arguments, check_prompts  # noqa: F401
 from .data import RouterDataModule
 from .features import build_features
+from .kl_run import DEFAULT_TASKS, train_kl
 from .module import RouterModule
 from .neighbours import fit_neighbours, shuffled_targets
 from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
 from .outputs import read_run_record  # noqa: F401 - readers import it from here
 from .regret import static_choices, sweep_gains
-from .targets import TARGETS, Targets, target_table
+from .targets import Targets, target_table
 
-ROUTER_KINDS = ("mlp", "linear", "shared", "knn")
-RouterKind = Literal["mlp", "linear", "shared", "knn"]
-CONTROLS = ("none", "shuffled")
+RouterKind = Literal["mlp", "linear", "shared", "knn", "static"]
 Control = Literal["none", "shuffled"]
+Objective = Literal["labels", "kl"]
 MONITOR = "val/macro_f1"
 REGRET = "val/regret"
-LOGGERS = ("csv", "wandb", "none", "", None, False)
 
 
 def train_routers(
     model: str,
-    paths: str,
-    output: str,
+    paths: str | None = None,
+    output: str = "runs/routers",
     epochs: int = 25,
     num_windows: int = 8,
     bottleneck: int = 128,
-    lr: float = 1e-3,
+    lr: float | None = None,
     weight_decay: float = 0.01,
     batch_size: int = 16,
     val_fraction: float = 0.1,
@@ -82,6 +80,12 @@ def train_routers(
     neighbours: int = 16,
     control: Control = "none",
     read_layer: int | None = None,
+    objective: Objective = "labels",
+    target_layers: float | None = None,
+    min_layers: float = 0.0,
+    tasks: list[str] | None = None,
+    examples_per_task: int | None = 400,
+    continuation_tokens: int = 16,
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -93,7 +97,8 @@ def train_routers(
         epochs: training epochs (a resumed run continues up to this many in all).
         num_windows: W, windows pooled per prompt.
         bottleneck: router bottleneck width (hidden units of each layer's router MLP).
-        lr: AdamW learning rate (warmup then cosine decay).
+        lr: AdamW learning rate (labels: warmup then cosine decay); default 1e-3 for ``labels``, for ``kl``
+            0.05 with ``static`` routers and 0.01 with the others.
         weight_decay: AdamW weight decay.
         batch_size: examples per batch (features are built in batches of the same size).
         val_fraction: share of examples held out for validation, split by example with ``seed``.
@@ -125,6 +130,15 @@ def train_routers(
         read_layer: every router reads the input of this layer and all decide there at once (one router
             call per prompt, the cheapest at inference; the layers before it keep the default path); None:
             router ``i`` reads layer ``i``'s input, as in Dr.LLM.
+        objective: ``labels`` fits the search's paths (Dr.LLM's method, needs ``paths``); ``kl`` fits the
+            base model's own next-token distribution over its greedy continuations at a layer budget
+            (``drllm.train.kl_run``; router kinds ``static``, ``linear``, ``mlp``; no paths file).
+        target_layers: ``kl``: the mean layers per prompt the routers must run.
+        min_layers: ``kl``: a per-prompt floor (a penalty below it).
+        tasks: ``kl``: the prompt pool, task names with an optional split (default ARC-Easy train, MMLU
+            dev, GSM8K train); no gold answer is used.
+        examples_per_task: ``kl``: prompts taken from each task.
+        continuation_tokens: ``kl``: tokens of the base model's greedy continuation per prompt.
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``; with a sweep
@@ -132,9 +146,30 @@ def train_routers(
         ``verdict``, see ``drllm.train.regret``). The best epoch is the one of least regret when there is a
         sweep, else of highest macro F1.
     """
-    _check_arguments(locals())
+    check_arguments(locals())
+    if objective == "kl":
+        return train_kl(
+            model,
+            output,
+            target_layers,
+            tasks=tasks or DEFAULT_TASKS,
+            router=router,
+            examples_per_task=examples_per_task,
+            continuation_tokens=continuation_tokens,
+            min_layers=min_layers,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr if lr is not None else (0.05 if router == "static" else 0.01),
+            weight_decay=weight_decay,
+            val_fraction=val_fraction,
+            seed=seed,
+            resume=resume,
+            tokenizer=tokenizer,
+            device=device,
+        )
+    lr = 1e-3 if lr is None else lr
     first = read_records(paths)
-    _check_prompts(first, paths)  # every row is checked before the model loads
+    check_prompts(first, paths)  # every row is checked before the model loads
     by_regret = bool(first) and sweep_gains(first, len(first[0].decisions)) is not None
     output, leader = Path(output), outputs.is_leader()
     trainer, checkpoint = _trainer(
@@ -216,67 +251,6 @@ def train_routers(
     if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
         trainer.logger.experiment.finish()  # flush the run (config, metrics, images) before returning
     return metrics
-
-
-def _check_arguments(args: dict) -> None:
-    """Refuse a bad argument with one line naming it and its value, before anything loads or is written."""
-    for name in ("epochs", "num_windows", "bottleneck", "batch_size"):
-        if not _whole(args[name]) or args[name] < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {args[name]!r}")
-    if not _whole(args["seed"]) or not 0 <= args["seed"] < 2**32:
-        raise ValueError(f"seed must be a whole number in [0, 2**32), got {args['seed']!r}")
-    if not _finite(args["lr"]) or args["lr"] <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {args['lr']!r}")
-    if not _finite(args["weight_decay"]) or args["weight_decay"] < 0:
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {args['weight_decay']!r}")
-    if not _finite(args["val_fraction"]) or not 0 < args["val_fraction"] < 1:
-        raise ValueError(
-            f"val_fraction must be a share strictly between 0 and 1, got {args['val_fraction']!r}"
-        )
-    if args["router"] not in ROUTER_KINDS:
-        raise ValueError(f"router must be one of {ROUTER_KINDS}, got {args['router']!r}")
-    if args["control"] not in CONTROLS:
-        raise ValueError(f"control must be one of {CONTROLS}, got {args['control']!r}")
-    if args["read_layer"] is not None and (not _whole(args["read_layer"]) or args["read_layer"] < 0):
-        raise ValueError(f"read_layer must be None or a layer index >= 0, got {args['read_layer']!r}")
-    if not _whole(args["neighbours"]) or args["neighbours"] < 1:
-        raise ValueError(f"neighbours must be a whole number >= 1, got {args['neighbours']!r}")
-    if args["router"] == "knn" and args["online"]:
-        raise ValueError("a knn router keeps the training prompts' features: it cannot train online")
-    if args["targets"] not in TARGETS:
-        raise ValueError(f"targets must be one of {TARGETS}, got {args['targets']!r}")
-    if not _finite(args["safe_margin"]):
-        raise ValueError(f"safe_margin must be a finite number, got {args['safe_margin']!r}")
-    if args["logger"] not in LOGGERS:
-        raise ValueError(f"logger must be 'csv', 'wandb' or 'none', got {args['logger']!r}")
-    if isinstance(args["model"], RoutedModel) and args["tokenizer"] is None:
-        raise ValueError("train_routers got a RoutedModel without its tokenizer; pass tokenizer=")
-    for name in ("output", "cache_dir"):
-        if args[name] is not None and Path(args[name]).exists() and not Path(args[name]).is_dir():
-            raise ValueError(f"{name} {args[name]} is a file; it must be a folder")
-    if args["device"] is not None:
-        try:
-            torch.device(args["device"])
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device {args['device']!r} is not a torch device ({err})") from None
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_prompts(rows, paths) -> None:
-    """Refuse a searched prompt too long to tokenize (``MAX_PROMPT_CHARS``), naming the example."""
-    for row in rows:
-        if len(row.prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(
-                f"{paths}: example {row.id!r} has a prompt of {len(row.prompt)} characters, "
-                f"more than {MAX_PROMPT_CHARS}"
-            )
 
 
 def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, precision, by_regret=False):

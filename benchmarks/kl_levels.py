@@ -1,0 +1,163 @@
+"""The KL experiment: heuristic static paths, the learned static path and input-conditioned routers, paired.
+
+    .venv/bin/python benchmarks/kl_levels.py --levels 27,24 --per-task 360 --output runs/kl_levels
+
+Training prompts: ARC-Easy train, MMLU dev, GSM8K train (its hashed 90%). Validation prompts: ARC-Easy
+validation, MMLU validation, GSM8K validation (the hashed 10% of its train file, never trained on). Per level:
+the angular and block-influence paths (calibrated on training prompts), the learned ``static`` path and
+``linear`` routers trained with ``train_kl`` (both started from the better heuristic), the routers' budget
+calibrated on training prompts so their mean level is the target. Every method is scored on every
+validation prompt (mean KL to the base model over the teacher-forced continuation, top-1 agreement); the
+comparisons are paired bootstrap 95% intervals of the mean difference. Resumes: finished trainings are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from drllm.router import Relaxation, load_routed, load_tokenizer, relaxed
+from drllm.search.heuristics import calibration_statistics
+from drllm.train.kl import batch_tensors, heuristic_paths, protected_layers, teacher_log_probs
+from drllm.train.kl_run import train_kl
+from drllm.train.teacher import build_teacher, task_prompts
+
+VAL_TASKS = ["arc_easy:validation", "mmlu:validation", "gsm8k:validation"]
+
+
+@torch.no_grad()
+def score(routed, rows, pad, batch_size, path=None, budget=None, fixed=()):
+    """Per-row KL, top-1 agreement and layers for a static path or the attached routers."""
+    kl, agree, layers = [], [], []
+    for start in range(0, len(rows), batch_size):
+        batch = batch_tensors(rows[start : start + batch_size], pad, routed.device)
+        teacher = teacher_log_probs(routed, batch)
+        target = batch["target"].bool()
+        if path is not None:
+            hidden = routed.backbone(batch["ids"], batch["attention"], torch.tensor(list(path)))
+            counts = [float(sum(path))] * batch["ids"].shape[0]
+        else:
+            relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=budget or 0.0)
+            with relaxed(routed, relaxation):
+                hidden = routed.backbone(batch["ids"], batch["attention"], route_mask=batch["prompt"])
+            counts = relaxation.layers().tolist()
+        student = F.log_softmax(routed.lm_logits(hidden[target]).float(), -1)
+        per_pos_kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
+        same = (student.argmax(-1) == teacher.argmax(-1)).float()
+        rows_of = target.nonzero()[:, 0]
+        for b in range(target.shape[0]):
+            kl.append(float(per_pos_kl[rows_of == b].mean()))
+            agree.append(float(same[rows_of == b].mean()))
+        layers += counts
+    return {"kl": kl, "agreement": agree, "layers": layers}
+
+
+def calibrate_budget(routed, rows, pad, batch_size, fixed, level, steps=12):
+    """The skip-logit budget at which the routers' mean layers on ``rows`` is closest to ``level``."""
+    lo, hi, best = -20.0, 20.0, (float("inf"), 0.0)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        mean = float(np.mean(score(routed, rows, pad, batch_size, budget=mid, fixed=fixed)["layers"]))
+        best = min(best, (abs(mean - level), mid))
+        if mean > level:
+            lo = mid  # too many layers: push skip up
+        else:
+            hi = mid
+    return best[1]
+
+
+def paired(a, b, seed=0, resamples=4000):
+    """Mean of a - b with a paired percentile bootstrap 95% interval."""
+    d = np.asarray(a) - np.asarray(b)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(1)
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levels", default="27,24")
+    ap.add_argument("--per-task", type=int, default=360)
+    ap.add_argument("--val-per-task", type=int, default=200)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--kinds", default="static,linear")
+    ap.add_argument("--output", default="runs/kl_levels")
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args()
+    out = Path(args.output)
+    torch.manual_seed(0)
+    routed = load_routed("smollm2-135m-instruct", device="cpu")
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    L, bs = routed.num_layers, args.batch_size
+    fixed = protected_layers(L, (0, 1, -1))
+    val_prompts = task_prompts(VAL_TASKS, tokenizer, limit=args.val_per_task)
+    val = build_teacher(routed, tokenizer, val_prompts, out / "teacher-val", 16, 16)
+    train_prompts = task_prompts(["arc_easy", "mmlu:dev", "gsm8k"], tokenizer, limit=args.per_task)
+    train = build_teacher(routed, tokenizer, train_prompts, out / "teacher", 16, 16)
+    shuffled = list(train)
+    random.Random(0).shuffle(shuffled)
+    calib = shuffled[:64]
+    stats = calibration_statistics(routed, tokenizer, [r["prompt"] for r in calib], bs)
+    results = {"validation_prompts": len(val), "training_prompts": len(train), "levels": {}}
+    for level in [int(v) for v in args.levels.split(",")]:
+        methods = {}
+        for name, path in heuristic_paths(stats, L, level, fixed).items():
+            methods[name] = score(routed, val, pad, bs, path=path)
+        for kind in args.kinds.split(","):
+            folder = out / f"{kind}-{level}"
+            if not (folder / "metrics.json").exists():
+                train_kl(
+                    routed,
+                    str(folder),
+                    level,
+                    router=kind,
+                    examples_per_task=args.per_task,
+                    teacher_dir=str(out / "teacher"),
+                    epochs=args.epochs,
+                    batch_size=bs,
+                    lr=0.05 if kind == "static" else 0.01,
+                    tokenizer=tokenizer,
+                    val_fraction=0.05,
+                )
+            routed.load_routers(folder)
+            budget = calibrate_budget(routed, calib, pad, bs, fixed, level)
+            methods[f"learned-{kind}"] = score(routed, val, pad, bs, budget=budget, fixed=fixed)
+            methods[f"learned-{kind}"]["budget"] = budget
+            routed.routers = None
+        heuristics = [m for m in ("angular", "block-influence") if m in methods]
+        best = min(heuristics, key=lambda m: np.mean(methods[m]["kl"]))
+        row = {
+            m: {
+                "kl": float(np.mean(v["kl"])),
+                "agreement": float(np.mean(v["agreement"])),
+                "layers": float(np.mean(v["layers"])),
+                "layers_p5_p95": [
+                    float(np.percentile(v["layers"], 5)),
+                    float(np.percentile(v["layers"], 95)),
+                ],
+            }
+            for m, v in methods.items()
+        }
+        compare = {}
+        if "learned-static" in methods:
+            compare["learned-static - " + best] = paired(methods["learned-static"]["kl"], methods[best]["kl"])
+        for kind in args.kinds.split(","):
+            if kind != "static" and "learned-static" in methods:
+                compare[f"learned-{kind} - learned-static"] = paired(
+                    methods[f"learned-{kind}"]["kl"], methods["learned-static"]["kl"]
+                )
+        results["levels"][level] = {"methods": row, "best_heuristic": best, "paired_kl": compare}
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        (out / f"per_example-{level}.json").write_text(json.dumps(methods))
+        print(json.dumps(results["levels"][level], indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""``train_kl`` (``drllm train --objective kl``): routers fitted to the base model's own distribution.
+
+Steps: lock the output folder; load the model; build (or reuse) the teacher continuations of a mixed prompt
+pool (``drllm.train.teacher``); split them into training and validation prompts (seeded, by prompt); choose
+the start path, the heuristic static path (angular or block influence, never skipping a protected layer)
+of least KL on calibration prompts taken from the training prompts; attach routers of ``kind`` started on
+it; fit them (``drllm.train.kl``), saving the state after every epoch (``kl_state.pt``: a rerun with the
+same settings resumes, other settings are refused); then publish ``router_config.json``,
+``routers.safetensors``, ``metrics.json``, ``run.json`` and ``trained_on.json`` together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from drllm.router import load_routed, load_tokenizer
+from drllm.router.routers import TRAINED_ON_NAME
+from drllm.search.heuristics import calibration_statistics
+
+from . import outputs
+from .kl import KL_KINDS, KLSettings, fit_kl, heuristic_paths, path_kl, protected_layers, start_routers
+from .teacher import build_teacher, task_prompts
+
+STATE_NAME = "kl_state.pt"
+DEFAULT_TASKS = ("arc_easy", "mmlu:dev", "gsm8k")
+
+
+def train_kl(
+    model,
+    output: str,
+    target_layers: float,
+    tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS,
+    router: str = "static",
+    examples_per_task: int | None = 400,
+    continuation_tokens: int = 16,
+    teacher_dir: str | None = None,
+    min_layers: float = 0.0,
+    epochs: int = 2,
+    batch_size: int = 8,
+    lr: float = 0.05,
+    weight_decay: float = 0.0,
+    val_fraction: float = 0.1,
+    calibration_prompts: int = 64,
+    seed: int = 0,
+    resume: bool = True,
+    tokenizer=None,
+    device: str | None = None,
+    dtype: str | None = None,
+    data_dir: str | None = None,
+) -> dict:
+    """Train routers on KL to the base model at ``target_layers`` mean layers; returns ``metrics.json``."""
+    if router not in KL_KINDS:
+        raise ValueError(f"the kl objective trains router kinds {KL_KINDS}, got {router!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+    output = Path(output)
+    with outputs.locked(output):
+        routed = load_routed(model, device=device, dtype=dtype)
+        tokenizer = tokenizer or load_tokenizer(model)
+        L = routed.num_layers
+        settings = KLSettings(
+            kind=router,
+            target_layers=float(target_layers),
+            min_layers=float(min_layers),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            seed=seed,
+        )
+        fixed = protected_layers(L, settings.protected)
+        if not len(fixed) <= target_layers <= L:
+            raise ValueError(f"target_layers must lie in [{len(fixed)}, {L}], got {target_layers!r}")
+        prompts = task_prompts(list(tasks), tokenizer, limit=examples_per_task, data_dir=data_dir)
+        rows = build_teacher(
+            routed, tokenizer, prompts, teacher_dir or output / "teacher", continuation_tokens, batch_size
+        )
+        random.Random(seed).shuffle(rows)
+        cut = int(round(len(rows) * (1 - val_fraction)))
+        train_rows, val_rows = rows[:cut], rows[cut:]
+        if not train_rows:
+            raise ValueError("no training prompts: pass more tasks or examples_per_task")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        calibration = train_rows[:calibration_prompts]
+        stats = calibration_statistics(routed, tokenizer, [r["prompt"] for r in calibration], batch_size)
+        level = int(round(target_layers))
+        candidates = heuristic_paths(stats, L, level, fixed)
+        scores = {n: _mean(path_kl(routed, calibration, p, batch_size, pad)) for n, p in candidates.items()}
+        start = min(scores, key=scores.get)
+        run = {
+            "objective": "kl",
+            "model": str(model) if isinstance(model, (str, os.PathLike)) else routed.fingerprint,
+            "fingerprint": routed.fingerprint,
+            "tasks": list(tasks),
+            "examples_per_task": examples_per_task,
+            "continuation_tokens": continuation_tokens,
+            "val_fraction": val_fraction,
+            "calibration_prompts": calibration_prompts,
+            "dtype": str(dtype),
+            "start_path": list(candidates[start]),
+            **settings.identity(),
+        }
+        state = _resume_state(output / STATE_NAME, run, resume)
+        routed.model.requires_grad_(False)
+        routers = routed.add_routers(kind=router, seed=seed)
+        start_routers(routers, candidates[start], settings.start_margin)
+        history = fit_kl(
+            routed,
+            train_rows,
+            val_rows,
+            settings,
+            pad,
+            state=state,
+            on_epoch=lambda s: _save_state(output / STATE_NAME, run, s),
+        )
+        metrics = {
+            "objective": "kl",
+            "router": router,
+            "target_layers": target_layers,
+            "start": start,
+            "start_val_kl": _mean(path_kl(routed, val_rows, candidates[start], batch_size, pad))
+            if val_rows
+            else None,
+            "heuristic_calibration_kl": scores,
+            "history": history,
+            **(history[-1] if history else {}),
+        }
+        with outputs.disk_errors(output):
+            folder = outputs.staging(output)
+            routers.save_pretrained(folder)
+            outputs.write_json(folder / "metrics.json", metrics)
+            outputs.write_json(folder / "run.json", run)
+            outputs.write_json(folder / TRAINED_ON_NAME, {"ids": [r["id"] for r in train_rows]})
+            outputs.publish(folder, output)
+        return metrics
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(1, len(values))
+
+
+def _resume_state(path: Path, run: dict, resume: bool) -> dict | None:
+    if not resume or not path.exists():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get("run") != run:
+        differ = sorted(k for k in set(run) | set(saved.get("run", {})) if saved["run"].get(k) != run.get(k))
+        raise ValueError(
+            f"{path} was made with other settings ({', '.join(differ)}); pass resume=False (--resume false) "
+            "to start over"
+        )
+    return saved["state"]
+
+
+def _save_state(path: Path, run: dict, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"run": run, "state": state}, tmp)
+    os.replace(tmp, path)
+
+
+def read_metrics(output: str | os.PathLike) -> dict:
+    """The ``metrics.json`` of a finished KL run."""
+    return json.loads((Path(output) / "metrics.json").read_text())
