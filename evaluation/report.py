@@ -79,6 +79,13 @@ class EvalRow:
     """The decision vector of a static method."""
     vs_base: Comparison | None = None
     vs_static: Comparison | None = None
+    kl: Interval | None = None
+    """Mean KL(base || method) in nats over the base model's greedy continuation (teacher-forced)."""
+    token_agreement: Interval | None = None
+    """Share of those positions where the method's top-1 next token is the base model's."""
+    kl_vs_static: Interval | None = None
+    """Mean KL minus that of ``kl_static`` (the static baseline of least KL at the level), paired."""
+    kl_static: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -88,7 +95,7 @@ class EvalRow:
     def from_dict(cls, data: dict[str, Any]) -> EvalRow:
         """The row ``to_dict`` wrote."""
         values = dict(data)
-        for key in ("accuracy", "agreement", "fidelity"):
+        for key in ("accuracy", "agreement", "fidelity", "kl", "token_agreement", "kl_vs_static"):
             if values.get(key) is not None:
                 values[key] = Interval(**values[key])
         for key in ("vs_base", "vs_static"):
@@ -138,8 +145,9 @@ def markdown_table(rows: Sequence[EvalRow], num_layers: int) -> str:
     """The result rows as a Markdown table (intervals in brackets; * marks p < 0.05)."""
     lines = [
         "| task | method | level | layers | accuracy % [95% CI] | vs base, points | vs best static, points "
-        "| agrees with base % | fidelity (tokens) | n |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| agrees with base % | fidelity (tokens) | KL to base, nats | KL vs closest static "
+        "| top-1 agree % | n |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in sort_rows(rows):
         static = "-" if row.vs_static is None else f"{row.vs_static.against}: {_diff(row.vs_static)}"
@@ -158,10 +166,20 @@ def markdown_table(rows: Sequence[EvalRow], num_layers: int) -> str:
             static,
             f"{100 * row.agreement.value:.1f}",
             fidelity,
+            _nats(row.kl),
+            "-" if row.kl_vs_static is None else f"{row.kl_static}: {_nats(row.kl_vs_static, signed=True)}",
+            "-" if row.token_agreement is None else _pct(row.token_agreement),
             str(row.n),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _nats(i: Interval | None, signed: bool = False) -> str:
+    if i is None:
+        return "-"
+    f = "+.3f" if signed else ".3f"
+    return f"{i.value:{f}} [{i.low:{f}}, {i.high:{f}}]"
 
 
 def findings(rows: Sequence[EvalRow]) -> list[str]:
@@ -186,6 +204,14 @@ def findings(rows: Sequence[EvalRow]) -> list[str]:
                 parts.append(_verdict(row.vs_static, f"the best static path ({row.vs_static.against})"))
             if row.fidelity is not None:
                 parts.append(f"fidelity {row.fidelity.value:.1f} tokens")
+            if row.kl is not None:
+                parts.append(f"KL to the base model {_nats(row.kl)} nats")
+            if row.kl_vs_static is not None:
+                closer = "closer to" if row.kl_vs_static.high < 0 else "further from"
+                if row.kl_vs_static.low <= 0 <= row.kl_vs_static.high:
+                    parts.append(f"no significant KL difference from {row.kl_static}")
+                else:
+                    parts.append(f"significantly {closer} the base model than {row.kl_static}")
             out.append("- " + "; ".join(parts) + ".")
     return out
 

@@ -21,9 +21,9 @@ STATIC = ("greedy", "block-influence", "angular", "drop-last")  # candidates for
 
 
 def method_rows(task: str, methods: list, scoring: str) -> list[EvalRow]:
-    """One row per method: accuracy, agreement and fidelity with intervals, paired comparisons."""
+    """One row per method: accuracy, agreement, fidelity, KL and token agreement with intervals, paired."""
     base = methods[0]
-    best = best_static(methods)
+    best, closest = best_static(methods), closest_static(methods)
     rows = []
     for m in methods:
         correct = [o.reward >= 1.0 for o in m.outcomes]
@@ -45,6 +45,12 @@ def method_rows(task: str, methods: list, scoring: str) -> list[EvalRow]:
             seconds=m.seconds,
             path=list(m.path) if m.path is not None and m.name != "base" else None,
         )
+        kl, agreement = _values(m, "kl"), _values(m, "token_agreement")
+        row.kl = bootstrap_interval(kl) if kl else None
+        row.token_agreement = bootstrap_interval(agreement) if agreement else None
+        ref = closest.get(m.level)
+        if kl and ref is not None and ref is not m:
+            row.kl_vs_static, row.kl_static = paired_difference(kl, _values(ref, "kl")), ref.name
         if m is not base:
             row.vs_base = compare("base", correct, [o.reward >= 1.0 for o in base.outcomes])
             ref = best.get(m.level)
@@ -63,6 +69,22 @@ def best_static(methods: list) -> dict[int, Any]:
             if m.level not in best or score > sum(o.reward >= 1.0 for o in best[m.level].outcomes):
                 best[m.level] = m
     return best
+
+
+def closest_static(methods: list) -> dict[int, Any]:
+    """Per level, the static baseline of least mean KL to the base model (when KL was measured)."""
+    closest: dict[int, Any] = {}
+    for m in methods:
+        kl = _values(m, "kl")
+        if m.name in STATIC and m.level is not None and kl and len(kl) == len(m.outcomes):
+            mean = sum(kl) / len(kl)
+            if m.level not in closest or mean < sum(_values(closest[m.level], "kl")) / len(kl):
+                closest[m.level] = m
+    return closest
+
+
+def _values(method, key: str) -> list[float]:
+    return [getattr(o, key) for o in method.outcomes if getattr(o, key) is not None]
 
 
 def write_task_files(
@@ -90,6 +112,8 @@ def write_task_files(
                         "answer": o.answer,
                         "agree": agrees(o, b, scoring),
                         "fidelity": o.fidelity,
+                        "kl": o.kl,
+                        "token_agreement": o.token_agreement,
                     }
                 )
             )

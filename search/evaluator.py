@@ -53,6 +53,9 @@ class Outcome:
         fidelity: leading tokens of the base model's greedy continuation the path reproduces (None when
             the example was prepared without one).
         loglik: ``mc-loglik`` scoring: every option's log-likelihood (what ``with_gold`` rescores from).
+        kl: mean over the base model's greedy continuation (teacher-forced) of KL(base || path) between
+            the next-token distributions, in nats (None without a continuation).
+        token_agreement: share of those positions where the path's top-1 token is the base model's.
     """
 
     reward: float
@@ -61,6 +64,8 @@ class Outcome:
     min_logprob: float | None = None
     fidelity: int | None = None
     loglik: tuple[float, ...] | None = None
+    kl: float | None = None
+    token_agreement: float | None = None
 
     def with_gold(self, gold: int) -> Outcome:
         """The same path's outcome had option ``gold`` been the right one (``mc-loglik`` outcomes only).
@@ -94,6 +99,7 @@ class Prepared:
     prefix: list[torch.Tensor] | None = field(default=None, repr=False)  # hidden entering each layer [n, d]
     base: Outcome | None = None  # the default path's outcome, set with the prefix
     continuation: tuple[torch.Tensor, torch.Tensor] | None = None  # base greedy tokens packed last (fidelity)
+    base_logp: torch.Tensor | None = field(default=None, repr=False)  # [C, V] base log-probs there
 
     @property
     def base_reward(self) -> float | None:
@@ -131,6 +137,7 @@ class PathEvaluator:
         self.style, self.max_rows, self.max_new_tokens = style, max_rows, max_new_tokens
         self.reuse_prefix = reuse_prefix
         self.paths_evaluated = 0
+        self._capturing = False  # inside _base_distributions: rows keep their log-probs as the base's
 
     # ------------------------------------------------------------------ preparation
     def prepare(self, examples, start_index: int = 0, continuations=None) -> list[Prepared]:
@@ -146,7 +153,20 @@ class PathEvaluator:
         if len(conts) != len(examples):
             raise ValueError(f"{len(conts)} continuations for {len(examples)} examples")
         pairs = enumerate(zip(examples, conts, strict=True))
-        return [self._prepare_one(ex, start_index + k, c) for k, (ex, c) in pairs]
+        prepared = [self._prepare_one(ex, start_index + k, c) for k, (ex, c) in pairs]
+        self._base_distributions([p for p in prepared if p.continuation is not None])
+        return prepared
+
+    @torch.no_grad()
+    def _base_distributions(self, prepared: list[Prepared]) -> None:
+        """Keep the base model's log-probabilities over each packed continuation (what KL is measured to)."""
+        L = self.routed.num_layers
+        for chunk in _chunks(prepared, self.max_rows):
+            self._capturing = True
+            try:
+                self._forward([(k, p, (1,) * L, 0) for k, p in enumerate(chunk)])
+            finally:
+                self._capturing = False
 
     def prompt_text(self, example) -> str:
         """The prompt of an example in this evaluator's style and scoring."""
@@ -302,8 +322,9 @@ class PathEvaluator:
         return outcomes, decisions
 
     def release(self, prepared: Prepared) -> None:
-        """Free an example's recorded prefix states once its search is done."""
+        """Free an example's recorded prefix states (and base distributions) once its search is done."""
         prepared.prefix = None
+        prepared.base_logp = None
 
     def _run_prefix(self, prepared: list[Prepared]) -> None:
         """Run the default path once per example, recording the hidden states entering every layer."""
@@ -371,11 +392,12 @@ class PathEvaluator:
         picked = logits.float().log_softmax(-1).gather(-1, want[:, None])[:, 0]
         sizes = [len(t) for _, t in segments]
         hits_by, picked_by = hits.split(sizes), picked.split(sizes)
-        fidelity = None
+        fidelity = kl = agreement = None
         if p.continuation is not None:
             run = hits_by[-1].long().cumprod(0)
             fidelity = int(run.sum())
             hits_by, picked_by = hits_by[:-1], picked_by[:-1]
+            kl, agreement = self._closeness(p, logits[-len(p.continuation[1]) :])
         if self.task.kind == "exact":
             logp = picked_by[0]
             return Outcome(
@@ -383,6 +405,8 @@ class PathEvaluator:
                 margin=float(logp.mean()),
                 min_logprob=float(logp.min()),
                 fidelity=fidelity,
+                kl=kl,
+                token_agreement=agreement,
             )
         loglik = [float(s.sum()) for s in picked_by]
         if self.scoring == "mc-letter":  # the label greedy decoding would write
@@ -393,7 +417,27 @@ class PathEvaluator:
         others = [s for k, s in enumerate(loglik) if k != p.gold]
         margin = loglik[p.gold] - max(others) if others else 0.0
         scores = tuple(loglik) if self.scoring == "mc-loglik" else None  # mc-letter's reward is not from them
-        return Outcome(reward, margin=margin, answer=answer, fidelity=fidelity, loglik=scores)
+        return Outcome(
+            reward,
+            margin=margin,
+            answer=answer,
+            fidelity=fidelity,
+            loglik=scores,
+            kl=kl,
+            token_agreement=agreement,
+        )
+
+    def _closeness(self, p: Prepared, logits: torch.Tensor) -> tuple[float | None, float | None]:
+        """KL(base || path) and top-1 agreement over the continuation, from its logits ``[C, V]``."""
+        logp = logits.float().log_softmax(-1)
+        if self._capturing:
+            p.base_logp = logp
+            return 0.0, 1.0
+        if p.base_logp is None:
+            return None, None
+        base = p.base_logp.float().to(logp.device)
+        kl = torch.nn.functional.kl_div(logp, base, log_target=True, reduction="none").sum(-1)
+        return float(kl.mean()), float(logp.argmax(-1).eq(base.argmax(-1)).float().mean())
 
     def _generate_outcomes(self, rows) -> list[Outcome]:
         from drllm.router import batch_prompts

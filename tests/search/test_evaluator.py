@@ -236,3 +236,29 @@ def test_routed_outcomes_decide_from_the_prompt_in_the_scoring_pass(choice_task)
             assert d == alone
             fixed = ev.outcomes([(p, tuple(d))])[0]
             assert outcome.reward == fixed.reward and outcome.margin == pytest.approx(fixed.margin, abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_kl_and_token_agreement_equal_two_explicit_forwards(arch, choice_task):
+    """The packed KL(base || path) and top-1 agreement equal those of prompt + continuation run alone."""
+    torch.manual_seed(2)
+    routed = RoutedModel(tiny_model(arch))
+    tok = tiny_tokenizer()
+    ev = PathEvaluator(routed, tok, choice_task, max_rows=4)
+    examples = choice_task.load()
+    prepared = ev.prepare(examples, continuations=ev.greedy_continuations(examples, 5))
+    for p in prepared:
+        base_out = ev.outcomes([(p, (1,) * 4)])[0]
+        assert base_out.kl == pytest.approx(0.0, abs=1e-5) and base_out.token_agreement == 1.0
+        cont = p.continuation[1].tolist()
+        ids = torch.tensor([encode_prompt(tok, p.prompt) + cont])
+        n = len(cont)
+        with torch.no_grad():
+            ref = routed(ids, decisions=[1, 1, 1, 1]).logits[0, -n - 1 : -1].float().log_softmax(-1)
+        for path in PATHS[1:]:
+            out = ev.outcomes([(p, path)])[0]
+            with torch.no_grad():
+                mine = routed(ids, decisions=list(path)).logits[0, -n - 1 : -1].float().log_softmax(-1)
+            kl = torch.nn.functional.kl_div(mine, ref, log_target=True, reduction="none").sum(-1).mean()
+            assert out.kl == pytest.approx(float(kl), rel=1e-3, abs=1e-5)
+            assert out.token_agreement == float(mine.argmax(-1).eq(ref.argmax(-1)).float().mean())
