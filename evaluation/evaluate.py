@@ -55,7 +55,7 @@ from drllm.router import RoutedModel, batch_prompts
 from drllm.router.loading import load_with_tokenizer
 from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
-from drllm.search.records import claimed_output
+from drllm.search.records import claimed_output, folder_lock
 from drllm.search.tasks import Scoring, Style, get_task
 from drllm.search.tasks.style import describe, resolve_style
 
@@ -194,11 +194,12 @@ def run_eval(
         trained,
     )
     rows: list[EvalRow] = []
-    for name, task_obj in zip(names, tasks, strict=True):
-        folder = Path(output) if len(names) == 1 else Path(output) / _slug(name)
-        rows += _TaskEvaluation(routed, tokenizer, name, task_obj, settings, model_name).run(folder)
-    if len(names) > 1:
-        report.write_results(rows, Path(output), routed.num_layers, title=f"{task} on {model_name}")
+    with folder_lock(output, "eval.lock", "evaluation"):  # two evaluations never write one folder
+        for name, task_obj in zip(names, tasks, strict=True):
+            folder = Path(output) if len(names) == 1 else Path(output) / _slug(name)
+            rows += _TaskEvaluation(routed, tokenizer, name, task_obj, settings, model_name).run(folder)
+        if len(names) > 1:
+            report.write_results(rows, Path(output), routed.num_layers, title=f"{task} on {model_name}")
     return rows
 
 

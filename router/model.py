@@ -76,6 +76,7 @@ class RoutedModel(nn.Module):
         self.routers: Routers | None = None
         self.last_decisions: torch.Tensor | None = None
         self._start: torch.Tensor | None = None  # [B] first layer of each row, inside starting_at
+        self._unwrapped = False  # set by unwrap(): the layers are the plain model's again
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -207,8 +208,12 @@ class RoutedModel(nn.Module):
         self.routers.save_pretrained(Path(directory))
 
     def unwrap(self) -> nn.Module:
-        """Put the original layer objects back and return the plain model (the PEFT model, if given one)."""
+        """Put the original layer objects back and return the plain model (the PEFT model, if given one).
+
+        The wrapper is spent afterwards: a later call through it is refused (it would run the plain model).
+        """
         put_layers(self.model, self._originals)
+        self._unwrapped = True
         return self._given
 
     @contextlib.contextmanager
@@ -500,6 +505,19 @@ class RoutedModel(nn.Module):
         return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
     def _check_inputs(self, input_ids, attention_mask, inputs_embeds) -> int:
+        if self._unwrapped:
+            raise RuntimeError(
+                "this RoutedModel was unwrapped (routed.unwrap()); its layers are the plain model's again, "
+                "so decisions and routers would be ignored: wrap the model anew with RoutedModel(model)"
+            )
+        if isinstance(input_ids, torch.Tensor) and input_ids.numel():
+            vocab = self.model.get_input_embeddings().num_embeddings
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= vocab:
+                raise ValueError(
+                    f"input_ids hold token id {high if high >= vocab else low}, outside the model's "
+                    f"vocabulary of {vocab} (is the tokenizer this model's?)"
+                )
         ids = input_ids if input_ids is not None else inputs_embeds
         if ids is None:
             raise ValueError("pass input_ids (or inputs_embeds)")

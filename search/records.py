@@ -367,6 +367,30 @@ class OutputLockedError(RuntimeError):
     """Another process holds the output file."""
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, name: str, what: str):
+    """Hold ``<folder>/<name>`` (the folder resolved: a symlinked name shares it) for the block.
+
+    Raises:
+        OutputLockedError: naming the lock, when another process holds it.
+    """
+    real = Path(folder).resolve()
+    real.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(real / name), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout as err:
+        raise OutputLockedError(
+            f"{folder} is being written by another {what} (lock {lock.lock_file} is held); wait for it to "
+            "finish or choose another --output"
+        ) from err
+    try:
+        yield
+    finally:
+        Path(lock.lock_file).unlink(missing_ok=True)
+        lock.release()
+
+
 @dataclass
 class _Scan:
     """What a search output file holds: its records and the state of its last line."""
@@ -459,7 +483,8 @@ class SearchOutput:
     ):
         self.path, self.settings = Path(path), settings
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = filelock.FileLock(f"{self.path}.lock", timeout=0)
+        # the lock sits beside the file itself: two names of one file (a symlink) share it
+        self._lock = filelock.FileLock(f"{self.path.resolve()}.lock", timeout=0)
         try:
             self._lock.acquire()
         except filelock.Timeout as err:
