@@ -53,9 +53,17 @@ class DrLLMEval(HFLM):
             self.layer_counts += self.routed.last_decisions.sum(-1).tolist()
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
-        """Logits of a routed forward pass (decisions made once per row)."""
+        """Logits of a routed forward pass (decisions made once per row).
+
+        The harness right-pads a causal batch with token 0 and passes no mask. Padding after a row changes
+        none of its logits (attention is causal), but routers would pool it: they pool each row up to its
+        last nonzero token, so a row routes the same at every batch size.
+        """
+        ones = torch.ones_like(inps)
+        pool = attn_mask if attn_mask is not None else _before_trailing_zeros(inps)
         with torch.no_grad():
-            logits = self.routed(inps, decisions=self.fixed).logits
+            hidden = self.routed.backbone(inps, ones, self.fixed, route_mask=pool)
+            logits = self.routed.lm_logits(hidden)
         self._remember()
         return logits
 
@@ -80,6 +88,14 @@ class DrLLMEval(HFLM):
     def mean_layers(self) -> float:
         """Mean layers executed per row over every request so far."""
         return sum(self.layer_counts) / max(len(self.layer_counts), 1)
+
+
+def _before_trailing_zeros(ids: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` mask, 1 up to each row's last nonzero token (the harness pads on the right with 0)."""
+    nonzero = (ids != 0).long()
+    last = ids.shape[1] - 1 - nonzero.flip(1).argmax(1)  # [B]
+    last = torch.where(nonzero.any(1), last, torch.zeros_like(last))  # an all-zero row keeps its first token
+    return (torch.arange(ids.shape[1], device=ids.device)[None] <= last[:, None]).long()
 
 
 def main(argv: list[str] | None = None) -> None:

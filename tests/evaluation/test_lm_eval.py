@@ -73,3 +73,29 @@ def test_harness_refuses_a_non_finite_budget(budget):
         DrLLMEval(routed, tokenizer=tiny_tokenizer(), budget=budget, batch_size=1)
     lm = DrLLMEval(routed, tokenizer=tiny_tokenizer(), budget="0.5", batch_size=1)  # model_args are strings
     assert lm.routed.budget == 0.5
+
+
+def test_routers_decide_the_same_at_every_batch_size():
+    """The harness right-pads with 0 and gives no mask: routers must not pool the padding."""
+    from drllm.evaluation.lm_eval import DrLLMEval
+
+    routed = RoutedModel(tiny_model("llama"))
+    routers = routed.add_routers(kind="linear", seed=5)
+    with torch.no_grad():
+        for head in routers.layers:
+            head.proj.weight.mul_(400.0)  # decisions that depend on the pooled prompt
+    lm = DrLLMEval(routed, tokenizer=tiny_tokenizer(), batch_size=4)
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 60, (n,), generator=g) for n in (9, 4, 6)]
+    batch = torch.zeros(3, 9, dtype=torch.long)
+    for r, row in enumerate(rows):
+        batch[r, : len(row)] = row
+    logits = lm._model_call(batch)
+    together = routed.last_decisions.tolist()
+    alone = []
+    for r, row in enumerate(rows):
+        one = lm._model_call(row[None])
+        alone += routed.last_decisions.tolist()
+        torch.testing.assert_close(logits[r, : len(row)], one[0], atol=1e-5, rtol=0)
+    assert together == alone
+    assert len({tuple(d) for d in alone}) > 1  # the rows do route differently: the test can tell
