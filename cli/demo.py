@@ -192,7 +192,7 @@ def _search_stage(routed, tokenizer, paths: Path, args: dict) -> dict:
     try:
         return run_search(routed, output=str(paths), tokenizer=tokenizer, **args)
     except SettingsMismatchError as err:
-        _say(f"[1/3] {err}")
+        _say(f"[1/3] {str(err).split('; restart')[0].split(': the task changed')[0]}")  # (no flag advice)
         _say(f"[1/3] searching again into {paths}; the old file stays beside it as {paths.name}.old-<time>")
         return run_search(routed, output=str(paths), tokenizer=tokenizer, restart=True, **args)
 

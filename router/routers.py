@@ -92,6 +92,10 @@ class Routers(nn.Module):
         super().__init__()
         if config.kind not in KINDS:
             raise ValueError(f"router kind must be one of {KINDS}, got {config.kind!r}")
+        for name in ("num_layers", "hidden_size", "num_windows", "bottleneck", "neighbours"):
+            value = getattr(config, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if not _valid_read_layer(config):
             raise ValueError(
                 f"read_layer must be None or a layer in [0, {config.num_layers}), got {config.read_layer!r}"

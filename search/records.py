@@ -238,6 +238,8 @@ class SearchSettings:
     seeds: int = 1
     safe_margin: float = 0.0
     fix_margin: float = 0.0
+    max_new_tokens: int | None = None
+    """Decoded tokens per path under the ``generate`` scoring (None: teacher-forced, nothing decoded)."""
 
     def stamp(self, record: SearchRecord) -> SearchRecord:
         """The record with this search's ``settings`` object."""

@@ -21,7 +21,15 @@ from . import progress
 from .distributed import barrier, launch_sharded, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import SearchConfig
-from .records import SearchOutput, SearchRecord, SearchSettings, check_output, read_records, set_aside
+from .records import (
+    SearchOutput,
+    SearchRecord,
+    SearchSettings,
+    SettingsMismatchError,
+    check_output,
+    read_records,
+    set_aside,
+)
 from .supervision import Supervision, format_reliability, reliability, search_examples
 from .tasks import Scoring, Style, get_task
 from .tasks.style import describe, resolve_style
@@ -163,6 +171,7 @@ def run_search(
         seeds=seeds,
         safe_margin=safe_margin,
         fix_margin=float(fix_margin),
+        max_new_tokens=max_new_tokens if evaluator.scoring == "generate" else None,
     )
     if world > 1:  # the main output too, which the ranks' files are merged into
         settings.check(read_records(output, allow_empty=True), Path(output))
@@ -201,9 +210,9 @@ def _check_unchanged(records: dict, examples, evaluator: PathEvaluator, output) 
             ("gold continuation", record.target, evaluator.gold_text(ex)),
         ):
             if then and then != now:
-                raise ValueError(
+                raise SettingsMismatchError(
                     f"{output}: example {ex.id!r} was searched with another {what} ({then[:60]!r}, now "
-                    f"{now[:60]!r}): the task changed since; pass --restart to search it again"
+                    f"{now[:60]!r}): the task changed since; pass --restart true to search it again"
                 )
 
 

@@ -181,6 +181,8 @@ def train_routers(
         check_searched_with(rows, routed, paths)
         run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
         run.update(targets=targets, safe_margin=safe_margin, router=router, control=control)
+        # what a resumed run must share with the checkpoint it continues (epochs may grow)
+        run.update(lr=lr, weight_decay=weight_decay, batch_size=batch_size, precision=precision)
         if read_layer is not None and read_layer >= routed.num_layers:
             raise ValueError(f"read_layer must be a layer in [0, {routed.num_layers}), got {read_layer!r}")
         run["read_layer"] = read_layer

@@ -27,3 +27,11 @@ def test_token_ids_outside_the_vocabulary_are_refused(bad):
         routed(ids, mask)
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         routed.backbone(ids, mask, torch.ones(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("field", ["num_windows", "bottleneck"])
+def test_routers_no_loader_could_read_are_refused_when_made(field, tmp_path):
+    routed = RoutedModel(tiny_model("llama"))
+    with pytest.raises(ValueError, match=f"{field} must be a whole number >= 1"):
+        routed.add_routers(**{field: 0})
+    assert routed.routers is None

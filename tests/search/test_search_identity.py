@@ -91,3 +91,17 @@ def test_the_same_settings_resume_and_old_files_still_load(searched):
     assert len(read_records(out)) == 4
     with pytest.raises(SettingsMismatchError, match="scoring"):  # and those they carry are compared
         _search(routed, task, out, limit=4, scoring="mc-letter")
+
+
+def test_a_generate_search_refuses_to_resume_with_another_max_new_tokens(tmp_path):
+    """Rewards decoded with another length would mix in one file."""
+    from task_files import exact_file
+
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    task = exact_file(tmp_path / "ex.jsonl", n=4)
+    out = tmp_path / "paths.jsonl"
+    _search(routed, task, out, scoring="generate", max_new_tokens=3)
+    before = out.read_bytes()
+    with pytest.raises(SettingsMismatchError, match="max_new_tokens"):
+        _search(routed, task, out, scoring="generate", max_new_tokens=5, limit=3)
+    assert out.read_bytes() == before
