@@ -245,7 +245,7 @@ def test_a_torn_last_checkpoint_is_named_and_not_resumed(tmp_path, config):
 
 @pytest.mark.parametrize(("name", "value"), [("lr", 0.05), ("weight_decay", 0.5), ("batch_size", 3)])
 def test_a_resume_with_another_optimiser_setting_is_refused(tmp_path, config, name, value):
-    """A resumed run once continued with the checkpoint's optimiser and recorded the new value it never used."""
+    """A resumed run once kept the checkpoint's optimiser and recorded a new value it never used."""
     paths = write_rows(tmp_path / "a.jsonl", synthetic_rows(12))
     out = tmp_path / "routers"
     _train(paths, out, config)
