@@ -70,6 +70,7 @@ from .calibration import (
     trained_on,
 )
 from .export import export_routers
+from .learned import learned_path, learned_static_margins
 from .report import EvalRow
 from .results import STATIC, method_rows, write_task_files
 
@@ -102,6 +103,7 @@ def run_eval(
     device: str | None = None,
     strict: bool = False,
     route_from_static: bool = True,
+    learned_static: str | None = None,
 ) -> list[EvalRow]:
     """Evaluate base, routed and static-baseline paths at matched compute and write the reports.
 
@@ -138,6 +140,10 @@ def run_eval(
             option, ...); by default such a row is skipped with a warning naming it.
         route_from_static: with routers, also evaluate ``routed-static``: routing as confident deviations
             from the level's best static path on the calibration examples (see the module docstring).
+        learned_static: folder of ``static`` routers (``drllm train --objective kl --router static``): the
+            ``learned-static`` baseline, at each level the path executing the layers of largest learned
+            execute-minus-skip margin (the first two and the last always run). It competes as a static
+            baseline: routers are compared with the best static path, this one included.
 
     Returns:
         The result rows of every task, base first.
@@ -174,6 +180,7 @@ def run_eval(
     with claimed_output(output, folder=True):  # a refusal below leaves no empty folder behind
         routed, tokenizer, model_name = load_with_tokenizer(model, tokenizer, device, routers, "run_eval")
         levels = resolve_levels(target_layers, routed.num_layers)
+        learned = learned_static_margins(learned_static, routed) if learned_static else None
     settings = _Settings(
         split,
         limit,
@@ -192,6 +199,7 @@ def run_eval(
         strict,
         route_from_static,
         trained,
+        learned,
     )
     rows: list[EvalRow] = []
     with folder_lock(output, "eval.lock", "evaluation"):  # two evaluations never write one folder
@@ -236,6 +244,8 @@ class _Settings:
     route_from_static: bool = True
     trained_on: frozenset[str] = frozenset()
     """Ids the routers were fitted on (their ``trained_on.json``): calibration leaves them out."""
+    learned: list[float] | None = None
+    """Per layer, the learned static path's execute-minus-skip margin (``learned_static``)."""
 
 
 @dataclass
@@ -363,6 +373,8 @@ class _TaskEvaluation:
                     for seed in range(s.random_seeds):
                         path = tuple(static.random_skips(L, n, seed))
                         methods.append(_Method(name, level, path=path, seed=seed))
+            if s.learned is not None:
+                methods.append(_Method("learned-static", level, path=learned_path(s.learned, level)))
         return methods
 
     def _routed_methods(self, calib) -> list[_Method]:

@@ -26,6 +26,7 @@ METHOD_ORDER = (
     "routed-static",
     "routed-random",
     "routed-majority",
+    "learned-static",
     "greedy",
     "block-influence",
     "angular",

@@ -17,7 +17,8 @@ from . import plots, report
 from .report import Comparison, EvalRow
 from .stats import bootstrap_interval, mcnemar_exact, paired_difference
 
-STATIC = ("greedy", "block-influence", "angular", "drop-last")  # candidates for "the best static baseline"
+# candidates for "the best static baseline"
+STATIC = ("greedy", "block-influence", "angular", "drop-last", "learned-static")
 
 
 def method_rows(task: str, methods: list, scoring: str) -> list[EvalRow]:
