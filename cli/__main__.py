@@ -40,6 +40,9 @@ PYTHON_ONLY = {"tokenizer", "routed"}  # objects handed over from Python, never 
 # the pip extra a command needs
 EXTRAS = {"train": "train", "eval": "eval", "demo": "train", "analyze": "eval"}
 _TRUE_FALSE = {"true", "false", "yes", "no", "1", "0"}
+# exit codes: 2 for a bad command line, argument or input file; 1 for a failure while it ran (a file that
+# cannot be written, a full disk, a lock held by another run)
+USAGE_ERROR, RUNTIME_ERROR = 2, 1
 
 
 def command_function(name: str):
@@ -174,21 +177,25 @@ def main(argv: list[str] | None = None) -> None:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         _fail(f"unknown command {name!r}{did_you_mean(name, COMMANDS)}; commands: {', '.join(COMMANDS)}")
+    rest, level = _verbosity(rest)
     try:
         parser = command_parser(name)
+        rest = configs_first(rest)  # a flag overrides the file wherever it stands
         cfg = parser.parse_args(adapt_argv(parser, rest))
     except (ImportError, ValueError) as err:
         _fail(f"{name}: {err}" if isinstance(err, ValueError) else str(err))
     except ArgumentError as err:
         _fail(f"{name}: {err}")
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "config"}
-    configure_logging()
+    configure_logging(level)
     from drllm.search.records import OutputLockedError
 
     try:
         command_function(name)(**kwargs)
-    except (ValueError, OSError, OutputLockedError) as err:  # bad input, files, disks, locks: one line
+    except ValueError as err:  # a bad argument or input file: a usage error
         _fail(_one_line(err))
+    except (OSError, OutputLockedError, RuntimeError) as err:  # files, disks, locks, state: runtime
+        _fail(_one_line(err), RUNTIME_ERROR)
     except KeyboardInterrupt:
         _close_bars()
         kept = (
@@ -223,10 +230,75 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _fail(message: str):
+def _fail(message: str, code: int = USAGE_ERROR):
     _close_bars()
     print(f"drllm: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
+
+
+def _verbosity(argv: list[str]) -> tuple[list[str], int]:
+    """``argv`` without ``-q``/``--quiet`` and ``-v``/``--verbose``, and the logging level they ask for."""
+    import logging
+
+    quiet = sum(a in ("-q", "--quiet") for a in argv)
+    verbose = sum(a in ("-v", "--verbose") for a in argv)
+    level = logging.WARNING if quiet > verbose else logging.DEBUG if verbose > quiet else logging.INFO
+    return [a for a in argv if a not in ("-q", "--quiet", "-v", "--verbose")], level
+
+
+def configs_first(argv: list[str]) -> list[str]:
+    """``argv`` with every ``--config FILE`` moved to the front, each file checked for repeated keys.
+
+    jsonargparse applies arguments in order, so a flag given before ``--config`` was silently replaced by
+    the file's value; with the files first, a flag always wins, wherever it stands.
+
+    Raises:
+        ValueError: naming the file and the key, when a YAML mapping repeats a key.
+    """
+    configs, others, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv):
+            configs += [arg, argv[i + 1]]
+            _check_unique_keys(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            configs.append(arg)
+            _check_unique_keys(arg.split("=", 1)[1])
+        else:
+            others.append(arg)
+        i += 1
+    return configs + others
+
+
+def _check_unique_keys(path: str) -> None:
+    """Refuse a YAML file whose mapping names a key twice (PyYAML keeps the last value silently)."""
+    import os
+
+    import yaml
+
+    if not os.path.isfile(path):
+        return  # jsonargparse reports a missing file itself
+
+    class _Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ValueError(f"{path} line {key_node.start_mark.line + 1}: the key {key!r} appears twice")
+            seen.add(key)
+        return loader.construct_mapping(node, deep)
+
+    _Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    with open(path) as f:
+        try:
+            yaml.load(f, Loader=_Strict)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError:
+            return  # jsonargparse reports malformed YAML itself
 
 
 if __name__ == "__main__":

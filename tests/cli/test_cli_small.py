@@ -47,7 +47,7 @@ def test_a_locked_output_and_an_unwritable_one_are_one_line_errors(tiny_model_di
     argv = ["search", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--simulations", "2"]
     with SearchOutput(out), pytest.raises(SystemExit) as err:
         main([*argv, "--output", str(out)])
-    assert err.value.code == 2 and "being written by another search" in capsys.readouterr().err
+    assert err.value.code == 1 and "being written by another search" in capsys.readouterr().err  # runtime
     blocked = tmp_path / "file"
     blocked.write_text("x")
     with pytest.raises(SystemExit) as err:
@@ -80,3 +80,36 @@ def test_bad_output_locations_are_refused_before_the_model_loads(
     with pytest.raises(SystemExit) as err:
         main(argv)
     assert err.value.code == 2 and f"{blocked} is a file" in capsys.readouterr().err
+
+
+def test_a_flag_wins_over_the_config_file_wherever_it_stands(tmp_path):
+    from drllm.cli.__main__ import configs_first
+
+    config = tmp_path / "c.yaml"
+    config.write_text("limit: 3\n")
+    moved = configs_first(["--limit", "5", "--config", str(config)])
+    assert moved == ["--config", str(config), "--limit", "5"]
+    assert configs_first([f"--config={config}", "--limit=5"]) == [f"--config={config}", "--limit=5"]
+
+
+def test_a_key_repeated_in_a_config_file_is_refused(tiny_model_dir, mc_file, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("simulations: 2\nlimit: 2\nsimulations: 4\n")
+    out = str(tmp_path / "p")
+    argv = ["search", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--output", out]
+    with pytest.raises(SystemExit) as err:
+        main([*argv, "--config", str(config)])
+    assert err.value.code == 2
+    assert "line 3: the key 'simulations' appears twice" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_flag_before_the_config_overrides_it(tiny_model_dir, mc_file, tmp_path):
+    import json
+
+    config = tmp_path / "c.yaml"
+    config.write_text("simulations: 2\nlimit: 3\nsweep: false\n")
+    out = tmp_path / "p.jsonl"
+    argv = ["search", "--limit", "1", "--config", str(config), "--model", tiny_model_dir]
+    main([*argv, "--task", f"jsonl:{mc_file}", "--output", str(out)])
+    assert len([json.loads(x) for x in out.read_text().splitlines()]) == 1
