@@ -15,7 +15,7 @@ from drllm.search.evaluator import Outcome
 
 from . import plots, report
 from .report import Comparison, EvalRow
-from .stats import bootstrap_interval, mcnemar_exact, paired_difference
+from .stats import bootstrap_interval, mcnemar_exact, paired_difference, wilson_interval
 
 # candidates for "the best static baseline"
 STATIC = ("greedy", "block-influence", "angular", "drop-last", "learned-static")
@@ -35,8 +35,8 @@ def method_rows(task: str, methods: list, scoring: str) -> list[EvalRow]:
             method=m.name,
             level=m.level,
             layers=sum(m.layers) / len(m.layers),
-            accuracy=bootstrap_interval(correct),
-            agreement=bootstrap_interval(agree),
+            accuracy=wilson_interval(correct),
+            agreement=wilson_interval(agree),
             fidelity=bootstrap_interval(fidelity) if fidelity else None,
             n=len(correct),
             budget=m.budget,

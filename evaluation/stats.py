@@ -1,7 +1,9 @@
 """Intervals and paired tests for per-example outcomes, so an evaluation can tell methods apart.
 
-- ``bootstrap_interval``: a percentile bootstrap over examples of a mean (accuracy, agreement, fidelity),
-  seeded, so the same outcomes always give the same interval.
+- ``bootstrap_interval``: a percentile bootstrap over examples of a mean (fidelity, KL), seeded, so the
+  same outcomes always give the same interval.
+- ``wilson_interval``: a share of 0/1 outcomes (accuracy, agreement) with its Wilson score interval, which
+  stays honest at 0% and 100% and for small n.
 - ``paired_difference``: mean of ``a - b`` over the same examples with a paired bootstrap interval (the
   examples are resampled together, which is what makes a small difference between correlated methods
   detectable).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -55,6 +58,25 @@ def bootstrap_interval(
     _check(x, confidence)
     means = x[_indices(len(x), resamples, seed)].mean(axis=1)
     return _interval(float(x.mean()), means, confidence)
+
+
+def wilson_interval(outcomes: Sequence[bool], confidence: float = CONFIDENCE) -> Interval:
+    """The share of true ``outcomes`` with its Wilson score interval.
+
+    Unlike a bootstrap over 0/1 outcomes it does not collapse to a point at 0% or 100%: 10 of 10 right gives
+    [72.2%, 100%] at 95%, not [100%, 100%].
+
+    Raises:
+        ValueError: for no outcomes or a confidence outside (0, 1).
+    """
+    x = np.asarray(outcomes, dtype=float)
+    _check(x, confidence)
+    n, p = len(x), float(x.mean())
+    z = float(NormalDist().inv_cdf(0.5 + confidence / 2))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low, high = (0.0 if p == 0 else max(0.0, centre - half)), (1.0 if p == 1 else min(1.0, centre + half))
+    return Interval(p, low, high)
 
 
 def paired_difference(

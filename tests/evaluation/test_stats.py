@@ -47,3 +47,14 @@ def test_mcnemar_exact_matches_the_binomial_test():
 def test_empty_outcomes_are_refused():
     with pytest.raises(ValueError, match="at least one example"):
         bootstrap_interval([])
+
+
+def test_wilson_interval_does_not_collapse_at_the_ends():
+    from drllm.evaluation.stats import wilson_interval
+
+    full = wilson_interval([True] * 10)
+    assert full.value == 1.0 and full.high == 1.0 and full.low == pytest.approx(0.7225, abs=1e-3)
+    none = wilson_interval([False] * 10)
+    assert none.value == 0.0 and none.low == 0.0 and none.high == pytest.approx(0.2775, abs=1e-3)
+    mid = wilson_interval([True] * 50 + [False] * 50)
+    assert mid.low == pytest.approx(0.4038, abs=1e-3) and mid.high == pytest.approx(0.5962, abs=1e-3)
