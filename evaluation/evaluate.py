@@ -157,6 +157,11 @@ def run_eval(
     for name, value, least in (("calibration", calibration, 1), ("batch_size", batch_size, 1)):
         if value < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
+    if greedy_examples is not None and (
+        isinstance(greedy_examples, bool) or not isinstance(greedy_examples, int) or greedy_examples < 1
+    ):
+        raise ValueError(f"greedy_examples must be a whole number >= 1, got {greedy_examples!r}")
+    _check_plotting()  # before the evaluation runs, not after it, when the figures are drawn
     for name, value, least in (("fidelity_tokens", fidelity_tokens, 0), ("random_seeds", random_seeds, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
@@ -209,6 +214,13 @@ def run_eval(
         if len(names) > 1:
             report.write_results(rows, Path(output), routed.num_layers, title=f"{task} on {model_name}")
     return rows
+
+
+def _check_plotting() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("drllm eval draws figures with matplotlib: pip install 'drllm[eval]'")
 
 
 def resolve_levels(target_layers, num_layers: int) -> list[int]:
@@ -278,6 +290,7 @@ class _TaskEvaluation:
         self.routed, self.tokenizer, self.name, self.task, self.s = routed, tokenizer, name, task, settings
         self.model_name = model_name
         self.L = routed.num_layers
+        self.caveat = ""  # said in every title when calibration could not be kept apart
 
     # ------------------------------------------------------------------ the whole evaluation
     def run(self, folder: Path) -> list[EvalRow]:
@@ -301,7 +314,7 @@ class _TaskEvaluation:
             max_new_tokens=s.max_new_tokens,
         )
         examples = self.ev.usable(examples, s.strict)
-        calib = self.ev.usable(self._calibration_examples(split), s.strict)
+        calib = self.ev.usable(self._calibration_examples(split, examples), s.strict)
         methods = [_Method("base", path=(1,) * self.L)]
         methods += self._static_methods(calib)
         methods += self._routed_methods(calib)
@@ -310,6 +323,8 @@ class _TaskEvaluation:
         self._score(methods, examples)
         rows = method_rows(self.name, methods, self.ev.scoring)
         title = f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
+        if self.caveat:
+            title += f"; {self.caveat}"
         write_task_files(folder, self.name, rows, methods, examples, self.L, self.ev.scoring, title)
         if any(m.name == "routed-static" for m in methods):
             verdicts = export_routers(self.routed, methods, folder, self.name, self.s.trained_on)
@@ -318,17 +333,27 @@ class _TaskEvaluation:
                 log.info("%s", v)
         return rows
 
-    def _calibration_examples(self, eval_split: str) -> list:
-        task = self.task
+    def _calibration_examples(self, eval_split: str, evaluated: list) -> list:
+        """Training examples to calibrate on: never one that is evaluated, nor one the routers saw."""
+        task, s = self.task, self.s
         train = task.default_split_train
-        if train == eval_split:
-            log.warning(
-                "task %r evaluates on its training split: calibration examples come from it", self.name
-            )
-        s = self.s
-        if not s.trained_on:
-            return task.load(train, data_dir=s.data_dir, limit=s.calibration, strict=s.strict)
         pool = task.load(train, data_dir=s.data_dir, strict=s.strict)
+        scored = {str(ex.id) for ex in evaluated}
+        if train == eval_split or any(str(ex.id) in scored for ex in pool):
+            left = [ex for ex in pool if str(ex.id) not in scored]
+            if not left:  # said in the log and in every title of the results, never silently
+                self.caveat = f"calibrated on the evaluated examples: the {train} split has no others"
+                log.warning("task %r: %s; evaluate fewer (limit) to calibrate apart", self.name, self.caveat)
+                return pool[: s.calibration]
+            pool = left
+            log.warning(
+                "task %r: calibrating on the %d %s examples that are not evaluated",
+                self.name,
+                len(pool),
+                train,
+            )
+        if not s.trained_on:
+            return pool[: s.calibration]
         calib = fresh_examples(pool, s.trained_on, s.calibration, f"the {train} split of {self.name}")
         log.info(
             "%s: calibrating on %d %s examples the routers were not trained on (%d of %d were)",

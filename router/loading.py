@@ -168,6 +168,8 @@ def resolve_device(device=None):
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for, but CUDA is not available on this machine")
+    if resolved.type == "meta":
+        raise ValueError("device 'meta' holds no weights, so nothing could run there; use auto, cpu or cuda")
     return resolved
 
 
@@ -175,8 +177,8 @@ def resolve_dtype(dtype=None):
     """A torch dtype from ``None`` (keep the checkpoint's), a dtype, or a name such as ``"bfloat16"``."""
     import torch
 
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype  # "auto": the checkpoint's own dtype, as transformers reads it
     value = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
@@ -191,7 +193,7 @@ def load_routed(model, device=None, dtype=None, routers=None, **from_pretrained_
             ``RoutedModel``.
         device: ``None``/``"auto"`` (CUDA when available, else the CPU), or a device such as ``"cpu"`` or
             ``"cuda:1"``. A model object you pass stays where it is unless a device is given.
-        dtype: ``None`` keeps the checkpoint's dtype; else a dtype or its name (``"bfloat16"``).
+        dtype: ``None`` or ``"auto"`` keeps the checkpoint's dtype; else a dtype or its name (``"bfloat16"``).
         routers: a router folder to load (``router_config.json`` + ``routers.safetensors``).
         **from_pretrained_kwargs: passed to ``from_pretrained`` when loading by name.
 
@@ -218,7 +220,7 @@ def load_routed(model, device=None, dtype=None, routers=None, **from_pretrained_
         raise TypeError(f"model must be a name, a folder or a model, got {type(model).__name__}")
     if device is not None:
         routed.to(resolve_device(device))
-    if dtype is not None:
+    if dtype is not None and dtype != "auto":
         routed.model.to(dtype)
     return routed.eval()
 

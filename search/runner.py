@@ -138,6 +138,10 @@ def run_search(
     fields = {"question_field": question_field, "answer_field": answer_field, "choices_field": choices_field}
     task_obj = get_task(task, **fields, config=hf_config) if task.startswith("hf:") else get_task(task)
     _refuse_task_file(output, task_obj)
+    if control == "wrong-gold" and task_obj.kind != "choice":
+        raise ValueError(
+            f"control wrong-gold declares a wrong option gold; task {task!r} has exact answers, no options"
+        )
     split = split or task_obj.default_split_train
     examples = task_obj.load(split, data_dir=data_dir, limit=limit, strict=strict)
     rank, world, local_rank = rank_info()

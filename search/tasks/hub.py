@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import BadRows, ChoiceTask, ExactTask, Example, Task, check_limit
+from .jsonl import option_labels
 
 
 class _HubSource:
@@ -97,7 +98,7 @@ class HubChoiceTask(_HubSource, ChoiceTask):
         if not isinstance(choices, list) or len(choices) < 2:
             raise ValueError(f"{where}: {self.fields['choices']!r} must be a list of at least 2 options")
         choices = tuple(str(c) for c in choices)
-        labels = labels if len(labels) == len(choices) else tuple(chr(65 + k) for k in range(len(choices)))
+        labels = labels if len(labels) == len(choices) else tuple(option_labels(len(choices)))
         return Example(
             id=f"{self.dataset}-{split}-{index}",
             question=self._text(row, "question"),

@@ -102,6 +102,18 @@ class _JsonlSource:
         return examples[:limit] if limit is not None else examples
 
 
+def option_labels(n: int) -> list[str]:
+    """``A`` .. ``Z``, then ``AA``, ``AB``, ...: letters for any number of options (never punctuation)."""
+    out = []
+    for k in range(n):
+        label, k = "", k + 1
+        while k:
+            k, rem = divmod(k - 1, 26)
+            label = chr(65 + rem) + label
+        out.append(label)
+    return out
+
+
 class JsonlChoiceTask(_JsonlSource, ChoiceTask):
     """Custom multiple-choice rows ``{"id", "question", "choices", "answer"[, "labels"]}``."""
 
@@ -111,7 +123,7 @@ class JsonlChoiceTask(_JsonlSource, ChoiceTask):
         choices = row["choices"]
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise ValueError(f"{where}: choices must be a list of at least 2 strings")
-        labels = tuple(str(x) for x in row.get("labels") or [chr(65 + i) for i in range(len(choices))])
+        labels = tuple(str(x) for x in row.get("labels") or option_labels(len(choices)))
         if len(labels) != len(choices):
             raise ValueError(f"{where}: {len(labels)} labels for {len(choices)} choices")
         answer = _choice_answer(row, labels, where)

@@ -266,3 +266,15 @@ def test_calibration_leaves_out_the_examples_the_routers_were_trained_on(tmp_pat
     with pytest.raises(ValueError, match="trained_on.json: 'ids' must be a list of strings"):
         run_eval(routed, task, str(tmp_path / "d"), routers=str(folder), calibration=4, **common)
     assert not (tmp_path / "d").exists(), "refused before anything is written"
+
+
+def test_calibration_never_uses_an_evaluated_example_when_others_exist(tmp_path, caplog):
+    """A single-split task evaluated in part calibrates on the rest; evaluated whole, its titles say so."""
+    task = choice_file(tmp_path / "mc.jsonl", n=10)
+    tok = tiny_tokenizer()
+    routed = RoutedModel.from_pretrained(tiny_model("llama", seed=3))
+    common = dict(tokenizer=tok, batch_size=4, calibration=10, target_layers=(3,), baselines=("angular",))
+    run_eval(routed, task, str(tmp_path / "part"), limit=6, fidelity_tokens=0, **common)
+    assert "calibrating on the 4 all examples that are not evaluated" in caplog.text
+    run_eval(routed, task, str(tmp_path / "whole"), fidelity_tokens=0, **common)
+    assert "calibrated on the evaluated examples" in (tmp_path / "whole" / "results.md").read_text()

@@ -1,0 +1,48 @@
+"""The second hostile probe's cases: each was a traceback or a silent substitution, now one named line."""
+
+import json
+
+import pytest
+from task_files import exact_file
+
+from drllm.cli import __main__ as cli
+from drllm.search.tasks import get_task
+from drllm.search.tasks.jsonl import option_labels
+
+
+def _fails(argv, capsys, code=2):
+    with pytest.raises(SystemExit) as err:
+        cli.main(argv)
+    text = capsys.readouterr().err.strip()
+    assert err.value.code == code and "Traceback" not in text, text
+    return text.splitlines()[-1]
+
+
+def test_device_meta_is_refused(tiny_model_dir, capsys):
+    line = _fails(["generate", "--model", tiny_model_dir, "--prompt", "hi", "--device", "meta"], capsys)
+    assert "device 'meta' holds no weights" in line
+
+
+def test_greedy_examples_must_be_positive(tiny_model_dir, mc_file, tmp_path, capsys):
+    argv = ["eval", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--output", str(tmp_path / "e")]
+    assert "greedy_examples must be a whole number >= 1, got 0" in _fails(
+        [*argv, "--greedy-examples", "0"], capsys
+    )
+    assert not (tmp_path / "e").exists()
+
+
+def test_wrong_gold_control_is_refused_on_exact_answer_tasks(tiny_model_dir, tmp_path, capsys):
+    task = exact_file(tmp_path / "ex.jsonl", n=3)
+    argv = ["search", "--model", tiny_model_dir, "--task", task, "--output", str(tmp_path / "p.jsonl")]
+    line = _fails([*argv, "--control", "wrong-gold"], capsys)
+    assert "wrong-gold" in line and "exact answers" in line
+
+
+def test_more_than_26_options_get_letter_labels(tmp_path):
+    assert option_labels(3) == ["A", "B", "C"]
+    assert option_labels(28)[25:] == ["Z", "AA", "AB"]
+    choices = [f"option {k}" for k in range(30)]
+    path = tmp_path / "many.jsonl"
+    path.write_text(json.dumps({"id": "q", "question": "which?", "choices": choices, "answer": 29}) + "\n")
+    (ex,) = get_task(f"jsonl:{path}").load()
+    assert all(label.isalpha() for label in ex.labels) and len(set(ex.labels)) == 30
