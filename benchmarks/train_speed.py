@@ -6,7 +6,11 @@ decision vectors holding a few skips and repeats) it measures in one process:
 (a) the one-time cost of ``build_features`` (the teacher-forced feature cache),
 (b) seconds per epoch of cached training: router forward, focal loss, backward and AdamW step over the
     cached ``FeatureSet``,
-(c) seconds per epoch of online training: the same loop, the frozen model run each step (``online_pooled``).
+(c) seconds per epoch of online training: the same loop, the frozen model run each step (``online_pooled``),
+(d) steps per second of KL training (``--objective kl``, ``drllm.train.kl``): per batch the base model's
+    teacher forward, the relaxed routed forward (straight-through Gumbel gates), backward through the frozen
+    model to the routers and the AdamW step, on the same prompts plus a 16-token continuation, with
+    ``static`` and with per-layer ``linear`` routers; steps per second print beside cached label training's.
 
 Both modes run the same plain loop (``RouterModule.batch_loss``, backward, optimizer step) over the
 batches of ``RouterDataModule.train_dataloader``; their epochs alternate, so background load hits both
@@ -164,7 +168,11 @@ def measure(args, routed, tokenizer, rows, device: torch.device) -> dict:
     for _ in range(args.epochs):
         for mode, (module, optimizer) in trainers.items():
             epochs[mode].append(timed_epoch(module, optimizer, modes[mode].train_dataloader(), device))
+    kl = {kind: timed_kl(routed, tokenizer, rows, args, device, kind) for kind in ("static", "linear")}
+    steps = len(modes["cached"].train_dataloader())
     return {
+        "kl_steps_per_s": {k: v for k, v in kl.items()},
+        "cached_steps_per_s": steps / min(epochs["cached"]),
         "build_s": build_s,
         "train_examples": len(modes["cached"].train_indices),
         "cache_bytes_per_example": _bytes_per_example(features),
@@ -173,6 +181,43 @@ def measure(args, routed, tokenizer, rows, device: torch.device) -> dict:
         "cached_epochs_s": epochs["cached"],
         "online_epochs_s": epochs["online"],
     }
+
+
+def timed_kl(routed, tokenizer, rows, args, device: torch.device, kind: str) -> float:
+    """Steps per second of KL training (fastest of ``args.epochs`` passes over the prompts)."""
+    from drllm.router import Relaxation
+    from drllm.train.kl import batch_tensors, relaxed_step, teacher_log_probs
+
+    g = torch.Generator().manual_seed(0)
+    kl_rows = [
+        {
+            "prompt_ids": encode_prompt(tokenizer, r.prompt),
+            "continuation": torch.randint(3, 1000, (16,), generator=g).tolist(),
+        }
+        for r in rows
+    ]
+    saved = routed.routers
+    routers = routed.add_routers(kind=kind, seed=0)
+    optimizer = torch.optim.AdamW([p for p in routers.parameters() if p.requires_grad], lr=1e-2)
+    fixed = [0, 1, routed.num_layers - 1]
+    best = float("inf")
+    for _ in range(args.epochs):
+        sync(device)
+        start, steps = time.perf_counter(), 0
+        for i in range(0, len(kl_rows), args.batch_size):
+            batch = batch_tensors(kl_rows[i : i + args.batch_size], 0, device)
+            teacher = teacher_log_probs(routed, batch)
+            relaxation = Relaxation(routers, tau=0.5, fixed=fixed, generator=g)
+            loss = relaxed_step(routed, relaxation, batch, teacher).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / steps)
+    routed.routers = saved
+    routed._state.routers = saved
+    return 1.0 / best
 
 
 def _bytes_per_example(features) -> int:
@@ -218,6 +263,12 @@ def report(info: dict, m: dict, s: dict) -> None:
     print(
         f"ratio online/cached = {s['ratio_online_cached']:.1f}x (per epoch; fastest of {info['epochs']} "
         f"alternating epochs each)"
+    )
+    kl = m["kl_steps_per_s"]
+    print(
+        f"steps per second (batch {info['batch_size']}): cached labels {m['cached_steps_per_s']:.2f}, "
+        f"KL static {kl['static']:.2f}, KL linear {kl['linear']:.2f} "
+        f"(ratio cached/KL-linear {m['cached_steps_per_s'] / kl['linear']:.0f}x)"
     )
     print(
         f"Dr.LLM setting ({DRLLM_PATHS} paths, {DRLLM_EPOCHS} epochs): "
