@@ -23,10 +23,11 @@ import torch
 from torch.nn import functional as F
 
 from drllm.router import Relaxation, load_routed, load_tokenizer, relaxed
+from drllm.search.closeness import batch_tensors, heuristic_paths, teacher_log_probs
 from drllm.search.heuristics import calibration_statistics
-from drllm.train.kl import batch_tensors, heuristic_paths, protected_layers, teacher_log_probs
+from drllm.search.teacher import build_teacher, task_prompts
+from drllm.train.kl import protected_layers
 from drllm.train.kl_run import train_kl
-from drllm.train.teacher import build_teacher, task_prompts
 
 VAL_TASKS = ["arc_easy:validation", "mmlu:validation", "gsm8k:validation"]
 

@@ -186,7 +186,8 @@ def measure(args, routed, tokenizer, rows, device: torch.device) -> dict:
 def timed_kl(routed, tokenizer, rows, args, device: torch.device, kind: str) -> float:
     """Steps per second of KL training (fastest of ``args.epochs`` passes over the prompts)."""
     from drllm.router import Relaxation
-    from drllm.train.kl import batch_tensors, relaxed_step, teacher_log_probs
+    from drllm.search.closeness import batch_tensors, teacher_log_probs
+    from drllm.train.kl import relaxed_step
 
     g = torch.Generator().manual_seed(0)
     kl_rows = [

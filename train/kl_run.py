@@ -20,11 +20,12 @@ import torch
 
 from drllm.router import load_routed, load_tokenizer
 from drllm.router.routers import TRAINED_ON_NAME
+from drllm.search.closeness import heuristic_paths, path_kl
 from drllm.search.heuristics import calibration_statistics
+from drllm.search.teacher import build_teacher, task_prompts
 
 from . import outputs
-from .kl import KL_KINDS, KLSettings, fit_kl, heuristic_paths, path_kl, protected_layers, start_routers
-from .teacher import build_teacher, task_prompts
+from .kl import KL_KINDS, KLSettings, fit_kl, protected_layers, start_routers
 
 STATE_NAME = "kl_state.pt"
 DEFAULT_TASKS = ("arc_easy", "mmlu:dev", "gsm8k")

@@ -7,8 +7,9 @@ import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 from drllm.router import RoutedModel, Routers
-from drllm.train.kl import KLSettings, batch_tensors, heuristic_paths, path_kl, start_routers
-from drllm.train.teacher import ROWS_NAME, build_teacher, parse_task_split, task_prompts
+from drllm.search.closeness import batch_tensors, heuristic_paths, path_kl
+from drllm.search.teacher import ROWS_NAME, build_teacher, parse_task_split, task_prompts
+from drllm.train.kl import KLSettings, start_routers
 from drllm.train.trainer import train_routers
 
 
