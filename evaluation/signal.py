@@ -25,6 +25,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -240,8 +241,8 @@ def _iv(v: dict, sign: bool = False) -> str:
 
 def run_signal(
     model: str,
-    paths: str,
-    output: str,
+    paths: str | None = None,
+    output: str = "runs/signal",
     k: int = 16,
     folds: int = 5,
     layer: int | None = None,
@@ -250,13 +251,19 @@ def run_signal(
     batch_size: int = 8,
     device: str | None = None,
     tokenizer=None,
+    target: Literal["margin", "kl"] = "margin",
+    tasks: list[str] | None = None,
+    examples_per_task: int = 100,
+    continuation_tokens: int = 16,
+    threshold: float = 0.1,
 ) -> dict:
     """Test whether the nearest training prompts predict the best single skip and repeat of an example.
 
     Args:
         model: the model the paths were searched with (name or folder; or a ``RoutedModel``, then pass
             ``tokenizer``).
-        paths: a search output made with ``--sweep true`` (every record needs its single-edit sweep).
+        paths: a search output made with ``--sweep true`` (every record needs its single-edit sweep);
+            not used with ``target="kl"``.
         output: folder for ``signal.json`` and ``signal.md``.
         k: nearest training prompts averaged per example.
         folds: cross-validation folds over examples.
@@ -266,10 +273,40 @@ def run_signal(
         batch_size: prompts per forward pass.
         device: where the model runs (``load_routed``'s policy).
         tokenizer: the tokenizer, when ``model`` is a ``RoutedModel``.
+        target: ``margin``: the search sweep's gold margins (needs ``paths``); ``kl``: the KL to the base
+            model of every single-layer skip on prompts of ``tasks`` (no gold), with the token-level
+            oracle headroom (``drllm.evaluation.kl_signal``).
+        tasks: ``kl``: task names with an optional split (default ARC-Easy train, MMLU dev, GSM8K train).
+        examples_per_task: ``kl``: prompts per task.
+        continuation_tokens: ``kl``: tokens of the base model's greedy continuation per prompt.
+        threshold: ``kl``: the next-token KL (nats) under which a token's skip counts as free (headroom).
 
     Returns:
-        The result written to ``signal.json``.
+        The result written to ``signal.json`` (``signal_kl.json`` for ``kl``).
     """
+    if target == "kl":
+        from .kl_signal import DEFAULT_TASKS, run_kl_signal
+
+        return run_kl_signal(
+            model,
+            output,
+            tasks or DEFAULT_TASKS,
+            examples_per_task,
+            continuation_tokens,
+            k,
+            folds,
+            layer,
+            protect,
+            threshold,
+            seed,
+            batch_size,
+            device,
+            tokenizer,
+        )
+    if target != "margin":
+        raise ValueError(f"target must be margin or kl, got {target!r}")
+    if paths is None:
+        raise ValueError("the margin signal test reads a search's sweep: pass --paths (or --target kl)")
     records = read_records(paths)  # checks the file before the model loads
     table = sweep_table(records, paths)
     check_output(output, folder=True)
