@@ -74,8 +74,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from drllm.router import RoutedModel, batch_prompts, check_decisions, expand_path, surgery
+from drllm.router.auto import load_with_tokenizer
 from drllm.router.decisions import parse_decisions
-from drllm.router.loading import load_with_tokenizer
 from drllm.search import progress
 from drllm.search.evaluator import PathEvaluator
 from drllm.search.records import check_searched_with, read_records

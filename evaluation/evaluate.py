@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 
 from drllm.router import RoutedModel, batch_prompts
-from drllm.router.loading import load_with_tokenizer
+from drllm.router.auto import load_with_tokenizer
 from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
 from drllm.search.records import claimed_output, folder_lock

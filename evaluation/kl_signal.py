@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from drllm.router.loading import load_with_tokenizer
+from drllm.router.auto import load_with_tokenizer
 from drllm.search import progress
 from drllm.search.closeness import batch_tensors, teacher_log_probs
 from drllm.search.records import check_output

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from drllm.router import batch_prompts
-from drllm.router.loading import load_with_tokenizer
+from drllm.router.auto import load_with_tokenizer
 from drllm.router.pooling import pooling_mask
 from drllm.search import progress
 from drllm.search.records import check_output, check_searched_with, read_records

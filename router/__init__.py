@@ -3,6 +3,7 @@
 Imports torch and transformers only (no Lightning, search or train code).
 """
 
+from .auto import load_routed
 from .cache import RoutedCache
 from .decisions import (
     EXECUTE,
@@ -20,7 +21,6 @@ from .loading import (
     batch_prompts,
     encode_prompt,
     load_model,
-    load_routed,
     load_tokenizer,
     resolve_device,
 )

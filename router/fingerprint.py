@@ -21,15 +21,22 @@ def architecture_string(config, num_layers: int) -> str:
     return f"{text.model_type}-L{num_layers}-d{text.hidden_size}-v{text.vocab_size}"
 
 
+UNKNOWN = -1.0  # a probe of weights that are not in memory (offloaded to meta); a mean |w| is never negative
+
+
 @torch.no_grad()
 def weight_probe(model: nn.Module, layers: list[nn.Module]) -> list[float]:
     """Mean absolute value of sampled weights: input embeddings, first and last decoder layer."""
     probes = []
     modules = [model.get_input_embeddings(), layers[0], layers[-1]]
     for module in modules:
-        values = [p.detach().flatten()[:4096].float() for p in module.parameters() if p.dim() >= 2][:4]
+        real = [p for p in module.parameters() if not p.is_meta]  # offloaded weights sit on meta
+        values = [p.detach().flatten()[:4096].float() for p in real if p.dim() >= 2][:4]
         if not values:
-            values = [p.detach().flatten()[:4096].float() for p in module.parameters()]
+            values = [p.detach().flatten()[:4096].float() for p in real]
+        if not values and any(True for _ in module.parameters()):
+            probes.append(UNKNOWN)  # every weight offloaded: nothing to read, nothing compared
+            continue
         flat = torch.cat([v.cpu() for v in values]) if values else torch.zeros(1)
         probes.append(round(float(flat.abs().mean()), 6))
     return probes
@@ -42,5 +49,7 @@ def probe_mismatch(saved: list[float], current: list[float]) -> bool:
     if len(saved) != len(current):
         return True
     return any(
-        not math.isclose(a, b, rel_tol=PROBE_RTOL, abs_tol=1e-6) for a, b in zip(saved, current, strict=False)
+        not math.isclose(a, b, rel_tol=PROBE_RTOL, abs_tol=1e-6)
+        for a, b in zip(saved, current, strict=False)
+        if a != UNKNOWN and b != UNKNOWN
     )

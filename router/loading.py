@@ -7,7 +7,6 @@ dequantizes it on load (needs the ``gguf`` and ``accelerate`` packages).
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import pickle
 from pathlib import Path
 
@@ -183,62 +182,3 @@ def resolve_dtype(dtype=None):
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
     return value
-
-
-def load_routed(model, device=None, dtype=None, routers=None, **from_pretrained_kwargs):
-    """The one loader every command uses: a ``RoutedModel`` on the device every command agrees on.
-
-    Args:
-        model: a hub name, a local folder, the embedded ``"smollm2-135m-instruct"``, a causal LM module or a
-            ``RoutedModel``.
-        device: ``None``/``"auto"`` (CUDA when available, else the CPU), or a device such as ``"cpu"`` or
-            ``"cuda:1"``. A model object you pass stays where it is unless a device is given.
-        dtype: ``None`` or ``"auto"`` keeps the checkpoint's dtype; else a dtype or its name (``"bfloat16"``).
-        routers: a router folder to load (``router_config.json`` + ``routers.safetensors``).
-        **from_pretrained_kwargs: passed to ``from_pretrained`` when loading by name.
-
-    Returns:
-        The ``RoutedModel`` in eval mode.
-    """
-    from torch import nn
-
-    from .model import RoutedModel
-
-    dtype = resolve_dtype(dtype)
-    if isinstance(model, RoutedModel):
-        routed = model
-        if routers is not None:
-            routed.load_routers(routers)
-    elif isinstance(model, nn.Module):
-        routed = RoutedModel.from_pretrained(model, routers=routers)
-    elif isinstance(model, (str, os.PathLike)):
-        if dtype is not None:
-            from_pretrained_kwargs.setdefault("dtype", dtype)
-        routed = RoutedModel.from_pretrained(str(model), routers=routers, **from_pretrained_kwargs)
-        device = "auto" if device is None else device
-    else:
-        raise TypeError(f"model must be a name, a folder or a model, got {type(model).__name__}")
-    if device is not None:
-        routed.to(resolve_device(device))
-    if dtype is not None and dtype != "auto":
-        routed.model.to(dtype)
-    return routed.eval()
-
-
-def load_with_tokenizer(model, tokenizer=None, device=None, routers=None, caller: str = "drllm"):
-    """``(RoutedModel, tokenizer, display name)`` for a model name or folder, or a given ``RoutedModel``.
-
-    A ``RoutedModel`` must come with its tokenizer; a name loads both (``load_routed``, ``load_tokenizer``).
-
-    Raises:
-        ValueError: for a ``RoutedModel`` without its tokenizer, naming ``caller``.
-    """
-    from .model import RoutedModel
-
-    if isinstance(model, RoutedModel):
-        if tokenizer is None:
-            raise ValueError(f"{caller} got a RoutedModel without its tokenizer; pass tokenizer=")
-        name = str(getattr(model.model.config, "name_or_path", "") or "model")
-        return load_routed(model, device=device, routers=routers), tokenizer, name
-    routed = load_routed(model, device=device, routers=routers)
-    return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model)), str(model)

@@ -29,38 +29,30 @@ import contextlib
 import inspect
 import os
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .cache import RoutedCache
-from .decisions import SKIP, check_budget, check_decisions
+from .card import write_model_card
+from .decisions import check_budget, check_decisions
 from .fingerprint import architecture_string, probe_mismatch, weight_probe
-from .layer import RoutedLayer, RoutingState, layer_input, put_rows
+from .inside import InsideModel, padded_positions  # noqa: F401 - padded_positions is public here
+from .layer import RoutedLayer, RoutingState
 from .loading import load_model
 from .pooling import pooling_mask, window_pool, window_weights
 from .routers import RouterConfig, Routers
 from .surgery import (
-    additive_masks,
     causal_lm,
     final_norm_scale,
     layer_list,
     put_layers,
-    softcap_logits,
     wrap_layers,
 )
 
 
-def padded_positions(attention_mask):
-    """Position ids restarting at 0 on each row's first real token (left padding), as generate makes them."""
-    if attention_mask is None or attention_mask.dim() != 2:
-        return None
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-class RoutedModel(nn.Module):
+class RoutedModel(InsideModel, nn.Module):
     """A causal LM whose decoder layers are skipped, executed or repeated per input (see module docstring)."""
 
     def __init__(self, model: nn.Module):
@@ -201,11 +193,42 @@ class RoutedModel(nn.Module):
         self.routers.eval()
         self._state.routers = self.routers
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Save the routers as ``router_config.json`` + ``routers.safetensors``."""
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> None:
+        """Save the routers as ``router_config.json`` + ``routers.safetensors``, with a ``README.md`` card.
+
+        transformers' and peft's own arguments (``safe_serialization``, ``push_to_hub``, ...) are accepted
+        and ignored: routers are always safetensors, and pushing is left to ``huggingface_hub``.
+        """
         if self.routers is None:
             raise ValueError("there are no routers to save; call add_routers() or load_routers() first")
+        if kwargs.get("safe_serialization") is False:
+            raise ValueError("routers are saved as safetensors only; safe_serialization=False is not offered")
         self.routers.save_pretrained(Path(directory))
+        write_model_card(Path(directory), self.routers.config)
+
+    # ----------------------------------------------------------------- as transformers and peft models
+    @property
+    def config(self):
+        """The base model's config."""
+        return self.model.config
+
+    @property
+    def generation_config(self):
+        """The base model's generation config."""
+        return self.model.generation_config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the base model's input embeddings."""
+        return self.model.get_input_embeddings().weight.dtype
+
+    def can_generate(self) -> bool:
+        """Whether the base model can generate (a causal LM can)."""
+        return bool(self.model.can_generate())
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        """Parameters of the base model and the routers (``only_trainable``: those that require grad)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
     def unwrap(self) -> nn.Module:
         """Put the original layer objects back and return the plain model (the PEFT model, if given one).
@@ -347,156 +370,6 @@ class RoutedModel(nn.Module):
             raise ValueError("this model has no routers; call add_routers() or load_routers() first")
         self.backbone(input_ids, attention_mask)
         return self.last_decisions
-
-    # ----------------------------------------------------------------- inside the model
-    def backbone(
-        self, input_ids, attention_mask=None, decisions=None, position_ids=None, route_mask=None
-    ) -> torch.Tensor:
-        """Final hidden states (after the final norm, before the LM head) of one forward without a cache.
-
-        Args:
-            input_ids: ``[B, T]`` token ids.
-            attention_mask: ``[B, T]`` with 1 on real tokens (left or right padding), or a mask made by
-                ``attention_mask_4d``; None: no padding.
-            decisions: ``[L]`` or ``[B, L]``; None: the routers decide (they need a ``[B, T]`` mask), or
-                every layer executes once when there are no routers.
-            position_ids: ``[B, T]``; by default they restart at 0 on each row's first real token of a
-                ``[B, T]`` mask, as ``generate`` makes them.
-            route_mask: ``[B, T]``, 1 on the tokens the routers pool (a packed row's prompt) when the
-                routers decide under a mask from ``attention_mask_4d``. The tokens must form a prefix that
-                attends only to itself, so the decisions equal those made on the prompt alone.
-
-        Returns:
-            ``[B, T, d]`` hidden states; ``lm_logits`` turns them into logits.
-        """
-        batch = self._check_inputs(input_ids, attention_mask, None)
-        flat = attention_mask is None or (
-            isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2
-        )
-        if not flat and decisions is None and self.routers is not None and route_mask is None:
-            raise ValueError(
-                "the routers need a [B, T] attention_mask or a route_mask; pass decisions with a 4D mask"
-            )
-        if position_ids is None and flat:
-            position_ids = padded_positions(attention_mask)
-        pool = route_mask if route_mask is not None else (attention_mask if flat else None)
-        with self.forced(decisions, pool, batch):
-            out = self.model.base_model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            )
-        return out.last_hidden_state
-
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits ``[..., V]`` of final hidden states ``[..., d]`` (from ``backbone``).
-
-        Applies the LM head, then the model's ``final_logit_softcapping`` when it has one (Gemma), exactly
-        as the model's own forward does.
-        """
-        return softcap_logits(self.model.config, self.model.get_output_embeddings()(hidden))
-
-    def attention_mask_4d(
-        self, allowed: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype | None = None
-    ):
-        """The additive attention mask ``backbone`` takes for an arbitrary attention pattern.
-
-        Args:
-            allowed: ``[B, T, T]`` bool, True where query ``i`` may attend to key ``j``. Every query needs
-                one allowed key (let a padding query attend to itself).
-            positions: ``[B, T]``, the position ids passed to ``backbone``. Sliding-window layers also hide
-                keys ``sliding_window`` or more positions behind the query.
-            dtype: of the mask; by default the model's.
-
-        Returns:
-            ``[B, 1, T, T]`` on the model's device (0 where allowed, the dtype's minimum elsewhere); for a
-            model mixing full and sliding-window layers, a dict of such masks keyed by layer type.
-        """
-        if allowed.dim() != 3 or allowed.shape[1] != allowed.shape[2] or positions.shape != allowed.shape[:2]:
-            raise ValueError(
-                f"allowed must be [B, T, T] and positions [B, T], got {list(allowed.shape)} and "
-                f"{list(positions.shape)}"
-            )
-        dtype = dtype or self.model.get_input_embeddings().weight.dtype
-        device = self.device
-        return additive_masks(self.model.config, allowed.to(device).bool(), positions.to(device), dtype)
-
-    @contextlib.contextmanager
-    def recording(self) -> Iterator[list[torch.Tensor]]:
-        """Record the hidden states entering every layer during the forwards inside the context.
-
-        Yields a list that each forward refills: ``states[i]`` ``[B, T, d]`` is the state entering layer ``i``
-        (``i < L``) and ``states[L]`` the last layer's output, before the final norm. A skipped layer's
-        input equals the next layer's. Rows started by ``starting_at`` show the state put in.
-
-        Example:
-            with routed.recording() as states:
-                routed.backbone(input_ids, attention_mask)
-        """
-        states: list[torch.Tensor] = []
-        layers = layer_list(self.model)
-
-        def enter(module, args, kwargs):
-            if module.routed_index == 0:
-                states.clear()
-            states.append(layer_input(args, kwargs))
-
-        def leave(module, args, output):
-            states.append(output[0] if isinstance(output, tuple) else output)
-
-        handles = [layer.register_forward_pre_hook(enter, with_kwargs=True) for layer in layers]
-        handles.append(layers[-1].register_forward_hook(leave))
-        try:
-            yield states
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    @contextlib.contextmanager
-    def starting_at(self, layers, hidden: torch.Tensor) -> Iterator[None]:
-        """Start rows at a given layer from given hidden states, in the one forward inside the context.
-
-        Row ``r`` skips layers ``0 .. layers[r] - 1`` (whatever its decisions say) and enters layer
-        ``layers[r]`` with ``hidden[r]`` in place of its own state; rows with ``layers[r] == 0`` run as usual.
-        This is prefix reuse: ``hidden`` comes from ``recording`` along a path that shares those layers.
-        Meant for forwards without a KV cache (``backbone``), with explicit decisions.
-
-        Args:
-            layers: ``[B]`` ints in ``0 .. L - 1``.
-            hidden: ``[B, T, d]``, the states entering those layers (ignored for rows starting at 0).
-
-        Raises:
-            ValueError: when the shapes disagree with each other or with the forward, or a layer is out
-                of range.
-        """
-        if self._start is not None:
-            raise RuntimeError("starting_at contexts do not nest")
-        starts = torch.as_tensor(layers, dtype=torch.long).flatten().tolist()
-        if hidden.dim() != 3 or hidden.shape[0] != len(starts):
-            raise ValueError(
-                f"hidden must be [B, T, d] with B = {len(starts)} rows, got {list(hidden.shape)}"
-            )
-        if any(not 0 <= s < self.num_layers for s in starts):
-            raise ValueError(f"start layers must be in 0..{self.num_layers - 1}, got {sorted(set(starts))}")
-        modules, handles = layer_list(self.model), []
-        for i in sorted(set(starts) - {0}):
-            rows = torch.tensor([r for r, s in enumerate(starts) if s == i], device=hidden.device)
-            hook = partial(put_rows, rows, hidden)
-            handles.append(modules[i].register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
-        self._start = torch.tensor(starts, device=self.device)
-        try:
-            yield
-        finally:
-            self._start = None
-            for handle in handles:
-                handle.remove()
-
-    def _skip_before_start(self, decisions: torch.Tensor) -> torch.Tensor:
-        """Decisions with each row's layers before its ``starting_at`` layer skipped."""
-        if self._start is None:
-            return decisions
-        if decisions.shape[0] not in (1, len(self._start)):
-            raise ValueError(f"starting_at has {len(self._start)} rows, the decisions {decisions.shape[0]}")
-        before = torch.arange(self.num_layers, device=decisions.device)[None] < self._start[:, None]
-        return decisions.expand(len(self._start), -1).masked_fill(before, SKIP)
 
     @property
     def context_length(self) -> int | None:
