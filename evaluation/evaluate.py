@@ -71,6 +71,7 @@ from .calibration import (
 )
 from .export import export_routers
 from .learned import learned_path, learned_static_margins
+from .publish import staged
 from .report import EvalRow
 from .results import STATIC, method_rows, write_task_files
 
@@ -325,12 +326,13 @@ class _TaskEvaluation:
         title = f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
         if self.caveat:
             title += f"; {self.caveat}"
-        write_task_files(folder, self.name, rows, methods, examples, self.L, self.ev.scoring, title)
-        if any(m.name == "routed-static" for m in methods):
-            verdicts = export_routers(self.routed, methods, folder, self.name, self.s.trained_on)
-            report.atomic_write_text(folder / "verdict.md", "".join(f"- {v}\n" for v in verdicts))
-            for v in verdicts:
-                log.info("%s", v)
+        with staged(folder) as stage:  # every file written aside, then published together
+            write_task_files(stage, self.name, rows, methods, examples, self.L, self.ev.scoring, title)
+            if any(m.name == "routed-static" for m in methods):
+                verdicts = export_routers(self.routed, methods, stage, self.name, self.s.trained_on)
+                report.atomic_write_text(stage / "verdict.md", "".join(f"- {v}\n" for v in verdicts))
+                for v in verdicts:
+                    log.info("%s", v)
         return rows
 
     def _calibration_examples(self, eval_split: str, evaluated: list) -> list:

@@ -278,3 +278,40 @@ def test_calibration_never_uses_an_evaluated_example_when_others_exist(tmp_path,
     assert "calibrating on the 4 all examples that are not evaluated" in caplog.text
     run_eval(routed, task, str(tmp_path / "whole"), fidelity_tokens=0, **common)
     assert "calibrated on the evaluated examples" in (tmp_path / "whole" / "results.md").read_text()
+
+
+def test_a_rerun_leaves_no_stale_result_and_a_full_disk_keeps_the_old_ones(tmp_path, monkeypatch):
+    import errno
+
+    from drllm.evaluation import report as report_module
+
+    task = choice_file(tmp_path / "mc.jsonl", n=6)
+    out = tmp_path / "out"
+    common = dict(tokenizer=tiny_tokenizer(), batch_size=3, calibration=3, target_layers=(3,))
+    routed = RoutedModel.from_pretrained(tiny_model("llama", seed=3))
+    run_eval(routed, task, str(out), baselines=("drop-last",), fidelity_tokens=2, **common)
+    (out / "routers-at-9").mkdir()
+    (out / "routers-at-9" / "router_config.json").write_text("{}")
+    (out / "verdict.md").write_text("- an old verdict\n")
+    (out / "notes.txt").write_text("mine")
+    before = (out / "results.json").read_bytes()
+
+    real = report_module.atomic_write_text
+
+    def full_disk(path, text):
+        if str(path).endswith("examples.jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(report_module, "atomic_write_text", full_disk)
+    with pytest.raises(OSError, match="no space left while writing .*examples.jsonl; the earlier results"):
+        run_eval(routed, task, str(out), baselines=("angular",), fidelity_tokens=2, **common)
+    assert (out / "results.json").read_bytes() == before and (out / "verdict.md").exists()
+    assert not list(out.glob(".staging-*"))
+    monkeypatch.setattr(report_module, "atomic_write_text", real)
+    run_eval(routed, task, str(out), baselines=("angular",), fidelity_tokens=2, **common)
+    assert not (out / "routers-at-9").exists() and not (out / "verdict.md").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (
+        "angular" in (out / "results.md").read_text() and "drop-last" not in (out / "results.md").read_text()
+    )
