@@ -3,13 +3,15 @@
     <output>/train.lock           held while a run writes the folder (removed on release)
     <output>/checkpoints/         the training state: run.json (the identity it was made with), last.ckpt
                                   and the best epoch's checkpoint
-    <output>/.incoming-<pid>/     the finished files, before they replace the published ones
-    <output>/router_config.json, routers.safetensors, metrics.json, run.json, decisions.png
-                                  the last finished run's routers, metrics, settings and figure
+    <output>/.incoming-<pid>/     the finished files, before they are published
+    <output>/versions/v<N>/       each published run's routers, metrics, settings and figure
+    <output>/current              a symlink to the published version: switching it publishes a run
+    <output>/router_config.json, routers.safetensors, metrics.json, run.json, decisions.png, ...
+                                  symlinks through current: what loaders and readers open
 
 A run only writes its checkpoints after recording their identity beside them, so a later resume can
-never adopt another run's checkpoint; it writes the published files last, each replaced atomically, so a
-failed or killed run leaves the previous routers as they were.
+never adopt another run's checkpoint; it publishes by switching one symlink, so a failed or killed run
+leaves the previous routers whole, and a reader never sees files of two runs together.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from drllm.search.records import OutputLockedError
 LOCK_NAME = "train.lock"
 IDENTITY_NAME = "run.json"
 STAGING_PREFIX = ".incoming-"
+VERSIONS_NAME, CURRENT_NAME = "versions", "current"
 IDENTITY_DEFAULTS = {
     "targets": "hard",
     "safe_margin": 0.0,
@@ -185,12 +188,45 @@ def staging(output: Path) -> Path:
 
 
 def publish(folder: Path, output: Path) -> None:
-    """Move every file of ``folder`` into ``output`` (each ``os.replace``: atomic), then remove ``folder``.
+    """Make the finished files of ``folder`` the published ones, in one atomic switch.
 
-    The weights go first and their config right after, so the pair changes in one short step.
+    ``folder`` becomes ``<output>/versions/v<N>``; then the one symlink ``<output>/current`` is switched to it
+    (``os.replace``). The published names at the top of ``<output>`` (``router_config.json``, ...) are
+    symlinks through ``current``, made once, so a reader sees the whole old version or the whole new one,
+    never new weights beside an old config. Versions older than the previous one are removed.
     """
-    names = sorted(p.name for p in folder.iterdir())
-    names.sort(key=lambda n: (n != "routers.safetensors", n != "router_config.json"))
+    versions = output / VERSIONS_NAME
+    versions.mkdir(exist_ok=True)
+    taken = [int(p.name[1:]) for p in versions.glob("v*") if p.name[1:].isdigit()]
+    version = versions / f"v{max(taken, default=0) + 1}"
+    os.replace(folder, version)
+    link = output / f".{CURRENT_NAME}.tmp-{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path(VERSIONS_NAME) / version.name)
+    previous = (output / CURRENT_NAME).resolve() if (output / CURRENT_NAME).is_symlink() else None
+    os.replace(link, output / CURRENT_NAME)  # the switch
+    names = {p.name for p in version.iterdir()}
     for name in names:
-        os.replace(folder / name, output / name)
-    folder.rmdir()
+        _link_through_current(output, name)
+    for entry in output.iterdir():  # a published name the new version lacks would dangle
+        if entry.is_symlink() and entry.name != CURRENT_NAME and entry.name not in names:
+            if os.readlink(entry) == str(Path(CURRENT_NAME) / entry.name):
+                entry.unlink()
+    keep = {version.resolve(), previous}
+    for old in versions.iterdir():
+        if old.resolve() not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _link_through_current(output: Path, name: str) -> None:
+    """``<output>/<name>`` -> ``current/<name>`` (replacing a plain file left by an older drllm)."""
+    target = Path(CURRENT_NAME) / name
+    entry = output / name
+    if entry.is_symlink() and os.readlink(entry) == str(target):
+        return
+    tmp = output / f".{name}.link-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    os.replace(tmp, entry)
