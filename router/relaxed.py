@@ -90,6 +90,12 @@ class Relaxation:
         """Layers each row ran ``[B]``, differentiable through the straight-through gates."""
         return self._count(self.gates)
 
+    def deployed_layers(self) -> torch.Tensor:
+        """Layers each row runs with the argmax decisions, as deployed (no noise, no gradient) ``[B]``."""
+        return self._count(
+            [None if p is None else F.one_hot(p.detach().argmax(-1), 3).float() for p in self.probs]
+        )
+
     def expected_layers(self) -> torch.Tensor:
         """Expected layers per row ``[B]`` under the routers' softmax (the fixed layers count 1)."""
         return self._count(self.probs)

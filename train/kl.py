@@ -12,8 +12,9 @@ Per step, for a batch of prompts with their teacher continuations (right-padded,
   Gumbel-softmax gradients, temperature annealed geometrically from ``tau_start`` to ``tau_end``);
 - ``loss = KL(p || q) + lam * (E[layers] - N) + rho / 2 * (E[layers] - N)^2 + floor * relu(M - E_b[layers])``
   where ``E[layers]`` is the batch mean of the expected layers under the routers' softmax, ``M`` the
-  per-prompt floor, and ``lam`` a Lagrange multiplier moved by dual ascent on the hard layer count
-  (``lam += dual_lr * (layers - N)``), so the mean level settles at N.
+  per-prompt floor, and ``lam`` a Lagrange multiplier moved by dual ascent on the layers the argmax
+  decisions run (``lam += dual_lr * (layers - N)``: the deployed path, not the noisy sample), so the
+  deployed mean level settles at N.
 
 Routers start from a static path (the best heuristic at that level): every trainable head outputs
 ``start_margin`` on the start path's decision and ``-start_margin`` on the others, its input weights at
@@ -142,10 +143,10 @@ def fit_kl(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            hard = float(relaxation.layers().detach().mean())
-            lam += settings.dual_lr * (hard - settings.target_layers)
+            deployed = relaxation.deployed_layers()  # the argmax path: what the budget must hold
+            lam += settings.dual_lr * (float(deployed.mean()) - settings.target_layers)
             sums["kl"] += float(kl.detach().sum())
-            sums["layers"] += float(relaxation.layers().detach().sum())
+            sums["layers"] += float(deployed.sum())
             sums["n"] += len(chunk)
             bar.set_postfix(kl=f"{sums['kl'] / sums['n']:.3f}", layers=f"{sums['layers'] / sums['n']:.2f}")
         bar.close()

@@ -63,3 +63,14 @@ def test_relaxed_refuses_foreign_routers_bad_tau_and_a_cache():
     ids, mask = prompts()
     with pytest.raises(ValueError, match="without a KV cache"), relaxed(routed, Relaxation(routers)):
         routed(ids, mask, use_cache=True)
+
+
+def test_deployed_layers_count_the_argmax_path_not_the_noisy_sample():
+    routed = RoutedModel(tiny_model("llama"))
+    routers = _static(routed, [1, 0, 1, 1], margin=0.01)  # a sample flips often at so small a margin
+    ids, mask = prompts(batch=8)
+    relaxation = Relaxation(routers, tau=1.0, generator=torch.Generator().manual_seed(0))
+    with relaxed(routed, relaxation), torch.no_grad():
+        routed.backbone(ids, mask)
+    assert relaxation.deployed_layers().tolist() == [3.0] * 8
+    assert relaxation.layers().tolist() != [3.0] * 8  # the sample itself did flip some
