@@ -77,10 +77,16 @@ def command_parser(name: str):
         parser.set_defaults(model=DEFAULT_MODEL)
         options["model"].required = False  # the embedded default model serves when none is named
     plain_help = parser.format_help
-    parser.format_help = lambda: re.sub(
-        r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), plain_help()
+    parser.format_help = lambda: plain_text(
+        re.sub(r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), plain_help())
     )
     return parser
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup made plain for a terminal: ````x```` -> ``x``, ``:class:`X``` -> ``X``."""
+    text = re.sub(r":(?:class|func|meth|mod|data|attr):`~?([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
 
 
 def did_you_mean(word: str, choices) -> str:

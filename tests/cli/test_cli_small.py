@@ -113,3 +113,11 @@ def test_a_flag_before_the_config_overrides_it(tiny_model_dir, mc_file, tmp_path
     argv = ["search", "--limit", "1", "--config", str(config), "--model", tiny_model_dir]
     main([*argv, "--task", f"jsonl:{mc_file}", "--output", str(out)])
     assert len([json.loads(x) for x in out.read_text().splitlines()]) == 1
+
+
+@pytest.mark.parametrize("command", ["search", "train", "eval", "signal"])
+def test_help_has_no_docstring_markup(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "--output" in text and "``" not in text and ":class:" not in text
