@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from drllm.router.atomic import atomic_write
+
 from .report import DECISION_NAMES, sort_rows
 
 _COLORS = {
@@ -50,9 +52,7 @@ def _save(fig, path: str | os.PathLike) -> None:
     """Save ``fig`` as a 150 dpi PNG, through a temporary file so readers never see half of it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    os.replace(tmp, target)
+    atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
 
 
 def _series(rows: Sequence[Any]) -> dict[str, list[Any]]:

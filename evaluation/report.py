@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from drllm.router.atomic import atomic_write_text as _atomic_write_text
 
 from .stats import Interval
 
@@ -234,26 +235,8 @@ def _json_default(value: Any) -> Any:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` beside ``path`` in a temporary file, then move it over ``path`` (never half a file).
-
-    The file gets the permissions a plain ``open(path, "w")`` would give it (0666 less the umask).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write ``text`` to ``path`` atomically (``drllm.router.atomic``; the name tests patch lives here)."""
+    _atomic_write_text(path, text)
 
 
 def write_results(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .routers import RouterConfig
 
 CARD_NAME = "README.md"
@@ -46,6 +46,4 @@ def model_card(config: RouterConfig) -> str:
 
 def write_model_card(directory: Path, config: RouterConfig) -> None:
     """Write ``README.md`` into ``directory`` (atomically)."""
-    tmp = directory / (CARD_NAME + ".tmp")
-    tmp.write_text(model_card(config))
-    os.replace(tmp, directory / CARD_NAME)
+    atomic_write_text(directory / CARD_NAME, model_card(config))

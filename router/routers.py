@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
+from .atomic import atomic_write, atomic_write_text
 from .heads import KINDS, LayerRouter, LinearRouter, NeighbourRouter, SharedRouter, StaticRouter
 from .pooling import pooling_mask, window_average, window_pool, window_weights
 from .weights_file import HEADER_KEY as _HEADER_KEY
@@ -256,12 +257,9 @@ class Routers(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
         config = dataclasses.asdict(self.config)
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", _HEADER_KEY: json.dumps(config)})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-        tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(tmp, directory / CONFIG_NAME)
+        header = {"format": "pt", _HEADER_KEY: json.dumps(config)}
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=header))
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Routers:

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from drllm.router import all_execute, batch_prompts, encode_prompt
+from drllm.router.atomic import atomic_write_text
 from drllm.search.tasks.base import get_task
 
 ROWS_NAME, META_NAME = "teacher.jsonl", "teacher.json"
@@ -158,9 +159,7 @@ def _generate(routed, tokenizer, chunk: list[Prompt], tokens: int, context: int 
 
 def _check_identity(path: Path, identity: dict) -> None:
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(identity, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(identity, indent=2) + "\n")
         return
     try:
         saved = json.loads(path.read_text())
@@ -195,7 +194,5 @@ def _read_rows(path: Path) -> dict[str, dict]:
         rows[row["id"]] = row
     if lines and lines[-1].strip():  # rewrite without the torn line so appends start on a new line
         good = "".join(json.dumps(r) + "\n" for r in rows.values())
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(good)
-        os.replace(tmp, path)
+        atomic_write_text(path, good)
     return rows

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from drllm.router import batch_prompts, encode_prompt
+from drllm.router.atomic import atomic_write
 from drllm.search import progress
 from drllm.search.records import SearchRecord
 
@@ -64,9 +65,8 @@ class FeatureSet:
             "valid": self.valid.contiguous(),
             "decisions": self.decisions.contiguous(),
         }
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata={"ids": json.dumps(self.ids), "format": str(FORMAT_VERSION)})
-        os.replace(tmp, path)
+        metadata = {"ids": json.dumps(self.ids), "format": str(FORMAT_VERSION)}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureSet:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from drllm.router import load_routed, load_tokenizer
+from drllm.router.atomic import atomic_write
 from drllm.router.routers import TRAINED_ON_NAME
 from drllm.search.closeness import heuristic_paths, path_kl
 from drllm.search.heuristics import calibration_statistics
@@ -159,9 +160,7 @@ def _resume_state(path: Path, run: dict, resume: bool) -> dict | None:
 
 
 def _save_state(path: Path, run: dict, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"run": run, "state": state}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"run": run, "state": state}, tmp))
 
 
 def read_metrics(output: str | os.PathLike) -> dict:

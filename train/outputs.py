@@ -26,6 +26,7 @@ from pathlib import Path
 
 import filelock
 
+from drllm.router.atomic import atomic_write_text
 from drllm.search.records import OutputLockedError
 
 LOCK_NAME = "train.lock"
@@ -111,9 +112,7 @@ def disk_errors(output: Path):
 
 def write_json(path: Path, value: dict) -> None:
     """Write ``value`` as JSON through a temporary file, so a reader sees the old file or the new one."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def read_run_record(record: Path) -> dict:
