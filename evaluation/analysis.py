@@ -69,11 +69,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from drllm.router import RoutedModel, batch_prompts, check_decisions, expand_path, surgery
+from drllm.router import RoutedModel, check_decisions
 from drllm.router.auto import load_with_tokenizer
 from drllm.router.decisions import parse_decisions
 from drllm.search import progress
@@ -83,23 +80,41 @@ from drllm.search.tasks import Style, get_task
 from drllm.search.tasks.style import describe, resolve_style
 
 from . import analysis_plots
-from .baselines import angular_path, calibration_statistics
-from .plots import decision_shares
-from .stats import bootstrap_interval, paired_difference
+from .baselines import calibration_statistics
+from .depth import (  # noqa: F401 - moved; importable from here as before
+    OVERLAP_THRESHOLD,
+    TOP_K,
+    _between_passes,
+    _Geometry,
+    _last_positions,
+    depth_pass,
+    effective_depth,
+    final_norm,
+    lens_logits,
+    lens_metrics,
+    path_states,
+)
+from .overlay import (  # noqa: F401 - moved; importable from here as before
+    _decision_sources,
+    _overlay,
+    _overlay_correlations,
+    _overlay_depth,
+    _route,
+)
+from .stats import bootstrap_interval
+from .summaries import (  # noqa: F401 - moved; importable from here as before
+    LENS_KEYS,
+    SENSITIVITY_KEYS,
+    _angular,
+    _average_ranks,
+    _depth_intervals,
+    _finite,
+    _lens_summary,
+    per_layer_curves,
+    spearman,
+)
 
 log = logging.getLogger(__name__)
-
-TOP_K = 5
-OVERLAP_THRESHOLD = 0.3
-LENS_KEYS = (
-    "kl_final_to_lens",
-    "kl_lens_to_final",
-    "top5_overlap",
-    "entropy",
-    "final_top1_rank",
-    "top1_agreement",
-)
-SENSITIVITY_KEYS = ("reward", "margin", "fidelity")
 
 
 def run_analysis(
@@ -250,270 +265,6 @@ def write_analysis(result: dict, output: str | Path) -> None:
     analysis_plots.write_all(result, Path(output))
 
 
-# ---------------------------------------------------------------------- states along a path
-def final_norm(routed: RoutedModel) -> nn.Module:
-    """The model's final norm (``drllm.router.surgery.final_norm``)."""
-    return surgery.final_norm(routed.model)
-
-
-def _last_positions(mask: torch.Tensor) -> torch.Tensor:
-    """``[B]`` index of each row's last real token (left or right padding)."""
-    return mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
-
-
-@torch.no_grad()
-def path_states(
-    routed: RoutedModel, input_ids, attention_mask, decisions, states: list[torch.Tensor] | None = None
-) -> list[torch.Tensor]:
-    """States at each row's last real token after every layer application of its path.
-
-    Row ``r`` gets ``[K_r + 1, d]``: the embedding, then the state after each application in
-    ``expand_path(decisions[r])`` order (``K_r = sum(decisions[r])``; a repeat adds the state between its
-    two passes). The recorded states entering every layer give all but those between passes, which come
-    from one more forward started at the repeated layer (``starting_at``) that runs it once.
-
-    Args:
-        routed: the model.
-        input_ids: ``[B, T]`` prompts (left- or right-padded).
-        attention_mask: ``[B, T]``, 1 on real tokens.
-        decisions: ``[L]`` or ``[B, L]``.
-        states: the states ``recording`` gave for this very forward, when the caller has them.
-    """
-    L, batch = routed.num_layers, input_ids.shape[0]
-    d = check_decisions(decisions, L, batch).to(routed.device)
-    ids, mask = input_ids.to(routed.device), attention_mask.to(routed.device)
-    if states is None:
-        with routed.recording() as states:
-            routed.backbone(ids, mask, d)
-    last, rows = _last_positions(mask), torch.arange(batch, device=routed.device)
-    entering = torch.stack([h[rows, last] for h in states], 1)  # [B, L + 1, d]
-    between = _between_passes(routed, ids, mask, d, states, last)
-    out = []
-    for r, path in enumerate(d.tolist()):
-        seq = [entering[r, 0]]
-        for i, decision in enumerate(path):
-            if decision == 2:
-                seq.append(between[(r, i)])
-            if decision:
-                seq.append(entering[r, i + 1])
-        out.append(torch.stack(seq))
-    return out
-
-
-def _between_passes(routed, ids, mask, d, states, last) -> dict[tuple[int, int], torch.Tensor]:
-    """``{(row, layer): state after the first pass}`` at the last token, for every repeat of ``d``."""
-    L = routed.num_layers
-    pairs = [tuple(p) for p in (d == 2).nonzero().tolist()]
-    found = {}
-    for k in range(0, len(pairs), ids.shape[0]):
-        chunk = pairs[k : k + ids.shape[0]]
-        rows = torch.tensor([r for r, _ in chunk], device=ids.device)
-        layers = [i for _, i in chunk]
-        hidden = torch.stack([states[i][r] for r, i in chunk])  # [b, T, d] entering the repeated layer
-        once = torch.zeros(len(chunk), L, dtype=torch.long)
-        once[torch.arange(len(chunk)), layers] = 1  # that layer once, nothing after it
-        with routed.recording() as after, routed.starting_at(layers, hidden):
-            routed.backbone(ids[rows], mask[rows], once)
-        picked = after[L][torch.arange(len(chunk), device=ids.device), last[rows]]
-        found.update({pair: picked[j] for j, pair in enumerate(chunk)})
-    return found
-
-
-@torch.no_grad()
-def lens_logits(routed: RoutedModel, states: torch.Tensor) -> torch.Tensor:
-    """Logit-lens logits ``[..., V]`` of states ``[..., d]``: final norm, LM head, softcapping."""
-    return routed.lm_logits(final_norm(routed)(states))
-
-
-def lens_metrics(logits: torch.Tensor) -> dict[str, list[float]]:
-    """Per state, the lens metrics of the module docstring against the last state's distribution.
-
-    Args:
-        logits: ``[K + 1, V]`` lens logits along one path; the last row is the model's output.
-    """
-    logq = logits.float().log_softmax(-1)  # [K + 1, V]
-    logp = logq[-1]
-    p, q = logp.exp(), logq.exp()
-    k = min(TOP_K, logq.shape[-1])
-    winner = int(logp.argmax())
-    overlap = torch.isin(logq.topk(k, dim=-1).indices, logp.topk(k).indices).sum(-1) / k
-    values = {
-        "kl_final_to_lens": (p * (logp - logq)).sum(-1).clamp(min=0),
-        "kl_lens_to_final": (q * (logq - logp)).sum(-1).clamp(min=0),
-        "top5_overlap": overlap,
-        "entropy": -(q * logq).sum(-1),
-        "final_top1_rank": (logq > logq[:, winner : winner + 1]).sum(-1),
-    }
-    values["top1_agreement"] = (values["final_top1_rank"] == 0).float()
-    return {key: [float(x) for x in v.tolist()] for key, v in values.items()}
-
-
-def effective_depth(kl, overlap, layers=None) -> dict:
-    """Effective depth by the KL and top-5 criteria of the module docstring.
-
-    Args:
-        kl: ``KL(p || q_l)`` for states ``l = 0 .. K``.
-        overlap: top-5 overlap for the same states.
-        layers: the layer each application ran (``expand_path`` of the path; default ``0 .. K - 1``).
-
-    Returns:
-        ``{"kl": {...}, "top5": {...}}``, each with ``layer`` (the layer whose output reaches it),
-        ``depth`` (applications to reach it) and ``ratio`` (``depth / K``).
-    """
-    kl, overlap = np.asarray(kl, dtype=float), np.asarray(overlap, dtype=float)
-    K = len(kl) - 1
-    if K < 1 or len(overlap) != K + 1:
-        raise ValueError(
-            f"effective depth needs two curves of the same length >= 2, got {len(kl)}, {len(overlap)}"
-        )
-    layers = list(range(K)) if layers is None else list(layers)
-    out = {}
-    for name, ok in (("kl", kl <= kl[1:].max() / 2), ("top5", overlap > OVERLAP_THRESHOLD)):
-        depth = K + 1
-        while depth > 1 and ok[depth - 1]:
-            depth -= 1
-        if depth > K:  # the last state always qualifies; only non-finite curves get here
-            out[name] = {"layer": None, "depth": None, "ratio": None}
-        else:
-            out[name] = {"layer": layers[depth - 1], "depth": depth, "ratio": depth / K}
-    return out
-
-
-class _Geometry:
-    """Sums of the residual geometry of 1 over batches (real tokens but each prompt's first)."""
-
-    def __init__(self, num_layers: int):
-        self.norm = torch.zeros(num_layers, dtype=torch.float64)
-        self.cosine = torch.zeros(num_layers, dtype=torch.float64)
-        self.tokens = 0
-
-    def add(self, states: list[torch.Tensor], mask: torch.Tensor) -> None:
-        keep = mask.bool() & (mask.cumsum(1) > 1)  # [B, T]
-        self.tokens += int(keep.sum())
-        for i in range(len(self.norm)):
-            h = states[i].float()[keep]  # [n, d]
-            update = states[i + 1].float()[keep] - h
-            self.norm[i] += float((update.norm(dim=-1) / h.norm(dim=-1).clamp(min=1e-12)).sum())
-            self.cosine[i] += float(F.cosine_similarity(update, h, dim=-1).sum())
-
-    def result(self) -> dict:
-        if self.tokens == 0:
-            raise ValueError("residual geometry needs prompts of 2 or more tokens (each first is left out)")
-        return {
-            "relative_update_norm": (self.norm / self.tokens).tolist(),
-            "update_cosine": (self.cosine / self.tokens).tolist(),
-            "tokens": self.tokens,
-        }
-
-
-@torch.no_grad()
-def depth_pass(routed, tokenizer, prompts, decisions, batch_size: int = 16, geometry=None) -> list[dict]:
-    """Per prompt, the lens metrics and effective depth along its path (one recorded forward per batch).
-
-    Returns:
-        One ``{"metrics", "depth", "layers"}`` per prompt: ``lens_metrics`` along the path,
-        ``effective_depth`` and the layers the path executes.
-    """
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        ids, mask = batch_prompts(tokenizer, prompts[start : start + batch_size], routed.device)
-        d = torch.tensor(decisions[start : start + batch_size], dtype=torch.long)
-        with routed.recording() as states:
-            routed.backbone(ids, mask, d)
-        if geometry is not None:
-            geometry.add(states, mask)
-        for path, seq in zip(d.tolist(), path_states(routed, ids, mask, d, states), strict=True):
-            metrics = lens_metrics(lens_logits(routed, seq))
-            order = expand_path(path)
-            depth = effective_depth(metrics["kl_final_to_lens"], metrics["top5_overlap"], order)
-            out.append({"metrics": metrics, "depth": depth, "layers": len(order)})
-    return out
-
-
-# ---------------------------------------------------------------------- summaries
-def _angular(stats) -> dict:
-    L = stats.num_layers
-    d = stats.angular.t()  # [l, n]
-    blocks = []
-    for n in range(1, L):
-        path = angular_path(stats, n)
-        first = path.index(0)
-        blocks.append(
-            {"n": n, "start": first, "layers": list(range(first, first + n)), "distance": float(d[first, n])}
-        )
-    return {
-        "d": [[_finite(x) for x in row] for row in d.tolist()],
-        "pruned_block": blocks,
-        "block_influence": stats.block_influence.tolist(),
-        "prompts": stats.prompts,
-    }
-
-
-def _lens_summary(per_prompt: list[dict], num_layers: int) -> dict:
-    mean = {key: np.mean([p["metrics"][key] for p in per_prompt], axis=0).tolist() for key in LENS_KEYS}
-    return {
-        "position": "each prompt's last real token",
-        **mean,
-        "effective_depth": effective_depth(mean["kl_final_to_lens"], mean["top5_overlap"]),
-        "effective_depth_per_prompt": _depth_intervals(per_prompt),
-        "cosine_curve": "residual_geometry.update_cosine",
-    }
-
-
-def _depth_intervals(per_prompt: list[dict]) -> dict:
-    """Per criterion, the mean depth and ratio over prompts with 95% bootstrap intervals."""
-    out = {}
-    for name in ("kl", "top5"):
-        out[name] = {}
-        for what in ("depth", "ratio"):
-            values = [p["depth"][name][what] for p in per_prompt if p["depth"][name][what] is not None]
-            out[name][what] = bootstrap_interval(values).as_dict() if values else None
-    return out
-
-
-def per_layer_curves(result: dict) -> dict[str, list[float | None]]:
-    """The per-layer curves (length ``L``) of analyses 1-4 that routing decisions are compared with."""
-    geometry, angular = result["residual_geometry"], result["angular_distance"]
-    kl = result["logit_lens"]["kl_final_to_lens"]
-    curves = {
-        "relative_update_norm": geometry["relative_update_norm"],
-        "update_cosine": geometry["update_cosine"],
-        "block_influence": angular["block_influence"],
-        "angular_distance_next": [row[1] for row in angular["d"][:-1]],  # d(l, 1)
-        "lens_kl_drop": [kl[i] - kl[i + 1] for i in range(len(kl) - 1)],
-    }
-    for kind in ("skip", "repeat"):
-        for key in SENSITIVITY_KEYS:
-            column = result["sensitivity"][kind][f"delta_{key}"]
-            curves[f"{kind}_delta_{key}"] = [None if c is None else c["value"] for c in column]
-    return curves
-
-
-def spearman(x, y) -> float | None:
-    """Spearman's rank correlation (average ranks for ties) over the pairs where both are finite.
-
-    Returns None with fewer than 3 such pairs or when either side is constant.
-    """
-    a = np.array([np.nan if v is None else v for v in x], dtype=float)
-    b = np.array([np.nan if v is None else v for v in y], dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return None
-    ra, rb = _average_ranks(a[ok]), _average_ranks(b[ok])
-    if ra.std() == 0 or rb.std() == 0:
-        return None
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    ranks = np.empty(len(values))
-    ranks[values.argsort(kind="mergesort")] = np.arange(len(values), dtype=float)
-    for v in np.unique(values):
-        tied = values == v
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
 # ---------------------------------------------------------------------- 4: skip and repeat sensitivity
 def layer_sensitivity(ev: PathEvaluator, examples, fidelity_tokens: int) -> dict:
     """Analysis 4: every single-layer skip and repeat against the base path (see the module docstring)."""
@@ -576,74 +327,6 @@ def _ranked(column: list[dict | None]) -> dict | None:
     return {"most": order[:count], "least": order[::-1][:count]}
 
 
-# ---------------------------------------------------------------------- 5: routing overlay
-def _route(routed: RoutedModel, tokenizer, prompts: list[str], batch_size: int) -> list[list[int]]:
-    """The routers' decisions on each prompt at budget 0."""
-    old, routed.budget = routed.budget, 0.0
-    try:
-        out = []
-        for start in range(0, len(prompts), batch_size):
-            ids, mask = batch_prompts(tokenizer, prompts[start : start + batch_size], routed.device)
-            out += routed.route(ids, mask).tolist()
-        return out
-    finally:
-        routed.budget = old
-
-
-def _decision_sources(routed, tokenizer, prompts, records, paths, fixed, batch_size) -> dict:
-    """``{key: (description, prompts, decisions)}`` for every routing given to overlay."""
-    sources = {}
-    if routed.routers is not None:
-        sources["routers"] = ("routers at budget 0", prompts, _route(routed, tokenizer, prompts, batch_size))
-    if records is not None:
-        sources["paths"] = (
-            f"search paths {paths}",
-            [r.prompt for r in records],
-            [r.decisions for r in records],
-        )
-    if fixed is not None:
-        sources["decisions"] = ("fixed path " + ",".join(map(str, fixed)), prompts, [fixed] * len(prompts))
-    return sources
-
-
-def _overlay(source: str, decisions: list[list[int]]) -> dict:
-    shares = decision_shares(decisions)  # [3, L]
-    return {
-        "source": source,
-        "prompts": len(decisions),
-        "mean_layers": float(np.mean([sum(d) for d in decisions])),
-        "skip_share": shares[0].tolist(),
-        "execute_share": shares[1].tolist(),
-        "repeat_share": shares[2].tolist(),
-        "decisions": [list(d) for d in decisions],
-    }
-
-
-def _overlay_depth(overlay: dict, routed, tokenizer, prompts, batch_size: int, base=None) -> None:
-    """Effective depth along each prompt's own path against the base on the same prompts."""
-    L = routed.num_layers
-    routed_pass = depth_pass(routed, tokenizer, prompts, overlay["decisions"], batch_size)
-    if base is None:
-        base = depth_pass(routed, tokenizer, prompts, [[1] * L] * len(prompts), batch_size)
-    depth = {"routed": _depth_intervals(routed_pass), "base": _depth_intervals(base)}
-    for name in ("kl", "top5"):
-        pairs = [
-            (a["depth"][name]["ratio"], b["depth"][name]["ratio"])
-            for a, b in zip(routed_pass, base, strict=True)
-            if a["depth"][name]["ratio"] is not None and b["depth"][name]["ratio"] is not None
-        ]
-        difference = paired_difference(*zip(*pairs, strict=True)) if pairs else None
-        depth[f"ratio_difference_{name}"] = None if difference is None else difference.as_dict()
-    overlay["effective_depth"] = depth
-
-
-def _overlay_correlations(overlay: dict, curves: dict) -> None:
-    overlay["spearman"] = {
-        share: {name: spearman(overlay[share], curve) for name, curve in curves.items()}
-        for share in ("skip_share", "repeat_share")
-    }
-
-
 # ---------------------------------------------------------------------- helpers
 def _check_counts(limit: int, fidelity_tokens: int, batch_size: int) -> None:
     for name, value, least in (
@@ -664,7 +347,3 @@ def _fixed(decisions) -> list[int] | None:
 def _mean(values) -> float | None:
     kept = [float(v) for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
