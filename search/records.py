@@ -14,19 +14,29 @@ with ``filelock``) keeps two searches from writing the same output.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import json
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import filelock
 
-from drllm.router.fingerprint import probe_mismatch
+from .output_files import (  # noqa: F401 - moved; importable from here as before
+    OutputLockedError,
+    check_output,
+    check_searched_with,
+    claimed_output,
+    folder_lock,
+    set_aside,
+)
+from .settings import (  # noqa: F401 - moved; importable from here as before
+    _RECORD_FIELDS,
+    SearchSettings,
+    SettingsMismatchError,
+)
 
 DECISION_VALUES = (0, 1, 2)
 REQUIRED_KEYS = ("id", "prompt", "decisions")
@@ -209,188 +219,6 @@ def _paths(value, num_layers: int, where: str) -> list[list[int]]:
         at = f"{where}: " if where else ""
         raise ValueError(f"{at}correct_paths must be a list of paths, got {value!r}")
     return [validate_path(p, num_layers, where, name=f"correct_paths[{i}]") for i, p in enumerate(value)]
-
-
-class SettingsMismatchError(ValueError):
-    """An output file holds records searched with other settings."""
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """What made a search's records; a search appends only to a file whose records share every value.
-
-    A record keeps ``task``, ``model``, ``scoring`` and ``style`` in its own fields and the rest in its
-    ``settings`` object (``SearchOutput`` writes it). Rows of older files compare only what they carry;
-    the model's name counts only where a row has no fingerprint (one model has many names).
-    """
-
-    task: str
-    model: str
-    scoring: str
-    style: str
-    split: str
-    simulations: int
-    seed: int
-    fingerprint: str
-    weight_probe: tuple[float, ...] = ()
-    sweep: bool = True
-    control: str = "none"
-    seeds: int = 1
-    safe_margin: float = 0.0
-    fix_margin: float = 0.0
-    max_new_tokens: int | None = None
-    """Decoded tokens per path under the ``generate`` scoring (None: teacher-forced, nothing decoded)."""
-
-    def stamp(self, record: SearchRecord) -> SearchRecord:
-        """The record with this search's ``settings`` object."""
-        own = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RECORD_FIELDS}
-        own["weight_probe"] = list(self.weight_probe)
-        return dataclasses.replace(record, settings={**(record.settings or {}), **own})
-
-    def differences(self, record: SearchRecord) -> dict[str, tuple]:
-        """``{key: (the record's value, this search's)}`` for every setting the record holds otherwise."""
-        saved = {k: getattr(record, k) for k in _RECORD_FIELDS} | (record.settings or {})
-        if saved.get("fingerprint"):
-            saved.pop("model")
-        differ = {}
-        for key, now in dataclasses.asdict(self).items():
-            old = saved.get(key)
-            if old is None or old == "" or old == []:
-                continue
-            if key == "weight_probe":
-                same = isinstance(old, list) and not probe_mismatch(old, list(now))
-            else:
-                same = old == now
-            if not same:
-                differ[key] = (old, list(now) if key == "weight_probe" else now)
-        return differ
-
-    def check(self, records: list[SearchRecord], path: Path) -> None:
-        """Refuse, naming both values, a file holding a record searched with other settings."""
-        for record in records:
-            differ = self.differences(record)
-            if differ:
-                details = ", ".join(f"{k}: file {a!r}, now {b!r}" for k, (a, b) in differ.items())
-                raise SettingsMismatchError(
-                    f"{path} holds example {record.id!r} searched with other settings ({details}); "
-                    "restart (--restart true) sets the file aside and searches again, "
-                    "or choose another --output"
-                )
-
-
-_RECORD_FIELDS = ("task", "model", "scoring", "style")
-
-
-def set_aside(path: Path) -> Path | None:
-    """Move a file to ``<file>.old-<timestamp>`` (never over another file); None when it does not exist."""
-    if not path.exists():
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target, n = Path(f"{path}.old-{stamp}"), 1
-    while target.exists():
-        target, n = Path(f"{path}.old-{stamp}-{n}"), n + 1
-    os.rename(path, target)
-    return target
-
-
-def check_searched_with(records: list[SearchRecord], routed, source) -> None:
-    """Refuse records whose settings say they were searched with another model than ``routed``.
-
-    Fingerprint or weights differ: the error names the example and both values. Records without settings
-    pass.
-    """
-    from drllm.router.fingerprint import probe_mismatch
-
-    for row in records:
-        saved = row.settings or {}
-        fingerprint, probe = saved.get("fingerprint"), saved.get("weight_probe")
-        if fingerprint and fingerprint != routed.fingerprint:
-            raise ValueError(
-                f"{source}: example {row.id!r} was searched with model {row.model!r} of fingerprint "
-                f"{fingerprint}, this model has fingerprint {routed.fingerprint}"
-            )
-        if isinstance(probe, list) and probe and probe_mismatch(probe, routed.weight_probe):
-            raise ValueError(
-                f"{source}: example {row.id!r} was searched with model {row.model!r} of weight fingerprint "
-                f"{probe}, this model has {routed.weight_probe}"
-            )
-
-
-@contextlib.contextmanager
-def claimed_output(path: str | os.PathLike, folder: bool = False):
-    """``check_output`` for a block; when the block raises, the folders it created, if still empty, go.
-
-    A refusal after the output was checked (a bad argument only the loaded model can judge) then leaves
-    nothing behind.
-    """
-    where = Path(path) if folder else Path(path).parent
-    created = [p for p in [where, *where.parents] if not p.exists()]  # deepest first
-    checked = check_output(path, folder)
-    try:
-        yield checked
-    except BaseException:
-        for p in created:
-            try:
-                p.rmdir()
-            except OSError:  # not empty (or gone): keep it and everything above it
-                break
-        raise
-
-
-def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
-    """Check, before any model loads, that an output can be written.
-
-    Its folder exists (or is created) and is writable, and the path is a file (with ``folder``, a folder)
-    where it exists.
-
-    Raises:
-        ValueError: naming the path and what is in the way.
-    """
-    path = Path(path)
-    where = path if folder else path.parent
-    if path.exists() and path.is_dir() != folder:
-        found, wanted = ("file", "folder") if folder else ("folder", "file")
-        raise ValueError(f"output {path} is a {found}; expected a {wanted}")
-    if path.exists() and not folder and not path.is_file():
-        raise ValueError(f"output {path} is not a regular file (a device or a pipe); expected a file")
-    blocker = next((p for p in [where, *where.parents] if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise ValueError(f"output {path} cannot be created: {blocker} is a file")
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"output {path} cannot be created: {err.strerror}") from err
-    if not os.access(where, os.W_OK):
-        raise ValueError(f"output {path} cannot be written: {where} is read-only")
-    return path
-
-
-class OutputLockedError(RuntimeError):
-    """Another process holds the output file."""
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, name: str, what: str):
-    """Hold ``<folder>/<name>`` (the folder resolved: a symlinked name shares it) for the block.
-
-    Raises:
-        OutputLockedError: naming the lock, when another process holds it.
-    """
-    real = Path(folder).resolve()
-    real.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(real / name), timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout as err:
-        raise OutputLockedError(
-            f"{folder} is being written by another {what} (lock {lock.lock_file} is held); wait for it to "
-            "finish or choose another --output"
-        ) from err
-    try:
-        yield
-    finally:
-        Path(lock.lock_file).unlink(missing_ok=True)
-        lock.release()
 
 
 @dataclass

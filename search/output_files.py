@@ -1,0 +1,126 @@
+"""Where searches, evaluations and trainings write.
+
+Checking an output before a model loads, setting an old file aside, refusing records searched with another
+model, and the locks that keep two writers out of one output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import filelock
+
+from drllm.router.fingerprint import probe_mismatch
+
+
+def set_aside(path: Path) -> Path | None:
+    """Move a file to ``<file>.old-<timestamp>`` (never over another file); None when it does not exist."""
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = Path(f"{path}.old-{stamp}"), 1
+    while target.exists():
+        target, n = Path(f"{path}.old-{stamp}-{n}"), n + 1
+    os.rename(path, target)
+    return target
+
+
+def check_searched_with(records: list, routed, source) -> None:
+    """Refuse records whose settings say they were searched with another model than ``routed``.
+
+    Fingerprint or weights differ: the error names the example and both values. Records without settings
+    pass.
+    """
+    for row in records:
+        saved = row.settings or {}
+        fingerprint, probe = saved.get("fingerprint"), saved.get("weight_probe")
+        if fingerprint and fingerprint != routed.fingerprint:
+            raise ValueError(
+                f"{source}: example {row.id!r} was searched with model {row.model!r} of fingerprint "
+                f"{fingerprint}, this model has fingerprint {routed.fingerprint}"
+            )
+        if isinstance(probe, list) and probe and probe_mismatch(probe, routed.weight_probe):
+            raise ValueError(
+                f"{source}: example {row.id!r} was searched with model {row.model!r} of weight fingerprint "
+                f"{probe}, this model has {routed.weight_probe}"
+            )
+
+
+@contextlib.contextmanager
+def claimed_output(path: str | os.PathLike, folder: bool = False):
+    """``check_output`` for a block; when the block raises, the folders it created, if still empty, go.
+
+    A refusal after the output was checked (a bad argument only the loaded model can judge) then leaves
+    nothing behind.
+    """
+    where = Path(path) if folder else Path(path).parent
+    created = [p for p in [where, *where.parents] if not p.exists()]  # deepest first
+    checked = check_output(path, folder)
+    try:
+        yield checked
+    except BaseException:
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:  # not empty (or gone): keep it and everything above it
+                break
+        raise
+
+
+def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Check, before any model loads, that an output can be written.
+
+    Its folder exists (or is created) and is writable, and the path is a file (with ``folder``, a folder)
+    where it exists.
+
+    Raises:
+        ValueError: naming the path and what is in the way.
+    """
+    path = Path(path)
+    where = path if folder else path.parent
+    if path.exists() and path.is_dir() != folder:
+        found, wanted = ("file", "folder") if folder else ("folder", "file")
+        raise ValueError(f"output {path} is a {found}; expected a {wanted}")
+    if path.exists() and not folder and not path.is_file():
+        raise ValueError(f"output {path} is not a regular file (a device or a pipe); expected a file")
+    blocker = next((p for p in [where, *where.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"output {path} cannot be created: {blocker} is a file")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"output {path} cannot be created: {err.strerror}") from err
+    if not os.access(where, os.W_OK):
+        raise ValueError(f"output {path} cannot be written: {where} is read-only")
+    return path
+
+
+class OutputLockedError(RuntimeError):
+    """Another process holds the output file."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, name: str, what: str):
+    """Hold ``<folder>/<name>`` (the folder resolved: a symlinked name shares it) for the block.
+
+    Raises:
+        OutputLockedError: naming the lock, when another process holds it.
+    """
+    real = Path(folder).resolve()
+    real.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(real / name), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout as err:
+        raise OutputLockedError(
+            f"{folder} is being written by another {what} (lock {lock.lock_file} is held); wait for it to "
+            "finish or choose another --output"
+        ) from err
+    try:
+        yield
+    finally:
+        Path(lock.lock_file).unlink(missing_ok=True)
+        lock.release()
