@@ -27,98 +27,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
-from drllm.router import RoutedModel, encode_prompt
+from drllm.router import RoutedModel
 
+from .decoding import (  # noqa: F401 - moved; importable from here as before
+    eos_ids,
+    greedy_new_tokens,
+    until_eos,
+)
+from .outcome import (  # noqa: F401 - moved; importable from here as before
+    Outcome,
+    Prepared,
+    _answer,
+    _reward,
+)
+from .preparation import Preparation
 from .tasks.grading import extract_final_answer
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one path does on one example.
-
-    Attributes:
-        reward: 1.0 when the path answers correctly, else 0.0.
-        margin: multiple choice: gold option log-likelihood minus the best wrong option's (> 0 when
-            correct under ``mc-loglik``); exact answers: the target's mean token log-probability. None for
-            the ``generate`` scoring.
-        answer: multiple choice: the option the path picks (None on a tie); exact answers scored by
-            ``generate``: the final answer extracted from the decoded text; ``teacher-forced``: None.
-        min_logprob: exact answers: the target's smallest token log-probability.
-        fidelity: leading tokens of the base model's greedy continuation the path reproduces (None when
-            the example was prepared without one).
-        loglik: ``mc-loglik`` scoring: every option's log-likelihood (what ``with_gold`` rescores from).
-        kl: mean over the base model's greedy continuation (teacher-forced) of KL(base || path) between
-            the next-token distributions, in nats (None without a continuation).
-        token_agreement: share of those positions where the path's top-1 token is the base model's.
-    """
-
-    reward: float
-    margin: float | None = None
-    answer: int | str | None = None
-    min_logprob: float | None = None
-    fidelity: int | None = None
-    loglik: tuple[float, ...] | None = None
-    kl: float | None = None
-    token_agreement: float | None = None
-
-    def with_gold(self, gold: int) -> Outcome:
-        """The same path's outcome had option ``gold`` been the right one (``mc-loglik`` outcomes only).
-
-        Raises:
-            ValueError: when the outcome has no per-option log-likelihoods, or ``gold`` is not an option.
-        """
-        if self.loglik is None:
-            raise ValueError("this outcome has no per-option log-likelihoods to rescore")
-        if not 0 <= gold < len(self.loglik):
-            raise ValueError(f"gold must be an option (0 to {len(self.loglik) - 1}), got {gold}")
-        others = [s for k, s in enumerate(self.loglik) if k != gold]
-        margin = self.loglik[gold] - max(others) if others else 0.0
-        return replace(self, reward=_reward(list(self.loglik), gold), margin=margin)
-
-
-@dataclass
-class Prepared:
-    """One example turned into a token row with its scoring targets."""
-
-    index: int
-    example: object
-    tokens: torch.Tensor  # [n]
-    positions: torch.Tensor  # [n]
-    allowed: torch.Tensor  # [n, n] bool: query i may attend key j
-    targets: list[tuple[torch.Tensor, torch.Tensor]]  # per option: (predicting positions, target tokens)
-    gold: int
-    prompt: str = ""
-    target: str = ""
-    prompt_length: int = 0  # tokens of the prompt, the first positions of the row
-    prefix: list[torch.Tensor] | None = field(default=None, repr=False)  # hidden entering each layer [n, d]
-    base: Outcome | None = None  # the default path's outcome, set with the prefix
-    continuation: tuple[torch.Tensor, torch.Tensor] | None = None  # base greedy tokens packed last (fidelity)
-    base_logp: torch.Tensor | None = field(default=None, repr=False)  # [C, V] base log-probs there
-
-    @property
-    def base_reward(self) -> float | None:
-        """Reward of the default (all-execute) path, once the prefix has run."""
-        return None if self.base is None else self.base.reward
-
-    def with_gold(self, gold: int) -> Prepared:
-        """This example with option ``gold`` declared right (the wrong-gold control).
-
-        It shares the recorded prefix when the base outcome can be rescored for ``gold`` (``mc-loglik``);
-        otherwise its prefix and base outcome are run again (``dataclasses.replace`` alone would keep a
-        base outcome scored for the old gold).
-        """
-        if self.base is not None and self.base.loglik is not None:
-            return replace(self, gold=gold, base=self.base.with_gold(gold))
-        return replace(self, gold=gold, prefix=None, base=None)
-
-
-class PathEvaluator:
+class PathEvaluator(Preparation):
     """Scores (prepared example, decisions) rows in batches; see the module docstring."""
 
     def __init__(
@@ -167,102 +99,6 @@ class PathEvaluator:
                 self._forward([(k, p, (1,) * L, 0) for k, p in enumerate(chunk)])
             finally:
                 self._capturing = False
-
-    def prompt_text(self, example) -> str:
-        """The prompt of an example in this evaluator's style and scoring."""
-        return self.task.prompt(example, self.tokenizer, style=self.style, scoring=self.scoring)
-
-    def gold_text(self, example) -> str:
-        """The continuation scored as gold: the gold option, or the exact-answer target."""
-        task, tok = self.task, self.tokenizer
-        if task.kind == "choice":
-            return task.continuations(example, self.scoring, style=self.style, tokenizer=tok)[
-                int(example.answer)
-            ]
-        return task.target(example, self.scoring, style=self.style, tokenizer=tok)
-
-    def usable(self, examples, strict: bool = False) -> list:
-        """The examples that tokenize into rows this model can score (see ``prepare``).
-
-        An example whose option encodes to no tokens or to the same tokens as another option, or that does
-        not fit the context, raises ValueError naming it when ``strict``; otherwise it is skipped with a
-        warning.
-        """
-        kept = []
-        for ex in examples:
-            try:
-                self._prepare_one(ex, 0)
-            except ValueError as err:
-                if strict:
-                    raise
-                log.warning("skipping example %r: %s", str(ex.id), err)
-                continue
-            kept.append(ex)
-        if examples and not kept:
-            raise ValueError(f"no example can be scored; the first: {examples[0].id!r}")
-        return kept
-
-    def _prepare_one(self, ex, index: int, continuation=None) -> Prepared:
-        task, tok = self.task, self.tokenizer
-        prompt = self.prompt_text(ex)
-        p = encode_prompt(tok, prompt)
-        if task.kind == "choice":
-            conts = task.continuations(ex, self.scoring, style=self.style, tokenizer=tok)
-            gold, target = int(ex.answer), conts[int(ex.answer)]
-        else:
-            conts = [task.target(ex, self.scoring, style=self.style, tokenizer=tok)]
-            gold, target = 0, conts[0]
-        pieces = [tok(c, add_special_tokens=False)["input_ids"] for c in conts]
-        if any(len(c) == 0 for c in pieces):
-            raise ValueError(f"example {ex.id}: a continuation encodes to no tokens")
-        for j, piece in enumerate(pieces):
-            if piece in pieces[:j]:
-                raise ValueError(
-                    f"example {ex.id}: options {pieces.index(piece)} and {j} encode to the same tokens, so "
-                    "the gold one could never win"
-                )
-        self._check_length(ex, len(p), max(len(c) for c in pieces))
-        if continuation is not None and len(continuation):
-            self._check_length(ex, len(p), len(continuation))
-            pieces.append([int(x) for x in continuation])
-        tokens, positions, owner = list(p), list(range(len(p))), [-1] * len(p)
-        targets = []
-        for k, c in enumerate(pieces):
-            start = len(tokens)
-            predict = [len(p) - 1] + [start + t for t in range(len(c) - 1)]
-            targets.append((torch.tensor(predict), torch.tensor(c)))
-            tokens += c
-            positions += range(len(p), len(p) + len(c))
-            owner += [k] * len(c)
-        own = torch.tensor(owner)
-        n = len(tokens)
-        causal = torch.ones(n, n, dtype=torch.bool).tril()
-        same = (own[:, None] == own[None, :]) | (own[None, :] == -1)
-        packed = None if continuation is None or not len(continuation) else targets.pop()
-        return Prepared(
-            index,
-            ex,
-            torch.tensor(tokens),
-            torch.tensor(positions),
-            causal & same,
-            targets,
-            gold,
-            prompt=prompt,
-            target=target,
-            prompt_length=len(p),
-            continuation=packed,
-        )
-
-    def _check_length(self, ex, prompt: int, continuation: int) -> None:
-        """Refuse an example whose prompt plus answer (or decoding budget) exceeds the model's context."""
-        limit = self.routed.context_length
-        extra = self.max_new_tokens if self.scoring == "generate" else continuation
-        if limit is not None and prompt + extra > limit:
-            what = f"{extra} new tokens" if self.scoring == "generate" else f"a {extra}-token answer"
-            raise ValueError(
-                f"example {ex.id}: the prompt has {prompt} tokens; with {what} that exceeds the model's "
-                f"context of {limit} tokens"
-            )
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -471,57 +307,6 @@ class PathEvaluator:
             new = greedy_new_tokens(self.routed, ids, mask, every, max_new_tokens, pad)
             out += [until_eos(row, eos) for row in new.tolist()]
         return out
-
-
-def eos_ids(tokenizer, model) -> set[int]:
-    """Every end-of-sequence token id of a tokenizer and its model's generation config."""
-    ids = set()
-    config = getattr(model, "generation_config", None)
-    for value in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif value is not None:
-            ids.update(int(v) for v in value)
-    return ids
-
-
-def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
-    """Generated tokens up to and including the first EOS (all of them when there is none)."""
-    for k, t in enumerate(tokens):
-        if t in eos:
-            return tokens[: k + 1]
-    return tokens
-
-
-def greedy_new_tokens(
-    routed, ids, mask, decisions, max_new_tokens: int, pad_token_id, streamer=None
-) -> torch.Tensor:
-    """Greedy routed generation for left-padded prompts; returns only the new tokens ``[B, n]``.
-
-    ``decisions`` None lets the routers decide at prefill; a ``streamer`` gets the tokens as they come.
-    """
-    out = routed.generate(
-        ids,
-        attention_mask=mask,
-        decisions=decisions,
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=pad_token_id,
-        streamer=streamer,
-    )
-    return out[:, ids.shape[1] :]
-
-
-def _reward(scores: list[float], gold: int) -> float:
-    others = [s for k, s in enumerate(scores) if k != gold]
-    return float(not others or scores[gold] > max(others))  # a tie is not an answer
-
-
-def _answer(scores: list[float]) -> int | None:
-    """The option with the highest score, None on a tie."""
-    best = max(scores)
-    winners = [k for k, s in enumerate(scores) if s == best]
-    return winners[0] if len(winners) == 1 else None
 
 
 def _first_change(path) -> int:
