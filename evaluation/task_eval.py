@@ -1,0 +1,329 @@
+"""One task's evaluation (``run_eval`` runs one per task).
+
+The methods (static baselines, the routers at calibrated budgets, their controls, ``routed-static``) are
+built on calibration examples, scored on the same evaluated examples, then written together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from drllm.router import RoutedModel, batch_prompts
+from drllm.search import progress
+from drllm.search.evaluator import Outcome, PathEvaluator
+from drllm.search.tasks.style import describe, resolve_style
+
+from . import baselines as static
+from . import report
+from .calibration import (
+    BudgetCalibrator,
+    choose_threshold,
+    decision_rates,
+    draw_path,
+    fresh_examples,
+)
+from .export import export_routers
+from .learned import learned_path
+from .publish import staged
+from .report import EvalRow
+from .results import STATIC, method_rows, write_task_files
+
+log = logging.getLogger("drllm.evaluation.evaluate")
+
+
+@dataclass
+class _Settings:
+    split: str | None
+    limit: int | None
+    levels: list[int]
+    budgets: tuple[float, ...]
+    baselines: tuple[str, ...]
+    calibration: int
+    greedy_examples: int
+    fidelity_tokens: int
+    max_new_tokens: int
+    data_dir: str | None
+    scoring: str | None
+    style: str
+    random_seeds: int
+    batch_size: int
+    strict: bool = False
+    route_from_static: bool = True
+    trained_on: frozenset[str] = frozenset()
+    """Ids the routers were fitted on (their ``trained_on.json``): calibration leaves them out."""
+    learned: list[float] | None = None
+    """Per layer, the learned static path's execute-minus-skip margin (``learned_static``)."""
+
+
+@dataclass
+class _Method:
+    """One evaluated configuration: a static path, the routers at a budget, or a control."""
+
+    name: str
+    level: int | None = None
+    path: tuple[int, ...] | None = None  # static methods
+    budget: float | None = None  # routed
+    seed: int | None = None
+    rates: list[list[float]] | None = None  # routed-random: per layer, shares of skip/execute/repeat
+    threshold: float | None = None  # routed-static: deviations from ``path`` need this probability gap
+    calibration_layers: float | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    decisions: list[list[int]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        parts = [self.name] + ([f"L{self.level}"] if self.level is not None else [])
+        parts += [f"b{self.budget:g}"] if self.budget is not None and self.level is None else []
+        return "/".join(parts + ([f"seed{self.seed}"] if self.seed is not None else []))
+
+
+class _TaskEvaluation:
+    def __init__(self, routed: RoutedModel, tokenizer, name: str, task, settings: _Settings, model_name: str):
+        self.routed, self.tokenizer, self.name, self.task, self.s = routed, tokenizer, name, task, settings
+        self.model_name = model_name
+        self.L = routed.num_layers
+        self.caveat = ""  # said in every title when calibration could not be kept apart
+
+    # ------------------------------------------------------------------ the whole evaluation
+    def run(self, folder: Path) -> list[EvalRow]:
+        s, task = self.s, self.task
+        split = s.split or task.default_split_eval
+        examples = task.load(split, data_dir=s.data_dir, limit=s.limit, strict=s.strict)
+        if not examples:
+            raise ValueError(f"task {self.name!r} has no examples in split {split!r}")
+        scoring = s.scoring or ("generate" if task.kind == "exact" else None)
+        style, measured = resolve_style(
+            s.style, self.routed, self.tokenizer, task, scoring, s.data_dir, max_new_tokens=s.max_new_tokens
+        )
+        log.info("%s: %s", self.name, describe(style, measured, task.default_split_train))
+        self.ev = PathEvaluator(
+            self.routed,
+            self.tokenizer,
+            task,
+            scoring,
+            style,
+            max_rows=s.batch_size,
+            max_new_tokens=s.max_new_tokens,
+        )
+        examples = self.ev.usable(examples, s.strict)
+        calib = self.ev.usable(self._calibration_examples(split, examples), s.strict)
+        methods = [_Method("base", path=(1,) * self.L)]
+        methods += self._static_methods(calib)
+        methods += self._routed_methods(calib)
+        if s.route_from_static and self.routed.routers is not None:
+            methods += self._from_static_methods(calib, methods)
+        self._score(methods, examples)
+        rows = method_rows(self.name, methods, self.ev.scoring)
+        title = f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
+        if self.caveat:
+            title += f"; {self.caveat}"
+        with staged(folder) as stage:  # every file written aside, then published together
+            write_task_files(stage, self.name, rows, methods, examples, self.L, self.ev.scoring, title)
+            if any(m.name == "routed-static" for m in methods):
+                verdicts = export_routers(self.routed, methods, stage, self.name, self.s.trained_on)
+                report.atomic_write_text(stage / "verdict.md", "".join(f"- {v}\n" for v in verdicts))
+                for v in verdicts:
+                    log.info("%s", v)
+        return rows
+
+    def _calibration_examples(self, eval_split: str, evaluated: list) -> list:
+        """Training examples to calibrate on: never one that is evaluated, nor one the routers saw."""
+        task, s = self.task, self.s
+        train = task.default_split_train
+        pool = task.load(train, data_dir=s.data_dir, strict=s.strict)
+        scored = {str(ex.id) for ex in evaluated}
+        if train == eval_split or any(str(ex.id) in scored for ex in pool):
+            left = [ex for ex in pool if str(ex.id) not in scored]
+            if left:
+                pool = left
+                log.warning(
+                    "task %r: calibrating on the %d %s examples that are not evaluated",
+                    self.name,
+                    len(pool),
+                    train,
+                )
+            else:  # said in the log and in every title of the results, never silently
+                self.caveat = f"calibrated on the evaluated examples: the {train} split has no others"
+                log.warning("task %r: %s; evaluate fewer (limit) to calibrate apart", self.name, self.caveat)
+        if not s.trained_on:
+            return pool[: s.calibration]
+        calib = fresh_examples(pool, s.trained_on, s.calibration, f"the {train} split of {self.name}")
+        log.info(
+            "%s: calibrating on %d %s examples the routers were not trained on (%d of %d were)",
+            self.name,
+            len(calib),
+            train,
+            sum(ex.id in s.trained_on for ex in pool),
+            len(pool),
+        )
+        return calib
+
+    # ------------------------------------------------------------------ methods
+    def _static_methods(self, calib) -> list[_Method]:
+        s, L = self.s, self.L
+        wanted = [b for b in s.baselines if b != "random" or s.random_seeds > 0]
+        stats = None
+        if {"angular", "block-influence"} & set(wanted):
+            prompts = [self.ev.prompt_text(ex) for ex in calib]
+            stats = static.calibration_statistics(
+                self.routed, self.tokenizer, prompts, batch_size=s.batch_size
+            )
+        greedy = None
+        if "greedy" in wanted:
+            prepared = self.ev.prepare(calib[: s.greedy_examples])
+            log.info("%s: greedy static paths on %d training examples", self.name, len(prepared))
+            greedy = static.greedy_paths(self.ev, prepared, s.levels, progress=log.info)
+            for p in prepared:
+                self.ev.release(p)
+        methods = []
+        for level in s.levels:
+            n = L - level
+            for name in wanted:
+                if name == "greedy":
+                    methods.append(_Method(name, level, path=tuple(greedy.paths[level])))
+                elif name == "block-influence":
+                    methods.append(_Method(name, level, path=tuple(static.block_influence_path(stats, n))))
+                elif name == "angular":
+                    methods.append(_Method(name, level, path=tuple(static.angular_path(stats, n))))
+                elif name == "drop-last":
+                    methods.append(_Method(name, level, path=tuple(static.drop_last(L, n))))
+                else:
+                    for seed in range(s.random_seeds):
+                        path = tuple(static.random_skips(L, n, seed))
+                        methods.append(_Method(name, level, path=path, seed=seed))
+            if s.learned is not None:
+                methods.append(_Method("learned-static", level, path=learned_path(s.learned, level)))
+        return methods
+
+    def _routed_methods(self, calib) -> list[_Method]:
+        if self.routed.routers is None:
+            return []
+        s = self.s
+        prompts = [self.ev.prompt_text(ex) for ex in calib]
+        batches = [
+            batch_prompts(self.tokenizer, prompts[i : i + s.batch_size], self.routed.device)
+            for i in range(0, len(prompts), s.batch_size)
+        ]
+        calibrator = BudgetCalibrator(self.routed, batches)
+        methods = []
+        for level in s.levels:
+            budget, reached, decisions = calibrator.budget_for(level)
+            methods.append(_Method("routed", level, budget=budget, calibration_layers=reached))
+            rates = decision_rates(decisions)
+            majority = tuple(max(range(3), key=col.__getitem__) for col in rates)
+            methods.append(_Method("routed-random", level, rates=rates, seed=0, calibration_layers=reached))
+            methods.append(_Method("routed-majority", level, path=majority, calibration_layers=reached))
+        for budget in s.budgets:
+            methods.append(_Method("routed", None, budget=float(budget)))
+        log.info(
+            f"{self.name}: router budgets for levels "
+            + ", ".join(f"{m.level}: {m.budget:+.3f}" for m in methods if m.name == "routed" and m.level),
+        )
+        return methods
+
+    def _from_static_methods(self, calib, methods: list[_Method]) -> list[_Method]:
+        """Per level, ``routed-static``: the best static path on the calibration examples and a threshold."""
+        statics = [m for m in methods if m.name in STATIC and m.level is not None]
+        if not statics:
+            return []
+        prepared = self.ev.prepare(calib)
+        routers = self.routed.routers
+        saved = (list(routers.config.default_path), routers.config.threshold, list(routers.config.protected))
+        found = []
+        try:
+            for level in self.s.levels:
+                here = [m for m in statics if m.level == level]
+                scores = [self._calib_accuracy(prepared, m.path) for m in here]
+                chosen = here[max(range(len(here)), key=lambda k: (scores[k], -k))]
+                threshold, layers = choose_threshold(self.ev, prepared, chosen.path, level)
+                found.append(
+                    _Method(
+                        "routed-static",
+                        level,
+                        path=chosen.path,
+                        threshold=threshold,
+                        calibration_layers=layers,
+                    )
+                )
+                log.info(
+                    "%s: routed-static at %d layers deviates from %s (calibration accuracy %.1f%%) where a "
+                    "router's probability gap exceeds %.2f",
+                    self.name,
+                    level,
+                    chosen.name,
+                    100 * max(scores) / len(prepared),
+                    threshold,
+                )
+        finally:
+            routers.set_default_path(saved[0] or None, saved[1], saved[2])
+            for p in prepared:
+                self.ev.release(p)
+        return found
+
+    def _calib_accuracy(self, prepared, path) -> int:
+        return sum(o.reward >= 1.0 for o in self.ev.outcomes([(p, tuple(path)) for p in prepared]))
+
+    # ------------------------------------------------------------------ scoring
+    def _score(self, methods: list[_Method], examples) -> None:
+        s, ev = self.s, self.ev
+        continuations = None
+        if s.fidelity_tokens:
+            log.info("%s: base greedy continuations (%d tokens)", self.name, s.fidelity_tokens)
+            continuations = ev.greedy_continuations(examples, s.fidelity_tokens)
+        chunk = max(s.batch_size * 4, 1)
+        bar = progress.bar(len(examples), f"eval {self.name}", "ex")
+        for start in range(0, len(examples), chunk):
+            part = examples[start : start + chunk]
+            conts = continuations[start : start + chunk] if continuations is not None else None
+            prepared = ev.prepare(part, start, conts)
+            for method in methods:
+                self._score_method(method, prepared, start)
+            for p in prepared:
+                ev.release(p)
+            bar.update(len(part))
+        bar.close()
+
+    def _score_method(self, method: _Method, prepared, start: int) -> None:
+        ev, routed = self.ev, self.routed
+        _sync()
+        began = time.perf_counter()
+        if method.name == "routed":
+            old = routed.budget
+            routed.budget = method.budget
+            try:
+                outcomes, decisions = ev.routed_outcomes(prepared)
+            finally:
+                routed.budget = old
+        elif method.threshold is not None:
+            config = routed.routers.config
+            saved = (list(config.default_path), config.threshold, list(config.protected))
+            routed.routers.set_default_path(method.path, method.threshold, protected=(0, 1, self.L - 1))
+            try:
+                outcomes, decisions = ev.routed_outcomes(prepared)
+            finally:
+                routed.routers.set_default_path(saved[0] or None, saved[1], saved[2])
+        else:
+            if method.rates is not None:
+                decisions = [draw_path(method.rates, method.seed, start + k) for k in range(len(prepared))]
+            else:
+                decisions = [list(method.path)] * len(prepared)
+            outcomes = ev.outcomes([(p, tuple(d)) for p, d in zip(prepared, decisions, strict=True)])
+        _sync()
+        method.seconds += time.perf_counter() - began
+        method.outcomes += outcomes
+        method.decisions += [list(d) for d in decisions]
+        method.layers += [sum(d) for d in decisions]
+        method.tokens += [len(p.tokens) - (len(p.continuation[1]) if p.continuation else 0) for p in prepared]
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
