@@ -41,7 +41,6 @@ from .fingerprint import architecture_string, probe_mismatch, weight_probe
 from .inside import InsideModel, padded_positions  # noqa: F401 - padded_positions is public here
 from .layer import RoutedLayer, RoutingState
 from .loading import load_model
-from .pooling import pooling_mask, window_pool, window_weights
 from .routers import RouterConfig, Routers
 from .surgery import (
     causal_lm,
@@ -330,46 +329,6 @@ class RoutedModel(InsideModel, nn.Module):
         generate_kwargs = self._cache_argument(generate_kwargs, generate_kwargs.get("use_cache", True))
         with self.forced(decisions, attention_mask, batch):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
-
-    @torch.no_grad()
-    def layer_inputs(
-        self,
-        input_ids,
-        attention_mask=None,
-        decisions=None,
-        num_windows: int | None = None,
-        skip_first: bool | None = None,
-    ):
-        """Window-pooled hidden states entering every layer under ``decisions`` (what router i reads).
-
-        Runs the backbone once (no LM head). ``num_windows`` and ``skip_first`` (leave each prompt's first
-        token out) default to the routers' settings, else 8 and False. The means are raw: routers with
-        ``norm`` normalise them themselves.
-
-        Returns:
-            ``(pooled [B, L, W, d] float32, valid [B, L, W] bool)``.
-        """
-        if num_windows is None:
-            num_windows = self.routers.config.num_windows if self.routers is not None else 8
-        if skip_first is None:
-            skip_first = self.routers.config.skip_first if self.routers is not None else False
-        if decisions is None:
-            decisions = torch.ones(self.num_layers, dtype=torch.long)
-        with self.recording() as states:
-            self.backbone(input_ids, attention_mask, decisions)
-        b, t = input_ids.shape
-        mask = pooling_mask(attention_mask, b, t, skip_first, input_ids.device)
-        weights = window_weights(mask, b, t, num_windows, input_ids.device)
-        pooled = [window_pool(h, mask, num_windows, weights) for h in states[: self.num_layers]]
-        return torch.stack([p for p, _ in pooled], 1), torch.stack([v for _, v in pooled], 1)
-
-    @torch.no_grad()
-    def route(self, input_ids, attention_mask=None) -> torch.Tensor:
-        """The routers' decisions ``[B, L]`` for prompts at ``self.budget`` (one backbone pass)."""
-        if self.routers is None:
-            raise ValueError("this model has no routers; call add_routers() or load_routers() first")
-        self.backbone(input_ids, attention_mask)
-        return self.last_decisions
 
     @property
     def context_length(self) -> int | None:
