@@ -6,30 +6,13 @@ import numpy as np
 
 from drllm.router import RoutedModel, batch_prompts
 
-from .depth import (  # noqa: F401 - moved; importable from here as before
-    OVERLAP_THRESHOLD,
-    TOP_K,
-    _between_passes,
-    _Geometry,
-    _last_positions,
+from .depth import (
     depth_pass,
-    effective_depth,
-    final_norm,
-    lens_logits,
-    lens_metrics,
-    path_states,
 )
 from .plots import decision_shares
 from .stats import paired_difference
-from .summaries import (  # noqa: F401 - moved; importable from here as before
-    LENS_KEYS,
-    SENSITIVITY_KEYS,
-    _angular,
-    _average_ranks,
+from .summaries import (
     _depth_intervals,
-    _finite,
-    _lens_summary,
-    per_layer_curves,
     spearman,
 )
 

@@ -9,18 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .baselines import angular_path
-from .depth import (  # noqa: F401 - moved; importable from here as before
-    OVERLAP_THRESHOLD,
-    TOP_K,
-    _between_passes,
-    _Geometry,
-    _last_positions,
-    depth_pass,
+from .depth import (
     effective_depth,
-    final_norm,
-    lens_logits,
-    lens_metrics,
-    path_states,
 )
 from .stats import bootstrap_interval
 

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .outcome import (  # noqa: F401 - moved; importable from here as before
-    Outcome,
-    Prepared,
-)
-
 
 def eos_ids(tokenizer, model) -> set[int]:
     """Every end-of-sequence token id of a tokenizer and its model's generation config."""

@@ -9,15 +9,6 @@ from typing import TYPE_CHECKING
 
 from drllm.router.fingerprint import probe_mismatch
 
-from .output_files import (  # noqa: F401 - moved; importable from here as before
-    OutputLockedError,
-    check_output,
-    check_searched_with,
-    claimed_output,
-    folder_lock,
-    set_aside,
-)
-
 if TYPE_CHECKING:  # annotations only: records.py imports this module
     from .records import SearchRecord
 

@@ -24,10 +24,8 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import filelock
-
 from drllm.router.atomic import atomic_write_text
-from drllm.search.records import OutputLockedError
+from drllm.search.records import OutputLockedError, folder_lock  # noqa: F401 - OutputLockedError is raised here
 
 LOCK_NAME = "train.lock"
 IDENTITY_NAME = "run.json"
@@ -55,22 +53,10 @@ def is_leader() -> bool:
 @contextmanager
 def locked(output: Path):
     """Hold ``<output>/train.lock`` for the block; refuse, naming the lock, when another run holds it."""
-    output.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(output / LOCK_NAME), timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout as err:
-        raise OutputLockedError(
-            f"{output} is being written by another training run (lock {lock.lock_file} is held); "
-            "wait for it to finish or choose another --output"
-        ) from err
-    try:
+    with folder_lock(output, LOCK_NAME, "training run"):
         for stale in output.glob(f"{STAGING_PREFIX}*"):  # left by a killed run: no other run is writing
             shutil.rmtree(stale, ignore_errors=True)
         yield
-    finally:
-        Path(lock.lock_file).unlink(missing_ok=True)  # while held: a later run starts from a fresh file
-        lock.release()
 
 
 def disk_full(err: BaseException, where: Path) -> bool:
