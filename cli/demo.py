@@ -72,6 +72,7 @@ def run_demo(
     routed: RoutedModel | None = None,
     tokenizer=None,
     device: str | None = None,
+    dtype: str | None = None,
 ) -> dict:
     """Run search, router training and evaluation, and write ``<output>/report.md``.
 
@@ -100,6 +101,7 @@ def run_demo(
         routed: an already built ``RoutedModel`` to use instead of loading ``model`` (tests).
         tokenizer: its tokenizer.
         device: where the model runs (``load_routed``'s policy: CUDA when available).
+        dtype: the model's dtype: auto or None keeps the checkpoint's; float32, bfloat16 or float16.
 
     Returns:
         ``{"search": summary, "train": router metrics, "eval": result rows, "report": path of report.md}``.
@@ -113,7 +115,7 @@ def run_demo(
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
     out = check_output(output, folder=True)  # a file in the way is refused before the model loads
-    routed, tokenizer = _load(model, routed, tokenizer, device)
+    routed, tokenizer = _load(model, routed, tokenizer, device, dtype)
     if read_layer is not None and not (
         isinstance(read_layer, int)
         and not isinstance(read_layer, bool)
@@ -212,12 +214,14 @@ def _demo_levels(num_layers: int) -> list[int]:
     return [max(num_layers - 3, 1)]
 
 
-def _load(model, routed, tokenizer, device):
+def _load(model, routed, tokenizer, device, dtype):
     if routed is not None:
         if tokenizer is None:
             raise ValueError("run_demo got a RoutedModel without its tokenizer; pass tokenizer=")
-        return load_routed(routed, device=device), tokenizer
-    return load_routed(model, device=device), tokenizer if tokenizer is not None else load_tokenizer(model)
+        return load_routed(routed, device=device, dtype=dtype), tokenizer
+    return load_routed(
+        model, device=device, dtype=dtype
+    ), tokenizer if tokenizer is not None else load_tokenizer(model)
 
 
 def _say(text: str) -> None:

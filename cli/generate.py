@@ -15,6 +15,13 @@ def generate(
     chat: bool = True,
     stream: bool = False,
     device: str | None = None,
+    dtype: str | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 50,
+    num_beams: int = 1,
+    seed: int = 0,
 ) -> str:
     """Generate a completion with routed layers and print it with the layers executed.
 
@@ -28,14 +35,23 @@ def generate(
         chat: wrap the prompt in the tokenizer's chat template when it has one.
         stream: print tokens as they are generated.
         device: where the model runs (auto: CUDA when available, else the CPU; or cpu, cuda, cuda:N).
+        dtype: the model's dtype (auto or none: the checkpoint's; float32, bfloat16, float16).
+        do_sample: sample instead of greedy decoding (with ``temperature``, ``top_p``, ``top_k``, ``seed``).
+        temperature: sampling temperature (> 0).
+        top_p: nucleus sampling mass, in (0, 1].
+        top_k: sample among the k most likely tokens (>= 1).
+        num_beams: beam search with this many beams (1: none); the decisions are made once per prompt and
+            shared by its beams.
+        seed: seed of sampling.
     """
     from drllm.router import batch_prompts, load_routed, load_tokenizer, parse_decisions
     from drllm.router.decisions import format_decisions
-    from drllm.search.evaluator import greedy_new_tokens
+    from drllm.search.decoding import greedy_new_tokens
 
     if not prompt.strip():
         raise ValueError("the prompt is empty")
-    routed = load_routed(model, device=device, routers=routers)
+    _check_decoding(max_new_tokens, temperature, top_p, top_k, num_beams, stream)
+    routed = load_routed(model, device=device, routers=routers, dtype=dtype)
     routed.budget = budget
     tok = load_tokenizer(model)
     path = parse_decisions(decisions, routed.num_layers) if decisions else None
@@ -50,7 +66,24 @@ def generate(
         from transformers import TextStreamer
 
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    new = greedy_new_tokens(routed, ids, mask, path, max_new_tokens, tok.pad_token_id, streamer)
+    context = routed.context_length
+    if context is not None and ids.shape[1] + max_new_tokens > context:
+        raise ValueError(
+            f"the prompt has {ids.shape[1]} tokens; with {max_new_tokens} new tokens that passes the model's "
+            f"context of {context} tokens: shorten the prompt or lower --max-new-tokens"
+        )
+    if do_sample or num_beams > 1:
+        import torch
+
+        torch.manual_seed(seed)
+        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if do_sample else {}
+        out = routed.generate(
+            ids, attention_mask=mask, decisions=path, do_sample=do_sample, num_beams=num_beams,
+            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, streamer=streamer, **sampling,
+        )  # fmt: skip
+        new = out[:, ids.shape[1] :]
+    else:
+        new = greedy_new_tokens(routed, ids, mask, path, max_new_tokens, tok.pad_token_id, streamer)
     completion = tok.decode(new[0], skip_special_tokens=True)
     used = routed.last_decisions[0]
     layers = int(used.sum())
@@ -61,3 +94,19 @@ def generate(
         f"layer applications: {layers * (ids.shape[1] + new.shape[1])}]"
     )
     return completion
+
+
+def _check_decoding(max_new_tokens, temperature, top_p, top_k, num_beams, stream) -> None:
+    """Refuse decoding settings transformers would reject deep inside ``generate``, naming the flag."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}")
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams must be a whole number >= 1, got {num_beams!r}")
+    if stream and num_beams > 1:
+        raise ValueError("--stream shows one sequence as it comes; beam search keeps several: use one")

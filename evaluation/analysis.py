@@ -131,6 +131,7 @@ def run_analysis(
     style: Style = "auto",
     batch_size: int = 16,
     device: str | None = None,
+    dtype: str | None = None,
     tokenizer=None,
 ) -> dict:
     """Analyse how a model uses its depth: geometry, logit lens, skip/repeat sensitivity, routing overlay.
@@ -151,6 +152,7 @@ def run_analysis(
         style: prompt style: plain, chat or auto (chosen on the training split, as search does).
         batch_size: rows per forward pass.
         device: where the model runs (auto: CUDA when available, else the CPU; or cpu, cuda, cuda:N).
+        dtype: the model's dtype: auto or None keeps the checkpoint's; float32, bfloat16 or float16.
         tokenizer: the tokenizer, when ``model`` is a ``RoutedModel``.
 
     Returns:
@@ -163,7 +165,7 @@ def run_analysis(
     _check_counts(limit, fidelity_tokens, batch_size)
     task_obj = get_task(task)  # unknown names fail here, before the model loads
     fixed = _fixed(decisions)
-    routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, routers, "run_analysis")
+    routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, routers, "run_analysis", dtype)
     result = analyze_depth(
         routed,
         tokenizer,

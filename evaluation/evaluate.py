@@ -92,6 +92,7 @@ def run_eval(
     batch_size: int = 16,
     tokenizer=None,
     device: str | None = None,
+    dtype: str | None = None,
     strict: bool = False,
     route_from_static: bool = True,
     learned_static: str | None = None,
@@ -127,6 +128,7 @@ def run_eval(
         batch_size: rows per forward pass.
         tokenizer: the tokenizer, when ``model`` is a ``RoutedModel``.
         device: where the model runs (``load_routed``'s policy: CUDA when available).
+        dtype: the model's dtype: auto or None keeps the checkpoint's; float32, bfloat16 or float16.
         strict: stop at the first task row that cannot be scored fairly (an empty question, a repeated
             option, ...); by default such a row is skipped with a warning naming it.
         route_from_static: with routers, also evaluate ``routed-static``: routing as confident deviations
@@ -174,7 +176,9 @@ def run_eval(
     tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
     trained = trained_on(routers)  # so does a damaged trained_on.json
     with claimed_output(output, folder=True):  # a refusal below leaves no empty folder behind
-        routed, tokenizer, model_name = load_with_tokenizer(model, tokenizer, device, routers, "run_eval")
+        routed, tokenizer, model_name = load_with_tokenizer(
+            model, tokenizer, device, routers, "run_eval", dtype
+        )
         levels = resolve_levels(target_layers, routed.num_layers)
         learned = learned_static_margins(learned_static, routed) if learned_static else None
     settings = _Settings(

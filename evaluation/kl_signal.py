@@ -116,12 +116,13 @@ def run_kl_signal(
     batch_size: int = 8,
     device: str | None = None,
     tokenizer=None,
+    dtype: str | None = None,
 ) -> dict:
     """The KL signal test and the token-level headroom; writes ``signal_kl.json`` and ``signal_kl.md``."""
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0 nats, got {threshold!r}")
     check_output(output, folder=True)
-    routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, None, "run_signal")
+    routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, None, "run_signal", dtype)
     L = routed.num_layers
     allowed = _allowed(L, (0, 1, L - 1) if protect is None else tuple(protect))
     prompts = task_prompts(list(tasks), tokenizer, limit=examples_per_task)

@@ -250,6 +250,7 @@ def run_signal(
     seed: int = 0,
     batch_size: int = 8,
     device: str | None = None,
+    dtype: str | None = None,
     tokenizer=None,
     target: Literal["margin", "kl"] = "margin",
     tasks: list[str] | None = None,
@@ -272,6 +273,7 @@ def run_signal(
         seed: seed of the folds and the shuffled control.
         batch_size: prompts per forward pass.
         device: where the model runs (``load_routed``'s policy).
+        dtype: the model's dtype: auto or None keeps the checkpoint's; float32, bfloat16 or float16.
         tokenizer: the tokenizer, when ``model`` is a ``RoutedModel``.
         target: ``margin``: the search sweep's gold margins (needs ``paths``); ``kl``: the KL to the base
             model of every single-layer skip on prompts of ``tasks`` (no gold), with the token-level
@@ -310,7 +312,7 @@ def run_signal(
     records = read_records(paths)  # checks the file before the model loads
     table = sweep_table(records, paths)
     check_output(output, folder=True)
-    routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, None, "run_signal")
+    routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, None, "run_signal", dtype)
     for r in records:
         if r.num_layers not in (None, routed.num_layers):
             raise ValueError(

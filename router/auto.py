@@ -76,7 +76,7 @@ def base_model_of(routers) -> str:
     return name
 
 
-def load_with_tokenizer(model, tokenizer=None, device=None, routers=None, caller: str = "drllm"):
+def load_with_tokenizer(model, tokenizer=None, device=None, routers=None, caller: str = "drllm", dtype=None):
     """``(RoutedModel, tokenizer, display name)`` for a model name or folder, or a given ``RoutedModel``.
 
     A ``RoutedModel`` must come with its tokenizer; a name loads both (``load_routed``, ``load_tokenizer``).
@@ -88,6 +88,6 @@ def load_with_tokenizer(model, tokenizer=None, device=None, routers=None, caller
         if tokenizer is None:
             raise ValueError(f"{caller} got a RoutedModel without its tokenizer; pass tokenizer=")
         name = str(getattr(model.model.config, "name_or_path", "") or "model")
-        return load_routed(model, device=device, routers=routers), tokenizer, name
-    routed = load_routed(model, device=device, routers=routers)
+        return load_routed(model, device=device, routers=routers, dtype=dtype), tokenizer, name
+    routed = load_routed(model, device=device, routers=routers, dtype=dtype)
     return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model)), str(model)

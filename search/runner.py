@@ -59,6 +59,7 @@ def run_search(
     hf_config: str | None = None,
     wandb_project: str | None = None,
     device: str | None = None,
+    dtype: str | None = None,
     devices: int = 1,
     sweep: bool = True,
     control: str | None = None,
@@ -95,6 +96,7 @@ def run_search(
         wandb_project: log progress to this Weights & Biases project (offline with ``WANDB_MODE=offline``).
         device: where the model runs (see ``drllm.router.load_routed``: CUDA when available by default);
             under torchrun each rank takes its own GPU.
+        dtype: the model's dtype: auto or None keeps the checkpoint's; float32, bfloat16 or float16.
         devices: processes to shard the examples over, launched with torchrun (one per GPU when there are
             GPUs, else CPU processes); each tree is seeded from its example, so the result is the same.
         sweep: score every single-layer skip and repeat first (recorded, and given to the tree).
@@ -148,7 +150,7 @@ def run_search(
     if world > 1 and device is None and torch.cuda.is_available():
         device = f"cuda:{local_rank}"  # launched by torchrun: one GPU per rank
     check_output(output)
-    routed, tokenizer, model_name = _load(model, tokenizer, device)
+    routed, tokenizer, model_name = _load(model, tokenizer, device, dtype)
     target = output
     if world > 1:  # launched by torchrun: this process searches one shard into its own file
         examples, target = shard(examples, output, rank, world), rank_output(output, rank, world)
@@ -238,13 +240,13 @@ def _refuse_task_file(output, task_obj) -> None:
             )
 
 
-def _load(model, tokenizer, device):
+def _load(model, tokenizer, device, dtype=None):
     if isinstance(model, RoutedModel):
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with a RoutedModel")
         name = str(getattr(model.model.config, "name_or_path", "") or "model")
-        return load_routed(model, device=device), tokenizer, name
-    return load_routed(model, device=device), load_tokenizer(model), str(model)
+        return load_routed(model, device=device, dtype=dtype), tokenizer, name
+    return load_routed(model, device=device, dtype=dtype), load_tokenizer(model), str(model)
 
 
 def _wandb_run(project: str, meta: dict, rank: int):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 
 from drllm.router import RoutedModel, load_routed, load_tokenizer
 from drllm.router.routers import TRAINED_ON_NAME
@@ -38,6 +37,7 @@ from .arguments import CONTROLS, LOGGERS, ROUTER_KINDS, check_arguments, check_p
 from .data import RouterDataModule
 from .features import build_features
 from .kl_run import DEFAULT_TASKS, train_kl
+from .lightning_setup import MONITOR, REGRET, checkpoints, make_logger  # noqa: F401 - importable here
 from .module import RouterModule
 from .neighbours import fit_neighbours, shuffled_targets
 from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
@@ -48,8 +48,6 @@ from .targets import Targets, target_table
 RouterKind = Literal["mlp", "linear", "shared", "knn", "static"]
 Control = Literal["none", "shuffled"]
 Objective = Literal["labels", "kl"]
-MONITOR = "val/macro_f1"
-REGRET = "val/regret"
 
 
 def train_routers(
@@ -74,6 +72,7 @@ def train_routers(
     resume: bool = True,
     tokenizer=None,
     device: str | None = None,
+    dtype: str | None = None,
     targets: Targets = "hard",
     safe_margin: float = 0.0,
     router: RouterKind = "mlp",
@@ -115,6 +114,7 @@ def train_routers(
         tokenizer: the tokenizer, required when ``model`` is a ``RoutedModel``.
         device: where the frozen model runs while features are built (``load_routed``'s policy: CUDA when
             available; the CPU when ``accelerator="cpu"``).
+        dtype: the model's dtype (auto or None: the checkpoint's; float32, bfloat16, float16).
 
         targets: ``hard`` trains on the one path the search chose per example; ``soft`` on the share of
             skip / execute / repeat over every safe path it evaluated (``drllm.train.targets``).
@@ -166,6 +166,7 @@ def train_routers(
             resume=resume,
             tokenizer=tokenizer,
             device=device,
+            dtype=dtype,
         )
     lr = 1e-3 if lr is None else lr
     first = read_records(paths)
@@ -176,7 +177,7 @@ def train_routers(
         epochs, logger, output, accelerator, devices, strategy, precision, by_regret
     )
     with outputs.locked(output) if leader else contextlib.nullcontext():
-        routed, tokenizer = _load(model, tokenizer, accelerator, device)
+        routed, tokenizer = _load(model, tokenizer, accelerator, device, dtype)
         rows = read_records(paths, routed.num_layers)
         check_searched_with(rows, routed, paths)
         run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
@@ -189,7 +190,7 @@ def train_routers(
         if router == "knn":
             run["neighbours"] = neighbours
         last = output / "checkpoints" / "last.ckpt"
-        resuming = outputs.prepare_checkpoints(last.parent, run, resume, leader)
+        resuming = outputs.preparecheckpoints(last.parent, run, resume, leader)
         routed.model.requires_grad_(False)
         features = None
         if not online:
@@ -257,11 +258,11 @@ def train_routers(
 
 def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, precision, by_regret=False):
     """The Lightning trainer and its best-epoch callback (Lightning's refusals become a ValueError)."""
-    checkpoint, latest = _checkpoints(output / "checkpoints", by_regret)
+    checkpoint, latest = checkpoints(output / "checkpoints", by_regret)
     try:
         trainer = L.Trainer(
             max_epochs=epochs,
-            logger=_logger(logger, output),
+            logger=make_logger(logger, output),
             callbacks=[checkpoint, latest],
             accelerator=accelerator,
             devices=devices,
@@ -335,53 +336,14 @@ def _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, on
     }
 
 
-def _load(model, tokenizer, accelerator: str, device):
+def _load(model, tokenizer, accelerator: str, device, dtype=None):
     """The ``RoutedModel`` and tokenizer through ``load_routed`` (the CPU when the accelerator is the CPU)."""
     if device is None and accelerator == "cpu":
         device = "cpu"
     if isinstance(model, RoutedModel):
-        return load_routed(model, device=device), tokenizer
-    routed = load_routed(model, device=device)
+        return load_routed(model, device=device, dtype=dtype), tokenizer
+    routed = load_routed(model, device=device, dtype=dtype)
     return routed, tokenizer if tokenizer is not None else load_tokenizer(str(model))
-
-
-def _checkpoints(folder: Path, by_regret: bool = False) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """The best epoch by validation regret (every record has a sweep) or macro F1, and ``last.ckpt``.
-
-    ``last.ckpt`` is rewritten after every epoch.
-
-    Both save at the end of the training epoch (after validation), so ``last.ckpt`` resumes at the next
-    epoch. ``save_last=True`` is not used: Lightning 2.6 writes ``last.ckpt`` only in epochs that improve
-    the monitored metric, so a resumed run would repeat epochs.
-    """
-    best = ModelCheckpoint(
-        dirpath=folder,
-        monitor=REGRET if by_regret else MONITOR,
-        mode="min" if by_regret else "max",
-        save_top_k=1,
-        filename="best-epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        save_on_train_epoch_end=True,
-    )
-    latest = ModelCheckpoint(
-        dirpath=folder,
-        monitor=None,
-        save_top_k=1,
-        filename="last",
-        enable_version_counter=False,
-        save_on_train_epoch_end=True,
-    )
-    return best, latest
-
-
-def _logger(kind: str | None, output: Path):
-    """A CSV or Weights & Biases logger writing under ``output`` (or False for none)."""
-    if kind == "csv":
-        return CSVLogger(str(output), name="logs")
-    if kind == "wandb":
-        offline = os.environ.get("WANDB_MODE") == "offline" or not os.environ.get("WANDB_API_KEY")
-        return WandbLogger(project="drllm", save_dir=str(output), offline=offline)
-    return False
 
 
 def _best_routers(routed: RoutedModel, checkpoint: ModelCheckpoint, last: Path) -> dict:

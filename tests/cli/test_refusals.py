@@ -46,3 +46,30 @@ def test_more_than_26_options_get_letter_labels(tmp_path):
     path.write_text(json.dumps({"id": "q", "question": "which?", "choices": choices, "answer": 29}) + "\n")
     (ex,) = get_task(f"jsonl:{path}").load()
     assert all(label.isalpha() for label in ex.labels) and len(set(ex.labels)) == 30
+
+
+def test_generate_refuses_a_prompt_past_the_context_and_bad_decoding_flags(tiny_model_dir, capsys):
+    argv = ["generate", "--model", tiny_model_dir, "--prompt", "hi"]
+    assert "passes the model's context" in _fails([*argv, "--max-new-tokens", "100000"], capsys)
+    assert "top_p must lie in (0, 1]" in _fails([*argv, "--do-sample", "--top-p", "0"], capsys)
+    assert "num_beams must be a whole number >= 1" in _fails([*argv, "--num-beams", "0"], capsys)
+
+
+def test_generate_samples_and_beams_with_routers_deciding_once(tiny_model_dir, capsys):
+    argv = [
+        "generate",
+        "--model",
+        tiny_model_dir,
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "4",
+        "--chat",
+        "false",
+    ]
+    cli.main([*argv, "--do-sample", "--seed", "3", "--decisions", "1,0,1,1"])
+    first = capsys.readouterr().out
+    cli.main([*argv, "--do-sample", "--seed", "3", "--decisions", "1,0,1,1"])
+    assert capsys.readouterr().out == first  # seeded
+    cli.main([*argv, "--num-beams", "2", "--decisions", "1,2,1,1", "--dtype", "float32"])
+    assert "layers executed per token: 5 of 4" in capsys.readouterr().out

@@ -1,0 +1,51 @@
+"""Lightning's side of label training: the checkpoint callbacks and the logger ``drllm train`` uses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+MONITOR = "val/macro_f1"
+REGRET = "val/regret"
+
+
+def checkpoints(folder: Path, by_regret: bool = False) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The best epoch by validation regret (every record has a sweep) or macro F1, and ``last.ckpt``.
+
+    ``last.ckpt`` is rewritten after every epoch.
+
+    Both save at the end of the training epoch (after validation), so ``last.ckpt`` resumes at the next
+    epoch. ``save_last=True`` is not used: Lightning 2.6 writes ``last.ckpt`` only in epochs that improve
+    the monitored metric, so a resumed run would repeat epochs.
+    """
+    best = ModelCheckpoint(
+        dirpath=folder,
+        monitor=REGRET if by_regret else MONITOR,
+        mode="min" if by_regret else "max",
+        save_top_k=1,
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=True,
+    )
+    latest = ModelCheckpoint(
+        dirpath=folder,
+        monitor=None,
+        save_top_k=1,
+        filename="last",
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    return best, latest
+
+
+def make_logger(kind: str | None, output: Path):
+    """A CSV or Weights & Biases logger writing under ``output`` (or False for none)."""
+    if kind == "csv":
+        return CSVLogger(str(output), name="logs")
+    if kind == "wandb":
+        offline = os.environ.get("WANDB_MODE") == "offline" or not os.environ.get("WANDB_API_KEY")
+        return WandbLogger(project="drllm", save_dir=str(output), offline=offline)
+    return False
