@@ -65,20 +65,42 @@ class FeatureSet:
             "valid": self.valid.contiguous(),
             "decisions": self.decisions.contiguous(),
         }
-        metadata = {"ids": json.dumps(self.ids), "format": str(FORMAT_VERSION)}
+        metadata = {"ids": json.dumps(self.ids), "format": str(FORMAT_VERSION), "sha256": _checksum(tensors)}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureSet:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            ValueError: when the tensors do not match the checksum saved with them (a damaged file).
+        """
         with safe_open(str(path), framework="pt") as f:
-            ids = json.loads(f.metadata()["ids"])
+            metadata = f.metadata()
+            ids = json.loads(metadata["ids"])
             tensors = {k: f.get_tensor(k) for k in ("pooled", "valid", "decisions")}
+        saved = metadata.get("sha256")
+        if saved is not None and saved != _checksum(tensors):
+            raise ValueError(f"{path}: the features do not match their checksum (a damaged file)")
         return cls(ids=ids, **tensors)
 
 
-def cache_key(routed, rows: list[SearchRecord], num_windows: int, skip_first: bool = False) -> str:
-    """sha256 over the model fingerprint and probe, W, ``skip_first`` and each row (id, prompt, path)."""
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(
+    routed, rows: list[SearchRecord], num_windows: int, skip_first: bool = False, tokenizer=None
+) -> str:
+    """sha256 over the model fingerprint and probe, W, ``skip_first`` and each row (id, prompt, path).
+
+    With a ``tokenizer`` each row's token ids count too, so features made with another tokenizer (the same
+    text, other tokens) are never reused.
+    """
     digest = hashlib.sha256()
     header = {
         "format": FORMAT_VERSION,
@@ -91,6 +113,8 @@ def cache_key(routed, rows: list[SearchRecord], num_windows: int, skip_first: bo
     digest.update(json.dumps(header, sort_keys=True).encode())
     for row in rows:
         digest.update(json.dumps([row.id, row.prompt, list(row.decisions)]).encode())
+        if tokenizer is not None:
+            digest.update(json.dumps(encode_prompt(tokenizer, row.prompt)).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -142,7 +166,7 @@ def build_features(
     """
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{cache_key(routed, rows, num_windows, skip_first)}.safetensors"
+        path = Path(cache_dir) / f"{cache_key(routed, rows, num_windows, skip_first, tokenizer)}.safetensors"
         if path.is_file():
             cached = _load_cached(path, len(rows))
             if cached is not None:

@@ -161,3 +161,33 @@ def test_a_damaged_cache_file_is_rebuilt_never_used(routed, tmp_path):
         again = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path)
     torch.testing.assert_close(again.pooled, first.pooled)
     assert FeatureSet.load(cached).pooled.shape == first.pooled.shape  # the file was rewritten whole
+
+
+def test_a_zeroed_cache_is_refused_by_its_checksum_and_another_tokenizer_misses_it(
+    routed, tmp_path, monkeypatch
+):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    tok, rows = tiny_tokenizer(), synthetic_rows(6)
+    build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["pooled"] = torch.zeros_like(tensors["pooled"])  # zeroed features, metadata kept
+    save_file(tensors, str(path), metadata=metadata)
+    calls = _count_calls(monkeypatch, routed)
+    with pytest.warns(UserWarning, match="checksum"):
+        again = build_features(routed, tok, rows, 4, batch_size=4, cache_dir=tmp_path)
+    assert calls and again.pooled.abs().sum() > 0
+
+    class Shifted:  # the same text, other token ids
+        pad_token_id = tok.pad_token_id
+        bos_token = None
+
+        def __call__(self, text, add_special_tokens=True):
+            return {
+                "input_ids": [i + 1 for i in tok(text, add_special_tokens=add_special_tokens)["input_ids"]]
+            }
+
+    assert cache_key(routed, rows, 4, tokenizer=tok) != cache_key(routed, rows, 4, tokenizer=Shifted())
