@@ -229,8 +229,23 @@ def _say(text: str) -> None:
 
 
 def _finished(folder: Path, args: dict, files: tuple[str, ...]) -> bool:
-    """Whether a stage's files exist and its marker holds exactly ``args``."""
-    return all((folder / f).is_file() for f in files) and _holds(folder / MARKER, args)
+    """Whether a stage's files exist whole (JSON that parses) and its marker holds exactly ``args``.
+
+    A damaged file (a disk that filled, an edit by hand) makes the stage run again, with a note.
+    """
+    if not _holds(folder / MARKER, args):
+        return False
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            return False
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                _say(f"{path} is damaged; running its stage again")
+                return False
+    return True
 
 
 def _holds(marker: Path, args: dict) -> bool:

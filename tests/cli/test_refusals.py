@@ -73,3 +73,16 @@ def test_generate_samples_and_beams_with_routers_deciding_once(tiny_model_dir, c
     assert capsys.readouterr().out == first  # seeded
     cli.main([*argv, "--num-beams", "2", "--decisions", "1,2,1,1", "--dtype", "float32"])
     assert "layers executed per token: 5 of 4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["results.json", "decisions.json", "metrics.json"])
+def test_a_damaged_stage_file_makes_the_demo_run_that_stage_again(tmp_path, name):
+    from drllm.cli import demo
+
+    args = {"task": "arc_easy", "epochs": 2}
+    demo._mark(tmp_path, args)
+    for f in ("results.json", "decisions.json", "metrics.json"):
+        (tmp_path / f).write_text("{}")
+    assert demo._finished(tmp_path, args, ("results.json", "decisions.json", "metrics.json"))
+    (tmp_path / name).write_text('{"rows": [')  # cut off mid-write
+    assert not demo._finished(tmp_path, args, ("results.json", "decisions.json", "metrics.json"))
