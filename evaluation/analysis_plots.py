@@ -108,16 +108,19 @@ def plot_angular(result: dict, path: Path) -> None:
     heat.plot(
         [b["start"] for b in blocks],
         [b["n"] for b in blocks],
-        "w.",
+        linestyle="none",
+        marker="o",
+        markerfacecolor="white",
+        markeredgecolor="black",
         markersize=6,
-        label="block pruning removes (start l*, length n)",
+        label="marker: the block angular pruning removes (start l*, length n)",
     )
     heat.set_xlabel("start state l (h_l enters layer l; numbered from 0)", fontsize=11)
     heat.set_ylabel("block length n (layers)", fontsize=11)
     step = 1 if L <= 32 else (2 if L <= 48 else 5)
     heat.set_yticks(range(1, L + 1, step))
     heat.set_xticks(range(0, L + 1, step))
-    heat.legend(loc="upper right", fontsize=9, frameon=False, labelcolor="white")
+    heat.legend(loc="upper right", fontsize=9, frameon=True, facecolor="white", framealpha=0.85)
     fig.colorbar(image, ax=heat, fraction=0.04, pad=0.01).set_label("angular distance d(l, n)", fontsize=10)
     heat.set_title(_title(result, "angular distance at the last token"), fontsize=11)
     bars.bar(

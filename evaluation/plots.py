@@ -64,8 +64,16 @@ def _series(rows: Sequence[Any]) -> dict[str, list[Any]]:
 
 
 def _panel(ax, rows: Sequence[Any], value, scale: float, ylabel: str, num_layers: int) -> None:
-    for method, group in _series(rows).items():
-        points = [(r.layers, value(r)) for r in group if value(r) is not None]
+    series = _series(rows)
+    others = [m for m in series if m != "base"]
+    for method, group in series.items():
+        # methods at the same level are dodged sideways by up to 0.3 layers, so no interval hides another
+        shift = (
+            0.0
+            if method == "base" or len(others) < 2
+            else 0.3 * (others.index(method) / (len(others) - 1) - 0.5) * 2
+        )
+        points = [(r.layers + shift, value(r)) for r in group if value(r) is not None]
         if not points:
             continue
         xs = [x for x, _ in points]
@@ -107,8 +115,9 @@ def plot_tradeoff(
 ) -> None:
     """Accuracy (top) and greedy fidelity (bottom) against layers per prompt, with 95% intervals.
 
-    Every method sits on the same x-axis, the mean layers it executed; the base model is a star with a
-    dashed line and a grey band (its interval).
+    Every method sits on the same x-axis, the mean layers it executed, dodged sideways by at most 0.3 layers
+    so that methods at one level do not hide each other's intervals; the base model is a star with a dashed
+    line and a grey band (its interval).
 
     Args:
         rows: ``EvalRow`` objects of one task.
@@ -202,7 +211,9 @@ def plot_decisions(
         return
     fig = _new_figure(min(20.0, max(6.0, 0.36 * num_layers + 2.5)), 2.9)
     ax = fig.add_subplot()
-    image = ax.imshow(shares, aspect="auto", cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    image = ax.imshow(
+        100 * shares, aspect="auto", cmap="Blues", vmin=0.0, vmax=100.0, interpolation="nearest"
+    )
     if num_layers <= _ANNOTATE_MAX_LAYERS:
         _annotate_cells(ax, shares)
     step = 1 if num_layers <= 32 else (2 if num_layers <= 48 else 5)
@@ -211,6 +222,6 @@ def plot_decisions(
     ax.tick_params(axis="x", labelsize=9)
     ax.set_xlabel("layer", fontsize=12)
     colorbar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
-    colorbar.set_label("share of examples", fontsize=10)
+    colorbar.set_label("% of examples", fontsize=10)  # the cells' own unit
     ax.set_title(title or f"per-layer decisions over {num_examples} examples", fontsize=12)
     _save(fig, path)
