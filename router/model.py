@@ -221,6 +221,19 @@ class RoutedModel(InsideModel, nn.Module):
         """The dtype of the base model's input embeddings."""
         return self.model.get_input_embeddings().weight.dtype
 
+    def __getattr__(self, name: str):
+        """What the wrapper lacks comes from the base model, as with peft.
+
+        So generation utilities that expect a transformers model (assisted generation's draft) find what
+        they read.
+        """
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("model", "_modules", "_parameters", "_buffers") or name.startswith("__"):
+                raise
+            return getattr(self.model, name)
+
     def can_generate(self) -> bool:
         """Whether the base model can generate (a causal LM can)."""
         return bool(self.model.can_generate())
@@ -326,6 +339,12 @@ class RoutedModel(InsideModel, nn.Module):
     def generate(self, input_ids=None, attention_mask=None, decisions=None, **generate_kwargs):
         """``model.generate`` under ``decisions`` (or router decisions made once at prefill)."""
         batch = self._check_inputs(input_ids, attention_mask, generate_kwargs.get("inputs_embeds"))
+        if generate_kwargs.get("cache_implementation") not in (None, "dynamic"):
+            raise ValueError(
+                f"cache_implementation={generate_kwargs['cache_implementation']!r} is not supported: routed "
+                "generation keeps its own cache (RoutedCache, with a second slot per layer for repeats)"
+            )
+        generate_kwargs.pop("cache_implementation", None)
         generate_kwargs = self._cache_argument(generate_kwargs, generate_kwargs.get("use_cache", True))
         with self.forced(decisions, attention_mask, batch):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)

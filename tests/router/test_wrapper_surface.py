@@ -47,3 +47,27 @@ def test_offloaded_weights_on_meta_are_not_read_and_not_compared():
     probe = weight_probe(offloaded, list(layer_list(offloaded)))
     assert probe == [UNKNOWN] * 3
     assert not probe_mismatch(probe, weight_probe(model, list(layer_list(model))))
+
+
+def test_a_layer_skipping_draft_in_assisted_generation_keeps_the_full_models_output(tiny_model_dir):
+    from tiny_models import tiny_tokenizer
+    from transformers import pipeline
+
+    tok = tiny_tokenizer()
+    full = tiny_model("llama")
+    draft = RoutedModel(tiny_model("llama"))
+    routers = draft.add_routers(kind="static")
+    with torch.no_grad():
+        routers.static.logits.copy_(torch.tensor([[-9.0, 9.0, -9.0]] * 4))
+        routers.static.logits[2] = torch.tensor([9.0, -9.0, -9.0])  # the draft skips layer 2
+    ids = torch.tensor([tok("hello world")["input_ids"]])
+    want = full.generate(ids, max_new_tokens=8, do_sample=False)
+    got = full.generate(ids, assistant_model=draft, max_new_tokens=8, do_sample=False)
+    assert got.tolist() == want.tolist()
+    assert draft.last_decisions[0].tolist() == [1, 1, 0, 1]  # the draft did run its own path
+    text = pipeline("text-generation", model=RoutedModel(tiny_model("llama")), tokenizer=tok)(
+        "hello", max_new_tokens=3
+    )
+    assert text[0]["generated_text"].startswith("hello")
+    with pytest.raises(ValueError, match="cache_implementation='static' is not supported"):
+        draft.generate(ids, max_new_tokens=2, cache_implementation="static")
