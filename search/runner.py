@@ -33,6 +33,7 @@ from .records import (
 from .supervision import Supervision, format_reliability, reliability, search_examples
 from .tasks import Scoring, Style, get_task
 from .tasks.style import describe, resolve_style
+from .tracking import check_tags, wandb_offline
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ def run_search(
     choices_field: str | None = None,
     hf_config: str | None = None,
     wandb_project: str | None = None,
+    wandb_name: str | None = None,
+    wandb_tags: list[str] | None = None,
     device: str | None = None,
     dtype: str | None = None,
     devices: int = 1,
@@ -93,7 +96,10 @@ def run_search(
         answer_field: ``hf:`` tasks, the answer column (for multiple choice: index, label or option text).
         choices_field: ``hf:`` tasks, the options column; makes the task multiple choice.
         hf_config: ``hf:`` tasks, the dataset configuration name.
-        wandb_project: log progress to this Weights & Biases project (offline with ``WANDB_MODE=offline``).
+        wandb_project: log progress to this Weights & Biases project (online when ``wandb login`` or
+            ``WANDB_API_KEY`` gives credentials, else offline; ``drllm train`` takes the same switch).
+        wandb_name: the W&B run name (default: ``search-<task>-rank<r>``).
+        wandb_tags: W&B tags of the run.
         device: where the model runs (see ``drllm.router.load_routed``: CUDA when available by default);
             under torchrun each rank takes its own GPU.
         dtype: the model's dtype: auto or None keeps the checkpoint's; float32, bfloat16 or float16.
@@ -188,7 +194,7 @@ def run_search(
         bar = progress.bar(len(examples), "search", "ex", len(examples) - len(todo))
         bar.disable = bar.disable or rank != 0
         meta = {"task": task, "model": model_name, "scoring": evaluator.scoring, "style": style}
-        run = _wandb_run(wandb_project, meta, rank) if wandb_project else None
+        run = _wandb_run(wandb_project, meta, rank, wandb_name, wandb_tags) if wandb_project else None
         logger = run.log if run else None
         search_examples(evaluator, todo, config, supervision, seed, batch_size, out.write, meta, bar, logger)
         bar.close()
@@ -249,7 +255,7 @@ def _load(model, tokenizer, device, dtype=None):
     return load_routed(model, device=device, dtype=dtype), load_tokenizer(model), str(model)
 
 
-def _wandb_run(project: str, meta: dict, rank: int):
+def _wandb_run(project: str, meta: dict, rank: int, name: str | None = None, tags=None):
     """A W&B run for this search's progress (off unless a project is given)."""
     import wandb
 
@@ -257,7 +263,9 @@ def _wandb_run(project: str, meta: dict, rank: int):
         project=project,
         config=meta,
         job_type="search",
-        name=f"search-{meta['task']}-rank{rank}",
+        name=name or f"search-{meta['task']}-rank{rank}",
+        tags=check_tags(tags),
+        mode="offline" if wandb_offline() else "online",
         reinit="finish_previous",
     )
 

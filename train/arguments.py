@@ -9,6 +9,7 @@ import torch
 
 from drllm.router import RoutedModel
 from drllm.search.tasks.base import MAX_PROMPT_CHARS
+from drllm.search.tracking import check_tags
 
 from .targets import TARGETS
 
@@ -56,6 +57,7 @@ def check_arguments(args: dict) -> None:
         raise ValueError(f"targets must be one of {TARGETS}, got {args['targets']!r}")
     if not _finite(args["safe_margin"]):
         raise ValueError(f"safe_margin must be a finite number, got {args['safe_margin']!r}")
+    check_tags(args["wandb_tags"])
     if args["logger"] not in LOGGERS:
         raise ValueError(f"logger must be 'csv', 'wandb' or 'none', got {args['logger']!r}")
     if isinstance(args["model"], RoutedModel) and args["tokenizer"] is None:

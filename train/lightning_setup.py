@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from drllm.search.tracking import check_tags, wandb_offline
 
 MONITOR = "val/macro_f1"
 REGRET = "val/regret"
@@ -41,11 +42,19 @@ def checkpoints(folder: Path, by_regret: bool = False) -> tuple[ModelCheckpoint,
     return best, latest
 
 
-def make_logger(kind: str | None, output: Path):
-    """A CSV or Weights & Biases logger writing under ``output`` (or False for none)."""
+def make_logger(kind: str | None, output: Path, project: str | None = None, name=None, tags=None):
+    """A CSV or Weights & Biases logger writing under ``output`` (or False for none).
+
+    W&B goes online when it has credentials (``wandb login`` or ``WANDB_API_KEY``), as ``drllm search`` does.
+    """
     if kind == "csv":
         return CSVLogger(str(output), name="logs")
     if kind == "wandb":
-        offline = os.environ.get("WANDB_MODE") == "offline" or not os.environ.get("WANDB_API_KEY")
-        return WandbLogger(project="drllm", save_dir=str(output), offline=offline)
+        return WandbLogger(
+            project=project or "drllm",
+            name=name,
+            tags=check_tags(tags),
+            save_dir=str(output),
+            offline=wandb_offline(),
+        )
     return False

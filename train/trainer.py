@@ -63,6 +63,9 @@ def train_routers(
     val_fraction: float = 0.1,
     seed: int = 0,
     logger: str | None = "csv",
+    wandb_project: str | None = None,
+    wandb_name: str | None = None,
+    wandb_tags: list[str] | None = None,
     accelerator: str = "auto",
     devices: int | str = 1,
     strategy: str = "auto",
@@ -102,7 +105,10 @@ def train_routers(
         batch_size: examples per batch (features are built in batches of the same size).
         val_fraction: share of examples held out for validation, split by example with ``seed``.
         seed: seed of the split, the routers' initial weights and the shuffling.
-        logger: ``"csv"``, ``"wandb"`` (offline without an API key) or ``None``/``"none"``.
+        logger: ``"csv"``, ``"wandb"`` or ``None``/``"none"``; ``wandb_project`` switches to ``"wandb"``.
+        wandb_project: the W&B project (the switch ``drllm search`` shares; online with ``wandb login``).
+        wandb_name: the W&B run name.
+        wandb_tags: W&B tags of the run.
         accelerator: Lightning accelerator.
         devices: Lightning devices.
         strategy: Lightning strategy.
@@ -173,6 +179,8 @@ def train_routers(
     check_prompts(first, paths)  # every row is checked before the model loads
     by_regret = bool(first) and sweep_gains(first, len(first[0].decisions)) is not None
     output, leader = Path(output), outputs.is_leader()
+    wandb = (wandb_project, wandb_name, wandb_tags)
+    logger = ("wandb" if wandb_project else logger, *wandb)
     trainer, checkpoint = _trainer(
         epochs, logger, output, accelerator, devices, strategy, precision, by_regret
     )
@@ -262,7 +270,7 @@ def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, preci
     try:
         trainer = L.Trainer(
             max_epochs=epochs,
-            logger=make_logger(logger, output),
+            logger=make_logger(logger[0], output, *logger[1:]),
             callbacks=[checkpoint, latest],
             accelerator=accelerator,
             devices=devices,
