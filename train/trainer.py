@@ -198,7 +198,7 @@ def train_routers(
         if router == "knn":
             run["neighbours"] = neighbours
         last = output / "checkpoints" / "last.ckpt"
-        resuming = outputs.preparecheckpoints(last.parent, run, resume, leader)
+        resuming = outputs.prepare_checkpoints(last.parent, run, resume, leader)
         routed.model.requires_grad_(False)
         features = None
         if not online:
