@@ -10,11 +10,12 @@ Per step, for a batch of prompts with their teacher continuations (right-padded,
 - the routed model's ``log q`` at the same positions, the routers deciding each layer on the prompt alone
   (``drllm.router.relaxed``: a hard decision per sequence in the forward pass, straight-through
   Gumbel-softmax gradients, temperature annealed geometrically from ``tau_start`` to ``tau_end``);
-- ``loss = KL(p || q) + lam * (E[layers] - N) + rho / 2 * (E[layers] - N)^2 + floor * relu(M - E_b[layers])``
-  where ``E[layers]`` is the batch mean of the expected layers under the routers' softmax, ``M`` the
-  per-prompt floor, and ``lam`` a Lagrange multiplier moved by dual ascent on the layers the argmax
-  decisions run (``lam += dual_lr * (layers - N)``: the deployed path, not the noisy sample), so the
-  deployed mean level settles at N.
+- ``loss = KL(p || q) + rho / 2 * (E[layers] - N)^2 + floor * relu(M - E_b[layers])``, where ``E[layers]``
+  is the expected layers under the routers' softmax and ``M`` the per-prompt floor;
+- the budget: a shift ``b`` added to every skip logit, as ``RoutedModel.budget`` does at inference, moved
+  by dual ascent on the layers the argmax decisions run (``b += dual_lr * (layers - N)``). The KL gradient
+  only has to order the layers; the shift keeps the deployed mean at N, and is folded into the skip bias
+  at the end.
 
 Routers start from a static path (the best heuristic at that level): every trainable head outputs
 ``start_margin`` on the start path's decision and ``-start_margin`` on the others, its input weights at
@@ -32,7 +33,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from drllm.router import EXECUTE, Relaxation, relaxed
+from drllm.router import EXECUTE, SKIP, Relaxation, relaxed
 from drllm.search.closeness import batch_tensors, per_row_kl, teacher_log_probs
 
 KL_KINDS = ("static", "linear", "mlp")
@@ -51,8 +52,8 @@ class KLSettings:
     weight_decay: float = 0.0
     tau_start: float = 1.0
     tau_end: float = 0.1
-    dual_lr: float = 0.05
-    rho: float = 0.05
+    dual_lr: float = 0.1
+    rho: float = 0.0
     floor_weight: float = 1.0
     start_margin: float = 2.0
     protected: tuple[int, ...] = (0, 1, -1)
@@ -107,18 +108,23 @@ def fit_kl(
 ) -> list[dict]:
     """Train ``routed.routers`` (already attached and started) on ``rows``; the per-epoch history.
 
-    ``state`` resumes a run: ``{"epoch", "lam", "history", "optimizer", "routers"}`` as ``on_epoch`` was
-    handed it after each epoch (save it: a kill then loses at most one epoch).
+    The budget is held by a shift of every skip logit (the same knob as ``RoutedModel.budget``), moved
+    after each step by ``dual_lr`` times the deployed layers' excess over the target, so the argmax path
+    runs N layers on average while the KL gradient orders the layers; at the end the shift is folded into
+    the routers' skip bias, so they deploy at N with budget 0. ``state`` resumes a run: ``{"epoch",
+    "shift", "history", "optimizer", "routers"}`` as ``on_epoch`` was handed it after each epoch (save it: a
+    kill then loses at most one epoch).
     """
     routers = routed.routers
     fixed = protected_layers(routed.num_layers, settings.protected)
+    routers.set_default_path(None, None, protected=fixed)  # deployed, they execute whatever the logits say
     params = [p for p in routers.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    lam, first_epoch, history = 0.0, 0, []
+    shift, first_epoch, history = 0.0, 0, []
     if state is not None:
         routers.load_state_dict(state["routers"])
         optimizer.load_state_dict(state["optimizer"])
-        lam, first_epoch, history = state["lam"], state["epoch"], state["history"]
+        shift, first_epoch, history = state["shift"], state["epoch"], state["history"]
     steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
     total = max(1, settings.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -134,47 +140,95 @@ def fit_kl(
             teacher = teacher_log_probs(routed, batch)
             progress = (epoch * steps_per_epoch + step) / total
             tau = settings.tau_start * (settings.tau_end / settings.tau_start) ** progress
-            relaxation = Relaxation(routers, tau=tau, fixed=fixed, generator=generator)
+            relaxation = Relaxation(routers, tau=tau, fixed=fixed, generator=generator, budget=shift)
             kl = relaxed_step(routed, relaxation, batch, teacher)
             expected = relaxation.expected_layers()
             gap = expected.mean() - settings.target_layers
             floor = F.relu(settings.min_layers - expected).mean()
-            loss = kl.mean() + lam * gap + settings.rho / 2 * gap**2 + settings.floor_weight * floor
+            loss = kl.mean() + settings.rho / 2 * gap**2 + settings.floor_weight * floor
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            deployed = relaxation.deployed_layers()  # the argmax path: what the budget must hold
-            lam += settings.dual_lr * (float(deployed.mean()) - settings.target_layers)
+            deployed = relaxation.deployed_layers()  # the argmax path under the shift: what deploys
+            shift += settings.dual_lr * (float(deployed.mean()) - settings.target_layers)
             sums["kl"] += float(kl.detach().sum())
             sums["layers"] += float(deployed.sum())
             sums["n"] += len(chunk)
             bar.set_postfix(kl=f"{sums['kl'] / sums['n']:.3f}", layers=f"{sums['layers'] / sums['n']:.2f}")
         bar.close()
-        record = {"epoch": epoch + 1, "train_kl": sums["kl"] / max(1, sums["n"]), "lambda": lam}
+        record = {"epoch": epoch + 1, "train_kl": sums["kl"] / max(1, sums["n"]), "skip_shift": shift}
         record["train_layers"] = sums["layers"] / max(1, sums["n"])
         if val_rows:
-            record.update(evaluate_kl(routed, val_rows, settings.batch_size, pad_id, fixed))
+            record.update(evaluate_kl(routed, val_rows, settings.batch_size, pad_id, fixed, shift))
         history.append(record)
         state = {
             "epoch": epoch + 1,
-            "lam": lam,
+            "shift": shift,
             "history": history,
             "optimizer": optimizer.state_dict(),
             "routers": {k: v.detach().clone() for k, v in routers.state_dict().items()},
         }
         if on_epoch is not None:
             on_epoch(state)
+    if rows:  # the shift moved in steps; the deployed one is set exactly, on training prompts
+        shift = calibrate_shift(routed, rows[: 4 * settings.batch_size], settings, pad_id, fixed, shift)
+        history[-1]["deployed_shift"] = shift
+        if val_rows:  # what deploys: validated at the calibrated shift
+            history[-1].update(evaluate_kl(routed, val_rows, settings.batch_size, pad_id, fixed, shift))
+    fold_shift(routers, shift)
     return history
 
 
 @torch.no_grad()
-def evaluate_kl(routed, rows: list[dict], batch_size: int, pad_id: int, fixed) -> dict:
+def calibrate_shift(routed, rows, settings: KLSettings, pad_id: int, fixed, start: float, steps: int = 14):
+    """The skip shift whose argmax decisions run ``target_layers`` on ``rows`` on average.
+
+    Two bisections find where the mean falls to N and where it falls below N; the middle of that interval
+    is robust to rounding (a static path's count is a step function of the shift).
+    """
+
+    def layers_at(shift: float) -> float:
+        total = 0.0
+        for begin in range(0, len(rows), settings.batch_size):
+            batch = batch_tensors(rows[begin : begin + settings.batch_size], pad_id, routed.device)
+            relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=shift)
+            with relaxed(routed, relaxation):
+                routed.backbone(batch["ids"], batch["attention"], route_mask=batch["prompt"])
+            total += float(relaxation.deployed_layers().sum())
+        return total / len(rows)
+
+    def first_shift(holds) -> float:  # the least shift at which holds(layers) is true (layers fall with it)
+        low, high = start - 20.0, start + 20.0
+        for _ in range(steps):
+            mid = (low + high) / 2
+            low, high = (low, mid) if holds(layers_at(mid)) else (mid, high)
+        return high
+
+    target = settings.target_layers
+    at_most = first_shift(lambda layers: layers <= target)  # from here on, no more than N layers
+    below = first_shift(lambda layers: layers < target)  # from here on, fewer than N
+    return (at_most + below) / 2 if below > at_most else at_most  # the middle of the interval at N
+
+
+def fold_shift(routers, shift: float) -> None:
+    """Add ``shift`` to every head's skip logit (its bias), so the routers deploy at budget 0 as trained."""
+    with torch.no_grad():
+        if routers.config.kind == "static":
+            routers.static.logits[:, SKIP] += shift
+            return
+        for head in routers.layers:
+            last = head.proj if routers.config.kind == "linear" else head.net[2]
+            last.bias[SKIP] += shift
+
+
+@torch.no_grad()
+def evaluate_kl(routed, rows: list[dict], batch_size: int, pad_id: int, fixed, shift: float = 0.0) -> dict:
     """Validation with the deployed argmax decisions: mean KL, mean layers and the 5th/95th percentiles."""
     kls, layers = [], []
     for start in range(0, len(rows), batch_size):
         batch = batch_tensors(rows[start : start + batch_size], pad_id, routed.device)
         teacher = teacher_log_probs(routed, batch)
-        relaxation = Relaxation(routed.routers, fixed=fixed, sample=False)
+        relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=shift)
         kls += relaxed_step(routed, relaxation, batch, teacher).tolist()
         layers += relaxation.layers().tolist()
     ordered = sorted(layers)

@@ -108,3 +108,23 @@ def test_kl_training_writes_routers_at_the_level_and_refuses_a_changed_resume(
 
 def test_settings_identity_is_json():
     assert json.loads(json.dumps(KLSettings(target_layers=27).identity()))["protected"] == [0, 1, -1]
+
+
+def test_the_skip_shift_holds_the_deployed_level_and_is_folded_into_the_routers(mc_file, tmp_path):
+    from drllm.train.kl import fit_kl
+
+    routed, tokenizer = RoutedModel(tiny_model("llama", num_hidden_layers=6)), tiny_tokenizer()
+    routed.model.requires_grad_(False)
+    rows = build_teacher(routed, tokenizer, _pool(mc_file, tokenizer), tmp_path, tokens=3,
+                         progress=False)  # fmt: skip
+    routers = routed.add_routers(kind="static")
+    start_routers(routers, [1] * 6, 4.0)  # starts at every layer: the shift must make it skip two
+    with torch.no_grad():
+        routers.static.logits[:, 1] += torch.tensor(
+            [0.0, 0.0, 0.3, 0.2, 0.1, 0.0]
+        )  # no ties among free layers
+    settings = KLSettings(kind="static", target_layers=4, epochs=3, batch_size=4, lr=0.01, dual_lr=0.5)
+    history = fit_kl(routed, rows, rows[:4], settings, pad_id=0)
+    assert history[-1]["val_layers"] == pytest.approx(4.0)
+    ids = torch.tensor([rows[0]["prompt_ids"]])
+    assert sum(routed.route(ids)[0].tolist()) == 4  # deployed at budget 0: the shift is in the routers
