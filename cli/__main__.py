@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     from drllm.search.records import OutputLockedError
 
     try:
-        command_function(name)(**kwargs)
+        result = command_function(name)(**kwargs)
+        print_result(name, result)
     except ValueError as err:  # a bad argument or input file: a usage error
         _fail(_one_line(err))
     except (OSError, OutputLockedError, RuntimeError) as err:  # files, disks, locks, state: runtime
@@ -211,6 +212,22 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"drllm: {name} interrupted; {kept}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def print_result(name: str, result) -> None:
+    """A command's result on stdout (progress and logs go to stderr): a table for eval, JSON otherwise."""
+    import json
+
+    if name in ("generate", "demo") or result is None:
+        return  # generate prints its completion itself; the demo's report is a file it names
+    if name == "eval":
+        from drllm.evaluation.report import markdown_table
+
+        layers = max((int(round(r.layers)) for r in result if r.method == "base"), default=0)
+        print(markdown_table(result, layers), end="")
+        return
+    shown = {k: v for k, v in result.items() if k != "history"} if isinstance(result, dict) else result
+    print(json.dumps(shown, indent=2, default=str))
 
 
 def _one_line(err: Exception) -> str:

@@ -86,3 +86,12 @@ def test_a_damaged_stage_file_makes_the_demo_run_that_stage_again(tmp_path, name
     assert demo._finished(tmp_path, args, ("results.json", "decisions.json", "metrics.json"))
     (tmp_path / name).write_text('{"rows": [')  # cut off mid-write
     assert not demo._finished(tmp_path, args, ("results.json", "decisions.json", "metrics.json"))
+
+
+def test_results_go_to_stdout_and_progress_to_stderr(tiny_model_dir, mc_file, tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    argv = ["search", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--output", str(out)]
+    cli.main([*argv, "--limit", "2", "--simulations", "2", "--sweep", "false"])
+    captured = capsys.readouterr()
+    assert isinstance(json.loads(captured.out), dict)  # the summary, and nothing else, on stdout
+    assert "drllm" not in captured.out.splitlines()[0] or captured.out.lstrip().startswith("{")
