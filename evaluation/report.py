@@ -202,6 +202,8 @@ def findings(rows: Sequence[EvalRow]) -> list[str]:
                 continue
             parts = [f"{_name(row)} at {row.layers:.2f} layers: {100 * row.accuracy.value:.1f}%"]
             parts.append(_verdict(row.vs_base, "the base model"))
+            if row.level is not None and abs(row.layers - row.level) > 0.5:
+                parts.append(f"it missed its level of {row.level} layers: not compared with static paths")
             if row.vs_static is not None and row.method not in ("random",):
                 parts.append(_verdict(row.vs_static, f"the best static path ({row.vs_static.against})"))
             if row.fidelity is not None:

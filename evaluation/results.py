@@ -19,6 +19,9 @@ from .stats import bootstrap_interval, mcnemar_exact, paired_difference, wilson_
 
 # candidates for "the best static baseline"
 STATIC = ("greedy", "block-influence", "angular", "drop-last", "learned-static")
+LEVEL_TOLERANCE = 0.5
+"""A method whose mean layers on the evaluated examples miss its level by more than this (routers that could
+not reach it) is not compared with the static paths of that level: they run another depth."""
 
 
 def method_rows(task: str, methods: list, scoring: str) -> list[EvalRow]:
@@ -49,13 +52,14 @@ def method_rows(task: str, methods: list, scoring: str) -> list[EvalRow]:
         kl, agreement = _values(m, "kl"), _values(m, "token_agreement")
         row.kl = bootstrap_interval(kl) if kl else None
         row.token_agreement = bootstrap_interval(agreement) if agreement else None
+        at_level = m.level is not None and abs(row.layers - m.level) <= LEVEL_TOLERANCE
         ref = closest.get(m.level)
-        if kl and ref is not None and ref is not m:
+        if kl and ref is not None and ref is not m and at_level:
             row.kl_vs_static, row.kl_static = paired_difference(kl, _values(ref, "kl")), ref.name
         if m is not base:
             row.vs_base = compare("base", correct, [o.reward >= 1.0 for o in base.outcomes])
             ref = best.get(m.level)
-            if ref is not None and ref is not m:
+            if ref is not None and ref is not m and at_level:  # never against a path of another depth
                 row.vs_static = compare(ref.name, correct, [o.reward >= 1.0 for o in ref.outcomes])
         rows.append(row)
     return rows

@@ -315,3 +315,24 @@ def test_a_rerun_leaves_no_stale_result_and_a_full_disk_keeps_the_old_ones(tmp_p
     assert (
         "angular" in (out / "results.md").read_text() and "drop-last" not in (out / "results.md").read_text()
     )
+
+
+def test_routers_that_miss_their_level_are_not_compared_with_static_paths_of_it():
+    from drllm.evaluation.report import findings
+    from drllm.evaluation.results import method_rows
+    from drllm.evaluation.task_eval import _Method
+    from drllm.search.evaluator import Outcome
+
+    def method(name, layers, rewards, level=3):
+        m = _Method(name, level, path=(1, 1, 1, 0) if name != "routed" else None)
+        m.outcomes = [Outcome(float(r)) for r in rewards]
+        m.layers, m.tokens, m.decisions = [layers] * len(rewards), [5] * len(rewards), []
+        return m
+
+    base = method("base", 4, [1, 1, 0, 1], level=None)
+    rows = method_rows(
+        "t", [base, method("angular", 3, [1, 0, 0, 1]), method("routed", 3.9, [1, 1, 0, 1])], "mc-loglik"
+    )
+    routed = next(r for r in rows if r.method == "routed")
+    assert routed.vs_static is None and routed.vs_base is not None
+    assert any("missed its level of 3 layers" in line for line in findings(rows))
