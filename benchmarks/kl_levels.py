@@ -35,28 +35,35 @@ VAL_TASKS = ["arc_easy:validation", "mmlu:validation", "gsm8k:validation"]
 @torch.no_grad()
 def score(routed, rows, pad, batch_size, path=None, budget=None, fixed=()):
     """Per-row KL, top-1 agreement and layers for a static path or the attached routers."""
-    kl, agree, layers = [], [], []
+    return score_many(routed, rows, pad, batch_size, {"m": (path, budget)}, fixed)["m"]
+
+
+@torch.no_grad()
+def score_many(routed, rows, pad, batch_size, methods: dict, fixed=()):
+    """``score`` for several methods ``{name: (path or None, budget)}``, the teacher run once per batch."""
+    out = {name: {"kl": [], "agreement": [], "layers": []} for name in methods}
     for start in range(0, len(rows), batch_size):
         batch = batch_tensors(rows[start : start + batch_size], pad, routed.device)
         teacher = teacher_log_probs(routed, batch)
         target = batch["target"].bool()
-        if path is not None:
-            hidden = routed.backbone(batch["ids"], batch["attention"], torch.tensor(list(path)))
-            counts = [float(sum(path))] * batch["ids"].shape[0]
-        else:
-            relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=budget or 0.0)
-            with relaxed(routed, relaxation):
-                hidden = routed.backbone(batch["ids"], batch["attention"], route_mask=batch["prompt"])
-            counts = relaxation.layers().tolist()
-        student = F.log_softmax(routed.lm_logits(hidden[target]).float(), -1)
-        per_pos_kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
-        same = (student.argmax(-1) == teacher.argmax(-1)).float()
         rows_of = target.nonzero()[:, 0]
-        for b in range(target.shape[0]):
-            kl.append(float(per_pos_kl[rows_of == b].mean()))
-            agree.append(float(same[rows_of == b].mean()))
-        layers += counts
-    return {"kl": kl, "agreement": agree, "layers": layers}
+        for name, (path, budget) in methods.items():
+            if path is not None:
+                hidden = routed.backbone(batch["ids"], batch["attention"], torch.tensor(list(path)))
+                counts = [float(sum(path))] * batch["ids"].shape[0]
+            else:
+                relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=budget or 0.0)
+                with relaxed(routed, relaxation):
+                    hidden = routed.backbone(batch["ids"], batch["attention"], route_mask=batch["prompt"])
+                counts = relaxation.layers().tolist()
+            student = F.log_softmax(routed.lm_logits(hidden[target]).float(), -1)
+            per_pos_kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
+            same = (student.argmax(-1) == teacher.argmax(-1)).float()
+            for b in range(target.shape[0]):
+                out[name]["kl"].append(float(per_pos_kl[rows_of == b].mean()))
+                out[name]["agreement"].append(float(same[rows_of == b].mean()))
+            out[name]["layers"] += counts
+    return out
 
 
 def calibrate_budget(routed, rows, pad, batch_size, fixed, level, steps=12):
@@ -88,10 +95,14 @@ def main():
     ap.add_argument("--val-per-task", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--kinds", default="static,linear")
+    ap.add_argument("--linear-levels", default="27", help="levels at which linear routers are trained too")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (1 when the cores are shared)")
     ap.add_argument("--output", default="runs/kl_levels")
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
     out = Path(args.output)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     routed = load_routed("smollm2-135m-instruct", device="cpu")
     tokenizer = load_tokenizer("smollm2-135m-instruct")
@@ -108,10 +119,11 @@ def main():
     stats = calibration_statistics(routed, tokenizer, [r["prompt"] for r in calib], bs)
     results = {"validation_prompts": len(val), "training_prompts": len(train), "levels": {}}
     for level in [int(v) for v in args.levels.split(",")]:
-        methods = {}
-        for name, path in heuristic_paths(stats, L, level, fixed).items():
-            methods[name] = score(routed, val, pad, bs, path=path)
-        for kind in args.kinds.split(","):
+        heuristics = heuristic_paths(stats, L, level, fixed)
+        methods = score_many(routed, val, pad, bs, {n: (p, None) for n, p in heuristics.items()}, fixed)
+        linear_levels = {int(v) for v in args.linear_levels.split(",") if v}
+        kinds = [k for k in args.kinds.split(",") if k == "static" or level in linear_levels]
+        for kind in kinds:
             folder = out / f"{kind}-{level}"
             if not (folder / "metrics.json").exists():
                 train_kl(
@@ -149,7 +161,7 @@ def main():
         compare = {}
         if "learned-static" in methods:
             compare["learned-static - " + best] = paired(methods["learned-static"]["kl"], methods[best]["kl"])
-        for kind in args.kinds.split(","):
+        for kind in kinds:
             if kind != "static" and "learned-static" in methods:
                 compare[f"learned-{kind} - learned-static"] = paired(
                     methods[f"learned-{kind}"]["kl"], methods["learned-static"]["kl"]
