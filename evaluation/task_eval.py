@@ -135,10 +135,17 @@ class _TaskEvaluation:
         return rows
 
     def _calibration_examples(self, eval_split: str, evaluated: list) -> list:
-        """Training examples to calibrate on: never one that is evaluated, nor one the routers saw."""
+        """Training examples to calibrate on: never one the routers saw, and none evaluated when others exist.
+
+        Where only evaluated examples remain (a single-split task evaluated whole), they are used and every
+        title of the results says so.
+        """
         task, s = self.task, self.s
         train = task.default_split_train
         pool = task.load(train, data_dir=s.data_dir, strict=s.strict)
+        if s.trained_on:
+            pool = fresh_examples(pool, s.trained_on, len(pool), f"the {train} split of {self.name}")
+            log.info("%s: calibrating on %s examples the routers were not trained on", self.name, train)
         scored = {str(ex.id) for ex in evaluated}
         if train == eval_split or any(str(ex.id) in scored for ex in pool):
             left = [ex for ex in pool if str(ex.id) not in scored]
@@ -153,18 +160,7 @@ class _TaskEvaluation:
             else:  # said in the log and in every title of the results, never silently
                 self.caveat = f"calibrated on the evaluated examples: the {train} split has no others"
                 log.warning("task %r: %s; evaluate fewer (limit) to calibrate apart", self.name, self.caveat)
-        if not s.trained_on:
-            return pool[: s.calibration]
-        calib = fresh_examples(pool, s.trained_on, s.calibration, f"the {train} split of {self.name}")
-        log.info(
-            "%s: calibrating on %d %s examples the routers were not trained on (%d of %d were)",
-            self.name,
-            len(calib),
-            train,
-            sum(ex.id in s.trained_on for ex in pool),
-            len(pool),
-        )
-        return calib
+        return pool[: s.calibration]
 
     # ------------------------------------------------------------------ methods
     def _static_methods(self, calib) -> list[_Method]:
