@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = command_function(name)(**kwargs)
         print_result(name, result)
-    except ValueError as err:  # a bad argument or input file: a usage error
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:  # a bad argument or input file
         _fail(_one_line(err))
     except (OSError, OutputLockedError, RuntimeError) as err:  # files, disks, locks, state: runtime
         _fail(_one_line(err), RUNTIME_ERROR)

@@ -121,6 +121,10 @@ def run_kl_signal(
     """The KL signal test and the token-level headroom; writes ``signal_kl.json`` and ``signal_kl.md``."""
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0 nats, got {threshold!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be a whole number >= 2, got {folds!r}")
     check_output(output, folder=True)
     routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, None, "run_signal", dtype)
     L = routed.num_layers
@@ -130,6 +134,8 @@ def run_kl_signal(
         routed, tokenizer, prompts, Path(output) / "teacher", continuation_tokens, batch_size
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if folds > len(rows):
+        raise ValueError(f"folds ({folds}) must not exceed the prompts ({len(rows)})")
     K, headroom = skip_kl_matrix(routed, rows, allowed, pad, batch_size, threshold)
     features = prompt_features(routed, tokenizer, [r["prompt"] for r in rows], layer, batch_size)
     result = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -53,9 +54,16 @@ def staged(folder: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     new = {p.name for p in stage.iterdir()}
-    for entry in folder.iterdir():
-        if owned(entry.name) and entry.name not in new:
-            _remove(entry)
+    stale = [entry for entry in folder.iterdir() if owned(entry.name) and entry.name not in new]
+    if stale or any((folder / name).exists() for name in new):
+        removed = ", ".join(sorted(e.name for e in stale))
+        logging.getLogger("drllm.evaluation.evaluate").warning(
+            "%s: replacing the earlier evaluation there%s",
+            folder,
+            f" (removing {removed}, which this run does not make)" if stale else "",
+        )
+    for entry in stale:
+        _remove(entry)
     for name in sorted(new, key=lambda n: n != "results.json"):  # results.json first: the rest follow it
         target = folder / name
         if target.is_dir() and not target.is_symlink():

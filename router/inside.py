@@ -53,7 +53,13 @@ class InsideModel:
         Returns:
             ``[B, T, d]`` hidden states; ``lm_logits`` turns them into logits.
         """
-        batch = self._check_inputs(input_ids, attention_mask, None)
+        packed = position_ids is not None
+        batch = self._check_inputs(input_ids, attention_mask, None, packed)
+        limit = self.context_length
+        if packed and limit is not None and int(position_ids.max()) >= limit:
+            raise ValueError(
+                f"position {int(position_ids.max())} is past the model's context of {limit} tokens"
+            )
         flat = attention_mask is None or (
             isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2
         )

@@ -355,7 +355,12 @@ class RoutedModel(InsideModel, nn.Module):
         config = self.model.config
         return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
-    def _check_inputs(self, input_ids, attention_mask, inputs_embeds) -> int:
+    def _check_inputs(self, input_ids, attention_mask, inputs_embeds, packed: bool = False) -> int:
+        """Refuse bad inputs in one line; returns the batch size.
+
+        ``packed``: rows carry their own position ids (a prompt and its options side by side), so the
+        context bounds the positions, not the row length.
+        """
         if self._unwrapped:
             raise RuntimeError(
                 "this RoutedModel was unwrapped (routed.unwrap()); its layers are the plain model's again, "
@@ -378,7 +383,7 @@ class RoutedModel(InsideModel, nn.Module):
         if length == 0:
             raise ValueError("the prompt is empty (0 tokens)")
         limit = self.context_length
-        if limit is not None and length > limit:
+        if limit is not None and length > limit and not packed:
             raise ValueError(f"the prompt has {length} tokens, the model's context is {limit} tokens")
         if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:  # else a 4D mask (or dict)
             if tuple(attention_mask.shape) != (batch, length):

@@ -109,7 +109,8 @@ def build_teacher(
     identity = teacher_identity(routed, tokenizer, tokens)
     _check_identity(folder / META_NAME, identity)
     done = _read_rows(folder / ROWS_NAME)
-    missing = [p for p in prompts if p.id not in done]
+    # a row is reused only for the same prompt text: an example edited under the same id is generated again
+    missing = [p for p in prompts if p.id not in done or done[p.id].get("prompt") != p.text]
     context = routed.context_length
     with open(folder / ROWS_NAME, "a") as out:
         bar = tqdm(total=len(missing), desc="teacher continuations", disable=not progress, unit="prompt")

@@ -17,6 +17,9 @@ ROUTER_KINDS = ("mlp", "linear", "shared", "knn", "static")
 CONTROLS = ("none", "shuffled")
 LOGGERS = ("csv", "wandb", "none", "", None, False)
 OBJECTIVES = ("labels", "kl")
+LABEL_ONLY = {"paths": None, "targets": "hard", "safe_margin": 0.0, "control": "none", "online": False,
+              "read_layer": None, "cache_dir": None}  # fmt: skip
+KL_ONLY = {"target_layers": None, "min_layers": 0.0, "tasks": None}
 
 
 def check_arguments(args: dict) -> None:
@@ -26,6 +29,19 @@ def check_arguments(args: dict) -> None:
     if args["objective"] == "kl":
         if args["target_layers"] is None or not _finite(args["target_layers"]):
             raise ValueError(f"--objective kl needs --target-layers N, got {args['target_layers']!r}")
+        if not _finite(args["min_layers"]) or not 0 <= args["min_layers"] <= args["target_layers"]:
+            raise ValueError(
+                f"min_layers must lie in [0, target_layers = {args['target_layers']}], "
+                f"got {args['min_layers']!r}"
+            )
+        if args["tasks"] is not None and not list(args["tasks"]):
+            raise ValueError("tasks is empty: name at least one task (or leave it out for the default pool)")
+        for name, default in LABEL_ONLY.items():
+            if args[name] != default:
+                raise ValueError(f"{name} is a flag of label training; --objective kl does not use it")
+    elif any(args[name] != default for name, default in KL_ONLY.items()):
+        used = [name for name, default in KL_ONLY.items() if args[name] != default]
+        raise ValueError(f"{', '.join(used)}: flags of --objective kl; label training does not use them")
     elif args["paths"] is None:
         raise ValueError("--objective labels trains on a search's paths file: pass --paths FILE")
     elif args["router"] == "static":

@@ -54,6 +54,8 @@ def train_kl(
     device: str | None = None,
     dtype: str | None = None,
     data_dir: str | None = None,
+    num_windows: int = 8,
+    bottleneck: int = 128,
 ) -> dict:
     """Train routers on KL to the base model at ``target_layers`` mean layers; returns ``metrics.json``."""
     if router not in KL_KINDS:
@@ -105,11 +107,13 @@ def train_kl(
             "calibration_prompts": calibration_prompts,
             "dtype": str(dtype),
             "start_path": list(candidates[start]),
+            "num_windows": num_windows,
+            "bottleneck": bottleneck,
             **settings.identity(),
         }
         state = _resume_state(output / STATE_NAME, run, resume)
         routed.model.requires_grad_(False)
-        routers = routed.add_routers(kind=router, seed=seed)
+        routers = routed.add_routers(num_windows, bottleneck, seed, kind=router)
         start_routers(routers, candidates[start], settings.start_margin)
         history = fit_kl(
             routed,

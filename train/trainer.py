@@ -173,6 +173,8 @@ def train_routers(
             tokenizer=tokenizer,
             device=device,
             dtype=dtype,
+            num_windows=num_windows,
+            bottleneck=bottleneck,
         )
     lr = 1e-3 if lr is None else lr
     first = read_records(paths)

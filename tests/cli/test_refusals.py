@@ -95,3 +95,62 @@ def test_results_go_to_stdout_and_progress_to_stderr(tiny_model_dir, mc_file, tm
     captured = capsys.readouterr()
     assert isinstance(json.loads(captured.out), dict)  # the summary, and nothing else, on stdout
     assert "drllm" not in captured.out.splitlines()[0] or captured.out.lstrip().startswith("{")
+
+
+def test_kl_training_refuses_label_flags_and_impossible_settings(tiny_model_dir, tmp_path, capsys):
+    task = exact_file(tmp_path / "ex.jsonl", n=4)
+    argv = ["train", "--model", tiny_model_dir, "--objective", "kl", "--target-layers", "3", "--tasks", task]
+    argv += ["--output", str(tmp_path / "k")]
+    assert "control is a flag of label training" in _fails([*argv, "--control", "shuffled"], capsys)
+    assert "read_layer is a flag of label training" in _fails([*argv, "--read-layer", "2"], capsys)
+    assert "min_layers must lie in [0, target_layers = 3" in _fails([*argv, "--min-layers", "10"], capsys)
+    labels = ["train", "--model", tiny_model_dir, "--paths", task, "--output", str(tmp_path / "l")]
+    assert "flags of --objective kl" in _fails([*labels, "--target-layers", "3"], capsys)
+
+
+def test_kl_signal_refuses_k_zero_and_a_missing_file_is_bad_input(tiny_model_dir, tmp_path, capsys):
+    task = exact_file(tmp_path / "ex.jsonl", n=4)
+    argv = [
+        "signal",
+        "--model",
+        tiny_model_dir,
+        "--target",
+        "kl",
+        "--tasks",
+        task,
+        "--output",
+        str(tmp_path / "s"),
+    ]
+    assert "k must be a whole number >= 1" in _fails([*argv, "--k", "0"], capsys)
+    gen = ["generate", "--model", tiny_model_dir, "--prompt", "hi", "--routers", str(tmp_path / "none")]
+    assert "router_config.json" in _fails(gen, capsys)  # exit 2: a bad input, not a runtime failure
+
+
+def test_an_edited_prompt_under_the_same_id_is_generated_again(tmp_path):
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    from drllm.router import RoutedModel
+    from drllm.search.teacher import Prompt, build_teacher
+
+    routed, tok = RoutedModel(tiny_model("llama")), tiny_tokenizer()
+    first = build_teacher(routed, tok, [Prompt("a", "t", "say ab")], tmp_path, tokens=3, progress=False)
+    again = build_teacher(routed, tok, [Prompt("a", "t", "print xyz")], tmp_path, tokens=3, progress=False)
+    assert again[0]["prompt"] == "print xyz" and again[0]["prompt_ids"] != first[0]["prompt_ids"]
+
+
+def test_a_prompt_with_options_longer_than_the_context_together_is_scored(tmp_path):
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    from drllm.router import RoutedModel
+    from drllm.search.evaluator import PathEvaluator
+
+    routed = RoutedModel(tiny_model("llama", max_position_embeddings=64))
+    row = {"id": "long", "question": "x" * 8, "choices": ["a" * 25, "b" * 25, "c" * 25], "answer": 0}
+    path = tmp_path / "packed.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    ev = PathEvaluator(routed, tiny_tokenizer(), get_task(f"jsonl:{path}"))
+    (p,) = ev.prepare(get_task(f"jsonl:{path}").load())
+    assert (
+        len(p.tokens) > 64 and int(p.positions.max()) < 64
+    )  # packed past the context, each option within it
+    assert ev.outcomes([(p, (1, 1, 1, 1))])[0].answer in (0, 1, 2)
