@@ -36,6 +36,7 @@ class Relaxation:
         sample: bool = True,
         generator: torch.Generator | None = None,
         budget: float = 0.0,
+        straight_through: bool = True,
     ):
         if not tau > 0:
             raise ValueError(f"the Gumbel-softmax temperature must be > 0, got {tau!r}")
@@ -47,6 +48,7 @@ class Relaxation:
         self.sample = sample
         self.generator = generator
         self.budget = float(budget)  # added to the skip logit, as ``RoutedModel.budget`` does at inference
+        self.straight_through = straight_through  # False: hard gates carry no gradient (score-function)
         self.reset()
 
     def reset(self) -> None:
@@ -72,6 +74,8 @@ class Relaxation:
         else:  # the deployed argmax, with the softmax's gradient
             hard = F.one_hot(logits.argmax(-1), 3).to(probs.dtype)
             gate = hard - probs.detach() + probs
+        if not self.straight_through:
+            gate = gate.detach()  # the model runs the sampled path; only ``probs`` keeps a gradient
         self.gates[index], self.probs[index] = gate, probs
         return gate
 
@@ -95,6 +99,18 @@ class Relaxation:
         return self._count(
             [None if p is None else F.one_hot(p.detach().argmax(-1), 3).float() for p in self.probs]
         )
+
+    def path_log_prob(self) -> torch.Tensor:
+        """Log-probability ``[B]`` of each row's sampled path under the routers' softmax (score-function)."""
+        total = None
+        for gate, probs in zip(self.gates, self.probs, strict=True):
+            if gate is None:
+                continue
+            term = (probs.clamp(min=1e-12).log() * gate.detach()).sum(-1)
+            total = term if total is None else total + term
+        if total is None:
+            raise RuntimeError("no relaxed forward has run (or every layer is fixed)")
+        return total
 
     def expected_layers(self) -> torch.Tensor:
         """Expected layers per row ``[B]`` under the routers' softmax (the fixed layers count 1)."""
