@@ -41,14 +41,18 @@ def score(routed, rows, pad, batch_size, path=None, budget=None, fixed=()):
 @torch.no_grad()
 def score_many(routed, rows, pad, batch_size, methods: dict, fixed=()):
     """``score`` for several methods ``{name: (path or None, budget)}``, the teacher run once per batch."""
-    out = {name: {"kl": [], "agreement": [], "layers": []} for name in methods}
+    out = {name: {"kl": [], "agreement": [], "layers": [], "decisions": []} for name in methods}
     for start in range(0, len(rows), batch_size):
         batch = batch_tensors(rows[start : start + batch_size], pad, routed.device)
         teacher = teacher_log_probs(routed, batch)
         target = batch["target"].bool()
         rows_of = target.nonzero()[:, 0]
         for name, (path, budget) in methods.items():
-            if path is not None:
+            if isinstance(path, torch.Tensor):  # per-row decisions [N, L] for every row of ``rows``
+                rows_path = path[start : start + batch["ids"].shape[0]]
+                hidden = routed.backbone(batch["ids"], batch["attention"], rows_path)
+                counts = rows_path.sum(1).float().tolist()
+            elif path is not None:
                 hidden = routed.backbone(batch["ids"], batch["attention"], torch.tensor(list(path)))
                 counts = [float(sum(path))] * batch["ids"].shape[0]
             else:
@@ -56,6 +60,7 @@ def score_many(routed, rows, pad, batch_size, methods: dict, fixed=()):
                 with relaxed(routed, relaxation):
                     hidden = routed.backbone(batch["ids"], batch["attention"], route_mask=batch["prompt"])
                 counts = relaxation.layers().tolist()
+                out[name]["decisions"] += relaxation.decisions().tolist()
             student = F.log_softmax(routed.lm_logits(hidden[target]).float(), -1)
             per_pos_kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
             same = (student.argmax(-1) == teacher.argmax(-1)).float()
@@ -118,6 +123,8 @@ def main():
     calib = shuffled[:64]
     stats = calibration_statistics(routed, tokenizer, [r["prompt"] for r in calib], bs)
     results = {"validation_prompts": len(val), "training_prompts": len(train), "levels": {}}
+    if (out / "results.json").exists():  # levels from earlier runs stay
+        results["levels"] = json.loads((out / "results.json").read_text()).get("levels", {})
     for level in [int(v) for v in args.levels.split(",")]:
         heuristics = heuristic_paths(stats, L, level, fixed)
         methods = score_many(routed, val, pad, bs, {n: (p, None) for n, p in heuristics.items()}, fixed)
@@ -144,6 +151,10 @@ def main():
             methods[f"learned-{kind}"] = score(routed, val, pad, bs, budget=budget, fixed=fixed)
             methods[f"learned-{kind}"]["budget"] = budget
             routed.routers = None
+            if kind != "static":  # the shuffled-input control: each prompt gets another prompt's decisions
+                decisions = torch.tensor(methods[f"learned-{kind}"]["decisions"])
+                order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))
+                methods[f"shuffled-{kind}"] = score(routed, val, pad, bs, path=decisions[order], fixed=fixed)
         heuristics = [m for m in ("angular", "block-influence") if m in methods]
         best = min(heuristics, key=lambda m: np.mean(methods[m]["kl"]))
         row = {
@@ -166,10 +177,14 @@ def main():
                 compare[f"learned-{kind} - learned-static"] = paired(
                     methods[f"learned-{kind}"]["kl"], methods["learned-static"]["kl"]
                 )
-        results["levels"][level] = {"methods": row, "best_heuristic": best, "paired_kl": compare}
+            if kind != "static":
+                compare[f"learned-{kind} - shuffled-{kind}"] = paired(
+                    methods[f"learned-{kind}"]["kl"], methods[f"shuffled-{kind}"]["kl"]
+                )
+        results["levels"][str(level)] = {"methods": row, "best_heuristic": best, "paired_kl": compare}
         (out / "results.json").write_text(json.dumps(results, indent=2))
         (out / f"per_example-{level}.json").write_text(json.dumps(methods))
-        print(json.dumps(results["levels"][level], indent=1), flush=True)
+        print(json.dumps(results["levels"][str(level)], indent=1), flush=True)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def generate(
     if not prompt.strip():
         raise ValueError("the prompt is empty")
     _check_decoding(max_new_tokens, temperature, top_p, top_k, num_beams, stream)
+    _check_unused(do_sample, temperature, top_p, top_k, seed, routers, decisions, budget)
     routed = load_routed(model, device=device, routers=routers, dtype=dtype)
     routed.budget = budget
     tok = load_tokenizer(model)
@@ -110,3 +111,20 @@ def _check_decoding(max_new_tokens, temperature, top_p, top_k, num_beams, stream
         raise ValueError(f"num_beams must be a whole number >= 1, got {num_beams!r}")
     if stream and num_beams > 1:
         raise ValueError("--stream shows one sequence as it comes; beam search keeps several: use one")
+
+
+def _check_unused(do_sample, temperature, top_p, top_k, seed, routers, decisions, budget) -> None:
+    """Refuse a flag that would be silently ignored: sampling settings without sampling, and so on."""
+    given = [
+        f"--{flag}"
+        for flag, value, default in (("temperature", temperature, 1.0), ("top-p", top_p, 1.0),
+                                     ("top-k", top_k, 50), ("seed", seed, 0))
+        if value != default
+    ]  # fmt: skip
+    if given and not do_sample:
+        raise ValueError(f"{', '.join(given)} only apply when sampling: add --do-sample, or drop them")
+    if budget and (routers is None or decisions):
+        why = "--decisions fixes the path" if decisions else "no --routers are given"
+        raise ValueError(f"--budget biases the routers' skip logits, but {why}: drop --budget")
+    if routers is not None and decisions:
+        raise ValueError("give either --decisions (a fixed path) or --routers (they decide), not both")

@@ -341,9 +341,14 @@ def _check_counts(limit: int, fidelity_tokens: int, batch_size: int) -> None:
 
 
 def _fixed(decisions) -> list[int] | None:
-    if decisions is None or isinstance(decisions, (list, tuple)):
-        return None if decisions is None else list(decisions)
-    return parse_decisions(str(decisions))
+    if decisions is None:
+        return None
+    path = list(decisions) if isinstance(decisions, (list, tuple)) else parse_decisions(str(decisions))
+    if not any(path):
+        raise ValueError(
+            "--decisions skips every layer: the depth analysis follows a path through at least one layer"
+        )
+    return path
 
 
 def _mean(values) -> float | None:

@@ -36,7 +36,7 @@ from drllm.search.records import check_output
 from drllm.search.teacher import build_teacher, task_prompts
 
 from .report import atomic_write_text
-from .signal import _allowed, _choices, _iv, prompt_features
+from .signal import _allowed, _choices, _iv, check_neighbours, prompt_features
 from .stats import bootstrap_interval, paired_difference
 
 PREDICTORS = ("knn", "static", "knn-shuffled", "oracle")
@@ -134,8 +134,7 @@ def run_kl_signal(
         routed, tokenizer, prompts, Path(output) / "teacher", continuation_tokens, batch_size
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if folds > len(rows):
-        raise ValueError(f"folds ({folds}) must not exceed the prompts ({len(rows)})")
+    check_neighbours(k, folds, len(rows))
     K, headroom = skip_kl_matrix(routed, rows, allowed, pad, batch_size, threshold)
     features = prompt_features(routed, tokenizer, [r["prompt"] for r in rows], layer, batch_size)
     result = {

@@ -117,6 +117,22 @@ def _allowed(num_layers: int, protect: tuple[int, ...]) -> np.ndarray:
     return allowed
 
 
+def check_neighbours(k: int, folds: int, n: int) -> None:
+    """Refuse ``k`` and ``folds`` that leave the nearest-prompt test meaningless on ``n`` prompts.
+
+    With ``k`` as large as a fold's training prompts, every prompt is every other's neighbour and ``knn``
+    silently becomes the ``static`` choice.
+    """
+    if not 2 <= folds <= n:
+        raise ValueError(f"folds must lie in 2..{n} (the prompts), got {folds}")
+    smallest = n - -(-n // folds)  # training prompts of the largest held-out fold
+    if k < 1 or k >= smallest:
+        raise ValueError(
+            f"k={k} neighbours of {smallest} training prompts per fold: k must lie in 1..{smallest - 1}, "
+            "or knn is just the static choice (lower --k, or give more prompts)"
+        )
+
+
 def _choices(features: np.ndarray, delta: np.ndarray, allowed: np.ndarray, k: int, folds: int, seed: int):
     """Cross-validated chosen layer per example and predictor (``[N]`` each)."""
     n = len(delta)
@@ -129,12 +145,11 @@ def _choices(features: np.ndarray, delta: np.ndarray, allowed: np.ndarray, k: in
     chosen["oracle"] = masked.argmax(1)
     for f in range(folds):
         test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-        kk = min(k, len(train))
         mean = np.where(allowed, delta[train].mean(0), -np.inf)
         chosen["static"][test] = mean.argmax()
         for name, feats in (("knn", x[train]), ("knn-shuffled", x[train][rng.permutation(len(train))])):
             sims = x[test] @ feats.T
-            near = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             pred = np.where(allowed, delta[train][near].mean(1), -np.inf)
             chosen[name][test] = pred.argmax(1)
     return chosen
@@ -152,8 +167,7 @@ def signal_test(
     n, L = len(table.ids), table.num_layers
     if len(features) != n:
         raise ValueError(f"{len(features)} feature rows for {n} examples")
-    if k < 1 or not 2 <= folds <= n:
-        raise ValueError(f"k must be >= 1 and folds in 2..{n}, got k={k}, folds={folds}")
+    check_neighbours(k, folds, n)
     protect = (0, 1, L - 1) if protect is None else tuple(protect)
     allowed = _allowed(L, protect)
     result = {"examples": n, "num_layers": L, "k": k, "folds": folds, "protected": list(protect), "edits": {}}

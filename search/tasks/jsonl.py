@@ -80,12 +80,18 @@ class _JsonlSource:
         limit: int | None = None,
         strict: bool = False,
     ) -> list[Example]:
-        """Load and check every row of the file (``split`` and ``data_dir`` are ignored).
+        """Load and check every row of the file (``data_dir`` is ignored; ``split`` must be ``"all"``).
 
-        With ``strict`` the first bad row raises ValueError naming file and line; without it, each bad row
+        A split name such as ``validation`` is refused: the file is one split, so evaluating "its validation
+        split" would evaluate (and calibrate on) the same rows. With ``strict`` the first bad row raises ValueError naming file and line; without it, each bad row
         is skipped with a warning naming it (a file with no good row still raises).
         """
         check_limit(limit)
+        if split not in self.splits:
+            raise ValueError(
+                f"task {self.name!r} is one jsonl file ({self.path}) with no split {split!r}: leave out "
+                "--split (or pass 'all'), and keep held-out rows in a file of their own"
+            )
         bad = BadRows(str(self.path), strict)
         examples, seen = [], {}
         for number, row in _parse_jsonl(self.path, bad):

@@ -55,6 +55,16 @@ def test_generate_refuses_a_prompt_past_the_context_and_bad_decoding_flags(tiny_
     assert "num_beams must be a whole number >= 1" in _fails([*argv, "--num-beams", "0"], capsys)
 
 
+def test_generate_refuses_flags_it_would_ignore(tiny_model_dir, tmp_path, capsys):
+    argv = ["generate", "--model", tiny_model_dir, "--prompt", "hi"]
+    line = _fails([*argv, "--temperature", "0.5", "--top-k", "3"], capsys)
+    assert "--temperature, --top-k only apply when sampling" in line
+    assert "no --routers are given" in _fails([*argv, "--budget", "1.5"], capsys)
+    assert "--decisions fixes the path" in _fails([*argv, "--decisions", "1,1,1,1", "--budget", "1"], capsys)
+    both = [*argv, "--decisions", "1,1,1,1", "--routers", str(tmp_path)]
+    assert "not both" in _fails(both, capsys)
+
+
 def test_generate_samples_and_beams_with_routers_deciding_once(tiny_model_dir, capsys):
     argv = [
         "generate",
@@ -154,3 +164,17 @@ def test_a_prompt_with_options_longer_than_the_context_together_is_scored(tmp_pa
         len(p.tokens) > 64 and int(p.positions.max()) < 64
     )  # packed past the context, each option within it
     assert ev.outcomes([(p, (1, 1, 1, 1))])[0].answer in (0, 1, 2)
+
+
+def test_analyze_refuses_a_path_that_skips_every_layer(tiny_model_dir, mc_file, tmp_path, capsys):
+    argv = [
+        "analyze",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        f"jsonl:{mc_file}",
+        "--output",
+        str(tmp_path / "a"),
+    ]
+    assert "skips every layer" in _fails([*argv, "--decisions", "0,0,0,0"], capsys)
+    assert not (tmp_path / "a").exists()

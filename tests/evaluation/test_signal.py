@@ -60,8 +60,10 @@ def test_protected_layers_are_never_chosen_and_bad_settings_are_refused():
         signal_test(features, table, protect=tuple(range(L)))
     with pytest.raises(ValueError, match="protected layer 9 does not exist"):
         signal_test(features, table, protect=(9,))
-    with pytest.raises(ValueError, match="folds in 2..120"):
+    with pytest.raises(ValueError, match="folds must lie in 2..120"):
         signal_test(features, table, folds=1)
+    with pytest.raises(ValueError, match="k=96 neighbours of 96 training prompts.*just the static choice"):
+        signal_test(features, table, k=96, folds=5)  # every training prompt a neighbour: knn == static
     with pytest.raises(ValueError, match="3 feature rows for 120 examples"):
         signal_test(features[:3], table)
 
@@ -114,7 +116,19 @@ def test_signal_command(tiny_model_dir, mc_file, tmp_path):
 
     paths = tmp_path / "p.jsonl"
     main(["search", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--output", str(paths)])
-    main(["signal", "--model", tiny_model_dir, "--paths", str(paths), "--output", str(tmp_path / "s")])
+    main(
+        [
+            "signal",
+            "--model",
+            tiny_model_dir,
+            "--paths",
+            str(paths),
+            "--output",
+            str(tmp_path / "s"),
+            "--k",
+            "4",
+        ]
+    )
     main(
         ["signal", "--model", tiny_model_dir, "--paths", str(paths), "--output", str(tmp_path / "t")]
         + ["--k", "2", "--folds", "3", "--protect", "0,3"]

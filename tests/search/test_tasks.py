@@ -237,3 +237,11 @@ def test_grading_through_tasks():
     assert arc.grade(ARC_EX, " B") and arc.grade(ARC_EX, " steam rises") and not arc.grade(ARC_EX, "C")
     math = get_task("math")
     assert math.grade(MATH_EX, r"so $\boxed{1}$") and not math.grade(MATH_EX, r"\boxed{2}")
+
+
+def test_jsonl_refuses_a_split_it_does_not_have(tmp_path):
+    """A jsonl file is one split: ``--split validation`` would evaluate and calibrate on the same rows."""
+    task = get_task(_write(tmp_path / "one.jsonl", [{"id": "a", "prompt": "2+2=", "target": " 4"}]))
+    assert len(task.load("all")) == 1
+    with pytest.raises(ValueError, match="one.jsonl.*no split 'validation'"):
+        task.load("validation")
