@@ -53,3 +53,14 @@ def test_run_signal_kl_matrix_equals_each_skip_scored_alone(tmp_path, tiny_model
     assert oracle == pytest.approx(per_layer.min(0).mean(), rel=1e-4, abs=1e-6)
     with pytest.raises(ValueError, match="threshold"):
         run_signal(tiny_model_dir, output=str(tmp_path / "x"), target="kl", tasks=[task], threshold=0)
+
+
+def test_signal_kl_names_a_task_too_small_for_k_and_refuses_k_for_the_pool(tmp_path, tiny_model_dir):
+    big, small = choice_file(tmp_path / "big.jsonl", n=10), choice_file(tmp_path / "small.jsonl", n=4)
+    common = dict(target="kl", continuation_tokens=2, folds=2, batch_size=4, device="cpu")
+    result = run_signal(tiny_model_dir, output=str(tmp_path / "s"), tasks=[big, small], k=3, **common)
+    (task,) = result["too_few_for_per_task"]
+    assert task.endswith("small.jsonl") and list(result["per_task"]) == [big]
+    assert "No test for" in (tmp_path / "s" / "signal_kl.md").read_text()
+    with pytest.raises(ValueError, match="k=7 neighbours of 7 training prompts"):
+        run_signal(tiny_model_dir, output=str(tmp_path / "t"), tasks=[big, small], k=7, **common)
