@@ -83,8 +83,9 @@ class _JsonlSource:
         """Load and check every row of the file (``data_dir`` is ignored; ``split`` must be ``"all"``).
 
         A split name such as ``validation`` is refused: the file is one split, so evaluating "its validation
-        split" would evaluate (and calibrate on) the same rows. With ``strict`` the first bad row raises ValueError naming file and line; without it, each bad row
-        is skipped with a warning naming it (a file with no good row still raises).
+        split" would evaluate (and calibrate on) the same rows. With ``strict`` the first bad row raises
+        ValueError naming file and line; without it, each bad row is skipped with a warning naming it (a file
+        with no good row still raises).
         """
         check_limit(limit)
         if split not in self.splits:
