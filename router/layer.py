@@ -39,6 +39,7 @@ class RoutingState:
         self.routers: nn.Module | None = None
         self.budget = 0.0
         self.relaxation = None  # a ``relaxed.Relaxation`` while gradient training runs (``relaxed.relaxed``)
+        self.stand_ins = None  # a ``stand_ins.StandIns``: what skips and repeats run in place of plain ones
         self.reset()
 
     def reset(self) -> None:
@@ -195,14 +196,19 @@ class RoutedLayer(nn.Module):
                 raise ValueError("relaxed routing runs without a KV cache (use_cache=False)")
             gate = state.relaxation.gate(i, hidden_states, state.pad_mask)
             run = lambda h: self._call(h, args, kwargs)  # noqa: E731
-            return self._wrap(run_relaxed(run, hidden_states, gate, state.relaxation.allow_repeat))
+            out = run_relaxed(
+                run, hidden_states, gate, state.relaxation.allow_repeat, self._skipped, self._damped
+            )
+            return self._wrap(out)
         decisions = state.decide(i, hidden_states) if state.pending[i] or state.plan[i] is None else None
         plan = state.plan[i]
         if plan == SKIP:
-            return self._wrap(hidden_states)
+            return self._wrap(self._skipped(hidden_states))
         if plan is not None:
             out = self._call(hidden_states, args, kwargs)
-            return self._wrap(self._call(out, args, kwargs, repeat=True) if plan == REPEAT else out)
+            if plan == REPEAT:
+                out = self._damped(out, self._call(out, args, kwargs, repeat=True))
+            return self._wrap(out)
         cache = _find_cache(args, kwargs)
         if cache is None:
             return self._wrap(self._run_rows(hidden_states, decisions, args, kwargs))
@@ -222,25 +228,40 @@ class RoutedLayer(nn.Module):
                     return self._unwrap(self.layer(hidden, *args, **kwargs))
         return self._unwrap(self.layer(hidden, *args, **kwargs))
 
+    def _skipped(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What a skip leaves: the input, or its linear stand-in."""
+        stand_ins = self.state.stand_ins
+        return hidden if stand_ins is None else stand_ins.apply(self.routed_index, hidden)
+
+    def _damped(self, once: torch.Tensor, twice: torch.Tensor) -> torch.Tensor:
+        """What a repeat leaves: the second pass, or the damped second pass."""
+        stand_ins = self.state.stand_ins
+        return twice if stand_ins is None else stand_ins.damp(self.routed_index, once, twice)
+
     def _run_rows(self, hidden: torch.Tensor, decisions: torch.Tensor, args, kwargs) -> torch.Tensor:
         """No cache: run the layer only on the rows that execute (then repeat) it."""
-        batch = hidden.shape[0]
+        batch, out = hidden.shape[0], hidden
         for wanted in (EXECUTE, REPEAT):
             rows = (decisions >= wanted).nonzero().flatten()
             if rows.numel() == 0:
                 break
             sub_args, sub_kwargs = _gather((args, kwargs), rows, batch)
-            out = self._call(hidden[rows], sub_args, sub_kwargs)
-            hidden = hidden.index_copy(0, rows, out.to(hidden.dtype))
-        return hidden
+            new = self._call(out[rows], sub_args, sub_kwargs)
+            if wanted == REPEAT:
+                new = self._damped(out[rows], new)
+            out = out.index_copy(0, rows, new.to(hidden.dtype))
+        skipped = (decisions == SKIP).nonzero().flatten()
+        if self.state.stand_ins is not None and skipped.numel():
+            out = out.index_copy(0, skipped, self._skipped(hidden[skipped]))
+        return out
 
     def _run_batch(self, hidden: torch.Tensor, decisions: torch.Tensor, args, kwargs) -> torch.Tensor:
         """With a cache: run the full batch, keep per row the input, the first or the second pass."""
         once = self._call(hidden, args, kwargs)
         keep = decisions.view(-1, *([1] * (hidden.dim() - 1)))
-        out = torch.where(keep == SKIP, hidden, once)
+        out = torch.where(keep == SKIP, self._skipped(hidden), once)
         if bool((decisions == REPEAT).any()):
-            twice = self._call(once, args, kwargs, repeat=True)
+            twice = self._damped(once, self._call(once, args, kwargs, repeat=True))
             out = torch.where(keep == REPEAT, twice, out)
         return out
 

@@ -42,16 +42,11 @@ from .inside import InsideModel, padded_positions  # noqa: F401 - padded_positio
 from .layer import RoutedLayer, RoutingState
 from .loading import load_model
 from .routers import RouterConfig, Routers
-from .surgery import (
-    causal_lm,
-    final_norm_scale,
-    layer_list,
-    put_layers,
-    wrap_layers,
-)
+from .stand_ins import STAND_INS_NAME, CarriesStandIns
+from .surgery import causal_lm, final_norm_scale, layer_list, put_layers, wrap_layers
 
 
-class RoutedModel(InsideModel, nn.Module):
+class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
     """A causal LM whose decoder layers are skipped, executed or repeated per input (see module docstring)."""
 
     def __init__(self, model: nn.Module):
@@ -158,10 +153,12 @@ class RoutedModel(InsideModel, nn.Module):
         return routers
 
     def load_routers(self, directory: str | os.PathLike) -> Routers:
-        """Load routers saved by ``save_pretrained``, refusing files made for another model."""
+        """Load routers saved by ``save_pretrained`` (and their stand-ins), refusing another model's files."""
         routers = Routers.from_pretrained(directory)
         self.check_compatible(routers.config, source=str(directory))
         self._attach(routers)
+        has_stand_ins = (Path(directory) / STAND_INS_NAME).is_file()
+        self.set_stand_ins(None) if not has_stand_ins else self.load_stand_ins(directory)
         return routers
 
     def check_compatible(self, config: RouterConfig, source: str = "routers") -> None:
@@ -203,6 +200,10 @@ class RoutedModel(InsideModel, nn.Module):
         if kwargs.get("safe_serialization") is False:
             raise ValueError("routers are saved as safetensors only; safe_serialization=False is not offered")
         self.routers.save_pretrained(Path(directory))
+        if self.stand_ins is not None:
+            self.stand_ins.save_pretrained(directory)
+        elif (Path(directory) / STAND_INS_NAME).exists():  # an earlier save's: not these routers'
+            (Path(directory) / STAND_INS_NAME).unlink()
         write_model_card(Path(directory), self.routers.config)
 
     # ----------------------------------------------------------------- as transformers and peft models

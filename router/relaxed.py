@@ -146,15 +146,22 @@ class Relaxation:
         return total + fixed
 
 
-def run_relaxed(layer_call, hidden: torch.Tensor, gate: torch.Tensor | None, allow_repeat: bool):
-    """``g_skip h + g_execute f(h) (+ g_repeat f(f(h)))`` for one layer; ``layer_call(h)`` runs it once."""
+def run_relaxed(
+    layer_call, hidden: torch.Tensor, gate: torch.Tensor | None, allow_repeat: bool, skipped=None, damped=None
+):
+    """``g_skip s(h) + g_execute f(h) (+ g_repeat r(f(h), f(f(h))))`` for one layer.
+
+    ``layer_call(h)`` runs the layer once; ``skipped(h)`` is what a skip leaves (default ``h``) and
+    ``damped(once, twice)`` what a repeat leaves (default ``twice``): the stand-ins, when there are some.
+    """
     once = layer_call(hidden)
     if gate is None:
         return once
     g = gate.to(hidden.dtype).view(gate.shape[0], *([1] * (hidden.dim() - 1)), 3)
-    out = g[..., SKIP] * hidden + g[..., EXECUTE] * once
+    out = g[..., SKIP] * (hidden if skipped is None else skipped(hidden)) + g[..., EXECUTE] * once
     if allow_repeat:
-        out = out + g[..., REPEAT] * layer_call(once)
+        twice = layer_call(once)
+        out = out + g[..., REPEAT] * (twice if damped is None else damped(once, twice))
     return out
 
 

@@ -78,22 +78,55 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides) -> torch.nn.Modu
     return model
 
 
-def explicit_model(model: torch.nn.Module, decisions) -> torch.nn.Module:
-    """A deep copy of ``model`` whose layer list is the expanded path (repeats as separate copies)."""
+class _Replaced(torch.nn.Module):
+    """An explicit stand-in: runs a copy of the layer for its output's form, then puts ``fn(input, out)`` in."""
+
+    def __init__(self, layer, fn):
+        super().__init__()
+        self.layer, self.fn = layer, fn
+
+    def __getattr__(self, name):  # attention_type and the like, as the model's loop reads them
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.layer(hidden_states, *args, **kwargs)
+        first = out[0] if isinstance(out, tuple) else out
+        new = self.fn(hidden_states, first)
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+
+def explicit_model(model: torch.nn.Module, decisions, stand_ins=None) -> torch.nn.Module:
+    """A deep copy of ``model`` whose layer list is the expanded path (repeats as separate copies).
+
+    With ``stand_ins``, a skipped layer with a linear map becomes a module applying it, and a repeat with
+    scale alpha becomes a copy whose update is scaled by alpha: the unrolled form of ``router.stand_ins``.
+    """
     from drllm.router import expand_path, layer_list
     from drllm.router.surgery import LAYER_PATHS
 
     order = expand_path(decisions)
+    mapped = [] if stand_ins is None else [i for i, d in enumerate(decisions) if d == 0 and stand_ins.has_map(i)]
+    slots = sorted([(i, 0) for i in order] + [(i, -1) for i in mapped])  # (layer, 0) runs, (layer, -1) maps
     clone = copy.deepcopy(model)
     originals = list(layer_list(clone))
     types = getattr(clone.config, "layer_types", None)
-    new = []
-    for j, i in enumerate(order):
+    new, seen = [], set()
+    for j, (i, kind) in enumerate(slots):
         layer = copy.deepcopy(originals[i])
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = j
+        if kind == -1:
+            layer = _Replaced(layer, lambda h, out, i=i: stand_ins.apply(i, h))
+        elif i in seen and stand_ins is not None and float(stand_ins.repeat_scale[i]) != 1.0:
+            alpha = float(stand_ins.repeat_scale[i])
+            layer = _Replaced(layer, lambda h, out, a=alpha: h + a * (out - h))
+        seen.add(i)
         new.append(layer)
+    order = [i for i, _ in slots]
     parent_path, _, name = LAYER_PATHS[clone.config.model_type].rpartition(".")
     parent = clone
     for part in parent_path.split("."):
