@@ -108,7 +108,9 @@ def explicit_model(model: torch.nn.Module, decisions, stand_ins=None) -> torch.n
     from drllm.router.surgery import LAYER_PATHS
 
     order = expand_path(decisions)
-    mapped = [] if stand_ins is None else [i for i, d in enumerate(decisions) if d == 0 and stand_ins.has_map(i)]
+    mapped = (
+        [] if stand_ins is None else [i for i, d in enumerate(decisions) if d == 0 and stand_ins.has_map(i)]
+    )
     slots = sorted([(i, 0) for i in order] + [(i, -1) for i in mapped])  # (layer, 0) runs, (layer, -1) maps
     clone = copy.deepcopy(model)
     originals = list(layer_list(clone))

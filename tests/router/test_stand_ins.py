@@ -54,7 +54,9 @@ def test_mixed_rows_with_stand_ins_equal_each_row_alone(arch):
     routed.set_stand_ins(_stand_ins(routed, rank=2))
     kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     batch = routed.generate(ids, attention_mask=mask, decisions=ROWS, **kw)
-    assert torch.equal(batch, routed.generate(ids, attention_mask=mask, decisions=ROWS, use_cache=False, **kw))
+    assert torch.equal(
+        batch, routed.generate(ids, attention_mask=mask, decisions=ROWS, use_cache=False, **kw)
+    )
     for r in range(3):
         keep = mask[r].bool()
         alone = routed.generate(ids[r : r + 1, keep], decisions=ROWS[r], **kw)
