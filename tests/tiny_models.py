@@ -79,7 +79,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides) -> torch.nn.Modu
 
 
 class _Replaced(torch.nn.Module):
-    """An explicit stand-in: runs a copy of the layer for its output's form, then puts ``fn(input, out)`` in."""
+    """An explicit stand-in: runs a copy of the layer for its output form, then puts ``fn(input, out)``."""
 
     def __init__(self, layer, fn):
         super().__init__()
