@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from drllm.router import Relaxation, load_routed, load_tokenizer, relaxed
+from drllm.router import Relaxation, batch_prompts, load_routed, load_tokenizer, relaxed
 from drllm.search.closeness import batch_tensors, heuristic_paths, teacher_log_probs
 from drllm.search.heuristics import calibration_statistics
 from drllm.search.teacher import build_teacher, task_prompts
@@ -41,13 +41,16 @@ def score(routed, rows, pad, batch_size, path=None, budget=None, fixed=()):
 @torch.no_grad()
 def score_many(routed, rows, pad, batch_size, methods: dict, fixed=()):
     """``score`` for several methods ``{name: (path or None, budget)}``, the teacher run once per batch."""
-    out = {name: {"kl": [], "agreement": [], "layers": [], "decisions": []} for name in methods}
+    keys = ("kl", "agreement", "fidelity", "layers", "decisions")
+    out = {name: {key: [] for key in keys} for name in methods}
     for start in range(0, len(rows), batch_size):
         batch = batch_tensors(rows[start : start + batch_size], pad, routed.device)
+        routed.set_stand_ins(None)
         teacher = teacher_log_probs(routed, batch)
         target = batch["target"].bool()
         rows_of = target.nonzero()[:, 0]
-        for name, (path, budget) in methods.items():
+        for name, (path, budget, *stand_ins) in methods.items():
+            routed.set_stand_ins(stand_ins[0] if stand_ins else None)  # (path, budget[, stand_ins])
             if isinstance(path, torch.Tensor):  # per-row decisions [N, L] for every row of ``rows``
                 rows_path = path[start : start + batch["ids"].shape[0]]
                 hidden = routed.backbone(batch["ids"], batch["attention"], rows_path)
@@ -67,16 +70,34 @@ def score_many(routed, rows, pad, batch_size, methods: dict, fixed=()):
             for b in range(target.shape[0]):
                 out[name]["kl"].append(float(per_pos_kl[rows_of == b].mean()))
                 out[name]["agreement"].append(float(same[rows_of == b].mean()))
+                # greedy fidelity: base continuation tokens reproduced before the first disagreement
+                out[name]["fidelity"].append(float(same[rows_of == b].cumprod(0).sum()))
             out[name]["layers"] += counts
+    routed.set_stand_ins(None)
     return out
 
 
-def calibrate_budget(routed, rows, pad, batch_size, fixed, level, steps=12):
-    """The skip-logit budget at which the routers' mean layers on ``rows`` is closest to ``level``."""
-    lo, hi, best = -20.0, 20.0, (float("inf"), 0.0)
-    for _ in range(steps):
+@torch.no_grad()
+def calibrate_budget(routed, tokenizer, prompts, batch_size, level, steps=14):
+    """The skip-logit budget at which the routers' mean layers on ``prompts`` is closest to ``level``.
+
+    Only the routers' decisions are needed (one backbone pass per batch, no teacher); training already
+    folds its calibrated shift into the skip bias, so budget 0 is tried first.
+    """
+
+    def mean_layers(budget):
+        routed.budget, counts = budget, []
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = batch_prompts(tokenizer, prompts[start : start + batch_size], routed.device)
+            counts += routed.route(ids, mask).sum(1).tolist()
+        routed.budget = 0.0
+        return float(np.mean(counts))
+
+    best = (abs(mean_layers(0.0) - level), 0.0)
+    lo, hi = -20.0, 20.0
+    for _ in range(steps if best[0] > 0.25 else 0):
         mid = (lo + hi) / 2
-        mean = float(np.mean(score(routed, rows, pad, batch_size, budget=mid, fixed=fixed)["layers"]))
+        mean = mean_layers(mid)
         best = min(best, (abs(mean - level), mid))
         if mean > level:
             lo = mid  # too many layers: push skip up
@@ -147,7 +168,7 @@ def main():
                     val_fraction=0.05,
                 )
             routed.load_routers(folder)
-            budget = calibrate_budget(routed, calib, pad, bs, fixed, level)
+            budget = calibrate_budget(routed, tokenizer, [r["prompt"] for r in calib], bs, level)
             methods[f"learned-{kind}"] = score(routed, val, pad, bs, budget=budget, fixed=fixed)
             methods[f"learned-{kind}"]["budget"] = budget
             routed.routers = None
@@ -161,6 +182,7 @@ def main():
             m: {
                 "kl": float(np.mean(v["kl"])),
                 "agreement": float(np.mean(v["agreement"])),
+                "fidelity": float(np.mean(v["fidelity"])),
                 "layers": float(np.mean(v["layers"])),
                 "layers_p5_p95": [
                     float(np.percentile(v["layers"], 5)),

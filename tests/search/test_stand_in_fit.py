@@ -21,7 +21,7 @@ def _recorded(routed, tok, decisions, layer):
     ids, mask = batch_prompts(tok, PROMPTS)
     with routed.recording() as states:
         routed.backbone(ids, mask, torch.tensor(decisions))
-    keep = mask.bool() & (mask.cumsum(1) > 1)
+    keep = mask.bool()
     return [s[keep].double() for s in states], layer
 
 
