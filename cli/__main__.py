@@ -5,6 +5,9 @@
     drllm train      drllm.train.trainer.train_routers       (the ``train`` extra: Lightning)
     drllm eval       drllm.evaluation.evaluate.run_eval
     drllm demo       drllm.cli.demo.run_demo
+    drllm analyze    drllm.evaluation.analysis.run_analysis
+    drllm signal     drllm.evaluation.signal.run_signal
+    drllm stand-ins  drllm.cli.stand_ins.fit_stand_ins       (linear stand-ins, damped repeats)
 
 jsonargparse turns each function's signature and docstring into flags and ``--help``; every subcommand
 takes ``--config FILE.yaml`` with the same keys (``configs/`` holds one per command). A function is
@@ -34,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "demo": "drllm.cli.demo:run_demo",
     "analyze": "drllm.evaluation.analysis:run_analysis",
     "signal": "drllm.evaluation.signal:run_signal",
+    "stand-ins": "drllm.cli.stand_ins:fit_stand_ins",
 }
 RESUMABLE = {"search", "train", "demo"}  # commands whose finished work survives an interrupt
 PYTHON_ONLY = {"tokenizer", "routed"}  # objects handed over from Python, never flags

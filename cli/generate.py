@@ -90,9 +90,12 @@ def generate(
     layers = int(used.sum())
     if not stream:
         print(completion)
+    stood_in = [] if routed.stand_ins is None else [i for i in routed.stand_ins.mapped if int(used[i]) == 0]
     print(
         f"\n[layers executed per token: {layers} of {routed.num_layers}; path {format_decisions(used)}; "
-        f"layer applications: {layers * (ids.shape[1] + new.shape[1])}]"
+        f"layer applications: {layers * (ids.shape[1] + new.shape[1])}"
+        + (f"; linear stand-ins for skipped layers {stood_in}" if stood_in else "")
+        + "]"
     )
     return completion
 
