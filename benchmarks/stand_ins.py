@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from kl_levels import VAL_TASKS, paired, score_many
 
-from drllm.router import load_routed, load_tokenizer
+from drllm.router import load_routed, load_tokenizer, path_macs
 from drllm.search.closeness import heuristic_paths
 from drllm.search.heuristics import calibration_statistics
 from drllm.search.stand_ins import fit_linear_stand_ins
@@ -95,6 +95,9 @@ def main():
             m: {k: float(np.mean(v[k])) for k in ("kl", "agreement", "fidelity", "layers")}
             for m, v in scores.items()
         }
+        tokens = int(round(np.mean([len(r["prompt_ids"]) for r in val])))
+        for m, (path, _, *stand_ins) in methods.items():  # multiply-adds per prompt token, of the full model
+            row[m]["macs_fraction"] = path_macs(routed.config, path, tokens, *stand_ins)["fraction"]
         compare = {}
         for name in paths:
             for label in (f"{name}+linear", f"{name}+linear-r{args.rank}"):

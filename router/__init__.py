@@ -5,6 +5,7 @@ Imports torch and transformers only (no Lightning, search or train code).
 
 from .auto import load_routed
 from .cache import RoutedCache
+from .compute import block_macs, path_macs
 from .decisions import (
     EXECUTE,
     REPEAT,
@@ -28,6 +29,7 @@ from .model import RoutedModel
 from .pooling import window_pool
 from .relaxed import Relaxation, relaxed
 from .routers import RouterConfig, Routers
+from .stand_ins import StandIns
 from .surgery import UnsupportedArchitectureError, layer_list, supported_architectures
 
 __all__ = [
@@ -41,9 +43,11 @@ __all__ = [
     "RoutedModel",
     "RouterConfig",
     "Routers",
+    "StandIns",
     "UnsupportedArchitectureError",
     "all_execute",
     "batch_prompts",
+    "block_macs",
     "check_budget",
     "encode_prompt",
     "check_decisions",
@@ -53,6 +57,7 @@ __all__ = [
     "load_routed",
     "load_tokenizer",
     "parse_decisions",
+    "path_macs",
     "relaxed",
     "resolve_device",
     "supported_architectures",
