@@ -9,8 +9,8 @@ sink) is orders of magnitude larger than the others, and a map fitted without it
 inference (on SmolLM2 at 27 layers, leaving it out raised the KL to the base model above a plain skip's,
 while keeping it halved that KL). Because the
 target is the full model's state, a map also corrects what earlier skips lost. The maps are fitted in
-float64 from sums accumulated batch by batch (``X^T X``, ``X^T Y``), so only one batch of hidden states is
-held at a time.
+float64 from sums accumulated batch by batch (``X^T X``, ``X^T Y``); the full model runs once, and its
+states leaving the skipped layers are kept in host memory (calibration tokens x d per skipped layer).
 
 Without a path (``path=None``), every layer but the protected ones gets a map fitted on the full model's
 own states (``x`` entering layer ``i``, ``y`` leaving it). Such maps serve routers, whose paths differ per
@@ -64,10 +64,11 @@ def _solve(xtx: torch.Tensor, xty: torch.Tensor, ridge: float, rank: int | None)
     return (w[:-1] @ v).float(), (w[-1] @ v @ v.T).float(), v.T.contiguous().float()
 
 
-def _accumulate(sums: dict, i: int, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor) -> None:
-    xs = x[keep].double()
+def _accumulate(sums: dict, i: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Add one batch's kept tokens (``x``, ``y`` ``[N, d]``) to layer ``i``'s sums."""
+    xs = x.double()
     xs = torch.cat([xs, torch.ones(xs.shape[0], 1, dtype=xs.dtype, device=xs.device)], 1)
-    delta = y[keep].double() - x[keep].double()
+    delta = y.to(x.device).double() - x.double()
     xtx, xty = (xs.T @ xs).cpu(), (xs.T @ delta).cpu()
     if i in sums:
         sums[i][0].add_(xtx)
@@ -130,20 +131,24 @@ def fit_linear_stand_ins(
                 states, keep = _states(routed, ids, mask, full), _kept(mask, skip_first)
                 tokens += int(keep.sum())
                 for i in layers:
-                    _accumulate(sums, i, states[i], states[i + 1], keep)
+                    _accumulate(sums, i, states[i][keep], states[i + 1][keep])
             for i in layers:
                 out.set_map(i, *_solve(*sums[i], ridge, out.rank))
         else:  # skipped layers in order, along the path with the earlier maps in place
+            batches = list(_batches(tokenizer, prompts, batch_size, routed.device))
+            targets = []  # per batch, the full model's kept states leaving each skipped layer (host memory)
+            for ids, mask in batches:
+                states, keep = _states(routed, ids, mask, full), _kept(mask, skip_first)
+                tokens += int(keep.sum())
+                targets.append({i: states[i + 1][keep].cpu() for i in layers})
             routed.set_stand_ins(out)
             decisions = torch.tensor(plan)
             bar = progress.bar(len(layers), desc="stand-ins", unit="layer")
             for i in layers:
-                sums, tokens = {}, 0
-                for ids, mask in _batches(tokenizer, prompts, batch_size, routed.device):
-                    keep = _kept(mask, skip_first)
-                    tokens += int(keep.sum())
-                    target = _states(routed, ids, mask, full)[i + 1]
-                    _accumulate(sums, i, _states(routed, ids, mask, decisions)[i], target, keep)
+                sums = {}
+                for (ids, mask), target in zip(batches, targets, strict=True):
+                    along = _states(routed, ids, mask, decisions)[i][_kept(mask, skip_first)]
+                    _accumulate(sums, i, along, target[i])
                 out.set_map(i, *_solve(*sums[i], ridge, out.rank))
                 bar.update()
             bar.close()
