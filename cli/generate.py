@@ -28,7 +28,8 @@ def generate(
     Args:
         prompt: the prompt text.
         model: model name or path; "smollm2-135m-instruct" is the embedded default.
-        decisions: a path such as "1,1,0,2,..." (one value per layer: 0 skip, 1 execute, 2 repeat).
+        decisions: a path such as "1,1,0,2,..." (one value per layer: 0 skip, 1 execute, 2 repeat; 3 runs
+            the layer's MLP alone, 4 its attention alone).
         routers: a router directory (router_config.json + routers.safetensors); used when no decisions.
         budget: bias added to every router's skip logit (+ skips more).
         max_new_tokens: tokens to generate.
@@ -45,7 +46,7 @@ def generate(
         seed: seed of sampling.
     """
     from drllm.router import batch_prompts, load_routed, load_tokenizer, parse_decisions
-    from drllm.router.decisions import format_decisions
+    from drllm.router.decisions import format_decisions, layer_applications
     from drllm.search.decoding import greedy_new_tokens
 
     if not prompt.strip():
@@ -55,7 +56,7 @@ def generate(
     routed = load_routed(model, device=device, routers=routers, dtype=dtype)
     routed.budget = budget
     tok = load_tokenizer(model)
-    path = parse_decisions(decisions, routed.num_layers) if decisions else None
+    path = parse_decisions(decisions, routed.num_layers, units=True) if decisions else None
     text = prompt
     if chat and getattr(tok, "chat_template", None):
         text = tok.apply_chat_template(
@@ -87,7 +88,7 @@ def generate(
         new = greedy_new_tokens(routed, ids, mask, path, max_new_tokens, tok.pad_token_id, streamer)
     completion = tok.decode(new[0], skip_special_tokens=True)
     used = routed.last_decisions[0]
-    layers = int(used.sum())
+    layers = int(layer_applications(used))
     if not stream:
         print(completion)
     stood_in = [] if routed.stand_ins is None else [i for i in routed.stand_ins.mapped if int(used[i]) == 0]

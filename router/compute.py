@@ -68,13 +68,17 @@ def block_macs(config, layer: int, prompt_tokens: int) -> dict[str, float]:
 
 
 def path_macs(config, decisions, prompt_tokens: int, stand_ins=None) -> dict[str, float]:
-    """Multiply-adds per prompt token of a path (blocks as often as they run, plus the stand-ins it uses).
+    """Multiply-adds per prompt token of a path (blocks as often as they run, units, the stand-ins it uses).
 
     Returns ``blocks``, ``stand_ins``, ``total``, ``full`` (every block once) and ``fraction`` (of full).
     """
     decisions = [int(v) for v in decisions]
-    block = [block_macs(config, i, prompt_tokens)["total"] for i in range(len(decisions))]
-    blocks = sum(n * cost for n, cost in zip(decisions, block, strict=True))
+    parts = [block_macs(config, i, prompt_tokens) for i in range(len(decisions))]
+    block = [p["total"] for p in parts]
+    attention = [p["attention_projections"] + p["attention_context"] for p in parts]
+    blocks = 0.0
+    for i, n in enumerate(decisions):  # 0/1/2 blocks; 3 the MLP alone, 4 the attention alone
+        blocks += {3: parts[i]["mlp"], 4: attention[i]}.get(n, n * block[i])
     extra = 0.0
     if stand_ins is not None:
         extra = float(sum(stand_ins.macs_per_token(i) for i, n in enumerate(decisions) if n == 0))

@@ -3,6 +3,12 @@
 A path through a model with L decoder layers is a vector ``d`` of length L with values
 0 = skip, 1 = execute, 2 = repeat (execute twice). A batch of paths is a LongTensor ``[B, L]``.
 The layers executed by one forward pass are ``d.sum()``.
+
+Sublayer units extend the same vector: 3 = the layer's attention is skipped (its MLP runs alone), 4 = its
+MLP is skipped (its attention runs alone). ``RoutedModel`` runs them (``check_decisions(..., units=True)``);
+the search, the routers and the evaluation speak 0/1/2 only and refuse them. With units, count layer
+applications with ``layer_applications`` (a layer with one unit running counts once) and compute with
+``compute.path_macs``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from collections.abc import Sequence
 import torch
 
 SKIP, EXECUTE, REPEAT = 0, 1, 2
+MLP_ONLY, ATTENTION_ONLY = 3, 4  # attention skipped (the MLP runs); MLP skipped (the attention runs)
+UNIT_OFF = {MLP_ONLY: "attention", ATTENTION_ONLY: "mlp"}  # decision -> the sublayer it skips
 
 
 def all_execute(num_layers: int, batch_size: int | None = None, device=None) -> torch.Tensor:
@@ -21,7 +29,9 @@ def all_execute(num_layers: int, batch_size: int | None = None, device=None) -> 
     return torch.ones(shape, dtype=torch.long, device=device)
 
 
-def check_decisions(decisions, num_layers: int, batch_size: int | None = None) -> torch.Tensor:
+def check_decisions(
+    decisions, num_layers: int, batch_size: int | None = None, units: bool = False
+) -> torch.Tensor:
     """Validate decisions and return them as a LongTensor ``[B, L]`` (or ``[1, L]`` for a single path).
 
     Args:
@@ -29,6 +39,7 @@ def check_decisions(decisions, num_layers: int, batch_size: int | None = None) -
         num_layers: L, the number of decoder layers of the model.
         batch_size: when given, a ``[L]`` path is expanded to ``[batch_size, L]`` and a ``[B, L]`` batch
             must have ``B == batch_size``.
+        units: accept the sublayer values 3 and 4 too (see the module docstring).
 
     Raises:
         ValueError: naming the expected and given lengths, batch sizes or values.
@@ -45,10 +56,20 @@ def check_decisions(decisions, num_layers: int, batch_size: int | None = None) -
         raise ValueError(f"decisions must have shape [L] or [B, L], got shape {list(d.shape)}")
     if d.shape[-1] != num_layers:
         raise ValueError(f"decisions has {d.shape[-1]} columns, the model has {num_layers} layers")
-    bad = (d < SKIP) | (d > REPEAT)
+    bad = (d < SKIP) | (d > (ATTENTION_ONLY if units else REPEAT))
     if bad.any():
         values = sorted(set(d[bad].tolist()))
-        raise ValueError(f"decisions must be 0 (skip), 1 (execute) or 2 (repeat), got values {values}")
+        if units:
+            raise ValueError(
+                "decisions must be 0 (skip), 1 (execute), 2 (repeat), 3 (MLP only) or 4 (attention only), "
+                f"got values {values}"
+            )
+        extra = (
+            "; 3 and 4 (sublayer units) run in RoutedModel forward and generate only"
+            if set(values) <= {MLP_ONLY, ATTENTION_ONLY}
+            else ""
+        )
+        raise ValueError(f"decisions must be 0 (skip), 1 (execute) or 2 (repeat), got values {values}{extra}")
     if d.dim() == 1:
         d = d.unsqueeze(0)
         if batch_size is not None:
@@ -58,7 +79,7 @@ def check_decisions(decisions, num_layers: int, batch_size: int | None = None) -
     return d.contiguous()
 
 
-def parse_decisions(text: str, num_layers: int | None = None) -> list[int]:
+def parse_decisions(text: str, num_layers: int | None = None, units: bool = False) -> list[int]:
     """Parse ``"1,1,0,2"`` (commas or spaces) into a list of ints, checking values and length."""
     parts = [p for p in text.replace(",", " ").split() if p]
     try:
@@ -66,18 +87,27 @@ def parse_decisions(text: str, num_layers: int | None = None) -> list[int]:
     except ValueError as err:
         raise ValueError(f"decisions must be integers 0/1/2 separated by commas, got {text!r}") from err
     if num_layers is not None:
-        check_decisions(values, num_layers)
-    elif any(v not in (SKIP, EXECUTE, REPEAT) for v in values):
+        check_decisions(values, num_layers, units=units)
+    elif any(not SKIP <= v <= (ATTENTION_ONLY if units else REPEAT) for v in values):
         raise ValueError(f"decisions must be 0 (skip), 1 (execute) or 2 (repeat), got {text!r}")
     return values
 
 
 def expand_path(decisions: Sequence[int]) -> list[int]:
-    """The explicit layer sequence a path runs: ``[1, 0, 2] -> [0, 2, 2]`` (indices of executed layers)."""
+    """The explicit layer sequence a path runs: ``[1, 0, 2] -> [0, 2, 2]`` (indices of executed layers).
+
+    A layer running one sublayer unit (3 or 4) appears once.
+    """
     order = []
     for i, d in enumerate(torch.as_tensor(decisions).tolist()):
-        order.extend([i] * int(d))
+        order.extend([i] * (1 if int(d) in UNIT_OFF else int(d)))
     return order
+
+
+def layer_applications(decisions) -> torch.Tensor:
+    """Layer applications per path (``[B]``, or a scalar for ``[L]``): a unit-only layer counts once."""
+    d = torch.as_tensor(decisions)
+    return torch.where(d > REPEAT, torch.ones_like(d), d).sum(-1)
 
 
 def format_decisions(decisions: Sequence[int]) -> str:

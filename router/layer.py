@@ -23,8 +23,9 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 from .cache import RoutedCache
-from .decisions import EXECUTE, REPEAT, SKIP
+from .decisions import EXECUTE, REPEAT, SKIP, UNIT_OFF
 from .relaxed import run_relaxed
+from .units import units_off
 
 # transformers >= 5.24 passes the cache to decoder layers as ``cache``; older releases as ``past_key_values``
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -204,6 +205,9 @@ class RoutedLayer(nn.Module):
         plan = state.plan[i]
         if plan == SKIP:
             return self._wrap(self._skipped(hidden_states))
+        if plan in UNIT_OFF:  # every row runs one sublayer unit
+            with units_off(self.layer, {UNIT_OFF[plan]: True}):
+                return self._wrap(self._call(hidden_states, args, kwargs))
         if plan is not None:
             out = self._call(hidden_states, args, kwargs)
             if plan == REPEAT:
@@ -241,13 +245,16 @@ class RoutedLayer(nn.Module):
     def _run_rows(self, hidden: torch.Tensor, decisions: torch.Tensor, args, kwargs) -> torch.Tensor:
         """No cache: run the layer only on the rows that execute (then repeat) it."""
         batch, out = hidden.shape[0], hidden
-        for wanted in (EXECUTE, REPEAT):
-            rows = (decisions >= wanted).nonzero().flatten()
+        groups = [((decisions == EXECUTE) | (decisions == REPEAT), {}), (decisions == REPEAT, {})]
+        groups += [(decisions == value, {unit: True}) for value, unit in UNIT_OFF.items()]
+        for n, (chosen, off) in enumerate(groups):
+            rows = chosen.nonzero().flatten()
             if rows.numel() == 0:
-                break
+                continue
             sub_args, sub_kwargs = _gather((args, kwargs), rows, batch)
-            new = self._call(out[rows], sub_args, sub_kwargs)
-            if wanted == REPEAT:
+            with units_off(self.layer, off):
+                new = self._call(out[rows], sub_args, sub_kwargs)
+            if n == 1:  # the repeat pass
                 new = self._damped(out[rows], new)
             out = out.index_copy(0, rows, new.to(hidden.dtype))
         skipped = (decisions == SKIP).nonzero().flatten()
@@ -256,8 +263,16 @@ class RoutedLayer(nn.Module):
         return out
 
     def _run_batch(self, hidden: torch.Tensor, decisions: torch.Tensor, args, kwargs) -> torch.Tensor:
-        """With a cache: run the full batch, keep per row the input, the first or the second pass."""
-        once = self._call(hidden, args, kwargs)
+        """With a cache: run the full batch, keep per row the input, the first or the second pass.
+
+        Rows running one unit zero the other's output (it runs for the batch, and its cache entries for those
+        rows are never read, since a row's decisions hold for the whole generation).
+        """
+        off = {
+            unit: decisions == value for value, unit in UNIT_OFF.items() if bool((decisions == value).any())
+        }
+        with units_off(self.layer, off):
+            once = self._call(hidden, args, kwargs)
         keep = decisions.view(-1, *([1] * (hidden.dim() - 1)))
         out = torch.where(keep == SKIP, self._skipped(hidden), once)
         if bool((decisions == REPEAT).any()):

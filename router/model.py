@@ -288,7 +288,7 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
         if decisions is None and self.routers is None:
             decisions = torch.ones(batch_size or 1, self.num_layers, dtype=torch.long)
         if decisions is not None:
-            decisions = check_decisions(decisions, self.num_layers, batch_size).to(self.device)
+            decisions = check_decisions(decisions, self.num_layers, batch_size, units=True).to(self.device)
             state.set_decisions(self._skip_before_start(decisions))
         elif self._start is not None:
             raise ValueError("starting_at needs explicit decisions: the routers would read skipped layers")

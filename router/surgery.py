@@ -187,3 +187,24 @@ def softcap_logits(config, logits: torch.Tensor) -> torch.Tensor:
     """``tanh(logits / cap) * cap`` with the config's ``final_logit_softcapping`` (Gemma), else unchanged."""
     cap = getattr(config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def sublayer(layer: nn.Module, unit: str) -> nn.Module:
+    """The attention (``unit="attention"``) or MLP (``"mlp"``) module of one decoder layer.
+
+    Found by class name, not attribute name: the one child whose class ends in ``Attention`` (``self_attn``,
+    ``attn``, ``attention`` across the supported architectures) or in ``MLP``. Both add their output to the
+    residual stream (after a post-norm in gemma3 and olmo2, which maps zero to zero), so a skipped unit is
+    one that returns zeros.
+
+    Raises:
+        UnsupportedArchitectureError: when the layer has not exactly one such child.
+    """
+    suffix = {"attention": "Attention", "mlp": "MLP"}[unit]
+    found = [m for m in layer.children() if type(m).__name__.endswith(suffix)]
+    if len(found) != 1:
+        raise UnsupportedArchitectureError(
+            f"{type(layer).__name__} has {len(found)} children whose class ends in {suffix!r}; sublayer "
+            "units need exactly one"
+        )
+    return found[0]

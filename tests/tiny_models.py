@@ -98,6 +98,21 @@ class _Replaced(torch.nn.Module):
         return (new, *out[1:]) if isinstance(out, tuple) else new
 
 
+class _Zero(torch.nn.Module):
+    """An explicit switched-off unit: zeros shaped like its input (attention also returns no weights)."""
+
+    def __init__(self, attention: bool):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (torch.zeros_like(hidden), None) if self.attention else torch.zeros_like(hidden)
+
+
+ATTENTION_NAMES = ("self_attn", "attn", "attention")
+
+
 def explicit_model(model: torch.nn.Module, decisions, stand_ins=None) -> torch.nn.Module:
     """A deep copy of ``model`` whose layer list is the expanded path (repeats as separate copies).
 
@@ -121,6 +136,9 @@ def explicit_model(model: torch.nn.Module, decisions, stand_ins=None) -> torch.n
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = j
+        if int(decisions[i]) in (3, 4):  # one unit off: the attention (3) or the MLP (4) becomes zeros
+            name = next(n for n in ATTENTION_NAMES if hasattr(layer, n)) if int(decisions[i]) == 3 else "mlp"
+            setattr(layer, name, _Zero(attention=int(decisions[i]) == 3))
         if kind == -1:
             layer = _Replaced(layer, lambda h, out, i=i: stand_ins.apply(i, h))
         elif i in seen and stand_ins is not None and float(stand_ins.repeat_scale[i]) != 1.0:

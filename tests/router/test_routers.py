@@ -197,7 +197,7 @@ def test_config_that_does_not_match_the_weights_is_refused(tmp_path):
     ("decisions", "message"),
     [
         ([1, 1, 1], "decisions has 3 columns, the model has 4 layers"),
-        ([1, 1, 3, 1], r"got values \[3\]"),
+        ([1, 1, 5, 1], r"got values \[5\]"),  # 3 and 4 are sublayer units (test_units)
         ([[1, 1, 1, 1]] * 2, "decisions has 2 rows, the input batch has 3 rows"),
         ([1.5, 1, 1, 1], "non-integer"),
     ],
