@@ -17,8 +17,8 @@ ROUTER_KINDS = ("mlp", "linear", "shared", "knn", "static")
 CONTROLS = ("none", "shuffled")
 LOGGERS = ("csv", "wandb", "none", "", None, False)
 OBJECTIVES = ("labels", "kl")
-LABEL_ONLY = {"paths": None, "targets": "hard", "safe_margin": 0.0, "control": "none", "online": False,
-              "read_layer": None, "cache_dir": None}  # fmt: skip
+LABEL_ONLY = {"paths": None, "targets": "soft", "safe_margin": 0.0, "control": "none", "online": False,
+              "read_layer": 2, "cache_dir": None}  # fmt: skip
 KL_ONLY = {"target_layers": None, "min_layers": 0.0, "tasks": None}
 
 
@@ -59,7 +59,7 @@ def check_arguments(args: dict) -> None:
         raise ValueError(
             f"val_fraction must be a share strictly between 0 and 1, got {args['val_fraction']!r}"
         )
-    if args["router"] not in ROUTER_KINDS:
+    if args["router"] is not None and args["router"] not in ROUTER_KINDS:  # None: the recommended kind
         raise ValueError(f"router must be one of {ROUTER_KINDS}, got {args['router']!r}")
     if args["control"] not in CONTROLS:
         raise ValueError(f"control must be one of {CONTROLS}, got {args['control']!r}")

@@ -76,12 +76,12 @@ def train_routers(
     tokenizer=None,
     device: str | None = None,
     dtype: str | None = None,
-    targets: Targets = "hard",
+    targets: Targets = "soft",
     safe_margin: float = 0.0,
-    router: RouterKind = "mlp",
+    router: RouterKind | None = None,
     neighbours: int = 16,
     control: Control = "none",
-    read_layer: int | None = None,
+    read_layer: int | None = 2,
     objective: Objective = "labels",
     target_layers: float | None = None,
     min_layers: float = 0.0,
@@ -122,10 +122,11 @@ def train_routers(
             available; the CPU when ``accelerator="cpu"``).
         dtype: the model's dtype (auto or None: the checkpoint's; float32, bfloat16, float16).
 
-        targets: ``hard`` trains on the one path the search chose per example; ``soft`` on the share of
-            skip / execute / repeat over every safe path it evaluated (``drllm.train.targets``).
+        targets: ``soft`` (the default) trains on the share of skip / execute / repeat over every safe
+            path the search evaluated (``drllm.train.targets``); ``hard`` on the one path it chose.
         safe_margin: with soft targets, the gold margin a path must keep to count as safe.
-        router: the router head (``drllm.router.heads``): ``mlp`` per layer on raw window means (Dr.LLM's),
+        router: the router head (``drllm.router.heads``); default ``shared`` for ``labels`` and ``static`` for
+            ``kl``, the recipes the README recommends: ``mlp`` per layer on raw window means (Dr.LLM's),
             ``linear`` per layer, one ``shared`` MLP with a layer embedding, or ``knn``, which keeps the
             training prompts and averages the targets of the ``neighbours`` nearest (no gradient training,
             no checkpoints); all but ``mlp`` read window means normalised with the model's final norm, the
@@ -134,8 +135,8 @@ def train_routers(
         control: ``shuffled`` trains on targets permuted among the training prompts (seeded), a control
             with every per-prompt signal removed: routers that do not beat it have learned none.
         read_layer: every router reads the input of this layer and all decide there at once (one router
-            call per prompt, the cheapest at inference; the layers before it keep the default path); None:
-            router ``i`` reads layer ``i``'s input, as in Dr.LLM.
+            call per prompt, the cheapest at inference; the layers before it keep the default path); default
+            2; None: router ``i`` reads layer ``i``'s input, as in Dr.LLM.
         objective: ``labels`` fits the search's paths (Dr.LLM's method, needs ``paths``); ``kl`` fits the
             base model's own next-token distribution over its greedy continuations at a layer budget
             (``drllm.train.kl_run``; router kinds ``static``, ``linear``, ``mlp``; no paths file).
@@ -153,6 +154,7 @@ def train_routers(
         sweep, else of highest macro F1.
     """
     check_arguments(locals())
+    router = router or ("static" if objective == "kl" else "shared")  # the recipes the README recommends
     if objective == "kl":
         return train_kl(
             model,

@@ -112,7 +112,7 @@ def test_kl_training_refuses_label_flags_and_impossible_settings(tiny_model_dir,
     argv = ["train", "--model", tiny_model_dir, "--objective", "kl", "--target-layers", "3", "--tasks", task]
     argv += ["--output", str(tmp_path / "k")]
     assert "control is a flag of label training" in _fails([*argv, "--control", "shuffled"], capsys)
-    assert "read_layer is a flag of label training" in _fails([*argv, "--read-layer", "2"], capsys)
+    assert "read_layer is a flag of label training" in _fails([*argv, "--read-layer", "5"], capsys)
     assert "min_layers must lie in [0, target_layers = 3" in _fails([*argv, "--min-layers", "10"], capsys)
     labels = ["train", "--model", tiny_model_dir, "--paths", task, "--output", str(tmp_path / "l")]
     assert "flags of --objective kl" in _fails([*labels, "--target-layers", "3"], capsys)

@@ -92,6 +92,6 @@ def test_training_on_soft_targets_runs_and_is_part_of_the_run_identity(tmp_path)
     metrics = train_routers(routed, str(paths), str(tmp_path / "r"), targets="soft", **common)
     assert 0.0 <= metrics["macro_f1"] <= 1.0
     with pytest.raises(ValueError, match="targets: checkpoint 'soft', now 'hard'"):
-        train_routers(routed, str(paths), str(tmp_path / "r"), **{**common, "epochs": 2})
+        train_routers(routed, str(paths), str(tmp_path / "r"), **{**common, "epochs": 2, "targets": "hard"})
     with pytest.raises(ValueError, match="targets must be one of"):
         train_routers(routed, str(paths), str(tmp_path / "q"), targets="fuzzy", **common)

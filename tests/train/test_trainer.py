@@ -131,11 +131,11 @@ def test_resuming_a_checkpoint_made_from_other_paths_is_refused(tmp_path, config
     with pytest.raises(ValueError, match="num_windows: checkpoint 4, now 2"):  # other router files
         other = {**config, "num_windows": 2}
         train_routers(routed, str(first), str(out), tokenizer=tiny_tokenizer(), **other)
-    with pytest.raises(ValueError, match="router: checkpoint 'mlp', now 'linear'"):
+    with pytest.raises(ValueError, match="router: checkpoint 'shared', now 'linear'"):
         train_routers(
             routed, str(first), str(out), tokenizer=tiny_tokenizer(), **{**config, "router": "linear"}
         )
-    with pytest.raises(ValueError, match="read_layer: checkpoint None, now 1"):
+    with pytest.raises(ValueError, match="read_layer: checkpoint 2, now 1"):
         train_routers(routed, str(first), str(out), tokenizer=tiny_tokenizer(), **{**config, "read_layer": 1})
     config["resume"] = False  # starting over is allowed
     train_routers(routed, str(second), str(out), tokenizer=tiny_tokenizer(), **config)
