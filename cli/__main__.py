@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ImportError, ValueError) as err:
         _fail(f"{name}: {err}" if isinstance(err, ValueError) else str(err))
     except ArgumentError as err:
-        _fail(f"{name}: {err}")
+        _fail(f"{name}: {_argument_line(err)}")
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "config"}
     configure_logging(level)
     from drllm.search.records import OutputLockedError
@@ -232,6 +232,20 @@ def print_result(name: str, result) -> None:
         return
     shown = {k: v for k, v in result.items() if k != "history"} if isinstance(result, dict) else result
     print(json.dumps(shown, indent=2, default=str))
+
+
+def _argument_line(err: Exception) -> str:
+    """jsonargparse's multi-line type error as one line: the flag, what it expects and what it got."""
+    import re
+
+    text = str(err)
+    key = re.search(r'Parser key "([^"]+)"', text)
+    got = re.search(r"(?:Given|Got) value: (.+)", text)
+    wanted = [t for t in dict.fromkeys(re.findall(r"Expected a <class '(\w+)'>", text)) if t != "NoneType"]
+    if not (key and got and wanted):
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    flag = "--" + key.group(1).replace("_", "-")
+    return f"{flag} expects {' or '.join(wanted)} values, got {got.group(1).strip()}"
 
 
 def _one_line(err: Exception) -> str:

@@ -178,3 +178,11 @@ def test_analyze_refuses_a_path_that_skips_every_layer(tiny_model_dir, mc_file, 
     ]
     assert "skips every layer" in _fails([*argv, "--decisions", "0,0,0,0"], capsys)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_badly_typed_flag_is_one_line_naming_it(tiny_model_dir, tmp_path, capsys):
+    argv = ["eval", "--model", tiny_model_dir, "--task", "arc_easy", "--output", str(tmp_path / "e")]
+    with pytest.raises(SystemExit) as err:
+        cli.main([*argv, "--target-layers", "27,x"])
+    text = capsys.readouterr().err.strip()
+    assert err.value.code == 2 and text == "drllm: error: eval: --target-layers expects int values, got x"
