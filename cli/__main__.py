@@ -235,7 +235,7 @@ def print_result(name: str, result) -> None:
 
 
 def _argument_line(err: Exception) -> str:
-    """jsonargparse's multi-line type error as one line: the flag, what it expects and what it got."""
+    """The multi-line type error of jsonargparse as one line: the flag, what it expects, what it got."""
     import re
 
     text = str(err)
