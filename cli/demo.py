@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 
 from drllm.evaluation import report
-from drllm.evaluation.evaluate import run_eval
+from drllm.evaluation.evaluate import check_eval_arguments, resolve_levels, run_eval
 from drllm.router import DEFAULT_MODEL, RoutedModel, load_routed, load_tokenizer
 from drllm.search.records import SettingsMismatchError, check_output
 from drllm.search.runner import run_search
@@ -114,8 +114,12 @@ def run_demo(
         raise ValueError(f"router must be one of {', '.join(label_kinds)}, got {router!r}")
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
+    # the evaluation's settings are checked now, not after the search and the training
+    check_eval_arguments(baselines, calibration, 16, greedy_examples, fidelity_tokens, 1, eval_examples)
     out = check_output(output, folder=True)  # a file in the way is refused before the model loads
     routed, tokenizer = _load(model, routed, tokenizer, device, dtype)
+    if target_layers is not None:
+        resolve_levels(target_layers, routed.num_layers)
     if read_layer is not None and not (
         isinstance(read_layer, int)
         and not isinstance(read_layer, bool)

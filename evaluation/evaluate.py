@@ -144,24 +144,9 @@ def run_eval(
     Raises:
         ValueError: for an unknown baseline, a level outside ``1 .. L - 1`` or a bad count.
     """
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise ValueError(f"unknown baselines {unknown}; known baselines: {', '.join(BASELINES)}")
-    for name, value, least in (("calibration", calibration, 1), ("batch_size", batch_size, 1)):
-        if value < least:
-            raise ValueError(f"{name} must be >= {least}, got {value}")
-    if greedy_examples is not None and (
-        isinstance(greedy_examples, bool) or not isinstance(greedy_examples, int) or greedy_examples < 1
-    ):
-        raise ValueError(f"greedy_examples must be a whole number >= 1, got {greedy_examples!r}")
-    _check_plotting()  # before the evaluation runs, not after it, when the figures are drawn
-    for name, value, least in (("fidelity_tokens", fidelity_tokens, 0), ("random_seeds", random_seeds, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a whole number >= 1 (or None for the whole split), got {limit!r}")
-    if "random" in baselines and random_seeds == 0:
-        raise ValueError("the random baseline needs random_seeds >= 1 (or leave 'random' out of baselines)")
+    check_eval_arguments(
+        baselines, calibration, batch_size, greedy_examples, fidelity_tokens, random_seeds, limit
+    )
     names = [t.strip() for t in task.split(",") if t.strip()]
     if not names:
         raise ValueError("no task given")
@@ -209,6 +194,30 @@ def run_eval(
         if len(names) > 1:
             report.write_results(rows, Path(output), routed.num_layers, title=f"{task} on {model_name}")
     return rows
+
+
+def check_eval_arguments(
+    baselines, calibration, batch_size, greedy_examples, fidelity_tokens, random_seeds, limit
+) -> None:
+    """Refuse a bad evaluation setting before anything runs (``run_eval`` and the demo, before its search)."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; known baselines: {', '.join(BASELINES)}")
+    for name, value, least in (("calibration", calibration, 1), ("batch_size", batch_size, 1)):
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    if greedy_examples is not None and (
+        isinstance(greedy_examples, bool) or not isinstance(greedy_examples, int) or greedy_examples < 1
+    ):
+        raise ValueError(f"greedy_examples must be a whole number >= 1, got {greedy_examples!r}")
+    _check_plotting()  # before the evaluation runs, not after it, when the figures are drawn
+    for name, value, least in (("fidelity_tokens", fidelity_tokens, 0), ("random_seeds", random_seeds, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a whole number >= 1 (or None for the whole split), got {limit!r}")
+    if "random" in baselines and random_seeds == 0:
+        raise ValueError("the random baseline needs random_seeds >= 1 (or leave 'random' out of baselines)")
 
 
 def _check_plotting() -> None:

@@ -186,3 +186,19 @@ def test_a_badly_typed_flag_is_one_line_naming_it(tiny_model_dir, tmp_path, caps
         cli.main([*argv, "--target-layers", "27,x"])
     text = capsys.readouterr().err.strip()
     assert err.value.code == 2 and text == "drllm: error: eval: --target-layers expects int values, got x"
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        (["--target-layers", "9"], "target layers must lie in 1..3"),
+        (["--baselines", "nope"], "unknown baselines"),
+        (["--calibration", "0"], "calibration must be >= 1"),
+    ],
+)
+def test_the_demo_refuses_bad_evaluation_settings_before_searching(
+    tiny_model_dir, mc_file, tmp_path, capsys, extra, problem
+):
+    argv = ["demo", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--output", str(tmp_path / "d")]
+    assert problem in _fails([*argv, "--train-examples", "4", "--simulations", "2", *extra], capsys)
+    assert not (tmp_path / "d" / "paths.jsonl").exists()
