@@ -96,6 +96,8 @@ def run_eval(
     strict: bool = False,
     route_from_static: bool = True,
     learned_static: str | None = None,
+    stand_in: str | None = None,
+    stand_in_rank: int | None = None,
 ) -> list[EvalRow]:
     """Evaluate base, routed and static-baseline paths at matched compute and write the reports.
 
@@ -137,6 +139,11 @@ def run_eval(
             ``learned-static`` baseline, at each level the path executing the layers of largest learned
             execute-minus-skip margin (the first two and the last always run). It competes as a static
             baseline: routers are compared with the best static path, this one included.
+        stand_in: ``linear``: also every static path (but ``random``) with linear stand-ins for its skipped
+            layers, fitted in closed form on the calibration examples (``drllm.search.stand_ins``), as
+            ``<name>+linear``; they are compared with the static paths of their level, not counted among
+            them. Routers always run the stand-ins saved with them, the static paths never do.
+        stand_in_rank: rank of those maps (None: full rank).
 
     Returns:
         The result rows of every task, base first.
@@ -147,6 +154,15 @@ def run_eval(
     check_eval_arguments(
         baselines, calibration, batch_size, greedy_examples, fidelity_tokens, random_seeds, limit
     )
+    stand_in = None if stand_in in (None, "none") else stand_in
+    if stand_in not in (None, "linear"):
+        raise ValueError(f"stand_in must be 'linear' or none, got {stand_in!r}")
+    if stand_in_rank is not None and (
+        isinstance(stand_in_rank, bool) or not isinstance(stand_in_rank, int) or stand_in_rank < 1
+    ):
+        raise ValueError(
+            f"stand_in_rank must be a whole number >= 1 (or None: full rank), got {stand_in_rank!r}"
+        )
     names = [t.strip() for t in task.split(",") if t.strip()]
     if not names:
         raise ValueError("no task given")
@@ -185,6 +201,8 @@ def run_eval(
         route_from_static,
         trained,
         learned,
+        stand_in,
+        stand_in_rank,
     )
     rows: list[EvalRow] = []
     with folder_lock(output, "eval.lock", "evaluation"):  # two evaluations never write one folder

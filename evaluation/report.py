@@ -115,7 +115,12 @@ def sort_rows(rows: Iterable[EvalRow]) -> list[EvalRow]:
     """Rows in report order: per task, base first, then by level (most layers first) and method."""
 
     def key(row: EvalRow) -> tuple:
-        rank = METHOD_ORDER.index(row.method) if row.method in METHOD_ORDER else len(METHOD_ORDER)
+        name = row.method.removesuffix("+linear")  # a path with stand-ins right after the path itself
+        rank = (
+            METHOD_ORDER.index(name) + (name != row.method) * 0.5
+            if name in METHOD_ORDER
+            else len(METHOD_ORDER)
+        )
         level = -1 if row.method == "base" else (row.level if row.level is not None else 10**6)
         return (row.task, row.method != "base", -level, rank, row.method, row.budget or 0.0, row.seed or 0)
 

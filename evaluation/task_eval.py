@@ -6,6 +6,7 @@ built on calibration examples, scored on the same evaluated examples, then writt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from drllm.router import RoutedModel, batch_prompts
+from drllm.router import SKIP, RoutedModel, StandIns, batch_prompts
 from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
+from drllm.search.stand_ins import fit_linear_stand_ins
 from drllm.search.tasks.style import describe, resolve_style
 
 from . import baselines as static
@@ -58,6 +60,8 @@ class _Settings:
     """Ids the routers were fitted on (their ``trained_on.json``): calibration leaves them out."""
     learned: list[float] | None = None
     """Per layer, the learned static path's execute-minus-skip margin (``learned_static``)."""
+    stand_in: str | None = None
+    stand_in_rank: int | None = None
 
 
 @dataclass
@@ -72,6 +76,7 @@ class _Method:
     rates: list[list[float]] | None = None  # routed-random: per layer, shares of skip/execute/repeat
     threshold: float | None = None  # routed-static: deviations from ``path`` need this probability gap
     calibration_layers: float | None = None
+    stand_ins: StandIns | None = None  # static paths with linear stand-ins (``<name>+linear``)
     outcomes: list[Outcome] = field(default_factory=list)
     layers: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
@@ -91,6 +96,7 @@ class _TaskEvaluation:
         self.model_name = model_name
         self.L = routed.num_layers
         self.caveat = ""  # said in every title when calibration could not be kept apart
+        self.routers_stand_ins = routed.stand_ins  # saved with the routers: theirs, never a static path's
 
     # ------------------------------------------------------------------ the whole evaluation
     def run(self, folder: Path) -> list[EvalRow]:
@@ -116,7 +122,9 @@ class _TaskEvaluation:
         examples = self.ev.usable(examples, s.strict)
         calib = self.ev.usable(self._calibration_examples(split, examples), s.strict)
         methods = [_Method("base", path=(1,) * self.L)]
-        methods += self._static_methods(calib)
+        with self._stand_ins(None):
+            methods += self._static_methods(calib)
+            methods += self._with_stand_ins(calib, methods)
         methods += self._routed_methods(calib)
         if s.route_from_static and self.routed.routers is not None:
             methods += self._from_static_methods(calib, methods)
@@ -264,6 +272,40 @@ class _TaskEvaluation:
                 self.ev.release(p)
         return found
 
+    def _with_stand_ins(self, calib, methods: list[_Method]) -> list[_Method]:
+        """``<name>+linear`` for each static path that skips (``random`` aside); one fit per distinct path."""
+        s = self.s
+        if s.stand_in != "linear":
+            return []
+        prompts = [self.ev.prompt_text(ex) for ex in calib]
+        fitted: dict[tuple[int, ...], StandIns] = {}
+        out = []
+        for m in methods:
+            if m.name not in STATIC or m.level is None or SKIP not in m.path:
+                continue
+            if m.path not in fitted:
+                log.info("%s: linear stand-ins for %s at %d layers", self.name, m.name, m.level)
+                fitted[m.path] = fit_linear_stand_ins(
+                    self.routed,
+                    self.tokenizer,
+                    prompts,
+                    m.path,
+                    rank=s.stand_in_rank,
+                    batch_size=s.batch_size,
+                )
+            out.append(_Method(f"{m.name}+linear", m.level, path=m.path, stand_ins=fitted[m.path]))
+        return out
+
+    @contextlib.contextmanager
+    def _stand_ins(self, stand_ins):
+        """Run the forwards inside with ``stand_ins`` attached (None: plain skips and repeats)."""
+        before = self.routed.stand_ins
+        self.routed.set_stand_ins(stand_ins)
+        try:
+            yield
+        finally:
+            self.routed.set_stand_ins(before)
+
     def _calib_accuracy(self, prepared, path) -> int:
         return sum(o.reward >= 1.0 for o in self.ev.outcomes([(p, tuple(path)) for p in prepared]))
 
@@ -288,6 +330,11 @@ class _TaskEvaluation:
         bar.close()
 
     def _score_method(self, method: _Method, prepared, start: int) -> None:
+        static = method.path is not None and method.threshold is None  # base, static paths, +linear
+        with self._stand_ins(method.stand_ins if static else self.routers_stand_ins):
+            self._score_with(method, prepared, start)
+
+    def _score_with(self, method: _Method, prepared, start: int) -> None:
         ev, routed = self.ev, self.routed
         _sync()
         began = time.perf_counter()
