@@ -106,6 +106,18 @@ def calibrate_budget(routed, tokenizer, prompts, batch_size, level, steps=14):
     return best[1]
 
 
+def setup(args, output: Path):
+    """Threads, the output folder, SmolLM2 with its tokenizer and pad id, and the protected layers."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    output.mkdir(parents=True, exist_ok=True)
+    routed = load_routed("smollm2-135m-instruct", device="cpu")
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return routed, tokenizer, pad, protected_layers(routed.num_layers, (0, 1, -1))
+
+
 def paired(a, b, seed=0, resamples=4000):
     """Mean of a - b with a paired percentile bootstrap 95% interval."""
     d = np.asarray(a) - np.asarray(b)
@@ -127,14 +139,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
     out = Path(args.output)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    routed = load_routed("smollm2-135m-instruct", device="cpu")
-    tokenizer = load_tokenizer("smollm2-135m-instruct")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    routed, tokenizer, pad, fixed = setup(args, out)
     L, bs = routed.num_layers, args.batch_size
-    fixed = protected_layers(L, (0, 1, -1))
     val_prompts = task_prompts(VAL_TASKS, tokenizer, limit=args.val_per_task)
     val = build_teacher(routed, tokenizer, val_prompts, out / "teacher-val", 16, 16)
     train_prompts = task_prompts(["arc_easy", "mmlu:dev", "gsm8k"], tokenizer, limit=args.per_task)

@@ -20,15 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from kl_levels import VAL_TASKS, paired, score_many
+from kl_levels import VAL_TASKS, paired, score_many, setup
 
-from drllm.router import load_routed, load_tokenizer, path_macs
+from drllm.router import path_macs
 from drllm.search.closeness import heuristic_paths
 from drllm.search.heuristics import calibration_statistics
 from drllm.search.stand_ins import fit_linear_stand_ins
 from drllm.search.teacher import build_teacher, task_prompts
-from drllm.train.kl import protected_layers
 
 
 def learned_static_path(routed, folder: Path, tokenizer):
@@ -56,15 +54,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--output", default="runs/stand_ins")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    routed = load_routed("smollm2-135m-instruct", device="cpu")
-    tokenizer = load_tokenizer("smollm2-135m-instruct")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    routed, tokenizer, pad, fixed = setup(args, out)
     L, bs = routed.num_layers, args.batch_size
-    fixed = protected_layers(L, (0, 1, -1))
     val_prompts = task_prompts(VAL_TASKS, tokenizer, limit=args.val_per_task)
     val = build_teacher(routed, tokenizer, val_prompts, Path(args.teacher) / "teacher-val", 16, 16)
     train_prompts = task_prompts(["arc_easy", "mmlu:dev", "gsm8k"], tokenizer, limit=args.per_task)

@@ -220,3 +220,20 @@ def plain_layer_states(model):
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def assert_rows_generate_alone(routed, ids, mask, decisions, new_tokens: int = 5) -> None:
+    """Greedy generation of a mixed batch: cached equals uncached, and each row equals that row alone.
+
+    A row alone stops at its end of sequence where the batch pads it, so the new tokens are compared up to
+    the row's own end and the rest must be padding (0).
+    """
+    kw = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    batch = routed.generate(ids, attention_mask=mask, decisions=decisions, **kw)
+    uncached = routed.generate(ids, attention_mask=mask, decisions=decisions, use_cache=False, **kw)
+    assert torch.equal(batch, uncached)
+    for r in range(ids.shape[0]):
+        keep = mask[r].bool()
+        alone = routed.generate(ids[r : r + 1, keep], decisions=decisions[r], **kw)[0, int(keep.sum()) :]
+        new = batch[r, ids.shape[1] :]
+        assert torch.equal(new[: len(alone)], alone) and not new[len(alone) :].any()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, explicit_model, prompts, tiny_model
+from tiny_models import ARCHITECTURES, assert_rows_generate_alone, explicit_model, prompts, tiny_model
 
 from drllm.router import RoutedModel, layer_list
 
@@ -84,14 +84,7 @@ def test_mixed_batch_generation_equals_rows_alone(arch):
     ids, mask = prompts(batch=3, length=8, pad_rows=2)
     decisions = torch.tensor(PATHS[1:])
     routed = RoutedModel(model)
-    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    batch = routed.generate(ids, attention_mask=mask, decisions=decisions, **kw)
-    uncached = routed.generate(ids, attention_mask=mask, decisions=decisions, use_cache=False, **kw)
-    assert torch.equal(batch, uncached)
-    for r in range(3):
-        keep = mask[r].bool()
-        alone = routed.generate(ids[r : r + 1, keep], decisions=decisions[r], **kw)
-        assert torch.equal(batch[r, -6:], alone[0, -6:])
+    assert_rows_generate_alone(routed, ids, mask, decisions, new_tokens=6)
 
 
 def test_without_cache_a_layer_runs_only_on_rows_that_execute_it():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, explicit_model, prompts, tiny_model
+from tiny_models import ARCHITECTURES, assert_rows_generate_alone, explicit_model, prompts, tiny_model
 
 from drllm.router import RoutedModel, relaxed
 from drllm.router.relaxed import Relaxation
@@ -52,15 +52,7 @@ def test_mixed_rows_with_stand_ins_equal_each_row_alone(arch):
     ids, mask = prompts(batch=3, length=8, pad_rows=2)
     routed = RoutedModel(model)
     routed.set_stand_ins(_stand_ins(routed, rank=2))
-    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
-    batch = routed.generate(ids, attention_mask=mask, decisions=ROWS, **kw)
-    assert torch.equal(
-        batch, routed.generate(ids, attention_mask=mask, decisions=ROWS, use_cache=False, **kw)
-    )
-    for r in range(3):
-        keep = mask[r].bool()
-        alone = routed.generate(ids[r : r + 1, keep], decisions=ROWS[r], **kw)
-        assert torch.equal(batch[r, -5:], alone[0, -5:])
+    assert_rows_generate_alone(routed, ids, mask, ROWS)
 
 
 def test_zero_maps_and_unit_scales_are_plain_skips_and_repeats():

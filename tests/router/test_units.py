@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, explicit_model, prompts, tiny_model
+from tiny_models import ARCHITECTURES, assert_rows_generate_alone, explicit_model, prompts, tiny_model
 
 from drllm.router import RoutedCache, RoutedModel, check_decisions, layer_list, parse_decisions
 from drllm.router.compute import block_macs, path_macs
@@ -40,17 +40,7 @@ def test_unit_paths_equal_the_explicit_model_with_and_without_cache(arch):
 def test_mixed_unit_rows_equal_each_row_alone(arch):
     model = tiny_model(arch)
     ids, mask = prompts(batch=3, length=8, pad_rows=2)
-    routed = RoutedModel(model)
-    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
-    batch = routed.generate(ids, attention_mask=mask, decisions=ROWS, **kw)
-    assert torch.equal(
-        batch, routed.generate(ids, attention_mask=mask, decisions=ROWS, use_cache=False, **kw)
-    )
-    for r in range(3):
-        keep = mask[r].bool()
-        alone = routed.generate(ids[r : r + 1, keep], decisions=ROWS[r], **kw)[0, int(keep.sum()) :]
-        new = batch[r, ids.shape[1] :]  # a row alone stops at its end of sequence; in the batch it pads
-        assert torch.equal(new[: len(alone)], alone) and not new[len(alone) :].any()
+    assert_rows_generate_alone(RoutedModel(model), ids, mask, ROWS)
 
 
 def test_a_switched_off_attention_computes_nothing_and_writes_no_cache():
