@@ -237,3 +237,25 @@ def assert_rows_generate_alone(routed, ids, mask, decisions, new_tokens: int = 5
         alone = routed.generate(ids[r : r + 1, keep], decisions=decisions[r], **kw)[0, int(keep.sum()) :]
         new = batch[r, ids.shape[1] :]
         assert torch.equal(new[: len(alone)], alone) and not new[len(alone) :].any()
+
+
+def assert_equals_explicit(
+    routed, explicit, ids, mask, path, explicit_cache=None, atol: float = 1e-5
+) -> None:
+    """Routed logits and greedy generation (cached and not) along ``path`` equal the explicit model's.
+
+    ``explicit_cache``: a cache for the explicit model's generation (default: its own).
+    """
+    import inspect
+
+    with torch.no_grad():
+        ref = explicit(input_ids=ids, attention_mask=mask).logits
+        out = routed(ids, attention_mask=mask, decisions=torch.tensor(path)).logits
+    torch.testing.assert_close(out, ref, atol=atol, rtol=0)
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    cached = routed.generate(ids, decisions=path, **kw)
+    assert torch.equal(cached, routed.generate(ids, decisions=path, use_cache=False, **kw))
+    if explicit_cache is not None:
+        name = "cache" if "cache" in inspect.signature(explicit.forward).parameters else "past_key_values"
+        kw[name] = explicit_cache
+    assert torch.equal(cached, explicit.generate(ids, **kw))

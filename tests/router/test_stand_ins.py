@@ -2,7 +2,14 @@
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, assert_rows_generate_alone, explicit_model, prompts, tiny_model
+from tiny_models import (
+    ARCHITECTURES,
+    assert_equals_explicit,
+    assert_rows_generate_alone,
+    explicit_model,
+    prompts,
+    tiny_model,
+)
 
 from drllm.router import RoutedModel, relaxed
 from drllm.router.relaxed import Relaxation
@@ -34,16 +41,8 @@ def test_stand_ins_equal_the_explicit_model_with_and_without_cache(arch, rank):
     routed = RoutedModel(model)
     stand_ins = _stand_ins(routed, rank)
     explicit = explicit_model(model, PATH, stand_ins)
-    with torch.no_grad():
-        ref = explicit(input_ids=ids, attention_mask=mask).logits
     routed.set_stand_ins(stand_ins)
-    with torch.no_grad():
-        out = routed(ids, attention_mask=mask, decisions=torch.tensor(PATH)).logits
-    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
-    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    cached = routed.generate(ids, decisions=PATH, **kw)
-    assert torch.equal(cached, routed.generate(ids, decisions=PATH, use_cache=False, **kw))
-    assert torch.equal(cached, explicit.generate(ids, **kw))
+    assert_equals_explicit(routed, explicit, ids, mask, PATH)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

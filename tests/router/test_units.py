@@ -1,10 +1,15 @@
 """Sublayer units: a layer with its attention or its MLP off equals an explicit model without that unit."""
 
-import inspect
-
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, assert_rows_generate_alone, explicit_model, prompts, tiny_model
+from tiny_models import (
+    ARCHITECTURES,
+    assert_equals_explicit,
+    assert_rows_generate_alone,
+    explicit_model,
+    prompts,
+    tiny_model,
+)
 
 from drllm.router import RoutedCache, RoutedModel, check_decisions, layer_list, parse_decisions
 from drllm.router.compute import block_macs, path_macs
@@ -20,20 +25,10 @@ def test_unit_paths_equal_the_explicit_model_with_and_without_cache(arch):
     model = tiny_model(arch)
     ids, mask = prompts(batch=2, length=7)
     explicit = explicit_model(model, PATH)
-    with torch.no_grad():
-        ref = explicit(input_ids=ids, attention_mask=mask).logits
-    routed = RoutedModel(model)
-    with torch.no_grad():
-        out = routed(ids, attention_mask=mask, decisions=torch.tensor(PATH)).logits
-    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
-    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    cached = routed.generate(ids, decisions=PATH, **kw)
-    assert torch.equal(cached, routed.generate(ids, decisions=PATH, use_cache=False, **kw))
     # the explicit model's own DynamicCache would read its length from slot 0, which a layer without
     # attention never writes; RoutedCache reads a written slot (as for skipped layers, tested elsewhere)
     explicit_cache = RoutedCache(explicit.config, len(expand_path(PATH)))
-    name = "cache" if "cache" in inspect.signature(explicit.forward).parameters else "past_key_values"
-    assert torch.equal(cached, explicit.generate(ids, **{name: explicit_cache}, **kw))
+    assert_equals_explicit(RoutedModel(model), explicit, ids, mask, PATH, explicit_cache)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
