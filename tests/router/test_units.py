@@ -15,7 +15,6 @@ from drllm.router import RoutedCache, RoutedModel, check_decisions, layer_list, 
 from drllm.router.compute import block_macs, path_macs
 from drllm.router.decisions import expand_path, layer_applications
 
-ATOL = 1e-5
 PATH = [3, 1, 4, 0]
 ROWS = torch.tensor([[3, 1, 4, 0], [1, 4, 3, 2], [4, 0, 1, 3]])
 
