@@ -88,6 +88,8 @@ class EvalRow:
     kl_vs_static: Interval | None = None
     """Mean KL minus that of ``kl_static`` (the static baseline of least KL at the level), paired."""
     kl_static: str | None = None
+    compute: float | None = None
+    """Mean multiply-adds per prompt token as a share of the full decoder stack (``router.compute``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -151,10 +153,10 @@ def _name(row: EvalRow) -> str:
 def markdown_table(rows: Sequence[EvalRow], num_layers: int) -> str:
     """The result rows as a Markdown table (intervals in brackets; * marks p < 0.05)."""
     lines = [
-        "| task | method | level | layers | accuracy % [95% CI] | vs base, points | vs best static, points "
-        "| agrees with base % | fidelity (tokens) | KL to base, nats | KL vs closest static "
-        "| top-1 agree % | n |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| task | method | level | layers | compute % | accuracy % [95% CI] | vs base, points "
+        "| vs best static, points | agrees with base % | fidelity (tokens) | KL to base, nats "
+        "| KL vs closest static | top-1 agree % | n |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in sort_rows(rows):
         static = "-" if row.vs_static is None else f"{row.vs_static.against}: {_diff(row.vs_static)}"
@@ -168,6 +170,7 @@ def markdown_table(rows: Sequence[EvalRow], num_layers: int) -> str:
             _name(row),
             "-" if row.level is None else str(row.level),
             f"{row.layers:.2f}",
+            "-" if row.compute is None else f"{100 * row.compute:.1f}",
             _pct(row.accuracy),
             _diff(row.vs_base),
             static,

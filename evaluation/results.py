@@ -48,6 +48,7 @@ def method_rows(task: str, methods: list, scoring: str) -> list[EvalRow]:
             layer_applications=sum(a * t for a, t in zip(m.layers, m.tokens, strict=True)) / len(m.layers),
             seconds=m.seconds,
             path=list(m.path) if m.path is not None and m.name != "base" else None,
+            compute=sum(m.macs) / len(m.macs) if getattr(m, "macs", None) else None,
         )
         kl, agreement = _values(m, "kl"), _values(m, "token_agreement")
         row.kl = bootstrap_interval(kl) if kl else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from drllm.router import SKIP, RoutedModel, StandIns, batch_prompts
+from drllm.router import SKIP, RoutedModel, StandIns, batch_prompts, path_macs
 from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
 from drllm.search.stand_ins import fit_linear_stand_ins
@@ -81,6 +81,7 @@ class _Method:
     layers: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     decisions: list[list[int]] = field(default_factory=list)
+    macs: list[float] = field(default_factory=list)  # per example, the share of the full model's
     seconds: float = 0.0
 
     @property
@@ -364,7 +365,12 @@ class _TaskEvaluation:
         method.outcomes += outcomes
         method.decisions += [list(d) for d in decisions]
         method.layers += [sum(d) for d in decisions]
-        method.tokens += [len(p.tokens) - (len(p.continuation[1]) if p.continuation else 0) for p in prepared]
+        tokens = [len(p.tokens) - (len(p.continuation[1]) if p.continuation else 0) for p in prepared]
+        method.tokens += tokens
+        config, stand_ins = routed.config, routed.stand_ins
+        method.macs += [
+            path_macs(config, d, n, stand_ins)["fraction"] for d, n in zip(decisions, tokens, strict=True)
+        ]
 
 
 def _sync() -> None:

@@ -41,3 +41,18 @@ def test_bad_stand_in_settings_are_refused(tmp_path, tiny_model_dir):
         run_eval(tiny_model_dir, task, str(tmp_path / "a"), stand_in="cubic")
     with pytest.raises(ValueError, match="stand_in_rank must be a whole number >= 1"):
         run_eval(tiny_model_dir, task, str(tmp_path / "a"), stand_in="linear", stand_in_rank=0)
+
+
+def test_every_row_reports_its_compute_share(tmp_path, tiny_model_dir):
+    from drllm.router import RoutedModel, path_macs
+
+    task = choice_file(tmp_path / "mc.jsonl", n=8)
+    rows = {
+        r.method: r for r in run_eval(tiny_model_dir, task, str(tmp_path / "a"), stand_in="linear", **COMMON)
+    }
+    assert rows["base"].compute == pytest.approx(1.0)
+    config = RoutedModel.from_pretrained(tiny_model_dir).config
+    plain = rows["block-influence"]
+    assert plain.compute == pytest.approx(path_macs(config, plain.path, 30)["fraction"], abs=0.02)
+    assert plain.compute < rows["block-influence+linear"].compute < 1.0  # the maps cost d^2 a token
+    assert "| compute % |" in (tmp_path / "a" / "results.md").read_text()
