@@ -51,23 +51,41 @@ def fit_stand_ins(
         device: where the model runs (auto: CUDA when available, else the CPU).
         dtype: the model's dtype (auto or none: the checkpoint's; float32, bfloat16, float16).
     """
-    import torch
+    from drllm.search.output_files import claimed_output
 
-    from drllm.router import batch_prompts, parse_decisions
-    from drllm.router.auto import load_with_tokenizer
-    from drllm.router.routers import TRAINED_ON_NAME
-    from drllm.search.records import check_output
-    from drllm.search.stand_ins import fit_linear_stand_ins, fit_repeat_scales
-    from drllm.search.teacher import task_prompts
-
-    if (decisions is None) == (routers is None):
+    if (decisions is None) == (routers is None) or (decisions is not None and not decisions.strip()):
         raise ValueError("give either --decisions (a static path) or --routers (a router folder)")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a whole number >= 1 (or None: full rank), got {rank!r}")
+    if not 0 <= ridge < float("inf"):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
     if isinstance(calibration, bool) or not isinstance(calibration, int) or calibration < 1:
         raise ValueError(f"calibration must be a whole number >= 1, got {calibration!r}")
     if routers is not None and Path(output).resolve() == Path(routers).resolve():
         raise ValueError("--output must be a new folder: the routers' own folder is kept as it is")
     tasks = list(tasks or DEFAULT_TASKS)
-    check_output(output, folder=True)
+    if str(output).strip() and Path(output).is_dir() and any(Path(output).iterdir()):
+        raise ValueError(
+            f"output {output} is not empty: stand-ins are written into a new folder, so that no trained "
+            "routers or earlier results are replaced (remove it, or choose another)"
+        )
+    with claimed_output(output, folder=True):  # a refusal below leaves no empty folder behind
+        return _fit(output, model, decisions, routers, tasks, calibration, rank, repeats, ridge, batch_size,
+                    device, dtype)  # fmt: skip
+
+
+def _fit(
+    output, model, decisions, routers, tasks, calibration, rank, repeats, ridge, batch_size, device, dtype
+):
+    """The work of ``fit_stand_ins``, its arguments checked."""
+    import torch
+
+    from drllm.router import batch_prompts, parse_decisions
+    from drllm.router.auto import load_with_tokenizer
+    from drllm.router.routers import TRAINED_ON_NAME
+    from drllm.search.stand_ins import fit_linear_stand_ins, fit_repeat_scales
+    from drllm.search.teacher import task_prompts
+
     routed, tokenizer, name = load_with_tokenizer(model, None, device, routers, "stand-ins", dtype)
     pool = task_prompts(list(tasks), tokenizer, limit=None)
     random.Random(0).shuffle(pool)

@@ -157,6 +157,10 @@ def run_eval(
     stand_in = None if stand_in in (None, "none") else stand_in
     if stand_in not in (None, "linear"):
         raise ValueError(f"stand_in must be 'linear' or none, got {stand_in!r}")
+    if stand_in is None and stand_in_rank is not None:
+        raise ValueError(
+            "--stand-in-rank sets the rank of --stand-in linear: add --stand-in linear, or drop it"
+        )
     if stand_in_rank is not None and (
         isinstance(stand_in_rank, bool) or not isinstance(stand_in_rank, int) or stand_in_rank < 1
     ):
@@ -181,6 +185,8 @@ def run_eval(
             model, tokenizer, device, routers, "run_eval", dtype
         )
         levels = resolve_levels(target_layers, routed.num_layers)
+        if budgets and routed.routers is None:
+            raise ValueError("--budgets are router budgets, but no --routers are given: drop --budgets")
         learned = learned_static_margins(learned_static, routed) if learned_static else None
     settings = _Settings(
         split,

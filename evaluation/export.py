@@ -102,6 +102,9 @@ def export_routers(routed, methods, folder: Path, task: str, trained_on=frozense
             if m.name != "routed-static":
                 continue
             signal, text = verdict(task, m.level, methods)
+            stood = [] if routed.stand_ins is None else [i for i in routed.stand_ins.mapped if m.path[i] == 0]
+            if stood:  # the exported folder runs them too: the verdict says so
+                text = f"{text[:-1]}; skipped layers {stood} run the linear stand-ins saved with the routers."
             routers.set_default_path(list(m.path), m.threshold if signal else 1.0, protected=(0, 1, L - 1))
             config.verdict = text
             routed.save_pretrained(folder / f"routers-at-{m.level}")

@@ -156,6 +156,13 @@ class _TaskEvaluation:
             pool = fresh_examples(pool, s.trained_on, len(pool), f"the {train} split of {self.name}")
             log.info("%s: calibrating on %s examples the routers were not trained on", self.name, train)
         scored = {str(ex.id) for ex in evaluated}
+        seen = scored & set(s.trained_on)
+        if seen:  # the routers were fitted on some evaluated examples: said in the log and every title
+            trained = (
+                f"{len(seen)} of the {len(scored)} evaluated examples were the routers' training examples"
+            )
+            self.caveat = f"{self.caveat}; {trained}" if self.caveat else trained
+            log.warning("task %r: %s (their scores favour the routers)", self.name, trained)
         if train == eval_split or any(str(ex.id) in scored for ex in pool):
             left = [ex for ex in pool if str(ex.id) not in scored]
             if left:
@@ -167,8 +174,9 @@ class _TaskEvaluation:
                     train,
                 )
             else:  # said in the log and in every title of the results, never silently
-                self.caveat = f"calibrated on the evaluated examples: the {train} split has no others"
-                log.warning("task %r: %s; evaluate fewer (limit) to calibrate apart", self.name, self.caveat)
+                same = f"calibrated on the evaluated examples: the {train} split has no others"
+                self.caveat = f"{self.caveat}; {same}" if self.caveat else same
+                log.warning("task %r: %s; evaluate fewer (limit) to calibrate apart", self.name, same)
         return pool[: s.calibration]
 
     # ------------------------------------------------------------------ methods
@@ -331,7 +339,7 @@ class _TaskEvaluation:
         bar.close()
 
     def _score_method(self, method: _Method, prepared, start: int) -> None:
-        static = method.path is not None and method.threshold is None  # base, static paths, +linear
+        static = not method.name.startswith("routed")  # base, static paths, +linear; never the routers'
         with self._stand_ins(method.stand_ins if static else self.routers_stand_ins):
             self._score_with(method, prepared, start)
 

@@ -15,6 +15,8 @@ and are left out, so a fraction is one of the decoder stack.
 
 from __future__ import annotations
 
+from .decisions import check_decisions
+
 UNGATED = ("gpt2", "gpt_neox")
 
 
@@ -72,7 +74,13 @@ def path_macs(config, decisions, prompt_tokens: int, stand_ins=None) -> dict[str
 
     Returns ``blocks``, ``stand_ins``, ``total``, ``full`` (every block once) and ``fraction`` (of full).
     """
-    decisions = [int(v) for v in decisions]
+    layers = _get(config, "num_hidden_layers", "n_layer")
+    decisions = check_decisions(decisions, layers, units=True)
+    if decisions.shape[0] != 1:
+        raise ValueError(f"path_macs takes one path [L], got {decisions.shape[0]} rows")
+    decisions = decisions[0].tolist()
+    if stand_ins is not None and stand_ins.num_layers != layers:
+        raise ValueError(f"stand-ins for {stand_ins.num_layers} layers, the config has {layers}")
     parts = [block_macs(config, i, prompt_tokens) for i in range(len(decisions))]
     block = [p["total"] for p in parts]
     attention = [p["attention_projections"] + p["attention_context"] for p in parts]

@@ -37,8 +37,11 @@ class StandIns(nn.Module):
 
     def __init__(self, num_layers: int, hidden_size: int, rank: int | None = None, info: dict | None = None):
         super().__init__()
-        if rank is not None and not 1 <= rank < hidden_size:
-            raise ValueError(f"stand-in rank must lie in 1..{hidden_size - 1} (or None: full), got {rank}")
+        for what, value in (("num_layers", num_layers), ("hidden_size", hidden_size)):
+            if not _whole(value) or value < 1:
+                raise ValueError(f"stand-in {what} must be a whole number >= 1, got {value!r}")
+        if rank is not None and not (_whole(rank) and 1 <= rank < hidden_size):
+            raise ValueError(f"stand-in rank must lie in 1..{hidden_size - 1} (or None: full), got {rank!r}")
         self.num_layers, self.hidden_size, self.rank = num_layers, hidden_size, rank
         self.info = dict(info or {})  # fingerprint, weight_probe, how they were fitted
         self.register_buffer("repeat_scale", torch.ones(num_layers))
@@ -46,14 +49,17 @@ class StandIns(nn.Module):
 
     def set_map(self, index: int, down: torch.Tensor, bias: torch.Tensor, up: torch.Tensor | None = None):
         """Give layer ``index`` the stand-in ``h + h @ down @ up + bias`` (``up`` None: full rank)."""
-        if not 0 <= index < self.num_layers:
-            raise ValueError(f"layer {index} is not in 0..{self.num_layers - 1}")
+        if not (_whole(index) and 0 <= index < self.num_layers):
+            raise ValueError(f"layer {index!r} is not in 0..{self.num_layers - 1}")
         d, r = self.hidden_size, self.rank or self.hidden_size
         want = {"down": (d, r), "bias": (d,), "up": (r, d) if self.rank else None}
         for name, tensor in (("down", down), ("bias", bias), ("up", up)):
             shape = None if tensor is None else tuple(tensor.shape)
             if shape != want[name]:
                 raise ValueError(f"stand-in {name} of layer {index} must be {want[name]}, got {shape}")
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"stand-in {name} of layer {index} holds non-finite values (NaN or inf)")
+        for name, tensor in (("down", down), ("bias", bias), ("up", up)):
             if tensor is not None:
                 self.register_buffer(f"{name}_{index}", tensor.detach().float().clone())
         if index not in self.mapped:
@@ -119,16 +125,25 @@ class StandIns(nn.Module):
             raise ValueError(f"{path}: stand-in format {got!r}, this drllm reads {FORMAT_VERSION}")
         info = {k: v for k, v in config.items() if k not in ("format_version", "num_layers", "hidden_size")}
         rank, mapped = info.pop("rank"), info.pop("mapped")
-        out = cls(config["num_layers"], config["hidden_size"], rank, info)
+        if not isinstance(mapped, list) or not all(_whole(i) for i in mapped):
+            raise ValueError(f"{path}: the header's 'mapped' must be a list of layer numbers, got {mapped!r}")
         try:
+            out = cls(config["num_layers"], config["hidden_size"], rank, info)
             for i in mapped:
                 out.set_map(i, state.pop(f"down_{i}"), state.pop(f"bias_{i}"), state.pop(f"up_{i}", None))
-            out.repeat_scale.copy_(state.pop("repeat_scale"))
+            scale = state.pop("repeat_scale")
+            if scale.shape != out.repeat_scale.shape or not bool(((scale >= 0) & (scale <= 1)).all()):
+                raise ValueError(f"repeat scales must be {out.num_layers} values in [0, 1]")
+            out.repeat_scale.copy_(scale)
         except (KeyError, ValueError, RuntimeError) as err:
             raise ValueError(f"{path} does not match its own header: {err}") from err
         if state:
             raise ValueError(f"{path} holds tensors its header does not name: {sorted(state)[:4]}")
         return out
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _header(path: Path) -> dict:
@@ -157,6 +172,11 @@ class CarriesStandIns:
 
     def set_stand_ins(self, stand_ins: StandIns | None) -> None:
         """Attach ``stand_ins`` (every later forward and generate uses them), or detach with None."""
+        if stand_ins is not None and not isinstance(stand_ins, StandIns):
+            raise TypeError(
+                f"set_stand_ins takes StandIns (or None), got {type(stand_ins).__name__}; "
+                "to read a folder use load_stand_ins(directory)"
+            )
         if stand_ins is not None:
             from types import SimpleNamespace
 

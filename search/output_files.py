@@ -56,6 +56,8 @@ def claimed_output(path: str | os.PathLike, folder: bool = False):
     A refusal after the output was checked (a bad argument only the loaded model can judge) then leaves
     nothing behind.
     """
+    if not str(path).strip():
+        raise ValueError("the output path is empty")
     where = Path(path) if folder else Path(path).parent
     created = [p for p in [where, *where.parents] if not p.exists()]  # deepest first
     checked = check_output(path, folder)
@@ -79,7 +81,11 @@ def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
     Raises:
         ValueError: naming the path and what is in the way.
     """
+    if not str(path).strip():  # an unset variable in quotes: never the current folder by accident
+        raise ValueError("the output path is empty")
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"output {path} is a symbolic link to {os.readlink(path)}, which does not exist")
     where = path if folder else path.parent
     if path.exists() and path.is_dir() != folder:
         found, wanted = ("file", "folder") if folder else ("folder", "file")

@@ -112,9 +112,11 @@ def fit_linear_stand_ins(
     Returns:
         The stand-ins (not attached), recording ``fitted_on`` (path, prompts, tokens, rank, ridge).
     """
-    if not ridge >= 0:
-        raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+    if not 0 <= ridge < float("inf"):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
     L = routed.num_layers
+    if any(not -L <= p < L for p in protected):
+        raise ValueError(f"protected layers must lie in -{L}..{L - 1}, got {list(protected)}")
     full = all_execute(L)
     plan = None if path is None else check_decisions(path, L)[0].tolist()
     if plan is None:

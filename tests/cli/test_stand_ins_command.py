@@ -61,9 +61,32 @@ def test_input_conditioned_routers_get_a_map_for_every_layer(tiny_model_dir, tmp
         ([], "either --decisions"),
         (["--decisions", "1,1,1,1", "--routers", "x"], "either --decisions"),
         (["--decisions", "1,0,1,1", "--calibration", "0"], "calibration must be a whole number"),
+        (["--decisions", ""], "either --decisions"),
+        (["--decisions", "1,0,1,1", "--ridge", "1e400"], "ridge must be a finite number"),
+        (["--decisions", "1,0,1,1", "--output", ""], "the output path is empty"),
     ],
 )
 def test_bad_requests_are_refused(tiny_model_dir, tmp_path, capsys, extra, problem):
     with pytest.raises(SystemExit) as err:
         cli.main(["stand-ins", "--model", tiny_model_dir, "--output", str(tmp_path / "o"), *extra])
     assert err.value.code == 2 and problem in capsys.readouterr().err
+
+
+def test_an_output_that_holds_anything_is_refused_and_kept(tiny_model_dir, tmp_path, capsys):
+    """Trained routers (or anything else) in the output folder are never written over."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "routers.safetensors").write_bytes(b"precious")
+    with pytest.raises(SystemExit) as err:
+        cli.main(
+            [
+                "stand-ins",
+                "--model",
+                tiny_model_dir,
+                "--decisions",
+                "1,0,1,1",
+                "--output",
+                str(tmp_path / "r"),
+            ]
+        )
+    assert err.value.code == 2 and "is not empty" in capsys.readouterr().err
+    assert (tmp_path / "r" / "routers.safetensors").read_bytes() == b"precious"

@@ -41,6 +41,28 @@ def test_bad_stand_in_settings_are_refused(tmp_path, tiny_model_dir):
         run_eval(tiny_model_dir, task, str(tmp_path / "a"), stand_in="cubic")
     with pytest.raises(ValueError, match="stand_in_rank must be a whole number >= 1"):
         run_eval(tiny_model_dir, task, str(tmp_path / "a"), stand_in="linear", stand_in_rank=0)
+    with pytest.raises(ValueError, match="--stand-in-rank sets the rank of --stand-in linear"):
+        run_eval(tiny_model_dir, task, str(tmp_path / "a"), stand_in_rank=4)
+    with pytest.raises(ValueError, match="no --routers are given: drop --budgets"):
+        run_eval(tiny_model_dir, task, str(tmp_path / "a"), budgets=(1.0,))
+    assert not (tmp_path / "a").exists()
+
+
+def test_evaluating_the_routers_training_examples_is_said_in_every_title(tmp_path, tiny_model_dir):
+    import json
+
+    from drllm.router import RoutedModel
+
+    task = choice_file(tmp_path / "mc.jsonl", n=12)
+    routed = RoutedModel.from_pretrained(tiny_model_dir)
+    routed.add_routers(kind="linear")
+    routed.save_pretrained(tmp_path / "r")
+    (tmp_path / "r" / "trained_on.json").write_text(json.dumps({"ids": ["q0", "q1", "q2"]}))
+    run_eval(tiny_model_dir, task, str(tmp_path / "e"), routers=str(tmp_path / "r"), limit=6, **COMMON)
+    assert (
+        "3 of the 6 evaluated examples were the routers' training examples"
+        in (tmp_path / "e" / "results.md").read_text()
+    )
 
 
 def test_every_row_reports_its_compute_share(tmp_path, tiny_model_dir):
