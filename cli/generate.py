@@ -51,6 +51,8 @@ def generate(
 
     if not prompt.strip():
         raise ValueError("the prompt is empty")
+    if decisions is not None and not str(decisions).strip():
+        raise ValueError("--decisions is empty: give one value per layer, or leave the flag out")
     _check_decoding(max_new_tokens, temperature, top_p, top_k, num_beams, stream)
     _check_unused(do_sample, temperature, top_p, top_k, seed, routers, decisions, budget)
     routed = load_routed(model, device=device, routers=routers, dtype=dtype)

@@ -53,3 +53,11 @@ def probe_mismatch(saved: list[float], current: list[float]) -> bool:
         for a, b in zip(saved, current, strict=False)
         if a != UNKNOWN and b != UNKNOWN
     )
+
+
+def base_model_name(config) -> str:
+    """The base model as routers record it: a hub name as given, a local folder as an absolute path."""
+    from pathlib import Path
+
+    name = str(getattr(config, "name_or_path", "") or "")
+    return str(Path(name).resolve()) if name and Path(name).is_dir() else name

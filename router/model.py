@@ -37,7 +37,7 @@ from torch import nn
 from .cache import RoutedCache
 from .card import write_model_card
 from .decisions import check_budget, check_decisions
-from .fingerprint import architecture_string, probe_mismatch, weight_probe
+from .fingerprint import architecture_string, base_model_name, probe_mismatch, weight_probe
 from .inside import InsideModel, padded_positions  # noqa: F401 - padded_positions is public here
 from .layer import RoutedLayer, RoutingState
 from .loading import load_model
@@ -142,7 +142,7 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
             skip_first=kind != "mlp",
             fingerprint=self.fingerprint,
             weight_probe=self.weight_probe,
-            base_model=str(getattr(self.model.config, "name_or_path", "") or ""),
+            base_model=base_model_name(self.model.config),
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

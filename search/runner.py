@@ -139,6 +139,8 @@ def run_search(
         or not 0 <= fix_margin < math.inf
     ):
         raise ValueError(f"fix_margin must be a finite number >= 0, got {fix_margin!r}")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"devices must be a whole number >= 1, got {devices!r}")
     if devices > 1 and "WORLD_SIZE" not in os.environ:
         if restart:
             set_aside(Path(output))  # each rank sets its own file aside

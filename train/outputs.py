@@ -164,6 +164,19 @@ def prepare_checkpoints(folder: Path, run: dict, resume: bool, leader: bool) -> 
     return False
 
 
+def check_epochs(last: Path, epochs: int) -> None:
+    """Refuse to resume ``last`` with fewer epochs in all than it has already run (Lightning cannot)."""
+    import torch
+
+    index = torch.load(last, map_location="cpu", weights_only=False).get("epoch")  # of the last epoch run
+    done = index + 1 if isinstance(index, int) else 0
+    if done > epochs:
+        raise ValueError(
+            f"{last} has already run {done} epochs, more than --epochs {epochs} (the epochs in all, counting "
+            f"those done): pass --epochs {done} or more to continue, or --resume false to start over"
+        )
+
+
 def staging(output: Path) -> Path:
     """An empty folder for this process's finished files (see :func:`publish`)."""
     folder = output / f"{STAGING_PREFIX}{os.getpid()}"

@@ -203,6 +203,8 @@ def train_routers(
             run["neighbours"] = neighbours
         last = output / "checkpoints" / "last.ckpt"
         resuming = outputs.prepare_checkpoints(last.parent, run, resume, leader)
+        if resuming:
+            outputs.check_epochs(last, epochs)
         routed.model.requires_grad_(False)
         features = None
         if not online:

@@ -202,3 +202,34 @@ def test_the_demo_refuses_bad_evaluation_settings_before_searching(
     argv = ["demo", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--output", str(tmp_path / "d")]
     assert problem in _fails([*argv, "--train-examples", "4", "--simulations", "2", *extra], capsys)
     assert not (tmp_path / "d" / "paths.jsonl").exists()
+
+
+def test_the_fourth_probe_refusals(tiny_model_dir, mc_file, tmp_path, capsys, monkeypatch):
+    gen = ["generate", "--model", tiny_model_dir, "--prompt", "hi"]
+    assert "--decisions is empty" in _fails([*gen, "--decisions", ""], capsys)
+    search = [
+        "search",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        f"jsonl:{mc_file}",
+        "--output",
+        str(tmp_path / "p.jsonl"),
+    ]
+    assert "devices must be a whole number >= 1, got 0" in _fails([*search, "--devices", "0"], capsys)
+    assert "the output path is empty" in _fails([*search[:-1], ""], capsys)
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    assert "symbolic link" in _fails([*search[:-1], str(tmp_path / "gone")], capsys)
+
+
+def test_routers_record_a_local_base_model_as_an_absolute_path(tiny_model_dir, tmp_path, monkeypatch):
+    import os
+
+    from drllm.router import RoutedModel, load_routed
+
+    monkeypatch.chdir(os.path.dirname(tiny_model_dir))
+    routed = RoutedModel.from_pretrained(os.path.basename(tiny_model_dir))  # a relative folder name
+    routed.add_routers(kind="linear")
+    routed.save_pretrained(tmp_path / "r")
+    monkeypatch.chdir(tmp_path)
+    assert load_routed(routers=str(tmp_path / "r")).num_layers == 4  # found from anywhere

@@ -75,6 +75,9 @@ def test_train_routers_end_to_end_and_resume(tmp_path, config):
     assert _epochs_logged(out / "logs" / "version_1") == [2, 3], "the second run continues from last.ckpt"
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 3
     assert METRIC_KEYS <= set(again)
+    config["epochs"] = 2  # fewer in all than the checkpoint has run: one line, not Lightning's traceback
+    with pytest.raises(ValueError, match="has already run 4 epochs, more than --epochs 2"):
+        train_routers(routed, str(paths), str(out), tokenizer=tiny_tokenizer(), **config)
 
 
 def test_train_routers_online_mode(tmp_path, config):
