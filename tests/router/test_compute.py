@@ -41,3 +41,19 @@ def test_path_macs_count_repeats_twice_and_stand_ins_at_their_rank():
     stand_ins.set_map(1, torch.zeros(32, 4), torch.zeros(32), torch.zeros(4, 32))
     with_maps = path_macs(routed.config, [1, 0, 1, 1], 12, stand_ins)
     assert with_maps["stand_ins"] == 2 * 32 * 4 and with_maps["total"] == pytest.approx(3 * one + 256)
+
+
+def test_path_macs_refuses_paths_that_do_not_fit_the_config():
+    routed = RoutedModel(tiny_model("llama"))
+    for bad, problem in (
+        ([1, 1], "2 columns"),
+        ([5, 1, 1, 1], "got values \\[5\\]"),
+        ([0.7, 1, 1, 1], "non-integer"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            path_macs(routed.config, bad, 10)
+    with pytest.raises(ValueError, match="one path"):
+        path_macs(routed.config, torch.ones(2, 4, dtype=torch.long), 10)
+    other = RoutedModel(tiny_model("llama", num_hidden_layers=6)).new_stand_ins()
+    with pytest.raises(ValueError, match="stand-ins for 6 layers, the config has 4"):
+        path_macs(routed.config, [1, 0, 1, 1], 10, other)

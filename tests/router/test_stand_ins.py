@@ -121,8 +121,36 @@ def test_bad_stand_in_files_and_shapes_are_refused(tmp_path):
         stand_ins.set_map(1, torch.zeros(32, 4), torch.zeros(32))
     with pytest.raises(ValueError, match="rank must lie in 1..31"):
         routed.new_stand_ins(rank=32)
+    for rank in (True, 2.5):
+        with pytest.raises(ValueError, match="rank must lie in 1..31"):
+            routed.new_stand_ins(rank=rank)
+    with pytest.raises(ValueError, match="down of layer 1 holds non-finite values"):
+        stand_ins.set_map(1, torch.full((32, 32), float("nan")), torch.zeros(32))
+    with pytest.raises(TypeError, match="set_stand_ins takes StandIns"):
+        routed.set_stand_ins(str(tmp_path))
     with pytest.raises(FileNotFoundError, match=STAND_INS_NAME):
         StandIns.from_pretrained(tmp_path)
     (tmp_path / STAND_INS_NAME).write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a valid safetensors file"):
+        StandIns.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        ({"mapped": "1"}, "'mapped' must be a list of layer numbers"),
+        ({"rank": "abc"}, "rank must lie in"),
+        ({"num_layers": 4.5}, "num_layers must be a whole number"),
+    ],
+)
+def test_a_damaged_stand_in_header_is_one_error_naming_the_file(tmp_path, edit, problem):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    routed = RoutedModel(tiny_model("llama"))
+    path = _stand_ins(routed).save_pretrained(tmp_path)
+    config = {**_stand_ins(routed).config(), **edit}
+    save_file(load_file(str(path)), str(path), metadata={"format": "pt", "stand_ins": json.dumps(config)})
+    with pytest.raises(ValueError, match=problem):
         StandIns.from_pretrained(tmp_path)

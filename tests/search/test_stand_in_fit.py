@@ -83,8 +83,11 @@ def test_bad_fits_are_refused():
         fit_linear_stand_ins(routed, tok, [], [1, 0, 1, 1])
     with pytest.raises(ValueError, match="calibration tokens for maps of 32 inputs"):
         fit_linear_stand_ins(routed, tok, ["ab"], [1, 0, 1, 1])
-    with pytest.raises(ValueError, match="ridge must be >= 0"):
-        fit_linear_stand_ins(routed, tok, PROMPTS, [1, 0, 1, 1], ridge=-1)
+    for ridge in (-1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="ridge must be a finite number >= 0"):
+            fit_linear_stand_ins(routed, tok, PROMPTS, [1, 0, 1, 1], ridge=ridge)
+    with pytest.raises(ValueError, match="protected layers must lie in -4..3"):
+        fit_linear_stand_ins(routed, tok, PROMPTS, None, protected=(10,))
     with pytest.raises(ValueError, match=r"repeat scales must lie in \[0, 1\]"):
         fit_repeat_scales(routed, tok, PROMPTS, [1, 2, 1, 1], grid=(0.5, 2.0))
 
