@@ -80,7 +80,7 @@ def _fit(
     """The work of ``fit_stand_ins``, its arguments checked."""
     import torch
 
-    from drllm.router import batch_prompts, parse_decisions
+    from drllm.router import batch_prompts, encode_prompt, parse_decisions
     from drllm.router.auto import load_with_tokenizer
     from drllm.router.routers import TRAINED_ON_NAME
     from drllm.search.stand_ins import fit_linear_stand_ins, fit_repeat_scales
@@ -89,7 +89,17 @@ def _fit(
     routed, tokenizer, name = load_with_tokenizer(model, None, device, routers, "stand-ins", dtype)
     pool = task_prompts(list(tasks), tokenizer, limit=None)
     random.Random(0).shuffle(pool)
-    prompts = [p.text for p in pool[:calibration]]
+    context = routed.context_length
+    fits = [p for p in pool if context is None or len(encode_prompt(tokenizer, p.text)) <= context]
+    if len(fits) < len(pool):
+        log.warning("stand-ins: %d of %d prompts are longer than the model's context of %s tokens and are "
+                    "left out", len(pool) - len(fits), len(pool), context)  # fmt: skip
+    if not fits:
+        raise ValueError(
+            f"every prompt of {', '.join(tasks)} is longer than the model's context of {context} tokens: "
+            "give --tasks with shorter prompts"
+        )
+    prompts = [p.text for p in fits[:calibration]]
     if decisions is not None:
         path = parse_decisions(decisions, routed.num_layers)
         routers_obj = routed.add_routers(kind="static")
