@@ -157,6 +157,9 @@ def run_eval(
     stand_in = None if stand_in in (None, "none") else stand_in
     if stand_in not in (None, "linear"):
         raise ValueError(f"stand_in must be 'linear' or none, got {stand_in!r}")
+    if stand_in and not learned_static and not set(baselines) - {"random"}:
+        raise ValueError("--stand-in linear pairs static paths with their stand-ins, and random ones are not "
+                         "paired: add a baseline such as block-influence or angular")  # fmt: skip
     if stand_in is None and stand_in_rank is not None:
         raise ValueError(
             "--stand-in-rank sets the rank of --stand-in linear: add --stand-in linear, or drop it"

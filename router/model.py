@@ -157,8 +157,9 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
         routers = Routers.from_pretrained(directory)
         self.check_compatible(routers.config, source=str(directory))
         self._attach(routers)
-        has_stand_ins = (Path(directory) / STAND_INS_NAME).is_file()
-        self.set_stand_ins(None) if not has_stand_ins else self.load_stand_ins(directory)
+        if routers.config.stand_ins and not (Path(directory) / STAND_INS_NAME).is_file():
+            raise FileNotFoundError(f"{directory} records linear stand-ins, but has no {STAND_INS_NAME}")
+        self.set_stand_ins(None) if not routers.config.stand_ins else self.load_stand_ins(directory)
         return routers
 
     def check_compatible(self, config: RouterConfig, source: str = "routers") -> None:
@@ -199,6 +200,7 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
             raise ValueError("there are no routers to save; call add_routers() or load_routers() first")
         if kwargs.get("safe_serialization") is False:
             raise ValueError("routers are saved as safetensors only; safe_serialization=False is not offered")
+        self.routers.config.stand_ins = self.stand_ins is not None
         self.routers.save_pretrained(Path(directory))
         if self.stand_ins is not None:
             self.stand_ins.save_pretrained(directory)

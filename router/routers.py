@@ -81,6 +81,8 @@ class RouterConfig:
     """With ``default_path``: a router deviates only where ``p[best] - p[default] > threshold``."""
     protected: list[int] = dataclasses.field(default_factory=list)
     """Layers that always follow ``default_path`` (or execute, without one)."""
+    stand_ins: bool = False
+    """Whether ``stand_ins.safetensors`` was saved beside the routers (a folder without it is refused)."""
     verdict: str = ""
     """What the evaluation that exported these routers found (``drllm eval``: ``routers-at-<level>``)."""
     format_version: int = FORMAT_VERSION

@@ -43,6 +43,8 @@ def test_bad_stand_in_settings_are_refused(tmp_path, tiny_model_dir):
         run_eval(tiny_model_dir, task, str(tmp_path / "a"), stand_in="linear", stand_in_rank=0)
     with pytest.raises(ValueError, match="--stand-in-rank sets the rank of --stand-in linear"):
         run_eval(tiny_model_dir, task, str(tmp_path / "a"), stand_in_rank=4)
+    with pytest.raises(ValueError, match="random ones are not paired"):
+        run_eval(tiny_model_dir, task, str(tmp_path / "a"), stand_in="linear", baselines=("random",))
     with pytest.raises(ValueError, match="no --routers are given: drop --budgets"):
         run_eval(tiny_model_dir, task, str(tmp_path / "a"), budgets=(1.0,))
     assert not (tmp_path / "a").exists()

@@ -107,6 +107,11 @@ def test_stand_ins_save_with_routers_and_refuse_another_model(tmp_path):
         RoutedModel(tiny_model("llama", seed=1)).load_stand_ins(tmp_path / "r")
     with pytest.raises(ValueError, match="stand-ins were made for a model with layer count 4"):
         RoutedModel(tiny_model("llama", num_hidden_layers=5)).set_stand_ins(stand_ins)
+    (tmp_path / "copy").mkdir()
+    for name in ("router_config.json", "routers.safetensors"):  # copied without its stand-ins
+        (tmp_path / "copy" / name).write_bytes((tmp_path / "r" / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match="records linear stand-ins, but has no stand_ins.safetensors"):
+        other.load_routers(tmp_path / "copy")
     routed.set_stand_ins(None)
     routed.save_pretrained(tmp_path / "r")  # routers without stand-ins: the earlier file goes
     assert not (tmp_path / "r" / STAND_INS_NAME).exists()
