@@ -7,9 +7,14 @@ budget shift of routed inference would give, made exact at every level.
 
 from __future__ import annotations
 
+import logging
+
 from drllm.router import Routers
 
 PROTECTED = (0, 1, -1)
+
+
+log = logging.getLogger("drllm")
 
 
 def learned_static_margins(folder: str, routed=None) -> list[float]:
@@ -28,7 +33,19 @@ def learned_static_margins(folder: str, routed=None) -> list[float]:
             "(drllm train --objective kl --router static)"
         )
     logits = routers.static.logits.detach().float()
-    return (logits[:, 1] - logits[:, 0]).tolist()
+    margins = (logits[:, 1] - logits[:, 0]).tolist()
+    L = len(margins)
+    skipped = [p % L for p in PROTECTED if margins[p % L] < 0]
+    if skipped:  # the ranking still serves every level, but not the path this router would run itself
+        log.warning(
+            "%s: the static router skips protected layers %s; learned-static keeps them and ranks the "
+            "others by its margins",
+            folder,
+            sorted(skipped),
+        )
+    if routers.config.stand_ins:
+        log.warning("%s: learned-static runs the ranked paths without the stand-ins saved there", folder)
+    return margins
 
 
 def learned_path(margins: list[float], level: int) -> tuple[int, ...]:
