@@ -73,6 +73,10 @@ class StandIns(nn.Module):
         """Skipped layer ``index``'s stand-in on ``hidden`` ``[..., d]`` (``hidden`` itself without a map)."""
         if index not in self.mapped:
             return hidden
+        if hidden.shape[-1] != self.hidden_size:
+            raise ValueError(
+                f"stand-ins of hidden size {self.hidden_size} got states of size {hidden.shape[-1]}"
+            )
         down = getattr(self, f"down_{index}").to(hidden.dtype)
         update = hidden @ down
         if self.rank:
@@ -104,6 +108,8 @@ class StandIns(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``stand_ins.safetensors`` (atomically) into ``directory``; returns its path."""
+        if Path(directory).exists() and not Path(directory).is_dir():
+            raise ValueError(f"{directory} is a file; stand-ins are saved into a folder")
         path = Path(directory) / STAND_INS_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}

@@ -133,6 +133,12 @@ def test_bad_stand_in_files_and_shapes_are_refused(tmp_path):
         stand_ins.set_map(1, torch.full((32, 32), float("nan")), torch.zeros(32))
     with pytest.raises(TypeError, match="set_stand_ins takes StandIns"):
         routed.set_stand_ins(str(tmp_path))
+    stand_ins.set_map(1, torch.zeros(32, 32), torch.zeros(32))
+    with pytest.raises(ValueError, match="hidden size 32 got states of size 16"):
+        stand_ins.apply(1, torch.zeros(2, 16))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="is a file; stand-ins are saved into a folder"):
+        stand_ins.save_pretrained(tmp_path / "a_file")
     with pytest.raises(FileNotFoundError, match=STAND_INS_NAME):
         StandIns.from_pretrained(tmp_path)
     (tmp_path / STAND_INS_NAME).write_bytes(b"not safetensors")
