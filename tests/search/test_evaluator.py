@@ -135,7 +135,7 @@ def test_prompts_longer_than_the_context_are_refused(tmp_path, scoring):
     evaluator = PathEvaluator(
         RoutedModel(tiny_model("llama")), tiny_tokenizer(), task, scoring, max_new_tokens=8
     )
-    fine, long = task.load("train")
+    fine, long = task.load()
     evaluator.prepare([fine])
     with pytest.raises(
         ValueError, match=r"example too-long: the prompt has \d+ tokens.*context of 128 tokens"

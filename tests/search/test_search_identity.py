@@ -43,7 +43,6 @@ def test_every_record_names_the_settings_it_was_searched_with(searched):
     [
         ({"simulations": 3}, "simulations: file 2, now 3"),
         ({"seed": 1}, "seed: file 0, now 1"),
-        ({"split": "validation"}, "split: file 'all', now 'validation'"),
         ({"scoring": "mc-letter"}, "scoring: file 'mc-loglik', now 'mc-letter'"),
         ({"style": "chat", "tokenizer": tiny_tokenizer(chat=True)}, "style: file 'plain', now 'chat'"),
     ],
@@ -67,6 +66,8 @@ def test_another_model_or_task_is_refused(searched, tmp_path):
     other_task = choice_file(tmp_path / "other.jsonl", n=4)
     with pytest.raises(SettingsMismatchError, match=f"task: file '{task}', now '{other_task}'"):
         _search(routed, other_task, out)
+    with pytest.raises(ValueError, match="no split 'validation'"):  # a jsonl file is one split, 'all'
+        _search(routed, task, out, split="validation")
     assert out.read_bytes() == before
 
 
