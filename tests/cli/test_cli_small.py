@@ -121,3 +121,22 @@ def test_help_has_no_docstring_markup(command, capsys):
         main([command, "--help"])
     text = capsys.readouterr().out
     assert "--output" in text and "``" not in text and ":class:" not in text
+
+
+def test_generate_runs_a_unit_path_from_the_command_line(tiny_model_dir, capsys):
+    from drllm.cli.__main__ import main
+
+    main(
+        [
+            "generate",
+            "--model",
+            tiny_model_dir,
+            "--prompt",
+            "hi",
+            "--decisions",
+            "3,4,1,0",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
+    assert "layers executed per token: 3 of 4; path 3410" in capsys.readouterr().out

@@ -204,7 +204,7 @@ def test_the_demo_refuses_bad_evaluation_settings_before_searching(
     assert not (tmp_path / "d" / "paths.jsonl").exists()
 
 
-def test_the_fourth_probe_refusals(tiny_model_dir, mc_file, tmp_path, capsys, monkeypatch):
+def test_the_third_probe_refusals(tiny_model_dir, mc_file, tmp_path, capsys, monkeypatch):
     gen = ["generate", "--model", tiny_model_dir, "--prompt", "hi"]
     assert "--decisions is empty" in _fails([*gen, "--decisions", ""], capsys)
     search = [

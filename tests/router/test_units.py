@@ -73,22 +73,3 @@ def test_unit_paths_cost_their_units_only():
     attention = part["attention_projections"] + part["attention_context"]
     costs = path_macs(config, [3, 4, 1, 1], 10)
     assert costs["blocks"] == pytest.approx(part["mlp"] + attention + 2 * part["total"])
-
-
-def test_generate_runs_a_unit_path_from_the_command_line(tiny_model_dir, capsys):
-    from drllm.cli.__main__ import main
-
-    main(
-        [
-            "generate",
-            "--model",
-            tiny_model_dir,
-            "--prompt",
-            "hi",
-            "--decisions",
-            "3,4,1,0",
-            "--max-new-tokens",
-            "2",
-        ]
-    )
-    assert "layers executed per token: 3 of 4; path 3410" in capsys.readouterr().out
