@@ -7,10 +7,11 @@ decision vectors holding a few skips and repeats) it measures in one process:
 (b) seconds per epoch of cached training: router forward, focal loss, backward and AdamW step over the
     cached ``FeatureSet``,
 (c) seconds per epoch of online training: the same loop, the frozen model run each step (``online_pooled``),
-(d) steps per second of KL training (``--objective kl``, ``drllm.train.kl``): per batch the base model's
-    teacher forward, the relaxed routed forward (straight-through Gumbel gates), backward through the frozen
-    model to the routers and the AdamW step, on the same prompts plus a 16-token continuation, with
-    ``static`` and with per-layer ``linear`` routers; steps per second print beside cached label training's.
+(d) steps per second of KL training (``--objective kl``, ``drllm.train.kl``, its default score-function
+    estimator): per batch the base model's teacher forward, the routed forward along sampled hard paths
+    (no gradient through the frozen model), the REINFORCE loss on the routers' path log-probabilities, its
+    backward and the AdamW step, on the same prompts plus a 16-token continuation, with ``static`` and with
+    per-layer ``linear`` routers; steps per second print beside cached label training's.
 
 Both modes run the same plain loop (``RouterModule.batch_loss``, backward, optimizer step) over the
 batches of ``RouterDataModule.train_dataloader``; their epochs alternate, so background load hits both
@@ -208,8 +209,9 @@ def timed_kl(routed, tokenizer, rows, args, device: torch.device, kind: str) -> 
         for i in range(0, len(kl_rows), args.batch_size):
             batch = batch_tensors(kl_rows[i : i + args.batch_size], 0, device)
             teacher = teacher_log_probs(routed, batch)
-            relaxation = Relaxation(routers, tau=0.5, fixed=fixed, generator=g)
-            loss = relaxed_step(routed, relaxation, batch, teacher).mean()
+            relaxation = Relaxation(routers, tau=0.5, fixed=fixed, generator=g, straight_through=False)
+            kl = relaxed_step(routed, relaxation, batch, teacher).detach()  # as fit_kl's default estimator
+            loss = ((kl - kl.mean()) * relaxation.path_log_prob()).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
