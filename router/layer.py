@@ -257,8 +257,10 @@ class RoutedLayer(nn.Module):
             if n == 1:  # the repeat pass
                 new = self._damped(out[rows], new)
             out = out.index_copy(0, rows, new.to(hidden.dtype))
+        if self.state.stand_ins is None:  # plain skips keep their input: nothing to find (no device sync)
+            return out
         skipped = (decisions == SKIP).nonzero().flatten()
-        if self.state.stand_ins is not None and skipped.numel():
+        if skipped.numel():
             out = out.index_copy(0, skipped, self._skipped(hidden[skipped]))
         return out
 
