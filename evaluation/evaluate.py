@@ -59,6 +59,7 @@ from .calibration import (  # noqa: F401 - importable from here
 )
 from .learned import learned_static_margins
 from .report import EvalRow
+from .results import UNIT_BASELINES
 from .task_eval import (  # noqa: F401 - moved; importable from here as before
     _Method,
     _Settings,
@@ -79,6 +80,7 @@ def run_eval(
     split: str | None = None,
     limit: int | None = None,
     target_layers: tuple[int, ...] | None = None,
+    target_compute: tuple[float, ...] | None = None,
     budgets: tuple[float, ...] = (),
     baselines: tuple[str, ...] = BASELINES,
     calibration: int = 128,
@@ -114,8 +116,16 @@ def run_eval(
         limit: at most this many examples (default: the whole split).
         target_layers: mean layers per prompt to compare every method at (default: L-1, L-2, L-3, L-4, L-6,
             L-8 of the model's L layers).
+        target_compute: instead of ``target_layers``, shares of the full model's multiply-adds per prompt
+            token (0.9, 0.8): each becomes the level ``n`` of ``n / L`` closest to it (blocks cost alike
+            but for sliding windows). Every row reports its exact share (``compute``); the unit baselines
+            match the block compute of their level.
         budgets: extra router budget biases to evaluate as they are, unmatched (positive skips more).
-        baselines: static baselines, among greedy, block-influence, angular, drop-last, random.
+        baselines: static baselines, among greedy, block-influence, angular, drop-last, random, and the
+            sublayer ones attention-drop (only attentions dropped) and unit-drop (attentions and MLPs),
+            which drop units by least influence per multiply-add until they save at least what the
+            level's block paths save. They are compared with the block paths of their level (KL and
+            accuracy, paired), not counted among them: routers and ``routed-static`` use block paths.
         calibration: training examples the static baselines and the routers' budgets are calibrated on.
         greedy_examples: training examples the greedy baseline is searched on (default: ``calibration``;
             its cost grows with examples times layers squared).
@@ -187,7 +197,7 @@ def run_eval(
         routed, tokenizer, model_name = load_with_tokenizer(
             model, tokenizer, device, routers, "run_eval", dtype
         )
-        levels = resolve_levels(target_layers, routed.num_layers)
+        levels = resolve_levels(target_layers, routed.num_layers, target_compute)
         if budgets and routed.routers is None:
             raise ValueError("--budgets are router budgets, but no --routers are given: drop --budgets")
         learned = learned_static_margins(learned_static, routed) if learned_static else None
@@ -227,9 +237,11 @@ def check_eval_arguments(
     baselines, calibration, batch_size, greedy_examples, fidelity_tokens, random_seeds, limit
 ) -> None:
     """Refuse a bad evaluation setting before anything runs (``run_eval`` and the demo, before its search)."""
-    unknown = [b for b in baselines if b not in BASELINES]
+    unknown = [b for b in baselines if b not in BASELINES + UNIT_BASELINES]
     if unknown:
-        raise ValueError(f"unknown baselines {unknown}; known baselines: {', '.join(BASELINES)}")
+        raise ValueError(
+            f"unknown baselines {unknown}; known baselines: {', '.join(BASELINES + UNIT_BASELINES)}"
+        )
     for name, value, least in (("calibration", calibration, 1), ("batch_size", batch_size, 1)):
         if value < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
@@ -254,8 +266,16 @@ def _check_plotting() -> None:
         raise ImportError("drllm eval draws figures with matplotlib: pip install 'drllm[eval]'")
 
 
-def resolve_levels(target_layers, num_layers: int) -> list[int]:
-    """The layer levels to compare at, checked against the model (default: L-1..L-4, L-6, L-8)."""
+def resolve_levels(target_layers, num_layers: int, target_compute=None) -> list[int]:
+    """The layer levels to compare at, checked against the model (default: L-1..L-4, L-6, L-8).
+
+    ``target_compute`` (shares of the full model) gives each share's nearest level instead; it cannot be
+    combined with ``target_layers``, and two shares that land on one level are refused.
+    """
+    if target_compute is not None:
+        if target_layers is not None:
+            raise ValueError("give target layers or target compute, not both")
+        return _compute_levels(target_compute, num_layers)
     if target_layers is None:
         target_layers = [num_layers - k for k in (1, 2, 3, 4, 6, 8) if num_layers - k >= 1]
     levels = sorted({int(x) for x in target_layers}, reverse=True)
@@ -265,6 +285,25 @@ def resolve_levels(target_layers, num_layers: int) -> list[int]:
             f"target layers must lie in 1..{num_layers - 1} for a {num_layers}-layer model, got {bad}"
         )
     return levels
+
+
+def _compute_levels(target_compute, num_layers: int) -> list[int]:
+    shares = list(target_compute)
+    if not shares:
+        raise ValueError("target compute is empty: give shares of the full model such as 0.9,0.8")
+    levels: dict[int, float] = {}
+    for share in shares:
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
+            raise ValueError(f"target compute must be shares of the full model in (0, 1), got {share!r}")
+        level = min(range(1, num_layers), key=lambda n: (abs(n / num_layers - share), -n))
+        if level in levels:
+            raise ValueError(
+                f"target compute {levels[level]:g} and {share:g} both mean {level} of {num_layers} layers; "
+                "give shares at least one layer apart"
+            )
+        levels[level] = share
+        log.info("target compute %g: %d of %d layers", share, level, num_layers)
+    return sorted(levels, reverse=True)
 
 
 def _slug(name: str) -> str:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-from drllm.router import SKIP, RoutedModel, StandIns, batch_prompts, path_macs
+from drllm.router import REPEAT, RoutedModel, StandIns, batch_prompts, path_macs
 from drllm.search import progress
 from drllm.search.evaluator import Outcome, PathEvaluator
-from drllm.search.stand_ins import fit_linear_stand_ins
 from drllm.search.tasks.style import describe, resolve_style
 
 from . import baselines as static
@@ -33,7 +32,8 @@ from .export import export_routers
 from .learned import learned_path
 from .publish import staged
 from .report import EvalRow
-from .results import STATIC, method_rows, write_task_files
+from .results import STATIC, UNIT_BASELINES, method_rows, write_task_files
+from .static_paths import paths_of_units, with_stand_ins
 
 log = logging.getLogger("drllm.evaluation.evaluate")
 
@@ -125,7 +125,12 @@ class _TaskEvaluation:
         methods = [_Method("base", path=(1,) * self.L)]
         with self._stand_ins(None):
             methods += self._static_methods(calib)
-            methods += self._with_stand_ins(calib, methods)
+            methods += [
+                _Method(name, level, path=path, stand_ins=maps)
+                for name, level, path, maps in with_stand_ins(
+                    self.routed, self.tokenizer, self.ev, calib, methods, s, self.name
+                )
+            ]
         methods += self._routed_methods(calib)
         if s.route_from_static and self.routed.routers is not None:
             methods += self._from_static_methods(calib, methods)
@@ -189,6 +194,8 @@ class _TaskEvaluation:
             stats = static.calibration_statistics(
                 self.routed, self.tokenizer, prompts, batch_size=s.batch_size
             )
+        units = [b for b in wanted if b in UNIT_BASELINES]
+        unit_paths = paths_of_units(self.routed, self.tokenizer, self.ev, calib, units, s) if units else {}
         greedy = None
         if "greedy" in wanted:
             prepared = self.ev.prepare(calib[: s.greedy_examples])
@@ -208,6 +215,8 @@ class _TaskEvaluation:
                     methods.append(_Method(name, level, path=tuple(static.angular_path(stats, n))))
                 elif name == "drop-last":
                     methods.append(_Method(name, level, path=tuple(static.drop_last(L, n))))
+                elif name in UNIT_BASELINES:
+                    methods.append(_Method(name, level, path=unit_paths[name, level]))
                 else:
                     for seed in range(s.random_seeds):
                         path = tuple(static.random_skips(L, n, seed))
@@ -281,30 +290,6 @@ class _TaskEvaluation:
                 self.ev.release(p)
         return found
 
-    def _with_stand_ins(self, calib, methods: list[_Method]) -> list[_Method]:
-        """``<name>+linear`` for each static path that skips (``random`` aside); one fit per distinct path."""
-        s = self.s
-        if s.stand_in != "linear":
-            return []
-        prompts = [self.ev.prompt_text(ex) for ex in calib]
-        fitted: dict[tuple[int, ...], StandIns] = {}
-        out = []
-        for m in methods:
-            if m.name not in STATIC or m.level is None or SKIP not in m.path:
-                continue
-            if m.path not in fitted:
-                log.info("%s: linear stand-ins for %s at %d layers", self.name, m.name, m.level)
-                fitted[m.path] = fit_linear_stand_ins(
-                    self.routed,
-                    self.tokenizer,
-                    prompts,
-                    m.path,
-                    rank=s.stand_in_rank,
-                    batch_size=s.batch_size,
-                )
-            out.append(_Method(f"{m.name}+linear", m.level, path=m.path, stand_ins=fitted[m.path]))
-        return out
-
     @contextlib.contextmanager
     def _stand_ins(self, stand_ins):
         """Run the forwards inside with ``stand_ins`` attached (None: plain skips and repeats)."""
@@ -372,12 +357,17 @@ class _TaskEvaluation:
         method.seconds += time.perf_counter() - began
         method.outcomes += outcomes
         method.decisions += [list(d) for d in decisions]
-        method.layers += [sum(d) for d in decisions]
         tokens = [len(p.tokens) - (len(p.continuation[1]) if p.continuation else 0) for p in prepared]
         method.tokens += tokens
         config, stand_ins = routed.config, routed.stand_ins
-        method.macs += [
+        shares = [
             path_macs(config, d, n, stand_ins)["fraction"] for d, n in zip(decisions, tokens, strict=True)
+        ]
+        method.macs += shares
+        # a path of units runs parts of layers: its layers are the blocks its multiply-adds would buy
+        method.layers += [
+            sum(d) if max(d) <= REPEAT else round(share * self.L, 2)
+            for d, share in zip(decisions, shares, strict=True)
         ]
 
 

@@ -1,0 +1,74 @@
+"""``drllm eval`` with sublayer-unit baselines and ``--target-compute``: matched multiply-adds, paired."""
+
+import pytest
+from task_files import choice_file
+
+from drllm.evaluation.evaluate import resolve_levels, run_eval
+from drllm.router.decisions import ATTENTION_ONLY, MLP_ONLY
+
+COMMON = dict(batch_size=4, calibration=6, fidelity_tokens=4, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def eight_layers(tmp_path_factory):
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama-8")
+    tiny_model("llama", num_hidden_layers=8).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def test_unit_baselines_match_the_block_compute_of_their_level(tmp_path, eight_layers):
+    task = choice_file(tmp_path / "mc.jsonl", n=12)
+    rows = run_eval(
+        eight_layers,
+        task,
+        str(tmp_path / "e"),
+        target_compute=(0.75,),
+        baselines=("block-influence", "attention-drop", "unit-drop"),
+        stand_in="linear",
+        **COMMON,
+    )
+    by = {r.method: r for r in rows}
+    block, attention, units = by["block-influence"], by["attention-drop"], by["unit-drop"]
+    assert block.level == attention.level == units.level == 6  # 0.75 of 8 layers
+    assert set(attention.path) <= {1, MLP_ONLY} and MLP_ONLY in attention.path  # only attentions go
+    assert set(units.path) <= {0, 1, MLP_ONLY, ATTENTION_ONLY}
+    for row in (attention, units):  # they save at least what the block path saves, and not much more
+        assert row.compute <= block.compute + 1e-6
+        assert row.compute >= block.compute - 0.15
+        assert row.layers == pytest.approx(8 * row.compute, abs=0.01)  # blocks their compute would buy
+        assert row.kl_static == "block-influence" and row.kl_vs_static is not None
+        assert row.vs_static is not None and row.vs_static.against == "block-influence"
+    assert "attention-drop+linear" not in by and "block-influence+linear" in by  # stand-ins: block paths
+    text = (tmp_path / "e" / "results.md").read_text()
+    assert "| attention-drop |" in text and "| unit-drop |" in text
+
+
+def test_target_compute_resolves_to_levels_and_bad_values_are_refused():
+    assert resolve_levels(None, 30, (0.9, 0.8)) == [27, 24]
+    assert resolve_levels(None, 8, (0.75,)) == [6]
+    with pytest.raises(ValueError, match="not both"):
+        resolve_levels((6,), 8, (0.75,))
+    for bad in ((0.0,), (1.0,), (1.5,), (-0.2,), (True,)):
+        with pytest.raises(ValueError, match=r"shares of the full model in \(0, 1\)"):
+            resolve_levels(None, 8, bad)
+    with pytest.raises(ValueError, match="both mean 6 of 8 layers"):
+        resolve_levels(None, 8, (0.76, 0.74))
+    with pytest.raises(ValueError, match="target compute is empty"):
+        resolve_levels(None, 8, ())
+
+
+def test_a_unit_baseline_that_cannot_reach_the_level_names_itself(tmp_path, tiny_model_dir):
+    task = choice_file(tmp_path / "mc.jsonl", n=8)
+    with pytest.raises(ValueError, match="attention-drop at 3 layers .* saves"):
+        run_eval(
+            tiny_model_dir,
+            task,
+            str(tmp_path / "e"),
+            target_layers=(3,),
+            baselines=("attention-drop",),
+            **COMMON,
+        )
+    assert not (tmp_path / "e" / "results.json").exists()
