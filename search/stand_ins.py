@@ -171,6 +171,7 @@ def fit_linear_stand_ins(
     return out
 
 
+@torch.no_grad()
 def _lm_loss(routed, tokenizer, prompts: list[str], decisions, batch_size: int) -> float:
     total, count = 0.0, 0
     for ids, mask in _batches(tokenizer, prompts, batch_size, routed.device):
