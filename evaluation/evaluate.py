@@ -58,8 +58,9 @@ from .calibration import (  # noqa: F401 - importable from here
     trained_on,
 )
 from .learned import learned_static_margins
+from .pooled import pool_methods
 from .report import EvalRow
-from .results import UNIT_BASELINES
+from .results import UNIT_BASELINES, method_rows
 from .task_eval import (  # noqa: F401 - moved; importable from here as before
     _Method,
     _Settings,
@@ -106,7 +107,8 @@ def run_eval(
     Args:
         model: a model name or folder (or, from Python, a ``RoutedModel``; then pass ``tokenizer``).
         task: a task name, or several separated by commas (``arc_easy,arc_challenge,mmlu``); ``jsonl:PATH``
-            works too. Several tasks are evaluated with the same routers, each into its own subfolder.
+            works too. Several tasks are evaluated with the same routers, each into its own subfolder;
+            ``output/results.md`` holds every task's rows and the ``pooled`` ones (all examples together).
         output: folder for the results.
         routers: folder of saved routers; None keeps the routers already on a ``RoutedModel`` (or none).
             When the folder lists the examples the routers were trained on (``trained_on.json``, written
@@ -156,7 +158,7 @@ def run_eval(
         stand_in_rank: rank of those maps (None: full rank).
 
     Returns:
-        The result rows of every task, base first.
+        The result rows of every task, base first (with several tasks, the ``pooled`` rows follow).
 
     Raises:
         ValueError: for an unknown baseline, a level outside ``1 .. L - 1`` or a bad count.
@@ -224,12 +226,19 @@ def run_eval(
         stand_in_rank,
     )
     rows: list[EvalRow] = []
+    per_task = []
     with folder_lock(output, "eval.lock", "evaluation"):  # two evaluations never write one folder
         for name, task_obj in zip(names, tasks, strict=True):
             folder = Path(output) if len(names) == 1 else Path(output) / _slug(name)
-            rows += _TaskEvaluation(routed, tokenizer, name, task_obj, settings, model_name).run(folder)
+            evaluation = _TaskEvaluation(routed, tokenizer, name, task_obj, settings, model_name)
+            rows += evaluation.run(folder)
+            per_task.append((evaluation.methods, evaluation.ev.scoring))
         if len(names) > 1:
-            report.write_results(rows, Path(output), routed.num_layers, title=f"{task} on {model_name}")
+            merged, scorings = pool_methods(per_task)
+            rows += method_rows("pooled", merged, scorings)
+            n = len(scorings)
+            title = f"{task} on {model_name}; pooled: the {n} examples of all {len(names)} tasks together"
+            report.write_results(rows, Path(output), routed.num_layers, title=title)
     return rows
 
 

@@ -31,9 +31,10 @@ def method_rows(task: str, methods: list, scoring: str) -> list[EvalRow]:
     base = methods[0]
     best, closest = best_static(methods), closest_static(methods)
     rows = []
+    scorings = scoring if isinstance(scoring, list) else [scoring] * len(base.outcomes)  # pooled: per example
     for m in methods:
         correct = [o.reward >= 1.0 for o in m.outcomes]
-        agree = [agrees(o, b, scoring) for o, b in zip(m.outcomes, base.outcomes, strict=True)]
+        agree = [agrees(o, b, k) for o, b, k in zip(m.outcomes, base.outcomes, scorings, strict=True)]
         fidelity = [o.fidelity for o in m.outcomes if o.fidelity is not None]
         row = EvalRow(
             task=task,

@@ -135,6 +135,7 @@ class _TaskEvaluation:
         if s.route_from_static and self.routed.routers is not None:
             methods += self._from_static_methods(calib, methods)
         self._score(methods, examples)
+        self.methods = methods  # kept for pooling several tasks (``drllm.evaluation.pooled``)
         rows = method_rows(self.name, methods, self.ev.scoring)
         title = f"{self.name} ({split}, n={len(examples)}) on {self.model_name}"
         if self.caveat:
