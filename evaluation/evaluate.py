@@ -57,6 +57,7 @@ from .calibration import (  # noqa: F401 - importable from here
     decision_rates,
     trained_on,
 )
+from .compared import compared_labels, load_compared
 from .learned import learned_static_margins
 from .pooled import pool_methods
 from .report import EvalRow
@@ -101,6 +102,7 @@ def run_eval(
     learned_static: str | None = None,
     stand_in: str | None = None,
     stand_in_rank: int | None = None,
+    compare_routers: tuple[str, ...] = (),
 ) -> list[EvalRow]:
     """Evaluate base, routed and static-baseline paths at matched compute and write the reports.
 
@@ -156,6 +158,11 @@ def run_eval(
             ``<name>+linear``; they are compared with the static paths of their level, not counted among
             them. Routers always run the stand-ins saved with them, the static paths never do.
         stand_in_rank: rank of those maps (None: full rank).
+        compare_routers: more router folders, each evaluated as ``routed:<folder name>`` at every level's
+            calibrated budget with its own stand-ins, on the same examples as every other method, so that
+            routers and their ``static`` control are judged on identical questions, paired. The controls,
+            ``routed-static`` and the exported artefact stay with ``routers``. Calibration leaves out the
+            examples any of the folders was trained on.
 
     Returns:
         The result rows of every task, base first (with several tasks, the ``pooled`` rows follow).
@@ -194,7 +201,8 @@ def run_eval(
             )
         folders[_slug(name)] = name
     tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
-    trained = trained_on(routers)  # so does a damaged trained_on.json
+    others = compared_labels(compare_routers, routers)
+    trained = trained_on(routers).union(*(trained_on(f) for f in others.values()))  # damaged files fail here
     with claimed_output(output, folder=True):  # a refusal below leaves no empty folder behind
         routed, tokenizer, model_name = load_with_tokenizer(
             model, tokenizer, device, routers, "run_eval", dtype
@@ -203,6 +211,7 @@ def run_eval(
         if budgets and routed.routers is None:
             raise ValueError("--budgets are router budgets, but no --routers are given: drop --budgets")
         learned = learned_static_margins(learned_static, routed) if learned_static else None
+        compared = load_compared(routed, others)
     settings = _Settings(
         split,
         limit,
@@ -224,6 +233,7 @@ def run_eval(
         learned,
         stand_in,
         stand_in_rank,
+        compared,
     )
     rows: list[EvalRow] = []
     per_task = []

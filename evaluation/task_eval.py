@@ -28,6 +28,7 @@ from .calibration import (
     draw_path,
     fresh_examples,
 )
+from .compared import attached
 from .export import export_routers
 from .learned import learned_path
 from .publish import staged
@@ -62,6 +63,8 @@ class _Settings:
     """Per layer, the learned static path's execute-minus-skip margin (``learned_static``)."""
     stand_in: str | None = None
     stand_in_rank: int | None = None
+    compared: dict = field(default_factory=dict)
+    """``{label: (routers, stand-ins)}`` of ``compare_routers``: rows ``routed:<label>``."""
 
 
 @dataclass
@@ -132,6 +135,9 @@ class _TaskEvaluation:
                 )
             ]
         methods += self._routed_methods(calib)
+        for label, (routers, stand_ins) in s.compared.items():
+            with attached(self.routed, routers, stand_ins):
+                methods += self._budget_methods(calib, f"routed:{label}")
         if s.route_from_static and self.routed.routers is not None:
             methods += self._from_static_methods(calib, methods)
         self._score(methods, examples)
@@ -226,9 +232,8 @@ class _TaskEvaluation:
                 methods.append(_Method("learned-static", level, path=learned_path(s.learned, level)))
         return methods
 
-    def _routed_methods(self, calib) -> list[_Method]:
-        if self.routed.routers is None:
-            return []
+    def _budget_methods(self, calib, name: str, controls: bool = False) -> list[_Method]:
+        """The attached routers at every level's calibrated budget (with ``controls``, their controls)."""
         s = self.s
         prompts = [self.ev.prompt_text(ex) for ex in calib]
         batches = [
@@ -239,11 +244,20 @@ class _TaskEvaluation:
         methods = []
         for level in s.levels:
             budget, reached, decisions = calibrator.budget_for(level)
-            methods.append(_Method("routed", level, budget=budget, calibration_layers=reached))
+            methods.append(_Method(name, level, budget=budget, calibration_layers=reached))
+            if not controls:
+                continue
             rates = decision_rates(decisions)
             majority = tuple(max(range(3), key=col.__getitem__) for col in rates)
             methods.append(_Method("routed-random", level, rates=rates, seed=0, calibration_layers=reached))
             methods.append(_Method("routed-majority", level, path=majority, calibration_layers=reached))
+        return methods
+
+    def _routed_methods(self, calib) -> list[_Method]:
+        if self.routed.routers is None:
+            return []
+        s = self.s
+        methods = self._budget_methods(calib, "routed", controls=True)
         for budget in s.budgets:
             methods.append(_Method("routed", None, budget=float(budget)))
         log.info(
@@ -325,6 +339,9 @@ class _TaskEvaluation:
         bar.close()
 
     def _score_method(self, method: _Method, prepared, start: int) -> None:
+        if method.name.startswith("routed:"):  # another folder's routers, with their own stand-ins
+            with attached(self.routed, *self.s.compared[method.name.split(":", 1)[1]]):
+                return self._score_with(method, prepared, start)
         static = not method.name.startswith("routed")  # base, static paths, +linear; never the routers'
         with self._stand_ins(method.stand_ins if static else self.routers_stand_ins):
             self._score_with(method, prepared, start)
@@ -333,7 +350,7 @@ class _TaskEvaluation:
         ev, routed = self.ev, self.routed
         _sync()
         began = time.perf_counter()
-        if method.name == "routed":
+        if method.name == "routed" or method.name.startswith("routed:"):
             old = routed.budget
             routed.budget = method.budget
             try:

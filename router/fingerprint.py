@@ -61,3 +61,25 @@ def base_model_name(config) -> str:
 
     name = str(getattr(config, "name_or_path", "") or "")
     return str(Path(name).resolve()) if name and Path(name).is_dir() else name
+
+
+def check_compatible(config, model, source: str = "routers") -> None:
+    """Raise ``ValueError`` naming both values when router ``config`` was made for another ``model``."""
+    if not config.fingerprint or not config.weight_probe:
+        raise ValueError(
+            f"{source} record no base-model fingerprint (fingerprint and weight_probe), so they "
+            "cannot be checked against this model; routers saved by drllm always carry both"
+        )
+    checks = [
+        ("layer count", config.num_layers, model.num_layers),
+        ("hidden size", config.hidden_size, model.hidden_size),
+        ("model fingerprint", config.fingerprint, model.fingerprint),
+    ]
+    for what, saved, current in checks:
+        if saved != current:
+            raise ValueError(f"{source} were made for a model with {what} {saved}, this model has {current}")
+    if probe_mismatch(config.weight_probe, model.weight_probe):
+        raise ValueError(
+            f"{source} were trained on other weights: weight fingerprint {config.weight_probe}, "
+            f"this model has {model.weight_probe}"
+        )

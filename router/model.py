@@ -37,7 +37,7 @@ from torch import nn
 from .cache import RoutedCache
 from .card import write_model_card
 from .decisions import check_budget, check_decisions
-from .fingerprint import architecture_string, base_model_name, probe_mismatch, weight_probe
+from .fingerprint import architecture_string, base_model_name, check_compatible, weight_probe
 from .inside import InsideModel, padded_positions  # noqa: F401 - padded_positions is public here
 from .layer import RoutedLayer, RoutingState
 from .loading import load_model
@@ -164,26 +164,19 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
 
     def check_compatible(self, config: RouterConfig, source: str = "routers") -> None:
         """Raise ``ValueError`` naming both values when ``config`` was made for another model."""
-        if not config.fingerprint or not config.weight_probe:
-            raise ValueError(
-                f"{source} record no base-model fingerprint (fingerprint and weight_probe), so they "
-                "cannot be checked against this model; routers saved by drllm always carry both"
-            )
-        checks = [
-            ("layer count", config.num_layers, self.num_layers),
-            ("hidden size", config.hidden_size, self.hidden_size),
-            ("model fingerprint", config.fingerprint, self.fingerprint),
-        ]
-        for what, saved, current in checks:
-            if saved != current:
-                raise ValueError(
-                    f"{source} were made for a model with {what} {saved}, this model has {current}"
-                )
-        if probe_mismatch(config.weight_probe, self.weight_probe):
-            raise ValueError(
-                f"{source} were trained on other weights: weight fingerprint {config.weight_probe}, "
-                f"this model has {self.weight_probe}"
-            )
+        check_compatible(config, self, source)
+
+    def attach_routers(self, routers: Routers | None, stand_ins=None) -> None:
+        """Attach routers loaded or built elsewhere (checked against this model) with their stand-ins.
+
+        ``None`` detaches the routers; the stand-ins are replaced either way (None: plain skips).
+        """
+        if routers is None:
+            self.routers = self._state.routers = None
+        else:
+            self.check_compatible(routers.config)
+            self._attach(routers)
+        self.set_stand_ins(stand_ins)
 
     def _attach(self, routers: Routers) -> None:
         self.routers = routers.to(self.device)

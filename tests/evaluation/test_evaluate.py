@@ -148,7 +148,7 @@ def test_exact_answers_by_generation_and_several_tasks(tmp_path):
         max_new_tokens=3,
         fidelity_tokens=3,
     )
-    assert {r.task for r in rows} == {exact, choice}
+    assert {r.task for r in rows} == {exact, choice, "pooled"}
     assert all(r.fidelity is not None for r in rows)
     assert (tmp_path / "out" / "results.json").is_file()
     assert len([p for p in (tmp_path / "out").iterdir() if p.is_dir()]) == 2
