@@ -30,7 +30,7 @@ from drllm.evaluation.evaluate import check_eval_arguments, resolve_levels, run_
 from drllm.router import DEFAULT_MODEL, RoutedModel, load_routed, load_tokenizer
 from drllm.search.records import SettingsMismatchError, check_output
 from drllm.search.runner import run_search
-from drllm.search.tasks import get_task
+from drllm.search.tasks import get_task, require_gold
 from drllm.search.tasks.style import describe, resolve_style
 from drllm.train.targets import TARGETS, Targets
 from drllm.train.trainer import ROUTER_KINDS, RouterKind, train_routers
@@ -130,6 +130,7 @@ def run_demo(
             f"got {read_layer!r}"
         )
     task_obj = get_task(task)
+    require_gold(task_obj, "the demo (it searches and trains on task scores)")
     paths = out / "paths.jsonl"
     style, measured = resolve_style(
         "auto", routed, tokenizer, task_obj, data_dir=data_dir, examples=min(64, train_examples)

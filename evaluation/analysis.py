@@ -76,7 +76,7 @@ from drllm.router.decisions import parse_decisions
 from drllm.search import progress
 from drllm.search.evaluator import PathEvaluator
 from drllm.search.records import check_searched_with, read_records
-from drllm.search.tasks import Style, get_task
+from drllm.search.tasks import Style, get_task, require_gold
 from drllm.search.tasks.style import describe, resolve_style
 
 from . import analysis_plots
@@ -164,6 +164,7 @@ def run_analysis(
     """
     _check_counts(limit, fidelity_tokens, batch_size)
     task_obj = get_task(task)  # unknown names fail here, before the model loads
+    require_gold(task_obj, "drllm analyze (it measures accuracy at every depth)")
     fixed = _fixed(decisions)
     routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, routers, "run_analysis", dtype)
     result = analyze_depth(

@@ -1,17 +1,20 @@
-"""Calibration on training examples, for the routed methods of ``run_eval``.
+"""Calibration on training examples, for the methods of ``run_eval``.
 
-The router budget that reaches a layer level, the routers' decision rates (for the ``routed-random``
-control), and the threshold of ``routed-static``.
+Which training examples to calibrate on, the router budget that reaches a layer level, the routers'
+decision rates (for the ``routed-random`` control), and the threshold of ``routed-static``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
 from drllm.router import RoutedModel
 from drllm.router.routers import TRAINED_ON_NAME
+
+log = logging.getLogger("drllm.evaluation.evaluate")
 
 STATIC_THRESHOLDS = (0.25, 0.5, 0.75, 0.9, 1.0)
 """Thresholds ``routed-static`` chooses from; 1.0 never deviates from the static path."""
@@ -122,3 +125,32 @@ def choose_threshold(ev, prepared, path, level: int) -> tuple[float, float]:
     if best is None:
         raise ValueError(f"no threshold keeps {level} layers: the static path runs {sum(path)}")
     return best[1], best[2]
+
+
+def calibration_examples(task, s, name: str, eval_split: str, evaluated: list) -> tuple[list, list[str]]:
+    """Training examples to calibrate on, and the caveats every title must carry.
+
+    Never an example the routers saw (``s.trained_on``), and none evaluated when others exist. Where only
+    evaluated examples remain (a single-split task evaluated whole), they are used and a caveat says so.
+    """
+    caveats = []
+    train = task.default_split_train
+    pool = task.load(train, data_dir=s.data_dir, strict=s.strict)
+    if s.trained_on:
+        pool = fresh_examples(pool, s.trained_on, len(pool), f"the {train} split of {name}")
+        log.info("%s: calibrating on %s examples the routers were not trained on", name, train)
+    scored = {str(ex.id) for ex in evaluated}
+    seen = scored & set(s.trained_on)
+    if seen:  # the routers were fitted on some evaluated examples: said in the log and every title
+        seen_text = f"{len(seen)} of the {len(scored)} evaluated examples were the routers' training examples"
+        caveats.append(seen_text)
+        log.warning("task %r: %s (their scores favour the routers)", name, caveats[-1])
+    if train == eval_split or any(str(ex.id) in scored for ex in pool):
+        left = [ex for ex in pool if str(ex.id) not in scored]
+        if left:
+            pool = left
+            log.warning("task %r: calibrating on the %d %s examples not evaluated", name, len(pool), train)
+        else:  # said in the log and in every title of the results, never silently
+            caveats.append(f"calibrated on the evaluated examples: the {train} split has no others")
+            log.warning("task %r: %s; evaluate fewer (limit) to calibrate apart", name, caveats[-1])
+    return pool[: s.calibration], caveats

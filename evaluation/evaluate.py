@@ -201,6 +201,8 @@ def run_eval(
             )
         folders[_slug(name)] = name
     tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
+    for name, task_obj in zip(names, tasks, strict=True):
+        check_prompts_only(name, task_obj, scoring, fidelity_tokens)
     others = compared_labels(compare_routers, routers)
     trained = trained_on(routers).union(*(trained_on(f) for f in others.values()))  # damaged files fail here
     with claimed_output(output, folder=True):  # a refusal below leaves no empty folder behind
@@ -276,6 +278,19 @@ def check_eval_arguments(
         raise ValueError(f"limit must be a whole number >= 1 (or None for the whole split), got {limit!r}")
     if "random" in baselines and random_seeds == 0:
         raise ValueError("the random baseline needs random_seeds >= 1 (or leave 'random' out of baselines)")
+
+
+def check_prompts_only(name: str, task, scoring, fidelity_tokens: int) -> None:
+    """A prompts-only task is judged on the base model's continuation: it needs one, and no gold scoring."""
+    if task.has_gold:
+        return
+    if scoring not in (None, "teacher-forced"):
+        raise ValueError(f"task {name!r} holds prompts only: scoring {scoring!r} needs gold answers")
+    if fidelity_tokens < 1:
+        raise ValueError(
+            f"task {name!r} holds prompts only: paths are judged on the base model's continuation, "
+            "so fidelity_tokens must be >= 1"
+        )
 
 
 def _check_plotting() -> None:

@@ -23,10 +23,10 @@ from . import baselines as static
 from . import report
 from .calibration import (
     BudgetCalibrator,
+    calibration_examples,
     choose_threshold,
     decision_rates,
     draw_path,
-    fresh_examples,
 )
 from .compared import attached
 from .export import export_routers
@@ -110,6 +110,9 @@ class _TaskEvaluation:
         if not examples:
             raise ValueError(f"task {self.name!r} has no examples in split {split!r}")
         scoring = s.scoring or ("generate" if task.kind == "exact" else None)
+        budget = s.max_new_tokens
+        if not task.has_gold:  # prompts only: closeness to the base model over its own continuation
+            scoring, budget = self._gold_free(s)
         style, measured = resolve_style(
             s.style, self.routed, self.tokenizer, task, scoring, s.data_dir, max_new_tokens=s.max_new_tokens
         )
@@ -121,7 +124,7 @@ class _TaskEvaluation:
             scoring,
             style,
             max_rows=s.batch_size,
-            max_new_tokens=s.max_new_tokens,
+            max_new_tokens=budget,
         )
         examples = self.ev.usable(examples, s.strict)
         calib = self.ev.usable(self._calibration_examples(split, examples), s.strict)
@@ -155,41 +158,19 @@ class _TaskEvaluation:
                     log.info("%s", v)
         return rows
 
-    def _calibration_examples(self, eval_split: str, evaluated: list) -> list:
-        """Training examples to calibrate on: never one the routers saw, and none evaluated when others exist.
+    def _gold_free(self, s) -> tuple[str, int]:
+        """Scoring and continuation length of a prompts-only task (``check_prompts_only``), in every title."""
+        self.caveat = (
+            f"prompts only: a path counts as right when it reproduces the base model's whole "
+            f"{s.fidelity_tokens}-token continuation (teacher-forced); KL and agreement measure the rest"
+        )
+        return "teacher-forced", s.fidelity_tokens
 
-        Where only evaluated examples remain (a single-split task evaluated whole), they are used and every
-        title of the results says so.
-        """
-        task, s = self.task, self.s
-        train = task.default_split_train
-        pool = task.load(train, data_dir=s.data_dir, strict=s.strict)
-        if s.trained_on:
-            pool = fresh_examples(pool, s.trained_on, len(pool), f"the {train} split of {self.name}")
-            log.info("%s: calibrating on %s examples the routers were not trained on", self.name, train)
-        scored = {str(ex.id) for ex in evaluated}
-        seen = scored & set(s.trained_on)
-        if seen:  # the routers were fitted on some evaluated examples: said in the log and every title
-            trained = (
-                f"{len(seen)} of the {len(scored)} evaluated examples were the routers' training examples"
-            )
-            self.caveat = f"{self.caveat}; {trained}" if self.caveat else trained
-            log.warning("task %r: %s (their scores favour the routers)", self.name, trained)
-        if train == eval_split or any(str(ex.id) in scored for ex in pool):
-            left = [ex for ex in pool if str(ex.id) not in scored]
-            if left:
-                pool = left
-                log.warning(
-                    "task %r: calibrating on the %d %s examples that are not evaluated",
-                    self.name,
-                    len(pool),
-                    train,
-                )
-            else:  # said in the log and in every title of the results, never silently
-                same = f"calibrated on the evaluated examples: the {train} split has no others"
-                self.caveat = f"{self.caveat}; {same}" if self.caveat else same
-                log.warning("task %r: %s; evaluate fewer (limit) to calibrate apart", self.name, same)
-        return pool[: s.calibration]
+    def _calibration_examples(self, eval_split: str, evaluated: list) -> list:
+        """Training examples to calibrate on (``calibration_examples``); its caveats join the titles."""
+        pool, caveats = calibration_examples(self.task, self.s, self.name, eval_split, evaluated)
+        self.caveat = "; ".join([self.caveat, *caveats] if self.caveat else caveats)
+        return pool
 
     # ------------------------------------------------------------------ methods
     def _static_methods(self, calib) -> list[_Method]:

@@ -81,7 +81,11 @@ class PathEvaluator(Preparation):
             continuations: per example, the base model's greedy continuation (token ids, from
                 ``greedy_continuations``), packed as one more segment so outcomes carry the fidelity.
         """
+        if continuations is None and not self.task.has_gold:  # prompts only: their own base continuation
+            continuations = self.greedy_continuations(examples, self.max_new_tokens)
         conts = continuations if continuations is not None else [None] * len(examples)
+        if not self.task.has_gold and any(c is None or not len(c) for c in conts):
+            raise ValueError("a prompts-only example needs the base model's continuation (1 or more tokens)")
         if len(conts) != len(examples):
             raise ValueError(f"{len(conts)} continuations for {len(examples)} examples")
         pairs = enumerate(zip(examples, conts, strict=True))
@@ -232,8 +236,18 @@ class PathEvaluator(Preparation):
         if p.continuation is not None:
             run = hits_by[-1].long().cumprod(0)
             fidelity = int(run.sum())
+            own = picked_by[-1]
             hits_by, picked_by = hits_by[:-1], picked_by[:-1]
             kl, agreement = self._closeness(p, logits[-len(p.continuation[1]) :])
+        if not self.task.has_gold:  # right when the path reproduces the base continuation whole
+            return Outcome(
+                float(fidelity == len(own)),
+                margin=float(own.mean()),
+                min_logprob=float(own.min()),
+                fidelity=fidelity,
+                kl=kl,
+                token_agreement=agreement,
+            )
         if self.task.kind == "exact":
             logp = picked_by[0]
             return Outcome(

@@ -63,7 +63,9 @@ class Preparation:
         task, tok = self.task, self.tokenizer
         prompt = self.prompt_text(ex)
         p = encode_prompt(tok, prompt)
-        if task.kind == "choice":
+        if not task.has_gold:  # prompts only: the base continuation packed last is all there is to score
+            conts, gold, target = [], 0, ""
+        elif task.kind == "choice":
             conts = task.continuations(ex, self.scoring, style=self.style, tokenizer=tok)
             gold, target = int(ex.answer), conts[int(ex.answer)]
         else:
@@ -78,7 +80,7 @@ class Preparation:
                     f"example {ex.id}: options {pieces.index(piece)} and {j} encode to the same tokens, so "
                     "the gold one could never win"
                 )
-        self._check_length(ex, len(p), max(len(c) for c in pieces))
+        self._check_length(ex, len(p), max((len(c) for c in pieces), default=0))
         if continuation is not None and len(continuation):
             self._check_length(ex, len(p), len(continuation))
             pieces.append([int(x) for x in continuation])

@@ -31,7 +31,7 @@ from .records import (
     set_aside,
 )
 from .supervision import Supervision, format_reliability, reliability, search_examples
-from .tasks import Scoring, Style, get_task
+from .tasks import Scoring, Style, get_task, require_gold
 from .tasks.style import describe, resolve_style
 from .tracking import check_tags, wandb_offline
 
@@ -148,6 +148,7 @@ def run_search(
     fields = {"question_field": question_field, "answer_field": answer_field, "choices_field": choices_field}
     task_obj = get_task(task, **fields, config=hf_config) if task.startswith("hf:") else get_task(task)
     _refuse_task_file(output, task_obj)
+    require_gold(task_obj, "the search (its rewards are task scores)")
     if control == "wrong-gold" and task_obj.kind != "choice":
         raise ValueError(
             f"control wrong-gold declares a wrong option gold; task {task!r} has exact answers, no options"

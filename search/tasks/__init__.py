@@ -18,6 +18,7 @@ from .base import (
     Style,
     Task,
     get_task,
+    require_gold,
     resolve_data_dir,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "Example",
     "Task",
     "get_task",
+    "require_gold",
     "resolve_data_dir",
 ]

@@ -115,10 +115,12 @@ class Task(abc.ABC):
         scorings: Scorings this task supports.
         default_split_eval: Split to evaluate on.
         splits: Splits :meth:`load` accepts.
+        has_gold: False for prompts-only rows: paths are judged by closeness to the base model alone.
     """
 
     name: str = ""
     kind: str = "exact"
+    has_gold: bool = True
     default_scoring: str = "teacher-forced"
     scorings: tuple[str, ...] = EXACT_SCORINGS
     default_split_eval: str = "validation"
@@ -336,6 +338,15 @@ class ExactTask(Task):
     def grade(self, ex: Example, text: str) -> bool:
         """True when the completion's final answer matches the gold answer."""
         return grade_exact(text, str(ex.answer))
+
+
+def require_gold(task: Task, what: str) -> None:
+    """Refuse a prompts-only task (``has_gold`` False) where ``what`` needs gold answers."""
+    if not task.has_gold:
+        raise ValueError(
+            f"task {task.name!r} holds prompts only (no gold answers), and {what} needs gold; prompts alone "
+            "serve drllm eval, drllm train --objective kl and drllm signal --target kl"
+        )
 
 
 def get_task(name: str, **hub_fields) -> Task:

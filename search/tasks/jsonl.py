@@ -1,7 +1,9 @@
-"""User tasks from a JSONL file (``jsonl:PATH``): exact-answer or multiple-choice rows.
+"""User tasks from a JSONL file (``jsonl:PATH``): exact-answer, multiple-choice or prompts-only rows.
 
-Rows are ``{"id", "prompt", "target"}`` (exact answer, prompt used as written) or
-``{"id", "question", "choices", "answer"}`` (multiple choice; ``answer`` an index or a label). The kind is
+Rows are ``{"id", "prompt", "target"}`` (exact answer, prompt used as written),
+``{"id", "question", "choices", "answer"}`` (multiple choice; ``answer`` an index or a label) or
+``{"id", "prompt"}`` (prompts only, no gold: ``drllm eval`` judges paths by closeness to the base model,
+``drllm train --objective kl`` and ``drllm signal --target kl`` need no gold either). The kind is
 decided by the first row. Malformed rows are refused with the file name and line number, as are ids that
 are ``null`` or empty, empty questions or prompts, repeated options or labels, lines that are not UTF-8
 and lines over 1 MiB (see ``base.check_example`` and ``base.read_jsonl_rows``).
@@ -166,6 +168,29 @@ class JsonlExactTask(_JsonlSource, ExactTask):
         return str(ex.answer) if effective_style(style, tokenizer) == "plain" else str(ex.answer).lstrip()
 
 
+class JsonlPromptTask(JsonlExactTask):
+    """Prompts without gold ``{"id", "prompt"}``: a path's "answer" is the base model's own continuation."""
+
+    has_gold = False
+
+    def _row_example(self, row: dict, where: str) -> Example:
+        """Check one row and build its example (no answer)."""
+        _require(row, ("id", "prompt"), where)
+        if "target" in row or "choices" in row:
+            raise ValueError(f"{where}: a gold row in a prompts-only file (its first row has no target)")
+        if not isinstance(row["prompt"], str):
+            raise ValueError(f"{where}: prompt must be a string")
+        return Example(id=example_id(row["id"], where), question=row["prompt"], answer="")
+
+    def target(self, ex: Example, scoring: str | None = None, style: str = "plain", tokenizer: Any = None):
+        """Refused: prompts have no gold target."""
+        raise ValueError(f"task {self.name!r} holds prompts only: it has no gold answers to score")
+
+    def grade(self, ex: Example, text: str) -> bool:
+        """Refused: prompts have no gold answer."""
+        raise ValueError(f"task {self.name!r} holds prompts only: it has no gold answers to grade")
+
+
 def jsonl_task(name: str) -> Task:
     """Build a jsonl task; its kind is decided by the first row of the file."""
     path = Path(name.removeprefix("jsonl:"))
@@ -177,9 +202,11 @@ def jsonl_task(name: str) -> Task:
         raise ValueError(f"{path}: no line holds a JSON object")
     if "prompt" in first and "target" in first:
         return JsonlExactTask(name, path)
+    if "prompt" in first and "choices" not in first and "question" not in first:
+        return JsonlPromptTask(name, path)
     if "question" in first and "choices" in first:
         return JsonlChoiceTask(name, path)
     raise ValueError(
-        f"{path} line {number}: cannot tell the row kind; expected keys id/prompt/target (exact) "
-        f"or id/question/choices/answer (multiple choice), got {sorted(first)}"
+        f"{path} line {number}: cannot tell the row kind; expected keys id/prompt/target (exact), "
+        f"id/question/choices/answer (multiple choice) or id/prompt (prompts only), got {sorted(first)}"
     )

@@ -50,7 +50,7 @@ def resolve_style(
         )
     if style != "auto":
         return style, {}
-    if not getattr(tokenizer, "chat_template", None):
+    if not getattr(tokenizer, "chat_template", None) or not task.has_gold:  # prompts only: as written
         return "plain", {}
     rows = task.load(task.default_split_train, data_dir=data_dir, limit=examples, strict=False)
     everything = (1,) * routed.num_layers
