@@ -168,6 +168,10 @@ class JsonlExactTask(_JsonlSource, ExactTask):
         return str(ex.answer) if effective_style(style, tokenizer) == "plain" else str(ex.answer).lstrip()
 
 
+PROMPT_KEYS = {"id", "prompt", "meta"}
+"""The keys of a prompts-only row (``meta`` is kept, never read)."""
+
+
 class JsonlPromptTask(JsonlExactTask):
     """Prompts without gold ``{"id", "prompt"}``: a path's "answer" is the base model's own continuation."""
 
@@ -178,6 +182,8 @@ class JsonlPromptTask(JsonlExactTask):
         _require(row, ("id", "prompt"), where)
         if "target" in row or "choices" in row:
             raise ValueError(f"{where}: a gold row in a prompts-only file (its first row has no target)")
+        if set(row) - PROMPT_KEYS:
+            raise ValueError(f"{where}: prompts-only rows hold {sorted(PROMPT_KEYS)}, this one {sorted(row)}")
         if not isinstance(row["prompt"], str):
             raise ValueError(f"{where}: prompt must be a string")
         return Example(id=example_id(row["id"], where), question=row["prompt"], answer="")
@@ -202,7 +208,7 @@ def jsonl_task(name: str) -> Task:
         raise ValueError(f"{path}: no line holds a JSON object")
     if "prompt" in first and "target" in first:
         return JsonlExactTask(name, path)
-    if "prompt" in first and "choices" not in first and "question" not in first:
+    if "prompt" in first and set(first) <= PROMPT_KEYS:  # a search's paths file is not a prompts file
         return JsonlPromptTask(name, path)
     if "question" in first and "choices" in first:
         return JsonlChoiceTask(name, path)

@@ -69,3 +69,13 @@ def test_prompts_feed_the_kl_teacher_pool(tmp_path, tiny_model_dir):
     task = _prompts(tmp_path / "p.jsonl", n=3)
     pool = task_prompts([task], AutoTokenizer.from_pretrained(tiny_model_dir))
     assert [p.text for p in pool] == [f"tell me about the number {k} and" for k in range(3)]
+
+
+def test_a_paths_file_is_not_taken_for_prompts(tmp_path):
+    paths = tmp_path / "paths.jsonl"
+    paths.write_text(json.dumps({"id": "a", "prompt": "p", "decisions": [1, 1, 1, 1]}) + "\n")
+    with pytest.raises(ValueError, match="cannot tell the row kind"):
+        get_task(f"jsonl:{paths}")
+    odd = _prompts(tmp_path / "o.jsonl", n=2, extra={"id": "z", "prompt": "p", "reward": 1})
+    with pytest.raises(ValueError, match="line 3: prompts-only rows hold"):
+        get_task(odd).load("all", strict=True)
