@@ -149,7 +149,8 @@ def calibration_examples(task, s, name: str, eval_split: str, evaluated: list) -
         left = [ex for ex in pool if str(ex.id) not in scored]
         if left:
             pool = left
-            log.warning("task %r: calibrating on the %d %s examples not evaluated", name, len(pool), train)
+            text = "task %r: calibrating on the %d %s examples that are not evaluated"
+            log.warning(text, name, len(pool), train)
         else:  # said in the log and in every title of the results, never silently
             caveats.append(f"calibrated on the evaluated examples: the {train} split has no others")
             log.warning("task %r: %s; evaluate fewer (limit) to calibrate apart", name, caveats[-1])
