@@ -90,3 +90,40 @@ def per_row_mean(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     rows = target.bool().nonzero()[:, 0]
     total = torch.zeros(target.shape[0], device=values.device, dtype=values.dtype).index_add(0, rows, values)
     return total / target.sum(1).clamp(min=1).to(values.dtype)
+
+
+@torch.no_grad()
+def greedy_kl_path(routed, rows: list[dict], level: int, fixed, batch_size: int, pad_id: int):
+    """The greedy static path on the dense objective: skip, one at a time, the layer that least raises KL.
+
+    From the full path, each round tries skipping every executed layer that is not ``fixed`` and keeps the
+    skip of least mean KL on ``rows`` (ties: the lower layer), until ``level`` layers remain. The base model's
+    log-probabilities are computed once. Returns the path and the mean KL after each round.
+    """
+    L = routed.num_layers
+    if not 1 <= level <= L:
+        raise ValueError(f"level must lie in 1..{L}, got {level}")
+    batches = [
+        batch_tensors(rows[s : s + batch_size], pad_id, routed.device)
+        for s in range(0, len(rows), batch_size)
+    ]
+    teachers = [teacher_log_probs(routed, b) for b in batches]
+
+    def mean_kl(path) -> float:
+        total = 0.0
+        for batch, teacher in zip(batches, teachers, strict=True):
+            hidden = routed.backbone(batch["ids"], batch["attention"], torch.tensor(path))
+            student = F.log_softmax(routed.lm_logits(hidden[batch["target"].bool()]).float(), -1)
+            total += float(per_row_kl(student, teacher, batch["target"]).sum())
+        return total / len(rows)
+
+    path, trace = [1] * L, []
+    while sum(path) > level:
+        free = [i for i in range(L) if path[i] == 1 and i not in fixed]
+        if not free:
+            raise ValueError(f"level {level} needs more skips than the free layers allow")
+        scores = {i: mean_kl(path[:i] + [0] + path[i + 1 :]) for i in free}
+        best = min(free, key=lambda i: (scores[i], i))
+        path[best] = 0
+        trace.append(scores[best])
+    return tuple(path), trace

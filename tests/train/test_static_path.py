@@ -49,3 +49,19 @@ def test_costs_and_refusals(setup):
         fit_static_path(routed, rows, [], PathSettings(0.5, (1, 3)), pad, (1,) * 8)
     with pytest.raises(ValueError, match="start path"):
         fit_static_path(routed, rows, [], PathSettings(0.5), pad, (1, 3, 1, 1, 1, 1, 1, 1))
+
+
+def test_greedy_kl_path_takes_the_best_single_skip_each_round(setup):
+    from drllm.search.closeness import greedy_kl_path
+
+    routed, rows, pad = setup
+    fixed = [0, 1, 7]
+    path, trace = greedy_kl_path(routed, rows, 6, fixed, 4, pad)
+    assert sum(path) == 6 and all(path[i] == 1 for i in fixed) and len(trace) == 2
+    singles = {
+        i: sum(path_kl(routed, rows, [0 if k == i else 1 for k in range(8)], 4, pad)) / 12
+        for i in range(2, 7)
+    }
+    first = min(singles, key=lambda i: (singles[i], i))
+    assert path[first] == 0 and trace[0] == pytest.approx(singles[first], rel=1e-5)
+    assert trace[1] == pytest.approx(sum(path_kl(routed, rows, path, 4, pad)) / 12, rel=1e-5)
