@@ -153,7 +153,7 @@ def _mean(values: list[float]) -> float:
 def _resume_state(path: Path, run: dict, resume: bool) -> dict | None:
     if not resume or not path.exists():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = outputs.load_checkpoint(path)
     if saved.get("run") != run:
         differ = sorted(k for k in set(run) | set(saved.get("run", {})) if saved["run"].get(k) != run.get(k))
         raise ValueError(

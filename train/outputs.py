@@ -164,11 +164,32 @@ def prepare_checkpoints(folder: Path, run: dict, resume: bool, leader: bool) -> 
     return False
 
 
-def check_epochs(last: Path, epochs: int) -> None:
-    """Refuse to resume ``last`` with fewer epochs in all than it has already run (Lightning cannot)."""
+def load_checkpoint(path: Path) -> dict:
+    """A training checkpoint, unpickling only tensors and plain values: a planted object is never run.
+
+    Raises:
+        ValueError: naming the file, when it holds anything else (or is not a checkpoint at all).
+    """
+    import pickle
+
     import torch
 
-    index = torch.load(last, map_location="cpu", weights_only=False).get("epoch")  # of the last epoch run
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path} is not a checkpoint drllm wrote (it would not load as tensors and plain values: "
+            f"{first}); nothing was run from it: delete it, or pass --resume false to start over"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a checkpoint drllm wrote (it holds a {type(state).__name__})")
+    return state
+
+
+def check_epochs(last: Path, epochs: int) -> None:
+    """Refuse to resume ``last`` with fewer epochs in all than it has already run (Lightning cannot)."""
+    index = load_checkpoint(last).get("epoch")  # of the last epoch run
     done = index + 1 if isinstance(index, int) else 0
     if done > epochs:
         raise ValueError(

@@ -41,7 +41,7 @@ from .lightning_setup import MONITOR, REGRET, checkpoints, make_logger  # noqa: 
 from .module import RouterModule
 from .neighbours import fit_neighbours, shuffled_targets
 from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
-from .outputs import read_run_record  # noqa: F401 - readers import it from here
+from .outputs import load_checkpoint, read_run_record  # noqa: F401 - readers import read_run_record here
 from .regret import static_choices, sweep_gains
 from .targets import Targets, target_table
 
@@ -367,7 +367,7 @@ def _best_routers(routed: RoutedModel, checkpoint: ModelCheckpoint, last: Path) 
         best = last
     if not best.is_file():
         raise RuntimeError(f"training wrote no checkpoint in {last.parent}")
-    state = torch.load(best, map_location="cpu", weights_only=False)
+    state = load_checkpoint(best)
     prefix = "routers."
     weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
     routed.routers.load_state_dict(weights)
