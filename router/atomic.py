@@ -2,6 +2,7 @@
 
     atomic_write(path, lambda tmp: save_file(state, tmp))   # any writer that takes a path
     atomic_write_text(path, text)
+    with files_together(folder) as stage: ...   # several files: all written before any is moved in
 
 The writer fills a temporary file beside ``path`` (same folder, so same file system), which is flushed to
 disk and then moved over ``path`` with ``os.replace``; on any error the temporary file is removed and the
@@ -11,8 +12,10 @@ old file stays. The new file gets the permissions a plain ``open(path, "w")`` wo
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -40,6 +43,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             handle.write(text)
 
     atomic_write(path, write)
+
+
+@contextmanager
+def files_together(folder: str | os.PathLike) -> Iterator[Path]:
+    """A staging folder inside ``folder``: what the block writes there is moved into ``folder`` at the end.
+
+    Every file is written before the first one is moved, so a failure while writing (a full disk) leaves
+    ``folder`` exactly as it was; the staging folder is removed either way.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=folder, prefix=".saving-"))
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):
+            os.replace(item, folder / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _umask() -> int:

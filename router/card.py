@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from .atomic import atomic_write_text
@@ -44,6 +45,14 @@ def model_card(config: RouterConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(directory: Path, config: RouterConfig) -> None:
-    """Write ``README.md`` into ``directory`` (atomically)."""
+def write_model_card(directory: Path, config: RouterConfig, destination: Path | None = None) -> None:
+    """Write ``README.md`` into ``directory`` (atomically), unless ``destination`` holds a user's own.
+
+    A ``README.md`` already in ``destination`` (default: ``directory``) that is not a drllm card is kept: the
+    card is not written, and a warning says so.
+    """
+    existing = (destination or directory) / CARD_NAME
+    if existing.is_file() and "library_name: drllm" not in existing.read_text(errors="replace")[:400]:
+        warnings.warn(f"{existing} is not a drllm model card: kept, and no card was written", stacklevel=3)
+        return
     atomic_write_text(directory / CARD_NAME, model_card(config))

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import files_together
 from .cache import RoutedCache
 from .card import write_model_card
 from .decisions import check_budget, check_decisions
@@ -194,12 +195,13 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
         if kwargs.get("safe_serialization") is False:
             raise ValueError("routers are saved as safetensors only; safe_serialization=False is not offered")
         self.routers.config.stand_ins = self.stand_ins is not None
-        self.routers.save_pretrained(Path(directory))
-        if self.stand_ins is not None:
-            self.stand_ins.save_pretrained(directory)
-        elif (Path(directory) / STAND_INS_NAME).exists():  # an earlier save's: not these routers'
+        with files_together(directory) as stage:  # a failed write leaves the earlier save whole
+            if self.stand_ins is not None:
+                self.stand_ins.save_pretrained(stage)
+            self.routers.save_pretrained(stage)
+            write_model_card(stage, self.routers.config, Path(directory))
+        if self.stand_ins is None and (Path(directory) / STAND_INS_NAME).exists():  # an earlier save's
             (Path(directory) / STAND_INS_NAME).unlink()
-        write_model_card(Path(directory), self.routers.config)
 
     # ----------------------------------------------------------------- as transformers and peft models
     @property
