@@ -12,6 +12,7 @@ from drllm.router import DEFAULT_MODEL
 log = logging.getLogger("drllm")
 
 DEFAULT_TASKS = ("arc_easy", "mmlu:dev", "gsm8k")
+LOCK = ".stand-ins.lock"
 
 
 def fit_stand_ins(
@@ -51,7 +52,7 @@ def fit_stand_ins(
         device: where the model runs (auto: CUDA when available, else the CPU).
         dtype: the model's dtype (auto or none: the checkpoint's; float32, bfloat16, float16).
     """
-    from drllm.search.output_files import claimed_output
+    from drllm.search.output_files import claimed_output, folder_lock
 
     if (decisions is None) == (routers is None) or (decisions is not None and not decisions.strip()):
         raise ValueError("give either --decisions (a static path) or --routers (a router folder)")
@@ -64,12 +65,14 @@ def fit_stand_ins(
     if routers is not None and Path(output).resolve() == Path(routers).resolve():
         raise ValueError("--output must be a new folder: the routers' own folder is kept as it is")
     tasks = list(tasks or DEFAULT_TASKS)
-    if str(output).strip() and Path(output).is_dir() and any(Path(output).iterdir()):
+    if str(output).strip() and Path(output).is_dir() and any(p.name != LOCK for p in Path(output).iterdir()):
         raise ValueError(
             f"output {output} is not empty: stand-ins are written into a new folder, so that no trained "
             "routers or earlier results are replaced (remove it, or choose another)"
         )
-    with claimed_output(output, folder=True):  # a refusal below leaves no empty folder behind
+    with claimed_output(output, folder=True), folder_lock(output, LOCK, "drllm stand-ins"):
+        if any(p.name != LOCK for p in Path(output).iterdir()):  # another run finished here meanwhile
+            raise ValueError(f"output {output} was written by another run meanwhile: choose another folder")
         return _fit(output, model, decisions, routers, tasks, calibration, rank, repeats, ridge, batch_size,
                     device, dtype)  # fmt: skip
 
@@ -134,5 +137,6 @@ def _fit(
         "calibration_prompts": len(prompts),
         "calibration_tokens": stand_ins.info["fitted_on"]["tokens"],
     }
-    log.info("stand-ins: saved to %s (load it as routers: drllm generate --routers %s)", output, output)
+    hint = f"drllm generate --model {name} --routers {output}"
+    log.info("stand-ins: saved to %s (load them: %s)", output, hint)
     return summary

@@ -90,3 +90,17 @@ def test_an_output_that_holds_anything_is_refused_and_kept(tiny_model_dir, tmp_p
         )
     assert err.value.code == 2 and "is not empty" in capsys.readouterr().err
     assert (tmp_path / "r" / "routers.safetensors").read_bytes() == b"precious"
+
+
+def test_a_second_run_into_one_output_is_refused_and_the_first_kept(tiny_model_dir, tmp_path, capsys):
+    from drllm.cli.stand_ins import LOCK, fit_stand_ins
+    from drllm.search.output_files import folder_lock
+
+    task = choice_file(tmp_path / "mc.jsonl", n=12)
+    out = tmp_path / "si"
+    with folder_lock(out, LOCK, "drllm stand-ins"):  # another run is writing there
+        with pytest.raises(Exception, match="being written by another drllm stand-ins"):
+            fit_stand_ins(str(out), tiny_model_dir, decisions="1,1,0,1", tasks=[task], calibration=8)
+    assert not any(p.name != LOCK for p in out.iterdir())
+    summary = fit_stand_ins(str(out), tiny_model_dir, decisions="1,0,1,1", tasks=[task], calibration=8)
+    assert summary["path"] == [1, 0, 1, 1] and not (out / LOCK).exists()
