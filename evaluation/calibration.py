@@ -21,7 +21,10 @@ STATIC_THRESHOLDS = (0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def trained_on(routers: str | Path | None) -> frozenset[str]:
-    """Ids of the examples the routers in folder ``routers`` were fitted on (empty when not recorded).
+    """The examples the routers in folder ``routers`` were fitted on, as ``task/id`` keys (or none).
+
+    Files drllm writes now say ``"qualified": true`` and list ``task/id``; an older file lists bare ids, which
+    are kept as ``*/id``: such an id counts as trained on in every task (``was_trained``).
 
     Raises:
         ValueError: naming the file, when ``trained_on.json`` is not ``{"ids": [strings]}``.
@@ -30,21 +33,27 @@ def trained_on(routers: str | Path | None) -> frozenset[str]:
     if path is None or not path.is_file():
         return frozenset()
     try:
-        ids = json.loads(path.read_text())["ids"]
+        data = json.loads(path.read_text())
+        ids = data["ids"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a JSON object with an 'ids' list: {err}") from None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ValueError(f"{path}: 'ids' must be a list of strings")
-    return frozenset(ids)
+    return frozenset(ids if data.get("qualified") is True else [f"*/{i}" for i in ids])
 
 
-def fresh_examples(pool: list, exclude: frozenset[str], wanted: int, where: str) -> list:
-    """The first ``wanted`` examples of ``pool`` whose id is not in ``exclude`` (the routers' training).
+def was_trained(trained: frozenset[str], task: str, example_id) -> bool:
+    """Whether example ``example_id`` of ``task`` is among ``trained`` (``trained_on``'s keys)."""
+    return f"{task}/{example_id}" in trained or f"*/{example_id}" in trained
+
+
+def fresh_examples(pool: list, exclude: frozenset[str], wanted: int, where: str, task: str = "") -> list:
+    """The first ``wanted`` examples of ``pool`` (of ``task``) the routers were not trained on (``exclude``).
 
     Raises:
         ValueError: when every example of ``pool`` is excluded.
     """
-    fresh = [ex for ex in pool if ex.id not in exclude]
+    fresh = [ex for ex in pool if not was_trained(exclude, task, ex.id)]
     if not fresh:
         raise ValueError(
             f"the routers were trained on every example of {where}: none is left to calibrate on "
@@ -137,10 +146,10 @@ def calibration_examples(task, s, name: str, eval_split: str, evaluated: list) -
     train = task.default_split_train
     pool = task.load(train, data_dir=s.data_dir, strict=s.strict)
     if s.trained_on:
-        pool = fresh_examples(pool, s.trained_on, len(pool), f"the {train} split of {name}")
+        pool = fresh_examples(pool, s.trained_on, len(pool), f"the {train} split of {name}", task.name)
         log.info("%s: calibrating on %s examples the routers were not trained on", name, train)
     scored = {str(ex.id) for ex in evaluated}
-    seen = scored & set(s.trained_on)
+    seen = {i for i in scored if was_trained(s.trained_on, task.name, i)}
     if seen:  # the routers were fitted on some evaluated examples: said in the log and every title
         seen_text = f"{len(seen)} of the {len(scored)} evaluated examples were the routers' training examples"
         caveats.append(seen_text)

@@ -111,7 +111,7 @@ def export_routers(routed, methods, folder: Path, task: str, trained_on=frozense
             if trained_on:
                 atomic_write_text(
                     folder / f"routers-at-{m.level}" / TRAINED_ON_NAME,
-                    json.dumps({"ids": sorted(trained_on)}) + "\n",
+                    json.dumps({"ids": sorted(trained_on), "qualified": True}) + "\n",
                 )
             written.append(text)
     finally:

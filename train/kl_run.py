@@ -141,7 +141,8 @@ def train_kl(
             routers.save_pretrained(folder)
             outputs.write_json(folder / "metrics.json", metrics)
             outputs.write_json(folder / "run.json", run)
-            outputs.write_json(folder / TRAINED_ON_NAME, {"ids": [r["id"] for r in train_rows]})
+            trained = {"ids": [r["id"] for r in train_rows], "qualified": True}  # task/id keys
+            outputs.write_json(folder / TRAINED_ON_NAME, trained)
             outputs.publish(folder, output)
         return metrics
 

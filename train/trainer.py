@@ -309,7 +309,8 @@ def _finish(routed, metrics: dict, settings: dict, features, data, output: Path,
         routed.load_routers(folder)  # checks the saved files against the model; routers on its device, eval
         outputs.write_json(folder / "metrics.json", metrics)
         outputs.write_json(folder / "run.json", settings)
-        outputs.write_json(folder / TRAINED_ON_NAME, {"ids": [rows[i].id for i in data.train_indices]})
+        ids = [f"{rows[i].task}/{rows[i].id}" for i in data.train_indices]  # task/id: ids repeat across tasks
+        outputs.write_json(folder / TRAINED_ON_NAME, {"ids": ids, "qualified": True})
         if features is not None:
             _decision_figure(routed, features, data.val_indices, folder, logger)
     except BaseException:

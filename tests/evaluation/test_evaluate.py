@@ -258,7 +258,8 @@ def test_calibration_leaves_out_the_examples_the_routers_were_trained_on(tmp_pat
     )
     assert seen[-1] == ["q1", "q6", "q7"], "only examples the routers never saw"
     exported = json.loads((tmp_path / "b" / "routers-at-3" / "trained_on.json").read_text())
-    assert exported == {"ids": ["q0", "q2", "q3", "q4", "q5"]}, "the export keeps what the routers saw"
+    want = {"ids": ["*/q0", "*/q2", "*/q3", "*/q4", "*/q5"], "qualified": True}  # an older file's bare ids
+    assert exported == want, "the export keeps what the routers saw"
     (folder / "trained_on.json").write_text(json.dumps({"ids": [f"q{i}" for i in range(8)]}))
     with pytest.raises(ValueError, match="trained on every example of .* none is left to calibrate on"):
         run_eval(routed, task, str(tmp_path / "c"), routers=str(folder), calibration=4, **common)
@@ -336,3 +337,19 @@ def test_routers_that_miss_their_level_are_not_compared_with_static_paths_of_it(
     routed = next(r for r in rows if r.method == "routed")
     assert routed.vs_static is None and routed.vs_base is not None
     assert any("missed its level of 3 layers" in line for line in findings(rows))
+
+
+def test_training_ids_count_only_in_their_own_task(tmp_path):
+    from drllm.evaluation.calibration import trained_on, was_trained
+
+    folder = tmp_path / "r"
+    folder.mkdir()
+    task = choice_file(tmp_path / "mc.jsonl", n=4)
+    (folder / "trained_on.json").write_text(
+        json.dumps({"ids": [f"{task}/q0", "arc_easy/q1"], "qualified": True})
+    )
+    keys = trained_on(folder)
+    assert was_trained(keys, task, "q0") and not was_trained(keys, task, "q1")
+    assert not was_trained(keys, "jsonl:other.jsonl", "q0")  # the same id in another file is another question
+    (folder / "trained_on.json").write_text(json.dumps({"ids": ["q0"]}))  # an older file: bare ids, any task
+    assert was_trained(trained_on(folder), "jsonl:other.jsonl", "q0")
