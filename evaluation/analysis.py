@@ -223,6 +223,7 @@ def analyze_depth(
     style, measured = resolve_style(style, routed, tokenizer, task_obj, None, data_dir)
     log.info("analyze %s: %s", task_name, describe(style, measured, task_obj.default_split_train))
     ev = PathEvaluator(routed, tokenizer, task_obj, None, style, max_rows=batch_size)
+    ev.check_room(examples, fidelity_tokens)  # before any forward
     prompts = [ev.prompt_text(ex) for ex in examples]
     seconds["style"], clock = time.perf_counter() - clock, time.perf_counter()
 

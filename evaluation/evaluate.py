@@ -60,6 +60,7 @@ from .calibration import (  # noqa: F401 - importable from here
 from .compared import compared_labels, load_compared
 from .learned import learned_static_margins
 from .pooled import pool_methods
+from .publish import staged
 from .report import EvalRow
 from .results import UNIT_BASELINES, method_rows
 from .task_eval import (  # noqa: F401 - moved; importable from here as before
@@ -240,17 +241,19 @@ def run_eval(
     rows: list[EvalRow] = []
     per_task = []
     with folder_lock(output, "eval.lock", "evaluation"):  # two evaluations never write one folder
-        for name, task_obj in zip(names, tasks, strict=True):
-            folder = Path(output) if len(names) == 1 else Path(output) / _slug(name)
-            evaluation = _TaskEvaluation(routed, tokenizer, name, task_obj, settings, model_name)
-            rows += evaluation.run(folder)
-            per_task.append((evaluation.methods, evaluation.ev.scoring))
-        if len(names) > 1:
+        if len(names) == 1:
+            evaluation = _TaskEvaluation(routed, tokenizer, names[0], tasks[0], settings, model_name)
+            return evaluation.run(Path(output))
+        with staged(Path(output)) as stage:  # every task's folder and the pooled report, published together
+            for name, task_obj in zip(names, tasks, strict=True):
+                evaluation = _TaskEvaluation(routed, tokenizer, name, task_obj, settings, model_name)
+                rows += evaluation.run(stage / _slug(name))
+                per_task.append((evaluation.methods, evaluation.ev.scoring))
             merged, scorings = pool_methods(per_task)
             rows += method_rows("pooled", merged, scorings)
             n = len(scorings)
             title = f"{task} on {model_name}; pooled: the {n} examples of all {len(names)} tasks together"
-            report.write_results(rows, Path(output), routed.num_layers, title=title)
+            report.write_results(rows, stage, routed.num_layers, title=title)
     return rows
 
 

@@ -22,9 +22,22 @@ OWNED = ("results.md", "results.json", "examples.jsonl", "decisions.json", "trad
 OWNED_PREFIXES = ("routers-at-",)
 
 
-def owned(name: str) -> bool:
-    """Whether an evaluation writes entries of this name (and may therefore remove a stale one)."""
-    return name in OWNED or name.startswith(OWNED_PREFIXES)
+def owned(name: str, entry: Path | None = None) -> bool:
+    """Whether an evaluation writes entries of this name (and may therefore remove a stale one).
+
+    With ``entry``, a task folder of an earlier evaluation of several tasks (a folder holding both
+    ``results.json`` and ``examples.jsonl``) is the evaluation's too.
+    """
+    if name in OWNED or name.startswith(OWNED_PREFIXES):
+        return True
+    return (
+        entry is not None
+        and not name.startswith(".")  # a staging folder (this run's own) or a user's hidden one
+        and entry.is_dir()
+        and not entry.is_symlink()
+        and (entry / "results.json").is_file()
+        and (entry / "examples.jsonl").is_file()
+    )
 
 
 @contextlib.contextmanager
@@ -54,7 +67,7 @@ def staged(folder: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     new = {p.name for p in stage.iterdir()}
-    stale = [entry for entry in folder.iterdir() if owned(entry.name) and entry.name not in new]
+    stale = [entry for entry in folder.iterdir() if owned(entry.name, entry) and entry.name not in new]
     if stale or any((folder / name).exists() for name in new):
         removed = ", ".join(sorted(e.name for e in stale))
         logging.getLogger("drllm.evaluation.evaluate").warning(

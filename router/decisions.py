@@ -45,8 +45,10 @@ def check_decisions(
         ValueError: naming the expected and given lengths, batch sizes or values.
     """
     d = torch.as_tensor(decisions)
-    if d.is_floating_point() or d.dtype == torch.bool:
-        if d.is_floating_point() and not torch.equal(d, d.round()):
+    if d.dtype == torch.bool:
+        raise ValueError("decisions must be integers 0/1/2, got a tensor of dtype torch.bool (True/False)")
+    if d.is_floating_point():
+        if not torch.equal(d, d.round()):
             raise ValueError(
                 f"decisions must be integers 0/1/2, got non-integer values {d.flatten()[:8].tolist()}"
             )

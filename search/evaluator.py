@@ -48,6 +48,7 @@ from .preparation import Preparation
 from .tasks.grading import extract_final_answer
 
 log = logging.getLogger(__name__)
+FIDELITY = "fidelity tokens (--fidelity-tokens)"  # what greedy_continuations' budget is called in refusals
 
 
 class PathEvaluator(Preparation):
@@ -82,7 +83,8 @@ class PathEvaluator(Preparation):
                 ``greedy_continuations``), packed as one more segment so outcomes carry the fidelity.
         """
         if continuations is None and not self.task.has_gold:  # prompts only: their own base continuation
-            continuations = self.greedy_continuations(examples, self.max_new_tokens)
+            what = "new tokens (max_new_tokens)"
+            continuations = self.greedy_continuations(examples, self.max_new_tokens, what)
         conts = continuations if continuations is not None else [None] * len(examples)
         if not self.task.has_gold and any(c is None or not len(c) for c in conts):
             raise ValueError("a prompts-only example needs the base model's continuation (1 or more tokens)")
@@ -306,11 +308,33 @@ class PathEvaluator(Preparation):
         self.paths_evaluated += len(rows)
         return out
 
+    def check_room(self, examples, new_tokens: int, what: str = FIDELITY) -> None:
+        """Refuse (ValueError naming the first example) a prompt that leaves no room for ``new_tokens``."""
+        from drllm.router import encode_prompt
+
+        limit = self.routed.context_length
+        if limit is None or not new_tokens:
+            return
+        for ex in examples:
+            n = len(encode_prompt(self.tokenizer, self.prompt_text(ex)))
+            if n + new_tokens > limit:
+                raise ValueError(
+                    f"example {ex.id}: the prompt has {n} tokens; with {new_tokens} {what} that "
+                    f"exceeds the model's context of {limit} tokens: lower it or shorten the prompt"
+                )
+
     @torch.no_grad()
-    def greedy_continuations(self, examples, max_new_tokens: int) -> list[list[int]]:
-        """The base model's greedy continuation of each example's prompt, up to and including EOS."""
+    def greedy_continuations(self, examples, max_new_tokens: int, what: str = FIDELITY) -> list[list[int]]:
+        """The base model's greedy continuation of each example's prompt, up to and including EOS.
+
+        Raises:
+            ValueError: before generating anything, naming the first example whose prompt plus
+                ``max_new_tokens`` (``what``: the budget as the user set it) exceeds the model's context.
+        """
         from drllm.router import batch_prompts
 
+        examples = list(examples)
+        self.check_room(examples, max_new_tokens, what)
         eos = eos_ids(self.tokenizer, self.routed.model)
         out = []
         for chunk in _chunks(list(examples), self.max_rows):

@@ -37,6 +37,7 @@ from .settings import (  # noqa: F401 - moved; importable from here as before
     SearchSettings,
     SettingsMismatchError,
 )
+from .supervision_checks import check_supervision
 
 DECISION_VALUES = (0, 1, 2)
 REQUIRED_KEYS = ("id", "prompt", "decisions")
@@ -168,10 +169,7 @@ class SearchRecord:
         values["layers"] = _count(known.get("layers"), "layers", at)
         for key in ("reward", "base_reward"):
             values[key] = _number(known.get(key), key, at)
-        supervision = known.get("supervision")
-        if supervision is not None and not isinstance(supervision, dict):
-            raise ValueError(f"{at}supervision must be a JSON object, got {type(supervision).__name__}")
-        values["supervision"] = supervision
+        values["supervision"] = check_supervision(known.get("supervision"), len(decisions), at)
         settings = known.get("settings")
         if settings is not None and not isinstance(settings, dict):
             raise ValueError(f"{at}settings must be a JSON object, got {type(settings).__name__}")

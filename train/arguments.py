@@ -11,6 +11,7 @@ from drllm.router import RoutedModel
 from drllm.search.tasks.base import MAX_PROMPT_CHARS
 from drllm.search.tracking import check_tags
 
+from .outputs import CURRENT_NAME
 from .targets import TARGETS
 
 ROUTER_KINDS = ("mlp", "linear", "shared", "knn", "static")
@@ -29,6 +30,12 @@ def check_arguments(args: dict) -> None:
     if args["objective"] == "kl":
         if args["target_layers"] is None or not _finite(args["target_layers"]):
             raise ValueError(f"--objective kl needs --target-layers N, got {args['target_layers']!r}")
+        if args["target_layers"] <= 0:
+            raise ValueError(f"target_layers must be a number of layers > 0, got {args['target_layers']!r}")
+        if not _whole(args["continuation_tokens"]) or args["continuation_tokens"] < 1:
+            raise ValueError(
+                f"continuation_tokens must be a whole number >= 1, got {args['continuation_tokens']!r}"
+            )
         if not _finite(args["min_layers"]) or not 0 <= args["min_layers"] <= args["target_layers"]:
             raise ValueError(
                 f"min_layers must lie in [0, target_layers = {args['target_layers']}], "
@@ -81,11 +88,25 @@ def check_arguments(args: dict) -> None:
     for name in ("output", "cache_dir"):
         if args[name] is not None and Path(args[name]).exists() and not Path(args[name]).is_dir():
             raise ValueError(f"{name} {args[name]} is a file; it must be a folder")
+    _check_current(args["output"])
     if args["device"] is not None:
         try:
             torch.device(args["device"])
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"device {args['device']!r} is not a torch device ({err})") from None
+
+
+def _check_current(output) -> None:
+    """Refuse an output whose ``current`` is not the symlink a publish switches (``cp -rL`` makes it real)."""
+    if output is None:
+        return
+    current = Path(output) / CURRENT_NAME
+    if current.exists() and not current.is_symlink():
+        kind = "folder" if current.is_dir() else "file"
+        raise ValueError(
+            f"output {output}: {current} is a real {kind}, not the link a run publishes through (a copy "
+            f"such as cp -rL made it); remove {current} (the files beside it stay) or train into a new folder"
+        )
 
 
 def _whole(value) -> bool:

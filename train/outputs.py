@@ -223,7 +223,10 @@ def publish(folder: Path, output: Path) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(Path(VERSIONS_NAME) / version.name)
     previous = (output / CURRENT_NAME).resolve() if (output / CURRENT_NAME).is_symlink() else None
-    os.replace(link, output / CURRENT_NAME)  # the switch
+    try:
+        os.replace(link, output / CURRENT_NAME)  # the switch
+    finally:
+        link.unlink(missing_ok=True)  # left only when the switch failed
     names = {p.name for p in version.iterdir()}
     for name in names:
         _link_through_current(output, name)

@@ -114,6 +114,16 @@ def test_kl_training_refuses_label_flags_and_impossible_settings(tiny_model_dir,
     assert "control is a flag of label training" in _fails([*argv, "--control", "shuffled"], capsys)
     assert "read_layer is a flag of label training" in _fails([*argv, "--read-layer", "5"], capsys)
     assert "min_layers must lie in [0, target_layers = 3" in _fails([*argv, "--min-layers", "10"], capsys)
+    assert "target_layers must be a number of layers > 0" in _fails([*argv, "--target-layers=-1"], capsys)
+    assert "continuation_tokens must be" in _fails([*argv, "--continuation-tokens", "0"], capsys)
+    copied = tmp_path / "copied"  # `cp -rL` turns the published link into a real folder (or file)
+    (copied / "current").mkdir(parents=True)
+    at = [*argv[:-1], str(copied)]
+    assert "current is a real folder" in _fails(at, capsys)
+    (copied / "current").rmdir()
+    (copied / "current").write_text("x")
+    assert "current is a real file" in _fails(at, capsys)
+    assert not list(copied.glob(".current.tmp-*")) and not (copied / "versions").exists()
     labels = ["train", "--model", tiny_model_dir, "--paths", task, "--output", str(tmp_path / "l")]
     assert "flags of --objective kl" in _fails([*labels, "--target-layers", "3"], capsys)
 

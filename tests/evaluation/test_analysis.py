@@ -269,3 +269,15 @@ def test_analyze_command(tiny_model_dir, mc_file, tmp_path, capsys):
         main(args + ["--decisions", "1,1"])
     assert err.value.code == 2
     assert "drllm: error: decisions has 2 columns, the model has 4 layers" in capsys.readouterr().err
+
+
+def test_fidelity_tokens_past_the_context_are_refused_before_any_forward(tmp_path, monkeypatch):
+    routed, tok = RoutedModel(tiny_model("gpt2")), tiny_tokenizer()  # context 128
+
+    def never(*a, **k):
+        raise AssertionError("ran a forward")
+
+    monkeypatch.setattr("drllm.evaluation.analysis.depth_pass", never)
+    task = choice_file(tmp_path / "mc.jsonl", n=3)
+    with pytest.raises(ValueError, match=r"fidelity-tokens.*context of 128"):
+        analyze_depth(routed, tok, task, limit=3, fidelity_tokens=200, batch_size=2)

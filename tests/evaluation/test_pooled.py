@@ -31,3 +31,18 @@ def test_several_tasks_are_reported_each_and_pooled(tmp_path, tiny_model_dir):
     assert {r["task"] for r in saved} == {mc, exact, "pooled"}
     assert "pooled: the" in (tmp_path / "e" / "results.md").read_text()
     assert len(list((tmp_path / "e").glob("*/results.json"))) == 2  # each task in its own folder
+
+
+def test_reruns_with_other_tasks_leave_nothing_stale(tmp_path, tiny_model_dir):
+    mc = choice_file(tmp_path / "mc.jsonl", n=6)
+    other = choice_file(tmp_path / "other.jsonl", n=6)
+    settings = dict(batch_size=4, calibration=3, target_layers=(3,), baselines=("angular",), fidelity_tokens=2)
+    out = tmp_path / "e"
+    run_eval(tiny_model_dir, mc, str(out), device="cpu", **settings)  # one task: its files at the top
+    run_eval(tiny_model_dir, f"{mc},{other}", str(out), device="cpu", **settings)
+    top = {p.name for p in out.iterdir()}
+    assert "examples.jsonl" not in top and "tradeoff.png" not in top  # the single task's files are gone
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 2
+    run_eval(tiny_model_dir, mc, str(out), device="cpu", **settings)  # and back to one
+    assert not [p for p in out.iterdir() if p.is_dir()]  # the earlier task folders are gone
+    assert {r["task"] for r in json.loads((out / "results.json").read_text())} == {mc}

@@ -251,6 +251,16 @@ def test_check_decisions_accepts_exactly_valid_vectors(values, rows):
     assert out.sum(-1).tolist() == [sum(values)] * rows
 
 
+def test_bool_decisions_are_refused_naming_the_dtype():
+    routed = RoutedModel(tiny_model("llama"))
+    ids = torch.tensor([[3, 4, 5]])
+    for decisions in (torch.tensor([True, True, False, True]), [True, True, False, True]):
+        with pytest.raises(ValueError, match="dtype torch.bool"), routed.forced(decisions=decisions):
+            pass
+        with pytest.raises(ValueError, match="dtype torch.bool"):
+            routed(ids, decisions=decisions)
+
+
 STATIC = [1, 0, 2, 1]
 
 

@@ -262,3 +262,17 @@ def test_kl_and_token_agreement_equal_two_explicit_forwards(arch, choice_task):
             kl = torch.nn.functional.kl_div(mine, ref, log_target=True, reduction="none").sum(-1).mean()
             assert out.kl == pytest.approx(float(kl), rel=1e-3, abs=1e-5)
             assert out.token_agreement == float(mine.argmax(-1).eq(ref.argmax(-1)).float().mean())
+
+
+@pytest.mark.parametrize("tokens", [120, 100000])
+def test_continuations_past_the_context_are_refused_before_generating(tokens, choice_task, monkeypatch):
+    routed, tok = RoutedModel(tiny_model("gpt2")), tiny_tokenizer()  # context 128
+    ev = PathEvaluator(routed, tok, choice_task)
+
+    def never(*a, **k):
+        raise AssertionError("generated")
+
+    monkeypatch.setattr("drllm.search.evaluator.greedy_new_tokens", never)
+    with pytest.raises(ValueError, match=r"example q0: .*fidelity-tokens.*context of 128") as err:
+        ev.greedy_continuations(choice_task.load(), tokens)
+    assert "\n" not in str(err.value)

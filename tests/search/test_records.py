@@ -137,6 +137,15 @@ def test_validate_path():
         ({**_row(5), "correct_paths": [[1, 1]]}, "line 2: correct_paths[0] has 2 values, the model has 4"),
         ({**_row(5), "num_layers": 5}, "line 2: num_layers is 5, but decisions has 4 values"),
         ({**_row(5), "style": 3}, "line 2: style must be a string"),
+        (
+            _row(5, supervision={"evaluated": [{"path": "1341", "reward": 1.0, "margin": 5.0}]}),
+            "line 2: supervision.evaluated[0].path must be a string of 4 digits",
+        ),
+        (_row(5, supervision={"evaluated": [{"path": "1a11", "reward": 1.0}]}), "'1a11'"),
+        (_row(5, supervision={"evaluated": [{"path": "11111", "reward": 1.0}]}), "'11111'"),
+        (_row(5, supervision={"seeds": {"evaluated": [{"path": 1111}]}}), "supervision.seeds.evaluated[0]"),
+        (_row(5, supervision={"fix": {"path": "1131"}}), "supervision.fix.path"),
+        (_row(5, supervision={"evaluated": [{"path": "1111", "reward": "1"}]}), "reward must be a number"),
     ],
 )
 def test_refusals_name_file_and_line(tmp_path, bad, message):
