@@ -24,11 +24,27 @@ def architecture_string(config, num_layers: int) -> str:
 UNKNOWN = -1.0  # a probe of weights that are not in memory (offloaded to meta); a mean |w| is never negative
 
 
+LEGACY_PROBES = 3
+"""Probes in files written before every layer, the head and the final norm were probed."""
+
+
 @torch.no_grad()
 def weight_probe(model: nn.Module, layers: list[nn.Module]) -> list[float]:
-    """Mean absolute value of sampled weights: input embeddings, first and last decoder layer."""
+    """Mean absolute value of sampled weights, one value per module.
+
+    In order: the input embeddings, the first and the last decoder layer (what files before drllm 0.3
+    recorded), then every other decoder layer, the output embeddings and the final norm, so that a model
+    changed in any layer or in its head does not pass for the one routers were made for.
+    """
+    from .surgery import final_norm
+
+    modules = [model.get_input_embeddings(), layers[0], layers[-1], *layers[1:-1]]
+    modules.append(model.get_output_embeddings() or model.get_input_embeddings())
+    try:
+        modules.append(final_norm(model))
+    except Exception:  # noqa: BLE001 - a model without a findable final norm keeps the other probes
+        modules.append(nn.Identity())
     probes = []
-    modules = [model.get_input_embeddings(), layers[0], layers[-1]]
     for module in modules:
         real = [p for p in module.parameters() if not p.is_meta]  # offloaded weights sit on meta
         values = [p.detach().flatten()[:4096].float() for p in real if p.dim() >= 2][:4]
@@ -46,9 +62,11 @@ def probe_mismatch(saved: list[float], current: list[float]) -> bool:
     """True when two weight probes differ by more than the tolerance."""
     if not saved:
         return False
-    if len(saved) != len(current):
+    if len(saved) < len(current) and len(saved) != LEGACY_PROBES:
         return True
-    return any(
+    if len(saved) > len(current):
+        return True
+    return any(  # a file from before every layer was probed carries the first three: those are compared
         not math.isclose(a, b, rel_tol=PROBE_RTOL, abs_tol=1e-6)
         for a, b in zip(saved, current, strict=False)
         if a != UNKNOWN and b != UNKNOWN

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from drllm.router import all_execute, batch_prompts, encode_prompt
 from drllm.router.atomic import atomic_write_text
+from drllm.router.fingerprint import probe_mismatch
 from drllm.search.tasks.base import get_task
 
 ROWS_NAME, META_NAME = "teacher.jsonl", "teacher.json"
@@ -168,7 +169,13 @@ def _check_identity(path: Path, identity: dict) -> None:
         raise ValueError(
             f"{path} is not valid JSON ({err}); remove the teacher folder to regenerate"
         ) from err
-    differ = sorted(k for k in identity if saved.get(k) != identity[k])
+    def same(key) -> bool:  # a probe saved before every layer was probed is compared where it reaches
+        old = saved.get(key)
+        if key == "weight_probe" and isinstance(old, list):
+            return not probe_mismatch(old, identity[key])
+        return old == identity[key]
+
+    differ = sorted(k for k in identity if not same(k))
     if differ:
         raise ValueError(
             f"{path.parent} holds teacher data made with another {', '.join(differ)} "
