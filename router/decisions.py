@@ -45,12 +45,13 @@ def check_decisions(
         ValueError: naming the expected and given lengths, batch sizes or values.
     """
     d = torch.as_tensor(decisions)
+    allowed = "0/1/2/3/4" if units else "0/1/2"
     if d.dtype == torch.bool:
-        raise ValueError("decisions must be integers 0/1/2, got a tensor of dtype torch.bool (True/False)")
+        raise ValueError(f"decisions must be integers {allowed}, got a tensor of dtype torch.bool")
     if d.is_floating_point():
         if not torch.equal(d, d.round()):
             raise ValueError(
-                f"decisions must be integers 0/1/2, got non-integer values {d.flatten()[:8].tolist()}"
+                f"decisions must be integers {allowed}, got non-integer values {d.flatten()[:8].tolist()}"
             )
         d = d.round()
     d = d.long()
@@ -87,7 +88,8 @@ def parse_decisions(text: str, num_layers: int | None = None, units: bool = Fals
     try:
         values = [int(p) for p in parts]
     except ValueError as err:
-        raise ValueError(f"decisions must be integers 0/1/2 separated by commas, got {text!r}") from err
+        allowed = "0/1/2/3/4" if units else "0/1/2"
+        raise ValueError(f"decisions must be integers {allowed} separated by commas, got {text!r}") from err
     if num_layers is not None:
         check_decisions(values, num_layers, units=units)
     elif any(not SKIP <= v <= (ATTENTION_ONLY if units else REPEAT) for v in values):
