@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--per-task", type=int, default=360)
     ap.add_argument("--val-per-task", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--start-margin", type=float, default=2.0, help="logit margin of the start path")
     ap.add_argument("--teacher", default="runs/kl_static_levels")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -70,7 +71,7 @@ def main():
         for name, actions in (("learned-blocks", BLOCK_ACTIONS), ("learned-units", UNIT_ACTIONS)):
             key = f"{name}@{share:g}"
             if key not in learned:
-                settings = PathSettings(share, actions, epochs=args.epochs, batch_size=bs)
+                settings = PathSettings(share, actions, args.epochs, bs, start_margin=args.start_margin)
                 path, history = fit_static_path(routed, train, [], settings, pad, paths[start_name])
                 learned[key] = {"path": path, "history": history, "start": start_name, **settings.identity()}
                 saved_paths.write_text(json.dumps(learned, indent=1))
