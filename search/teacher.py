@@ -169,6 +169,7 @@ def _check_identity(path: Path, identity: dict) -> None:
         raise ValueError(
             f"{path} is not valid JSON ({err}); remove the teacher folder to regenerate"
         ) from err
+
     def same(key) -> bool:  # a probe saved before every layer was probed is compared where it reaches
         old = saved.get(key)
         if key == "weight_probe" and isinstance(old, list):

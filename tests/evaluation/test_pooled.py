@@ -36,7 +36,9 @@ def test_several_tasks_are_reported_each_and_pooled(tmp_path, tiny_model_dir):
 def test_reruns_with_other_tasks_leave_nothing_stale(tmp_path, tiny_model_dir):
     mc = choice_file(tmp_path / "mc.jsonl", n=6)
     other = choice_file(tmp_path / "other.jsonl", n=6)
-    settings = dict(batch_size=4, calibration=3, target_layers=(3,), baselines=("angular",), fidelity_tokens=2)
+    settings = dict(
+        batch_size=4, calibration=3, target_layers=(3,), baselines=("angular",), fidelity_tokens=2
+    )
     out = tmp_path / "e"
     run_eval(tiny_model_dir, mc, str(out), device="cpu", **settings)  # one task: its files at the top
     run_eval(tiny_model_dir, f"{mc},{other}", str(out), device="cpu", **settings)

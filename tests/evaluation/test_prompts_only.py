@@ -1,4 +1,4 @@
-"""Prompts-only JSONL (``{"id", "prompt"}``, no gold): eval by closeness to the base model; gold users refuse."""
+"""Prompts-only JSONL (no gold): eval judges closeness to the base model; tools that need gold refuse."""
 
 import json
 
