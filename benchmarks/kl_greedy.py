@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import numpy as np
-from kl_levels import VAL_TASKS, paired, score_many, setup
+from kl_levels import paired, score_many, setup, teacher_rows
 
 from drllm.search.closeness import greedy_kl_path
-from drllm.search.teacher import build_teacher, task_prompts
 
 
 def main():
@@ -36,14 +34,7 @@ def main():
     args = ap.parse_args()
     out = Path(args.output)
     routed, tokenizer, pad, fixed = setup(args, out)
-    teacher = Path(args.teacher)
-    val = build_teacher(routed, tokenizer, task_prompts(VAL_TASKS, tokenizer, limit=args.val_per_task),
-                        teacher / "teacher-val", 16, 16)  # fmt: skip
-    train = build_teacher(routed, tokenizer, task_prompts(["arc_easy", "mmlu:dev", "gsm8k"], tokenizer,
-                          limit=args.per_task), teacher / "teacher", 16, 16)  # fmt: skip
-    shuffled = list(train)
-    random.Random(0).shuffle(shuffled)
-    calib = shuffled[:64]
+    val, train, calib = teacher_rows(routed, tokenizer, Path(args.teacher), args.per_task, args.val_per_task)
     saved = out / "results.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
     for level in [int(v) for v in args.levels.split(",")]:

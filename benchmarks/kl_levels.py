@@ -30,6 +30,7 @@ from drllm.train.kl import protected_layers
 from drllm.train.kl_run import train_kl
 
 VAL_TASKS = ["arc_easy:validation", "mmlu:validation", "gsm8k:validation"]
+TRAIN_TASKS = ["arc_easy", "mmlu:dev", "gsm8k"]
 
 
 @torch.no_grad()
@@ -118,6 +119,20 @@ def setup(args, output: Path):
     return routed, tokenizer, pad, protected_layers(routed.num_layers, (0, 1, -1))
 
 
+def teacher_rows(routed, tokenizer, folder: Path, per_task: int, val_per_task: int):
+    """The experiment's validation rows, training rows and 64 calibration rows (training, shuffled, seed 0).
+
+    Teacher continuations (16 tokens) are reused from, or written to, ``folder/teacher-val`` and ``/teacher``.
+    """
+    val = build_teacher(routed, tokenizer, task_prompts(VAL_TASKS, tokenizer, limit=val_per_task),
+                        folder / "teacher-val", 16, 16)  # fmt: skip
+    train = build_teacher(routed, tokenizer, task_prompts(TRAIN_TASKS, tokenizer, limit=per_task),
+                          folder / "teacher", 16, 16)  # fmt: skip
+    shuffled = list(train)
+    random.Random(0).shuffle(shuffled)
+    return val, train, shuffled[:64]
+
+
 def paired(a, b, seed=0, resamples=4000):
     """Mean of a - b with a paired percentile bootstrap 95% interval."""
     d = np.asarray(a) - np.asarray(b)
@@ -141,13 +156,7 @@ def main():
     out = Path(args.output)
     routed, tokenizer, pad, fixed = setup(args, out)
     L, bs = routed.num_layers, args.batch_size
-    val_prompts = task_prompts(VAL_TASKS, tokenizer, limit=args.val_per_task)
-    val = build_teacher(routed, tokenizer, val_prompts, out / "teacher-val", 16, 16)
-    train_prompts = task_prompts(["arc_easy", "mmlu:dev", "gsm8k"], tokenizer, limit=args.per_task)
-    train = build_teacher(routed, tokenizer, train_prompts, out / "teacher", 16, 16)
-    shuffled = list(train)
-    random.Random(0).shuffle(shuffled)
-    calib = shuffled[:64]
+    val, train, calib = teacher_rows(routed, tokenizer, out, args.per_task, args.val_per_task)
     stats = calibration_statistics(routed, tokenizer, [r["prompt"] for r in calib], bs)
     results = {"validation_prompts": len(val), "training_prompts": len(train), "levels": {}}
     if (out / "results.json").exists():  # levels from earlier runs stay

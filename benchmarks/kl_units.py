@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import numpy as np
-from kl_levels import VAL_TASKS, paired, score_many, setup
+from kl_levels import paired, score_many, setup, teacher_rows
 
 from drllm.router import path_macs
 from drllm.search.closeness import heuristic_paths, path_kl
 from drllm.search.heuristics import calibration_statistics
-from drllm.search.teacher import build_teacher, task_prompts
 from drllm.search.unit_heuristics import attention_drop_path, unit_drop_path, unit_influence
 from drllm.train.static_path import BLOCK_ACTIONS, UNIT_ACTIONS, PathSettings, fit_static_path
 
@@ -45,14 +43,7 @@ def main():
     out = Path(args.output)
     routed, tokenizer, pad, fixed = setup(args, out)
     L, bs = routed.num_layers, args.batch_size
-    teacher = Path(args.teacher)
-    val = build_teacher(routed, tokenizer, task_prompts(VAL_TASKS, tokenizer, limit=args.val_per_task),
-                        teacher / "teacher-val", 16, 16)  # fmt: skip
-    train = build_teacher(routed, tokenizer, task_prompts(["arc_easy", "mmlu:dev", "gsm8k"], tokenizer,
-                          limit=args.per_task), teacher / "teacher", 16, 16)  # fmt: skip
-    shuffled = list(train)
-    random.Random(0).shuffle(shuffled)
-    calib = shuffled[:64]
+    val, train, calib = teacher_rows(routed, tokenizer, Path(args.teacher), args.per_task, args.val_per_task)
     calib_text = [r["prompt"] for r in calib]
     stats = calibration_statistics(routed, tokenizer, calib_text, bs)
     influence = unit_influence(routed, tokenizer, calib_text, bs)
