@@ -77,9 +77,9 @@ def command_parser(name: str):
     )
     parser.add_function_arguments(function, skip=PYTHON_ONLY)
     options = _option_names(parser)
-    if "model" in options:
-        parser.set_defaults(model=DEFAULT_MODEL)
-        options["model"].required = False  # the embedded default model serves when none is named
+    if "model" in options:  # none named: the routers' own base model, else the embedded default
+        parser.set_defaults(model=None)
+        options["model"].required = False
     plain_help = parser.format_help
     parser.format_help = lambda: plain_text(
         re.sub(r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), plain_help())
@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     from drllm.search.records import OutputLockedError
 
     try:
+        if "model" in kwargs and kwargs["model"] is None:
+            kwargs["model"] = default_model(kwargs.get("routers"))
         result = command_function(name)(**kwargs)
         print_result(name, result)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:  # a bad argument or input file
@@ -216,6 +218,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"drllm: {name} interrupted; {kept}", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def default_model(routers) -> str:
+    """The model of a command given none: the one ``routers`` record (like peft's auto classes), else ours."""
+    if routers is None:
+        return DEFAULT_MODEL
+    from drllm.router.auto import base_model_of
+
+    return base_model_of(routers)
 
 
 def print_result(name: str, result) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from drllm.evaluation import report
 from drllm.evaluation.evaluate import check_eval_arguments, resolve_levels, run_eval
 from drllm.router import DEFAULT_MODEL, RoutedModel, load_routed, load_tokenizer
-from drllm.search.records import SettingsMismatchError, check_output
+from drllm.search.records import SettingsMismatchError, claimed_output
 from drllm.search.runner import run_search
 from drllm.search.tasks import get_task, require_gold
 from drllm.search.tasks.style import describe, resolve_style
@@ -116,19 +116,20 @@ def run_demo(
         raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
     # the evaluation's settings are checked now, not after the search and the training
     check_eval_arguments(baselines, calibration, 16, greedy_examples, fidelity_tokens, 1, eval_examples)
-    out = check_output(output, folder=True)  # a file in the way is refused before the model loads
-    routed, tokenizer = _load(model, routed, tokenizer, device, dtype)
-    if target_layers is not None:
-        resolve_levels(target_layers, routed.num_layers)
-    if read_layer is not None and not (
-        isinstance(read_layer, int)
-        and not isinstance(read_layer, bool)
-        and 0 <= read_layer < routed.num_layers
-    ):
-        raise ValueError(
-            f"read_layer must be a layer of the model (0 to {routed.num_layers - 1}) or None, "
-            f"got {read_layer!r}"
-        )
+    # a file in the way is refused before the model loads; a refusal that needs the model leaves no folder
+    with claimed_output(output, folder=True) as out:
+        routed, tokenizer = _load(model, routed, tokenizer, device, dtype)
+        if target_layers is not None:
+            resolve_levels(target_layers, routed.num_layers)
+        if read_layer is not None and not (
+            isinstance(read_layer, int)
+            and not isinstance(read_layer, bool)
+            and 0 <= read_layer < routed.num_layers
+        ):
+            raise ValueError(
+                f"read_layer must be a layer of the model (0 to {routed.num_layers - 1}) or None, "
+                f"got {read_layer!r}"
+            )
     task_obj = get_task(task)
     require_gold(task_obj, "the demo (it searches and trains on task scores)")
     paths = out / "paths.jsonl"

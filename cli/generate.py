@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from drllm.router import DEFAULT_MODEL
-
 
 def generate(
     prompt: str,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     decisions: str | None = None,
     routers: str | None = None,
     budget: float = 0.0,
@@ -27,7 +25,8 @@ def generate(
 
     Args:
         prompt: the prompt text.
-        model: model name or path; "smollm2-135m-instruct" is the embedded default.
+        model: model name or path; by default the base model ``--routers`` record, else the embedded
+            "smollm2-135m-instruct".
         decisions: a path such as "1,1,0,2,..." (one value per layer: 0 skip, 1 execute, 2 repeat; 3 runs
             the layer's MLP alone, 4 its attention alone).
         routers: a router directory (router_config.json + routers.safetensors); used when no decisions.
@@ -55,6 +54,10 @@ def generate(
         raise ValueError("--decisions is empty: give one value per layer, or leave the flag out")
     _check_decoding(max_new_tokens, temperature, top_p, top_k, num_beams, stream)
     _check_unused(do_sample, temperature, top_p, top_k, seed, routers, decisions, budget)
+    if model is None:
+        from drllm.cli.__main__ import default_model
+
+        model = default_model(routers)
     routed = load_routed(model, device=device, routers=routers, dtype=dtype)
     routed.budget = budget
     tok = load_tokenizer(model)

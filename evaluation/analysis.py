@@ -76,7 +76,7 @@ from drllm.router.decisions import parse_decisions
 from drllm.search import progress
 from drllm.search.evaluator import PathEvaluator
 from drllm.search.records import check_searched_with, read_records
-from drllm.search.tasks import Style, get_task, require_gold
+from drllm.search.tasks import Style, get_task, require_gold, same_task
 from drllm.search.tasks.style import describe, resolve_style
 
 from . import analysis_plots
@@ -214,6 +214,12 @@ def analyze_depth(
     records = read_records(paths, num_layers=L)[:limit] if paths else None
     if records:
         check_searched_with(records, routed, paths)
+        other = next((r.task for r in records if r.task and not same_task(r.task, task_name)), None)
+        if other is not None:
+            raise ValueError(
+                f"{paths} holds paths searched on task {other!r}, not {task_name!r}: overlay a paths file "
+                "of the analysed task"
+            )
     final_norm(routed)  # an unknown layout fails before any work
     split = split or task_obj.default_split_eval
     examples = task_obj.load(split, data_dir=data_dir, limit=limit, strict=False)

@@ -60,7 +60,7 @@ from .calibration import (  # noqa: F401 - importable from here
 from .compared import compared_labels, load_compared
 from .learned import learned_static_margins
 from .pooled import pool_methods
-from .publish import staged
+from .publish import refuse_router_folder, staged
 from .report import EvalRow
 from .results import UNIT_BASELINES, method_rows
 from .task_eval import (  # noqa: F401 - moved; importable from here as before
@@ -206,6 +206,7 @@ def run_eval(
         check_prompts_only(name, task_obj, scoring, fidelity_tokens)
     others = compared_labels(compare_routers, routers)
     trained = trained_on(routers).union(*(trained_on(f) for f in others.values()))  # damaged files fail here
+    refuse_router_folder(output)
     with claimed_output(output, folder=True):  # a refusal below leaves no empty folder behind
         routed, tokenizer, model_name = load_with_tokenizer(
             model, tokenizer, device, routers, "run_eval", dtype

@@ -40,6 +40,20 @@ def owned(name: str, entry: Path | None = None) -> bool:
     )
 
 
+ROUTER_FILES = ("router_config.json", "routers.safetensors", "current", "versions")
+"""What a router folder (``save_pretrained`` or ``drllm train``) holds; an evaluation never writes there."""
+
+
+def refuse_router_folder(folder: str | os.PathLike) -> None:
+    """Refuse an evaluation output that is a router folder (its own files would be replaced)."""
+    found = [name for name in ROUTER_FILES if os.path.lexists(Path(folder) / name)]
+    if found:
+        raise ValueError(
+            f"output {folder} is a router folder (it holds {', '.join(found)}); an evaluation there would "
+            "replace the routers' own files: choose another --output"
+        )
+
+
 @contextlib.contextmanager
 def staged(folder: Path) -> Iterator[Path]:
     """A fresh staging folder inside ``folder``; on success its entries replace ``folder``'s own.

@@ -59,8 +59,14 @@ def merge(output: str | os.PathLike, world: int) -> int:
     return added
 
 
-def launch_sharded(devices: int, arguments: dict) -> dict:
+LAUNCHED = "DRLLM_SHARDED_CHILD"
+"""Set in the processes ``launch`` starts: their rank 0 leaves the summary to the launching process."""
+
+
+def launch_sharded(devices: int, arguments: dict) -> None:
     """Run ``drllm search`` with ``arguments`` (``run_search``'s) in ``devices`` torchrun processes.
+
+    The ranks print nothing: the launching process reports the merged output.
 
     Raises:
         ValueError: when an argument is a Python object that cannot travel on a command line.
@@ -79,7 +85,6 @@ def launch_sharded(devices: int, arguments: dict) -> dict:
     code = launch(devices, ["search", *flags])
     if code:
         raise RuntimeError(f"the sharded search failed (exit code {code})")
-    return {}
 
 
 def launch(devices: int, argv: list[str]) -> int:
@@ -94,4 +99,4 @@ def launch(devices: int, argv: list[str]) -> int:
         "drllm.cli",
         *argv,
     ]
-    return subprocess.run(cmd, check=False).returncode
+    return subprocess.run(cmd, check=False, env={**os.environ, LAUNCHED: "1"}).returncode

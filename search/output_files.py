@@ -17,9 +17,14 @@ from drllm.router.fingerprint import probe_mismatch
 
 
 def set_aside(path: Path) -> Path | None:
-    """Move a file to ``<file>.old-<timestamp>`` (never over another file); None when it does not exist."""
+    """Move a file to ``<file>.old-<timestamp>`` (never over another file); None when it does not exist.
+
+    Through a symbolic link the file it points to is set aside, beside itself, and the link is kept: the
+    new file is then written where the link points, and both names keep naming one file (and one lock).
+    """
     if not path.exists():
         return None
+    path = path.resolve()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target, n = Path(f"{path}.old-{stamp}"), 1
     while target.exists():
@@ -64,11 +69,7 @@ def claimed_output(path: str | os.PathLike, folder: bool = False):
     try:
         yield checked
     except BaseException:
-        for p in created:
-            try:
-                p.rmdir()
-            except OSError:  # not empty (or gone): keep it and everything above it
-                break
+        _remove_empty(created)
         raise
 
 
@@ -116,6 +117,7 @@ def folder_lock(folder: str | os.PathLike, name: str, what: str):
         OutputLockedError: naming the lock, when another process holds it.
     """
     real = Path(folder).resolve()
+    created = [p for p in [real, *real.parents] if not p.exists()]  # deepest first
     real.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(real / name), timeout=0)
     try:
@@ -127,6 +129,23 @@ def folder_lock(folder: str | os.PathLike, name: str, what: str):
         ) from err
     try:
         yield
-    finally:
-        Path(lock.lock_file).unlink(missing_ok=True)
-        lock.release()
+    except BaseException:
+        _unlock(lock)
+        _remove_empty(created)  # a refusal inside the block leaves no empty output folder behind
+        raise
+    _unlock(lock)
+
+
+def _unlock(lock) -> None:
+    """Remove the lock file while holding it, then release it."""
+    Path(lock.lock_file).unlink(missing_ok=True)
+    lock.release()
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders in ``created`` (deepest first) while they are empty."""
+    for p in created:
+        try:
+            p.rmdir()
+        except OSError:  # not empty (or gone): keep it and everything above it
+            break

@@ -326,7 +326,7 @@ class SearchOutput:
                 set_aside(self.path)
             self.done = self._open_existing()
         except BaseException:
-            self._lock.release()
+            self._unlock()  # a refusal leaves no lock file behind
             raise
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -379,8 +379,12 @@ class SearchOutput:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        """Remove the lock file while still holding it, then release it: no lock file lingers."""
+        Path(self._lock.lock_file).unlink(missing_ok=True)
         self._lock.release()
-        Path(self._lock.lock_file).unlink(missing_ok=True)  # no lock file lingers after a clean exit
 
     def __enter__(self) -> SearchOutput:
         return self

@@ -18,7 +18,7 @@ import torch
 from drllm.router import RoutedModel, load_routed, load_tokenizer
 
 from . import progress
-from .distributed import barrier, launch_sharded, merge, rank_info, rank_output, shard
+from .distributed import LAUNCHED, barrier, launch_sharded, merge, rank_info, rank_output, shard
 from .evaluator import PathEvaluator
 from .mcts import SearchConfig
 from .records import (
@@ -31,7 +31,7 @@ from .records import (
     set_aside,
 )
 from .supervision import Supervision, format_reliability, reliability, search_examples
-from .tasks import Scoring, Style, get_task, require_gold
+from .tasks import Scoring, Style, get_task, require_gold, same_task
 from .tasks.style import describe, resolve_style
 from .tracking import check_tags, wandb_offline
 
@@ -144,7 +144,8 @@ def run_search(
     if devices > 1 and "WORLD_SIZE" not in os.environ:
         if restart:
             set_aside(Path(output))  # each rank sets its own file aside
-        return launch_sharded(devices, locals())
+        launch_sharded(devices, locals())
+        return _reported(output, task)
     fields = {"question_field": question_field, "answer_field": answer_field, "choices_field": choices_field}
     task_obj = get_task(task, **fields, config=hf_config) if task.startswith("hf:") else get_task(task)
     _refuse_task_file(output, task_obj)
@@ -187,6 +188,7 @@ def run_search(
         safe_margin=safe_margin,
         fix_margin=float(fix_margin),
         max_new_tokens=max_new_tokens if evaluator.scoring == "generate" else None,
+        dtype=str(routed.model.dtype).removeprefix("torch."),
     )
     if world > 1:  # the main output too, which the ranks' files are merged into
         settings.check(read_records(output, allow_empty=True), Path(output))
@@ -206,10 +208,16 @@ def run_search(
     if world > 1:
         barrier()
         if rank != 0:
-            return {}
+            return None
         merge(output, world)
-    records = [r for r in read_records(output, allow_empty=True) if r.task == task]
-    summary = summarize(records)
+        if os.environ.get(LAUNCHED):
+            return None  # the process that launched the ranks reports the merged output
+    return _reported(output, task)
+
+
+def _reported(output, task: str) -> dict:
+    """The summary of the task's records in ``output``, logged."""
+    summary = summarize([r for r in read_records(output, allow_empty=True) if same_task(r.task, task)])
     log.info(format_summary(summary))
     return summary
 

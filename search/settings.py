@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from drllm.router.fingerprint import probe_mismatch
 
+from .tasks import same_task
+
 if TYPE_CHECKING:  # annotations only: records.py imports this module
     from .records import SearchRecord
 
@@ -42,6 +44,8 @@ class SearchSettings:
     fix_margin: float = 0.0
     max_new_tokens: int | None = None
     """Decoded tokens per path under the ``generate`` scoring (None: teacher-forced, nothing decoded)."""
+    dtype: str = ""
+    """The dtype the model computed in (``float32``, ``bfloat16``, ...): rewards differ between dtypes."""
 
     def stamp(self, record: SearchRecord) -> SearchRecord:
         """The record with this search's ``settings`` object."""
@@ -61,6 +65,8 @@ class SearchSettings:
                 continue
             if key == "weight_probe":
                 same = isinstance(old, list) and not probe_mismatch(old, list(now))
+            elif key == "task":
+                same = isinstance(old, str) and same_task(old, now)
             else:
                 same = old == now
             if not same:

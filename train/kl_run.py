@@ -12,6 +12,7 @@ same settings resumes, other settings are refused); then publish ``router_config
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -27,6 +28,8 @@ from drllm.search.teacher import build_teacher, task_prompts
 
 from . import outputs
 from .kl import KL_KINDS, KLSettings, fit_kl, protected_layers, start_routers
+
+log = logging.getLogger(__name__)
 
 STATE_NAME = "kl_state.pt"
 DEFAULT_TASKS = ("arc_easy", "mmlu:dev", "gsm8k")
@@ -89,6 +92,13 @@ def train_kl(
         train_rows, val_rows = rows[:cut], rows[cut:]
         if not train_rows:
             raise ValueError("no training prompts: pass more tasks or examples_per_task")
+        if val_fraction > 0 and not val_rows:
+            log.warning(
+                "no validation prompts: %.0f%% of %d prompts rounds to none, so metrics.json holds "
+                "training KL only; pass more examples_per_task or a larger val_fraction",
+                100 * val_fraction,
+                len(rows),
+            )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         calibration = train_rows[:calibration_prompts]
         stats = calibration_statistics(routed, tokenizer, [r["prompt"] for r in calibration], batch_size)
@@ -129,6 +139,7 @@ def train_kl(
             "router": router,
             "target_layers": target_layers,
             "start": start,
+            "validation_prompts": len(val_rows),
             "start_val_kl": _mean(path_kl(routed, val_rows, candidates[start], batch_size, pad))
             if val_rows
             else None,

@@ -20,6 +20,7 @@ from .base import (
     get_task,
     require_gold,
     resolve_data_dir,
+    same_task,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "get_task",
     "require_gold",
     "resolve_data_dir",
+    "same_task",
 ]

@@ -378,3 +378,17 @@ def get_task(name: str, **hub_fields) -> Task:
             f"unknown task {name!r}; known tasks: {', '.join(KNOWN_TASKS)}, 'jsonl:PATH' or 'hf:DATASET'"
         )
     return BUILDERS[name]()
+
+
+def same_task(a: str, b: str) -> bool:
+    """Whether two task names name one task: equal, or two spellings of one ``jsonl:`` file."""
+    if a == b:
+        return True
+    prefix = "jsonl:"
+    if not (a.startswith(prefix) and b.startswith(prefix)):
+        return False
+    first, second = (Path(name[len(prefix) :]).expanduser() for name in (a, b))
+    try:
+        return first.exists() and second.exists() and first.samefile(second)
+    except OSError:
+        return False

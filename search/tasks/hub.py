@@ -78,10 +78,11 @@ class HubExactTask(_HubSource, ExactTask):
     """Exact-answer task over a mapped dataset."""
 
     def _example(self, row: dict, index: int, split: str) -> Example:
+        answer = self._text(row, "answer").strip()
+        if not answer:
+            raise ValueError(f"dataset {self.dataset!r} row {index}: the answer is blank")
         return Example(
-            id=f"{self.dataset}-{split}-{index}",
-            question=self._text(row, "question"),
-            answer=self._text(row, "answer").strip(),
+            id=f"{self.dataset}-{split}-{index}", question=self._text(row, "question"), answer=answer
         )
 
 

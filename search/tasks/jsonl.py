@@ -54,6 +54,19 @@ def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
         raise ValueError(f"{where}: missing key(s) {missing}; row has {sorted(row)}")
 
 
+EXACT_ONLY, CHOICE_ONLY = {"prompt", "target"}, {"question", "choices"}
+
+
+def _one_kind(row: dict, where: str) -> None:
+    """Refuse a row holding keys of both the exact and the multiple-choice kinds (one would be ignored)."""
+    exact, choice = sorted(EXACT_ONLY & set(row)), sorted(CHOICE_ONLY & set(row))
+    if exact and choice:
+        raise ValueError(
+            f"{where}: the row mixes exact-answer keys {exact} with multiple-choice keys {choice}; "
+            "keep the keys of one kind"
+        )
+
+
 def _choice_answer(row: dict, labels: tuple[str, ...], where: str) -> int:
     """Gold index of a multiple-choice jsonl row (answer is an index or a label)."""
     answer = row["answer"]
@@ -129,6 +142,7 @@ class JsonlChoiceTask(_JsonlSource, ChoiceTask):
     def _row_example(self, row: dict, where: str) -> Example:
         """Check one row and build its example."""
         _require(row, ("id", "question", "choices", "answer"), where)
+        _one_kind(row, where)
         choices = row["choices"]
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise ValueError(f"{where}: choices must be a list of at least 2 strings")
@@ -147,8 +161,11 @@ class JsonlExactTask(_JsonlSource, ExactTask):
     def _row_example(self, row: dict, where: str) -> Example:
         """Check one row and build its example."""
         _require(row, ("id", "prompt", "target"), where)
+        _one_kind(row, where)
         if not isinstance(row["prompt"], str) or not isinstance(row["target"], str):
             raise ValueError(f"{where}: prompt and target must be strings")
+        if not row["target"].strip():
+            raise ValueError(f"{where}: the target is blank ({row['target']!r}); an exact answer needs text")
         return Example(id=example_id(row["id"], where), question=row["prompt"], answer=row["target"])
 
     def prompt(
@@ -206,6 +223,7 @@ def jsonl_task(name: str) -> Task:
     number, first = next(rows, (None, None))
     if first is None:
         raise ValueError(f"{path}: no line holds a JSON object")
+    _one_kind(first, f"{path} line {number}")
     if "prompt" in first and "target" in first:
         return JsonlExactTask(name, path)
     if "prompt" in first and set(first) <= PROMPT_KEYS:  # a search's paths file is not a prompts file

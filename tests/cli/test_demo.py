@@ -103,6 +103,7 @@ def test_demo_searches_again_when_the_simulations_change(tmp_path):
         ({"router": "nope"}, "router must be one of mlp, linear, shared, knn, got 'nope'"),
         ({"targets": "fuzzy"}, "targets must be one of hard, soft, got 'fuzzy'"),
         ({"read_layer": 4}, r"read_layer must be a layer of the model \(0 to 3\) or None, got 4"),
+        ({"target_layers": (99,)}, "99"),
     ],
 )
 def test_demo_refuses_a_bad_router_setting_before_writing_anything(tmp_path, bad, message):
@@ -110,4 +111,4 @@ def test_demo_refuses_a_bad_router_setting_before_writing_anything(tmp_path, bad
     routed = RoutedModel.from_pretrained(tiny_model("llama"))
     with pytest.raises(ValueError, match=message):
         demo.run_demo(output=str(out), task="arc_easy", routed=routed, tokenizer=tiny_tokenizer(), **bad)
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists(), "a refusal leaves no empty output folder behind"

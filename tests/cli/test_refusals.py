@@ -243,3 +243,32 @@ def test_routers_record_a_local_base_model_as_an_absolute_path(tiny_model_dir, t
     routed.save_pretrained(tmp_path / "r")
     monkeypatch.chdir(tmp_path)
     assert load_routed(routers=str(tmp_path / "r")).num_layers == 4  # found from anywhere
+
+
+def test_generate_with_routers_alone_loads_the_base_model_they_record(tiny_model_dir, tmp_path, capsys):
+    """Like AutoPeftModel: ``--routers`` without ``--model`` is the model the routers were trained for."""
+    from drllm.router import RoutedModel
+
+    routed = RoutedModel.from_pretrained(tiny_model_dir)
+    routed.add_routers(kind="linear")
+    routed.save_pretrained(tmp_path / "r")
+    argv = ["generate", "--prompt", "hi", "--max-new-tokens", "2", "--chat", "false"]
+    cli.main([*argv, "--routers", str(tmp_path / "r")])
+    assert "of 4" in capsys.readouterr().out  # the tiny 4-layer model, not the embedded default
+
+
+def test_eval_into_a_router_folder_is_refused_and_the_folder_is_untouched(
+    tiny_model_dir, mc_file, tmp_path, capsys
+):
+    from drllm.router import RoutedModel
+
+    routed = RoutedModel.from_pretrained(tiny_model_dir)
+    routed.add_routers(kind="linear")
+    folder = tmp_path / "r"
+    routed.save_pretrained(folder)
+    (folder / "decisions.png").write_bytes(b"the routers' own figure")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    argv = ["eval", "--model", tiny_model_dir, "--task", f"jsonl:{mc_file}", "--routers", str(folder)]
+    line = _fails([*argv, "--output", str(folder)], capsys)
+    assert f"output {folder} is a router folder (it holds router_config.json" in line
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

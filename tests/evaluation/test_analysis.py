@@ -229,6 +229,13 @@ def test_paths_overlay_reads_search_records(tmp_path):
     paths.write_text(other.to_json() + "\n")
     with pytest.raises(ValueError, match="example 'c' was searched with model '' of fingerprint mistral-L4"):
         analyze_depth(routed, tok, task, limit=3, paths=str(paths))
+    elsewhere = SearchRecord("d", "red cat?", [1, 1, 1, 1], task="arc_easy")
+    paths.write_text(elsewhere.to_json() + "\n")
+    with pytest.raises(ValueError, match=f"searched on task 'arc_easy', not '{task}'"):
+        analyze_depth(routed, tok, task, limit=3, paths=str(paths))
+    relative = SearchRecord("e", "red cat?", [1, 1, 1, 1], task=f"jsonl:{tmp_path}/./mc.jsonl")
+    paths.write_text(relative.to_json() + "\n")  # another spelling of the analysed file: the same task
+    assert analyze_depth(routed, tok, task, limit=3, paths=str(paths), fidelity_tokens=0)["overlays"]
 
 
 def test_run_analysis_writes_json_figures_and_report(tmp_path):

@@ -163,11 +163,15 @@ def test_a_writer_in_another_process_is_refused(tmp_path):
 @pytest.mark.slow
 def test_search_sharded_over_two_processes_equals_one_process(tiny_model_dir, mc_file, tmp_path):
     single, sharded = tmp_path / "single.jsonl", tmp_path / "sharded.jsonl"
-    subprocess.run(_search(tiny_model_dir, mc_file, single), check=True, capture_output=True)
+    alone = subprocess.run(
+        _search(tiny_model_dir, mc_file, single), check=True, capture_output=True, text=True
+    )
     run = subprocess.run(
         _search(tiny_model_dir, mc_file, sharded) + ["--devices", "2"], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    # one summary on stdout, the merged file's, printed once by the launching process
+    assert json.loads(run.stdout) == json.loads(alone.stdout)
     expected, got = _rows_by_id(single), _rows_by_id(sharded)
     assert got.keys() == expected.keys()
     for key, row in expected.items():

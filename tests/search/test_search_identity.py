@@ -53,6 +53,7 @@ def test_resuming_with_other_settings_is_refused_naming_both_values(searched, ch
         _search(routed, task, out, **changes)
     assert "restart" in str(err.value) and "\n" not in str(err.value)
     assert out.read_bytes() == before, "nothing was appended"
+    assert not list(out.parent.glob("*.lock")), "a refusal leaves no lock file behind"
 
 
 def test_another_model_or_task_is_refused(searched, tmp_path):
@@ -106,3 +107,27 @@ def test_a_generate_search_refuses_to_resume_with_another_max_new_tokens(tmp_pat
     with pytest.raises(SettingsMismatchError, match="max_new_tokens"):
         _search(routed, task, out, scoring="generate", max_new_tokens=5, limit=3)
     assert out.read_bytes() == before
+
+
+def test_another_dtype_is_refused_and_another_spelling_of_the_task_file_resumes(searched, tmp_path):
+    """Rewards computed in bfloat16 would mix with float32 ones; ``jsonl:dir/./mc.jsonl`` is the same file."""
+    routed, task, out, before = searched
+    assert {r.settings["dtype"] for r in read_records(out)} == {"float32"}
+    respelled = f"jsonl:{tmp_path}/./{task.rsplit('/', 1)[1]}"
+    summary = _search(routed, respelled, out, limit=3)
+    assert summary["examples"] == 3 and out.read_bytes().startswith(before)
+    grown = out.read_bytes()
+    with pytest.raises(SettingsMismatchError, match="dtype: file 'float32', now 'bfloat16'"):
+        _search(routed, task, out, limit=4, dtype="bfloat16")
+    assert out.read_bytes() == grown
+
+
+def test_restart_through_a_symlink_sets_the_file_it_names_aside_and_keeps_the_link(searched, tmp_path):
+    routed, task, out, before = searched
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    _search(routed, task, link, simulations=3, restart=True)
+    assert link.is_symlink() and link.resolve() == out.resolve(), "the link still names the file"
+    (old,) = tmp_path.glob("paths.jsonl.old-*")
+    assert old.read_bytes() == before and not old.is_symlink()
+    assert {r.settings["simulations"] for r in read_records(out)} == {3}

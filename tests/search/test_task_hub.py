@@ -35,6 +35,10 @@ def test_exact_mapping_and_errors(dataset_dir):
         get_task(f"hf:{dataset_dir}").load("train")
     with pytest.raises(FileNotFoundError, match="could not load dataset"):
         get_task(f"hf:{dataset_dir / 'nope'}").load("train")
+    blank = get_task(f"hf:{dataset_dir}", question_field="q", answer_field="q")
+    (dataset_dir / "train.jsonl").write_text(json.dumps({"q": "  "}) + "\n" + json.dumps({"q": "x"}) + "\n")
+    with pytest.raises(ValueError, match="row 0: the answer is blank"):
+        blank.load("train", strict=True)
 
 
 def test_search_accepts_a_mapped_dataset(dataset_dir, tiny_model_dir, tmp_path):

@@ -173,6 +173,7 @@ def test_jsonl_exact_and_choice_rows(tmp_path):
         ({"id": "b", "question": "q", "choices": "xy", "answer": 0}, "choices"),
         ({"id": "a", "question": "q", "choices": ["x", "y"], "answer": 0}, "duplicate id"),
         ("[1, 2]", "JSON object"),
+        ({"id": "b", "question": "q", "choices": ["x", "y"], "answer": 0, "prompt": "p"}, "mixes exact"),
     ],
 )
 def test_jsonl_malformed_rows_name_the_line(tmp_path, second, problem):
@@ -180,6 +181,25 @@ def test_jsonl_malformed_rows_name_the_line(tmp_path, second, problem):
     name = _write(tmp_path / "bad.jsonl", [first, second])
     with pytest.raises(ValueError, match=f"bad.jsonl line 2: .*{problem}"):
         get_task(name).load(strict=True)
+
+
+def test_jsonl_exact_rows_need_a_target_with_text_and_one_kind_of_keys(tmp_path):
+    """A blank target would make every path "right" or none; a row of both kinds would lose one silently."""
+    first = {"id": "a", "prompt": "2+2=", "target": "4"}
+    for blank in ("", "   \n"):
+        name = _write(tmp_path / "blank.jsonl", [first, {"id": "b", "prompt": "3+3=", "target": blank}])
+        with pytest.raises(ValueError, match="blank.jsonl line 2: the target is blank"):
+            get_task(name).load(strict=True)
+    both = {
+        "id": "a",
+        "prompt": "2+2=",
+        "target": "4",
+        "question": "2+2?",
+        "choices": ["4", "5"],
+        "answer": 0,
+    }
+    with pytest.raises(ValueError, match=r"line 1: the row mixes exact-answer keys \['prompt', 'target'\]"):
+        get_task(_write(tmp_path / "both.jsonl", [both]))
 
 
 def test_jsonl_empty_unknown_kind_and_missing(tmp_path):

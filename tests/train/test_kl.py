@@ -128,3 +128,13 @@ def test_the_skip_shift_holds_the_deployed_level_and_is_folded_into_the_routers(
     assert history[-1]["val_layers"] == pytest.approx(4.0)
     ids = torch.tensor([rows[0]["prompt_ids"]])
     assert sum(routed.route(ids)[0].tolist()) == 4  # deployed at budget 0: the shift is in the routers
+
+
+def test_too_few_prompts_for_validation_warns_and_metrics_say_so(tmp_path, tiny_model_dir, mc_file, caplog):
+    """One prompt, 10% held out: nothing is held out, and the run says so instead of reporting val KL."""
+    args = dict(objective="kl", tasks=[f"jsonl:{mc_file}"], target_layers=3, router="static", epochs=1)
+    args |= dict(batch_size=2, continuation_tokens=2, examples_per_task=1, device="cpu")
+    with caplog.at_level("WARNING", logger="drllm.train.kl_run"):
+        metrics = train_routers(tiny_model_dir, output=str(tmp_path / "kl"), **args)
+    assert "no validation prompts: 10% of 1 prompts rounds to none" in caplog.text
+    assert metrics["validation_prompts"] == 0 and "val_kl" not in metrics

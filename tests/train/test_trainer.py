@@ -288,3 +288,13 @@ def test_ddp_validation_metrics_cover_the_whole_validation_set(tmp_path, tiny_mo
     rank0 = routing_metrics(pred[0::2], target[0::2])  # what rank 0 alone would have logged
     assert rank0["layers_target"] == 4.0 != whole["layers_target"]
     assert rank0["macro_f1"] != pytest.approx(whole["macro_f1"])
+
+
+def test_a_refusal_that_needs_the_model_leaves_no_output_folder(tmp_path, config):
+    """``--read-layer 4`` on a 4-layer model is refused once the model is loaded: no empty folder remains."""
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    paths = write_rows(tmp_path / "paths.jsonl", synthetic_rows(8))
+    out = tmp_path / "new" / "routers"
+    with pytest.raises(ValueError, match=r"read_layer must be a layer in \[0, 4\), got 4"):
+        train_routers(routed, str(paths), str(out), tokenizer=tiny_tokenizer(), **{**config, "read_layer": 4})
+    assert not (tmp_path / "new").exists()
