@@ -75,7 +75,7 @@ from drllm.router.auto import load_with_tokenizer
 from drllm.router.decisions import parse_decisions
 from drllm.search import progress
 from drllm.search.evaluator import PathEvaluator
-from drllm.search.records import check_searched_with, read_records
+from drllm.search.records import check_block_paths, check_searched_with, read_records
 from drllm.search.tasks import Style, get_task, require_gold, same_task
 from drllm.search.tasks.style import describe, resolve_style
 
@@ -214,6 +214,7 @@ def analyze_depth(
     records = read_records(paths, num_layers=L)[:limit] if paths else None
     if records:
         check_searched_with(records, routed, paths)
+        check_block_paths(records, paths, "the overlay reads block paths")
         other = next((r.task for r in records if r.task and not same_task(r.task, task_name)), None)
         if other is not None:
             raise ValueError(

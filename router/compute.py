@@ -93,3 +93,14 @@ def path_macs(config, decisions, prompt_tokens: int, stand_ins=None) -> dict[str
     full = sum(block)
     total = blocks + extra
     return {"blocks": blocks, "stand_ins": extra, "total": total, "full": full, "fraction": total / full}
+
+
+def unit_shares(config, prompt_tokens: int = 128) -> tuple[float, float]:
+    """``(MLP, attention)``: each unit's mean share of a block's multiply-adds at ``prompt_tokens`` tokens.
+
+    That share is the cost, in layers, of a layer that runs the unit alone.
+    """
+    layers = _get(config, "num_hidden_layers", "n_layer")
+    parts = [block_macs(config, i, prompt_tokens) for i in range(layers)]
+    mlp = sum(p["mlp"] / p["total"] for p in parts) / layers
+    return mlp, 1.0 - mlp

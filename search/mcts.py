@@ -2,7 +2,9 @@
 
 A state is a decision vector ``d`` of length ``L`` (0 = skip, 1 = execute, 2 = repeat); the root is
 all ones, the model's default path. One action turns a state into a child: skip one executed layer,
-skip up to ``max_skip`` consecutive executed layers, or repeat one executed layer once.
+skip up to ``max_skip`` consecutive executed layers, or repeat one executed layer once. With sublayer
+units (``SearchConfig.unit_costs``) an executed layer may also run its MLP alone (3) or its attention
+alone (4), and such a layer may skip the unit it kept; lengths are then costs in layers (:func:`path_cost`).
 
 The tree never runs a model. :class:`PathSearch` proposes a path with :meth:`PathSearch.request`
 and is told its reward (in ``[0, 1]``, 1 = correct) with :meth:`PathSearch.give`, so many trees
@@ -59,6 +61,10 @@ class SearchConfig:
     """Progressive widening exponent (see ``widen_k``)."""
     early_stop_margin: int = 2
     """Stop once a correct path executes at least this many layers fewer than the default path."""
+    unit_costs: tuple[float, float] | None = None
+    """Sublayer units (``--units sublayer``): the cost, in layers, of running a layer's MLP alone (3) and
+    its attention alone (4). Actions then also switch an executed layer to either and skip the unit left;
+    every length (penalty, preference, ``min_layers``, early stop) is this cost. None: blocks only."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -70,6 +76,8 @@ class SearchConfig:
             "widen_k": self.widen_k > 0,
             "widen_alpha": self.widen_alpha >= 0,
             "early_stop_margin": self.early_stop_margin >= 0,
+            "unit_costs": self.unit_costs is None
+            or (len(self.unit_costs) == 2 and all(0.0 < c < 1.0 for c in self.unit_costs)),
         }
         for name, ok in checks.items():
             if not ok:
@@ -82,8 +90,8 @@ class SearchResult:
 
     decisions: Path
     """The chosen path: the shortest correct path, or the root if none was correct."""
-    layers: int
-    """Layers the chosen path executes, ``sum(decisions)``."""
+    layers: float
+    """Layers the chosen path costs, ``sum(decisions)`` for blocks (see :func:`path_cost`)."""
     reward: float
     """Reward of the chosen path."""
     base_reward: float
@@ -110,20 +118,31 @@ def tree_seed(seed: int, example_id: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+def path_cost(path: Path, config: SearchConfig | None = None) -> float:
+    """The layers a path costs: ``sum(d)`` for blocks; a unit counts its ``unit_costs`` share."""
+    units = config.unit_costs if config is not None else None
+    if units is None:
+        return sum(path)
+    return sum(units[d - 3] if d >= 3 else d for d in path)
+
+
 def child_paths(path: Path, config: SearchConfig) -> list[Path]:
     """List the paths one action away from ``path``, in a fixed order.
 
     Args:
         path: A decision vector.
-        config: Which actions are allowed (``max_skip``, ``allow_repeat``, ``min_layers``).
+        config: Which actions are allowed (``max_skip``, ``allow_repeat``, ``min_layers``, ``unit_costs``).
 
     Returns:
         Distinct child paths: for each executed layer i, skips of 1..max_skip executed layers
-        starting at i, then the repeat of layer i. Children below ``min_layers`` are left out.
+        starting at i, then the repeat of layer i, then (with units) layer i's MLP alone and its attention
+        alone; a layer running one unit may skip it. Children costing less than ``min_layers`` are left out.
     """
-    total = sum(path)
+    total, units = path_cost(path, config), config.unit_costs
     children = []
     for i, decision in enumerate(path):
+        if units is not None and decision >= 3 and total - units[decision - 3] >= config.min_layers:
+            children.append(path[:i] + (0,) + path[i + 1 :])
         if decision != 1:
             continue
         for width in range(1, config.max_skip + 1):
@@ -133,12 +152,15 @@ def child_paths(path: Path, config: SearchConfig) -> list[Path]:
             children.append(path[:i] + (0,) * width + path[i + width :])
         if config.allow_repeat:
             children.append(path[:i] + (2,) + path[i + 1 :])
+        for unit in (3, 4) if units is not None else ():
+            if total - 1 + units[unit - 3] >= config.min_layers:
+                children.append(path[:i] + (unit,) + path[i + 1 :])
     return children
 
 
-def preference_key(path: Path) -> tuple[int, int, Path]:
-    """Sort key among correct paths: fewer executed layers, then fewer repeats, then lexicographic."""
-    return sum(path), path.count(2), path
+def preference_key(path: Path, config: SearchConfig | None = None) -> tuple[float, int, Path]:
+    """Sort key among correct paths: lower cost (layers), then fewer repeats, then lexicographic."""
+    return path_cost(path, config), path.count(2), path
 
 
 class _Node:
@@ -185,7 +207,7 @@ class PathSearch:
         self._memo: dict[Path, float] = {}
         self._known: dict[Path, float] = {}  # rewards scored before the tree asked (``prime``)
         self._correct: set[Path] = set()
-        self._shortest_correct: int | None = None
+        self._shortest_correct: float | None = None
         self._simulations = 0
         self._coroutine = self._search()
         self._pending: Path | None = None
@@ -236,11 +258,11 @@ class PathSearch:
         """Summarise the search so far (final once :attr:`done`); needs the root's reward."""
         if self.root_path not in self._memo:
             raise RuntimeError("result() needs the reward of the root path; request() and give() first")
-        correct = sorted(self._correct, key=preference_key)
+        correct = sorted(self._correct, key=lambda path: preference_key(path, self.config))
         best = correct[0] if correct else self.root_path
         return SearchResult(
             decisions=best,
-            layers=sum(best),
+            layers=path_cost(best, self.config),
             reward=self._memo[best],
             base_reward=self._memo[self.root_path],
             correct_paths=correct,
@@ -288,7 +310,7 @@ class PathSearch:
         self._memo[path] = reward
         if reward >= 1.0:
             self._correct.add(path)
-            layers = sum(path)
+            layers = path_cost(path, self.config)
             if self._shortest_correct is None or layers < self._shortest_correct:
                 self._shortest_correct = layers
         return reward
@@ -325,7 +347,7 @@ class PathSearch:
         """UCT value of ``child`` minus the executed-layer penalty."""
         cfg = self.config
         explore = cfg.c * math.sqrt(math.log(parent_visits) / child.visits)
-        penalty = cfg.length_penalty * sum(child.path) / self.num_layers
+        penalty = cfg.length_penalty * path_cost(child.path, cfg) / self.num_layers
         return child.value / child.visits + explore - penalty
 
     @staticmethod

@@ -54,6 +54,23 @@ def check_searched_with(records: list, routed, source) -> None:
             )
 
 
+def check_block_paths(
+    records: list, source, reader: str = "routers choose skip, execute or repeat per block"
+) -> None:
+    """Refuse paths of a ``--units sublayer`` search (decisions 3 and 4) where only block paths are read.
+
+    ``reader`` says why, in the message.
+    """
+    for row in records:
+        units = sorted({d for path in (row.decisions, *row.correct_paths) for d in path if d >= 3})
+        if units:
+            raise ValueError(
+                f"{source}: example {row.id!r} holds sublayer decisions {units} (3: MLP alone, 4: attention "
+                f"alone) from a --units sublayer search; {reader}, so they cannot use these paths: pass "
+                "the paths of a --units block search"
+            )
+
+
 @contextlib.contextmanager
 def claimed_output(path: str | os.PathLike, folder: bool = False):
     """``check_output`` for a block; when the block raises, the folders it created, if still empty, go.

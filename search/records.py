@@ -26,6 +26,7 @@ import filelock
 
 from .output_files import (  # noqa: F401 - moved; importable from here as before
     OutputLockedError,
+    check_block_paths,
     check_output,
     check_searched_with,
     claimed_output,
@@ -39,14 +40,14 @@ from .settings import (  # noqa: F401 - moved; importable from here as before
 )
 from .supervision_checks import check_supervision
 
-DECISION_VALUES = (0, 1, 2)
+DECISION_VALUES = (0, 1, 2, 3, 4)  # 3, 4: a layer's MLP alone, its attention alone (``--units sublayer``)
 REQUIRED_KEYS = ("id", "prompt", "decisions")
 
 
 def validate_path(
     values, num_layers: int | None = None, where: str = "", name: str = "decisions"
 ) -> list[int]:
-    """Check one path (a list of 0 skip / 1 execute / 2 repeat, one per layer) and return it as a list.
+    """Check one path (0 skip / 1 execute / 2 repeat / 3 MLP alone / 4 attention alone per layer); a list.
 
     Args:
         values: the decoded JSON value.
@@ -55,15 +56,18 @@ def validate_path(
         name: what the path is called in the message.
 
     Raises:
-        ValueError: naming ``where``, for a value that is not a non-empty list of 0/1/2 (booleans are
+        ValueError: naming ``where``, for a value that is not a non-empty list of 0-4 (booleans are
             refused) or that has the wrong length.
     """
     at = f"{where}: " if where else ""
     if not isinstance(values, list) or not values:
-        raise ValueError(f"{at}{name} must be a non-empty list of 0/1/2, got {values!r}")
+        raise ValueError(f"{at}{name} must be a non-empty list of 0-4, got {values!r}")
     bad = [d for d in values if isinstance(d, bool) or not isinstance(d, int) or d not in DECISION_VALUES]
     if bad:
-        raise ValueError(f"{at}{name} must hold only 0 (skip), 1 (execute), 2 (repeat); got {bad[:5]}")
+        raise ValueError(
+            f"{at}{name} must hold only 0 (skip), 1 (execute), 2 (repeat), 3 (MLP alone), 4 (attention "
+            f"alone); got {bad[:5]}"
+        )
     if num_layers is not None and len(values) != num_layers:
         raise ValueError(f"{at}{name} has {len(values)} values, the model has {num_layers} layers")
     return list(values)
@@ -83,15 +87,18 @@ class SearchRecord:
     prompt: str
     """The text fed to the model, already formatted in the search's prompt style."""
     decisions: list[int]
-    """The chosen path: one value per decoder layer, 0 skip, 1 execute, 2 repeat."""
+    """The chosen path: one value per decoder layer, 0 skip, 1 execute, 2 repeat (3 MLP alone, 4 attention
+    alone in a ``--units sublayer`` search)."""
     task: str = ""
     """Task name (``arc_easy``, ``jsonl:PATH``, ...)."""
     model: str = ""
     """Model name or folder."""
     target: str = ""
     """The gold continuation scored by the search."""
-    layers: int | None = None
-    """Layers the chosen path executes, ``sum(decisions)`` (computed when absent)."""
+    layers: float | None = None
+    """Layers the chosen path costs: ``sum(decisions)`` for blocks (computed when absent); a sublayer
+    path's units count their share of a layer's multiply-adds (``drllm.search.mcts.path_cost``), or half a
+    layer each in a row written without ``layers``."""
     reward: float | None = None
     """Reward of the chosen path (None in files the search did not write)."""
     base_reward: float | None = None
@@ -121,7 +128,7 @@ class SearchRecord:
 
     def __post_init__(self) -> None:
         if self.layers is None:
-            self.layers = sum(self.decisions)
+            self.layers = sum(d if d < 3 else 0.5 for d in self.decisions)
 
     def to_dict(self) -> dict:
         """The row as written: every field, then the unknown keys read with it."""
@@ -166,7 +173,7 @@ class SearchRecord:
             values[key] = None if known.get(key) is None else _text(known[key], key, at)
         for key in ("simulations", "evaluations"):
             values[key] = _count(known.get(key, 0), key, at)
-        values["layers"] = _count(known.get("layers"), "layers", at)
+        values["layers"] = _layers(known.get("layers"), decisions, at)
         for key in ("reward", "base_reward"):
             values[key] = _number(known.get(key), key, at)
         values["supervision"] = check_supervision(known.get("supervision"), len(decisions), at)
@@ -201,6 +208,15 @@ def _count(value, key: str, at: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{at}{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _layers(value, decisions: list[int], at: str) -> float | None:
+    """A block path's layer count is a whole number; a sublayer path's cost in layers may be fractional."""
+    if value is None or max(decisions) < 3:
+        return _count(value, "layers", at)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{at}layers must be a non-negative number, got {value!r}")
     return value
 
 

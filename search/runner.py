@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from drllm.router import RoutedModel, load_routed, load_tokenizer
+from drllm.router.compute import unit_shares
 
 from . import progress
 from .distributed import LAUNCHED, barrier, launch_sharded, merge, rank_info, rank_output, shard
@@ -35,6 +36,7 @@ from .tasks import Scoring, Style, get_task, require_gold, same_task
 from .tasks.style import describe, resolve_style
 from .tracking import check_tags, wandb_offline
 
+UNITS = ("block", "sublayer")
 log = logging.getLogger(__name__)
 
 
@@ -70,6 +72,7 @@ def run_search(
     safe_margin: float = 0.0,
     fix_margin: float = 0.0,
     strict: bool = False,
+    units: str = "block",
 ) -> dict:
     """Search paths for the examples of a task and append them to ``output`` (resumable).
 
@@ -114,6 +117,9 @@ def run_search(
             by more than this many nats; 0 counts every correct path.
         strict: stop at the first task row that cannot be searched (an empty prompt, a repeated option,
             a line that is not JSON, ...); by default each such row is skipped with a warning naming it.
+        units: ``block`` (skip, execute, repeat) or ``sublayer``: the tree may also run a layer's MLP alone
+            (decision 3) or its attention alone (4), each costing its share of the layer's multiply-adds
+            (``drllm.router.compute.unit_shares``); the chosen path is the cheapest correct one.
 
     Returns:
         The summary (see ``summarize``) over every example in the output file for this task.
@@ -141,6 +147,8 @@ def run_search(
         raise ValueError(f"fix_margin must be a finite number >= 0, got {fix_margin!r}")
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         raise ValueError(f"devices must be a whole number >= 1, got {devices!r}")
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
     if devices > 1 and "WORLD_SIZE" not in os.environ:
         if restart:
             set_aside(Path(output))  # each rank sets its own file aside
@@ -170,7 +178,8 @@ def run_search(
     if rank == 0:
         log.info(describe(style, measured, task_obj.default_split_train))
     evaluator = PathEvaluator(routed, tokenizer, task_obj, scoring, style, max_rows, max_new_tokens)
-    config = SearchConfig(simulations=simulations)
+    unit_costs = unit_shares(routed.model.config) if units == "sublayer" else None
+    config = SearchConfig(simulations=simulations, unit_costs=unit_costs)
     supervision = Supervision(sweep, control, seeds, safe_margin, float(fix_margin))
     settings = SearchSettings(
         task=task,
@@ -189,6 +198,7 @@ def run_search(
         fix_margin=float(fix_margin),
         max_new_tokens=max_new_tokens if evaluator.scoring == "generate" else None,
         dtype=str(routed.model.dtype).removeprefix("torch."),
+        units=units,
     )
     if world > 1:  # the main output too, which the ranks' files are merged into
         settings.check(read_records(output, allow_empty=True), Path(output))

@@ -45,6 +45,8 @@ class SearchSettings:
     max_new_tokens: int | None = None
     """Decoded tokens per path under the ``generate`` scoring (None: teacher-forced, nothing decoded)."""
     dtype: str = ""
+    units: str = "block"
+    """The tree's actions: ``block`` or ``sublayer`` (also a layer's MLP alone, or its attention alone)."""
     """The dtype the model computed in (``float32``, ``bfloat16``, ...): rewards differ between dtypes."""
 
     def stamp(self, record: SearchRecord) -> SearchRecord:
@@ -61,6 +63,8 @@ class SearchSettings:
         differ = {}
         for key, now in dataclasses.asdict(self).items():
             old = saved.get(key)
+            if key == "units" and old is None and record.settings:
+                old = "block"  # written before sublayer searches existed
             if old is None or old == "" or old == []:
                 continue
             if key == "weight_probe":

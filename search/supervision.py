@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .evaluator import Outcome, PathEvaluator
-from .mcts import PathSearch, SearchConfig, tree_seed
+from .mcts import PathSearch, SearchConfig, path_cost, tree_seed
 from .records import SearchRecord
 from .reliability import (  # noqa: F401 - moved; importable from here as before
     FIX_MARGINS,
@@ -259,7 +259,7 @@ def _record(evaluator, ex: _Example, meta: dict, supervision: Supervision, L: in
         prompt=ex.prepared.prompt,
         target=ex.prepared.target,
         decisions=decisions,
-        layers=sum(decisions),
+        layers=path_cost(tuple(decisions), main.tree.config),
         reward=float(reward),
         base_reward=float(res.base_reward),
         correct_paths=[list(p) for p in res.correct_paths],

@@ -1,7 +1,7 @@
 """Checks of a search record's ``supervision`` field as read from a paths file (see ``search.records``).
 
 Training reads the path strings of ``evaluated`` (and of ``seeds.evaluated`` and ``fix``) digit by digit,
-so a path that is not ``num_layers`` digits 0/1/2, or a reward or margin that is not a number, is refused
+so a path that is not ``num_layers`` digits 0-4, or a reward or margin that is not a number, is refused
 here naming the line, instead of failing later inside training.
 """
 
@@ -42,8 +42,8 @@ def _evaluated(entries, num_layers: int, at: str, name: str) -> None:
 
 
 def _path(path, num_layers: int, at: str, name: str) -> None:
-    if not isinstance(path, str) or len(path) != num_layers or any(c not in "012" for c in path):
+    if not isinstance(path, str) or len(path) != num_layers or any(c not in "01234" for c in path):
         raise ValueError(
             f"{at}{name} must be a string of {num_layers} digits 0 (skip), 1 (execute), 2 (repeat), "
-            f"one per layer; got {path!r}"
+            f"3 (MLP alone) or 4 (attention alone), one per layer; got {path!r}"
         )

@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import WandbLogger
 from drllm.router import RoutedModel, load_routed, load_tokenizer
 from drllm.router.routers import TRAINED_ON_NAME
 from drllm.search import progress
-from drllm.search.records import check_searched_with, read_records
+from drllm.search.records import check_block_paths, check_searched_with, read_records
 
 from . import outputs
 from .arguments import CONTROLS, LOGGERS, ROUTER_KINDS, check_arguments, check_prompts  # noqa: F401
@@ -181,6 +181,7 @@ def train_routers(
     lr = 1e-3 if lr is None else lr
     first = read_records(paths)
     check_prompts(first, paths)  # every row is checked before the model loads
+    check_block_paths(first, paths)
     by_regret = bool(first) and sweep_gains(first, len(first[0].decisions)) is not None
     output, leader = Path(output), outputs.is_leader()
     wandb = (wandb_project, wandb_name, wandb_tags)

@@ -14,6 +14,7 @@ from drllm.search.mcts import (
     PathSearch,
     SearchConfig,
     child_paths,
+    path_cost,
     preference_key,
     run_lockstep,
     tree_seed,
@@ -76,6 +77,41 @@ def test_child_paths_respect_options():
     floor = child_paths((1, 1, 0, 0), SearchConfig(min_layers=1))
     assert (0, 0, 0, 0) not in floor and (0, 1, 0, 0) in floor
     assert child_paths((1, 0, 0, 0), SearchConfig(min_layers=1, allow_repeat=False)) == []
+
+
+UNITS = SearchConfig(unit_costs=(0.7, 0.3))  # (MLP alone, attention alone), in layers
+
+
+def test_sublayer_units_add_mlp_and_attention_alone_and_skipping_the_unit_left():
+    children = child_paths((1, 1, 1), UNITS)
+    assert set(child_paths((1, 1, 1), SearchConfig())) < set(children)
+    assert {c for c in children if set(c) & {3, 4}} == {
+        (3, 1, 1), (4, 1, 1), (1, 3, 1), (1, 4, 1), (1, 1, 3), (1, 1, 4)
+    }  # fmt: skip
+    from_unit = child_paths((3, 1, 4), UNITS)
+    assert (0, 1, 4) in from_unit and (3, 1, 0) in from_unit, "a layer running one unit may skip it"
+    assert all(c[0] in (0, 3) and c[2] in (0, 4) for c in from_unit), "a unit is never switched to another"
+    assert path_cost((3, 1, 4, 0, 2), UNITS) == pytest.approx(0.7 + 1 + 0.3 + 0 + 2)
+    assert path_cost((1, 0, 2), UNITS) == path_cost((1, 0, 2)) == 3
+    floor = child_paths((3, 0, 0), SearchConfig(unit_costs=(0.7, 0.3), min_layers=0.5))
+    assert (0, 0, 0) not in floor, "min_layers counts costs"
+    with pytest.raises(ValueError, match="unit_costs"):
+        SearchConfig(unit_costs=(1.0, 0.3))
+
+
+def test_a_sublayer_search_prefers_the_cheapest_correct_path_by_cost():
+    """Attention alone costs 0.3 of a layer: correct paths are ranked by that cost, not by sum(d)."""
+    assert sorted([(1, 4), (3, 1), (0, 1)], key=lambda p: preference_key(p, UNITS)) == [
+        (0, 1),
+        (1, 4),
+        (3, 1),
+    ]
+    correct = lambda p: 1.0 if p[1] in (1, 4) and p[2] != 0 else 0.0  # noqa: E731
+    config = SearchConfig(simulations=300, early_stop_margin=10, unit_costs=(0.7, 0.3))
+    result, requests = drive(PathSearch(4, seed=0, config=config), correct)
+    assert any(set(p) & {3, 4} for p in requests)
+    assert result.layers == pytest.approx(min(path_cost(p, config) for p in result.correct_paths))
+    assert result.decisions == result.correct_paths[0]
 
 
 # ---------------------------------------------------------------- determinism and lockstep

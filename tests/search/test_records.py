@@ -111,12 +111,13 @@ def test_datasets_loads_the_written_file(tmp_path):
 
 def test_validate_path():
     assert validate_path([0, 1, 2], num_layers=3) == [0, 1, 2]
+    assert validate_path([3, 4, 1], num_layers=3) == [3, 4, 1]  # a sublayer search's units
     with pytest.raises(ValueError, match="^f line 1: decisions has 2 values, the model has 3 layers$"):
         validate_path([1, 1], num_layers=3, where="f line 1")
     with pytest.raises(
         ValueError, match=r"^decisions must hold only 0 \(skip\), 1 \(execute\), 2 \(repeat\)"
     ):
-        validate_path([1, 3])
+        validate_path([1, 5])
 
 
 @pytest.mark.parametrize(
@@ -124,7 +125,7 @@ def test_validate_path():
     [
         ("{not json", "line 2: malformed JSON"),
         ({"id": "x", "decisions": [1, 1, 1, 1]}, "line 2: missing key(s) ['prompt']"),
-        (_row(5, (1, 3, 1, 1)), "line 2: decisions must hold only 0"),
+        (_row(5, (1, 5, 1, 1)), "line 2: decisions must hold only 0"),
         (_row(5, (1, True, 1, 1)), "line 2: decisions must hold only 0"),
         ({**_row(5), "decisions": "1111"}, "line 2: decisions must be a non-empty list"),
         (_row(5, (1, 1, 1)), "line 2: decisions has 3 values, the model has 4 layers"),
@@ -138,13 +139,13 @@ def test_validate_path():
         ({**_row(5), "num_layers": 5}, "line 2: num_layers is 5, but decisions has 4 values"),
         ({**_row(5), "style": 3}, "line 2: style must be a string"),
         (
-            _row(5, supervision={"evaluated": [{"path": "1341", "reward": 1.0, "margin": 5.0}]}),
+            _row(5, supervision={"evaluated": [{"path": "1541", "reward": 1.0, "margin": 5.0}]}),
             "line 2: supervision.evaluated[0].path must be a string of 4 digits",
         ),
         (_row(5, supervision={"evaluated": [{"path": "1a11", "reward": 1.0}]}), "'1a11'"),
         (_row(5, supervision={"evaluated": [{"path": "11111", "reward": 1.0}]}), "'11111'"),
         (_row(5, supervision={"seeds": {"evaluated": [{"path": 1111}]}}), "supervision.seeds.evaluated[0]"),
-        (_row(5, supervision={"fix": {"path": "1131"}}), "supervision.fix.path"),
+        (_row(5, supervision={"fix": {"path": "1151"}}), "supervision.fix.path"),
         (_row(5, supervision={"evaluated": [{"path": "1111", "reward": "1"}]}), "reward must be a number"),
     ],
 )

@@ -131,3 +131,31 @@ def test_restart_through_a_symlink_sets_the_file_it_names_aside_and_keeps_the_li
     (old,) = tmp_path.glob("paths.jsonl.old-*")
     assert old.read_bytes() == before and not old.is_symlink()
     assert {r.settings["simulations"] for r in read_records(out)} == {3}
+
+
+def test_a_sublayer_search_records_unit_paths_at_their_cost_and_training_refuses_them(tmp_path):
+    from drllm.router.compute import unit_shares
+    from drllm.search.mcts import SearchConfig, path_cost
+    from drllm.search.records import check_block_paths
+
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    task = choice_file(tmp_path / "mc.jsonl", n=6)
+    out = tmp_path / "units.jsonl"
+    summary = _search(routed, task, out, units="sublayer", simulations=30, limit=6, batch_size=3)
+    records = read_records(out)
+    assert summary["examples"] == 6 and {r.settings["units"] for r in records} == {"sublayer"}
+    config = SearchConfig(unit_costs=unit_shares(routed.model.config))
+    evaluated = [e["path"] for r in records for e in r.supervision["evaluated"]]
+    assert any(set(p) & {"3", "4"} for p in evaluated), "the tree tried units"
+    for r in records:
+        assert r.layers == pytest.approx(path_cost(tuple(r.decisions), config))
+    with pytest.raises(SettingsMismatchError, match="units: file 'sublayer', now 'block'"):
+        _search(routed, task, out, limit=6)
+    from drllm.search.records import SearchRecord
+
+    unit_row = SearchRecord("u", "a prompt", [1, 1, 1, 1], correct_paths=[[1, 4, 1, 1]])
+    with pytest.raises(ValueError, match=r"example 'u' holds sublayer decisions \[4\] .* routers choose"):
+        check_block_paths([unit_row], out)
+    check_block_paths([SearchRecord("b", "a prompt", [1, 0, 2, 1])], out)  # block paths pass
+    with pytest.raises(ValueError, match="units must be one of block, sublayer, got 'attention'"):
+        _search(routed, task, tmp_path / "x.jsonl", units="attention")
