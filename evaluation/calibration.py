@@ -12,7 +12,9 @@ import random
 from pathlib import Path
 
 from drllm.router import RoutedModel
+from drllm.router.compute import unit_shares
 from drllm.router.routers import TRAINED_ON_NAME
+from drllm.search.mcts import SearchConfig, path_cost
 
 log = logging.getLogger("drllm.evaluation.evaluate")
 
@@ -72,6 +74,8 @@ class BudgetCalibrator:
     def __init__(self, routed: RoutedModel, batches, iterations: int = 10):
         self.routed, self.batches, self.iterations = routed, batches, iterations
         self._seen: dict[float, tuple[float, list[list[int]]]] = {}
+        # a sublayer unit (routers with 5 actions) counts its share of the layer's multiply-adds
+        self._costs = SearchConfig(unit_costs=unit_shares(routed.model.config))
 
     def layers_at(self, budget: float) -> tuple[float, list[list[int]]]:
         """Mean layers per calibration prompt at ``budget``, and the decisions."""
@@ -82,7 +86,8 @@ class BudgetCalibrator:
                 decisions = [d for ids, mask in self.batches for d in self.routed.route(ids, mask).tolist()]
             finally:
                 self.routed.budget = old
-            self._seen[budget] = (sum(map(sum, decisions)) / len(decisions), decisions)
+            layers = sum(path_cost(d, self._costs) for d in decisions) / len(decisions)
+            self._seen[budget] = (layers, decisions)
         return self._seen[budget]
 
     def budget_for(self, level: float) -> tuple[float, float, list[list[int]]]:
@@ -103,16 +108,17 @@ class BudgetCalibrator:
 
 
 def decision_rates(decisions: list[list[int]]) -> list[list[float]]:
-    """Per layer, the shares of skip, execute and repeat over a set of decision vectors."""
+    """Per layer, the shares of skip, execute and repeat (and the sublayer units 3, 4 where any is taken)."""
     n = len(decisions)
+    actions = 5 if any(d >= 3 for row in decisions for d in row) else 3
     columns = zip(*decisions, strict=True)
-    return [[sum(1 for d in col if d == k) / n for k in range(3)] for col in columns]
+    return [[sum(1 for d in col if d == k) / n for k in range(actions)] for col in columns]
 
 
 def draw_path(rates: list[list[float]], seed: int, index: int) -> list[int]:
     """A random path with each layer's decision drawn at the given rates (seeded per example)."""
     rng = random.Random(f"{seed}:{index}")
-    return [rng.choices(range(3), weights=r)[0] for r in rates]
+    return [rng.choices(range(len(r)), weights=r)[0] for r in rates]
 
 
 def choose_threshold(ev, prepared, path, level: int) -> tuple[float, float]:
@@ -123,11 +129,12 @@ def choose_threshold(ev, prepared, path, level: int) -> tuple[float, float]:
     when ``path`` has ``level`` layers. The routers' default path is left set to the last one tried.
     """
     routers, L = ev.routed.routers, ev.routed.num_layers
+    costs = SearchConfig(unit_costs=unit_shares(ev.routed.model.config))
     best = None
     for threshold in STATIC_THRESHOLDS:
         routers.set_default_path(path, threshold, protected=(0, 1, L - 1))
         outcomes, decisions = ev.routed_outcomes(prepared)
-        layers = sum(map(sum, decisions)) / len(decisions)
+        layers = sum(path_cost(d, costs) for d in decisions) / len(decisions)
         accuracy = sum(o.reward >= 1.0 for o in outcomes) / len(outcomes)
         if abs(layers - level) <= 0.5 and (best is None or accuracy >= best[0]):
             best = (accuracy, threshold, layers)

@@ -15,6 +15,8 @@ from drllm.router.atomic import atomic_write
 
 from .report import DECISION_NAMES, sort_rows
 
+UNIT_NAMES = ("MLP alone", "attention alone")
+
 _COLORS = {
     "base": "black",
     "routed": "tab:blue",
@@ -143,13 +145,15 @@ def decision_shares(decisions) -> Any:
     """Share of examples taking each decision at each layer.
 
     Args:
-        decisions: Integer array-like ``[N, L]`` with values 0 (skip), 1 (execute), 2 (repeat).
+        decisions: Integer array-like ``[N, L]`` with values 0 (skip), 1 (execute), 2 (repeat), and 3 (the
+            MLP alone), 4 (the attention alone) for sublayer paths.
 
     Returns:
-        A float array ``[3, L]``; each column sums to 1 (all zeros when ``N == 0``).
+        A float array ``[3, L]``, or ``[5, L]`` when any value is a sublayer unit; each column sums to 1
+        (all zeros when ``N == 0``).
 
     Raises:
-        ValueError: If ``decisions`` is not 2-D or holds values outside {0, 1, 2}.
+        ValueError: If ``decisions`` is not 2-D or holds values outside 0-4.
     """
     import numpy as np
 
@@ -158,9 +162,13 @@ def decision_shares(decisions) -> Any:
         d = d.reshape(0, 0)
     if d.ndim != 2:
         raise ValueError(f"decisions has shape {d.shape}, expected [N examples, L layers]")
-    if d.size and (not np.all(np.isin(d, (0, 1, 2)))):
-        raise ValueError("decisions holds values other than 0 (skip), 1 (execute), 2 (repeat)")
-    counts = np.stack([(d == k).sum(axis=0) for k in range(3)]).astype(float)  # [3, L]
+    if d.size and (not np.all(np.isin(d, (0, 1, 2, 3, 4)))):
+        raise ValueError(
+            "decisions holds values other than 0 (skip), 1 (execute), 2 (repeat), 3 (MLP alone), "
+            "4 (attention alone)"
+        )
+    rows = 5 if d.size and d.max() >= 3 else 3
+    counts = np.stack([(d == k).sum(axis=0) for k in range(rows)]).astype(float)  # [3 or 5, L]
     return counts / d.shape[0] if d.shape[0] else counts
 
 
@@ -188,28 +196,29 @@ def _annotate_cells(ax, shares) -> None:
 def plot_decisions(
     decisions, path: str | os.PathLike, title: str | None = None, row_labels: Sequence[str] | None = None
 ) -> None:
-    """Draw a [3, L] heatmap of the share of examples that skip, execute or repeat each layer.
+    """Draw a heatmap of the share of examples taking each decision at each layer (``[3, L]`` or ``[5, L]``).
 
     Cells carry percentages when ``L <= 40``. With no examples the figure says "no decisions".
 
     Args:
-        decisions: Integer array-like ``[N, L]`` with values 0 (skip), 1 (execute), 2 (repeat).
+        decisions: Integer array-like ``[N, L]`` with values 0-4 (see :func:`decision_shares`).
         path: PNG file to write.
         title: Optional plot title.
-        row_labels: Three labels for the rows; defaults to ``("skip", "execute", "repeat")``.
+        row_labels: Labels for the rows, one per decision; defaults to ``("skip", "execute", "repeat")``
+            (and "MLP alone", "attention alone" for sublayer paths).
 
     Raises:
-        ValueError: If ``decisions`` is malformed or ``row_labels`` does not have three entries.
+        ValueError: If ``decisions`` is malformed or ``row_labels`` has not one entry per row.
     """
-    labels = tuple(row_labels) if row_labels is not None else DECISION_NAMES
-    if len(labels) != 3:
-        raise ValueError(f"row_labels has {len(labels)} entries, expected 3 (skip, execute, repeat)")
     shares = decision_shares(decisions)
+    labels = tuple(row_labels) if row_labels is not None else (DECISION_NAMES + UNIT_NAMES)[: len(shares)]
+    if len(labels) != len(shares):
+        raise ValueError(f"row_labels has {len(labels)} entries, expected {len(shares)} (one per decision)")
     num_examples, num_layers = len(decisions), shares.shape[1]
     if num_examples == 0 or num_layers == 0:
         _draw_empty(path, title)
         return
-    fig = _new_figure(min(20.0, max(6.0, 0.36 * num_layers + 2.5)), 2.9)
+    fig = _new_figure(min(20.0, max(6.0, 0.36 * num_layers + 2.5)), 2.9 if len(shares) == 3 else 3.9)
     ax = fig.add_subplot()
     image = ax.imshow(
         100 * shares, aspect="auto", cmap="Blues", vmin=0.0, vmax=100.0, interpolation="nearest"
@@ -218,7 +227,7 @@ def plot_decisions(
         _annotate_cells(ax, shares)
     step = 1 if num_layers <= 32 else (2 if num_layers <= 48 else 5)
     ax.set_xticks(range(0, num_layers, step))
-    ax.set_yticks(range(3), labels=labels, fontsize=11)
+    ax.set_yticks(range(len(shares)), labels=labels, fontsize=11)
     ax.tick_params(axis="x", labelsize=9)
     ax.set_xlabel("layer", fontsize=12)
     colorbar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)

@@ -229,7 +229,7 @@ class _TaskEvaluation:
             if not controls:
                 continue
             rates = decision_rates(decisions)
-            majority = tuple(max(range(3), key=col.__getitem__) for col in rates)
+            majority = tuple(max(range(len(col)), key=col.__getitem__) for col in rates)
             methods.append(_Method("routed-random", level, rates=rates, seed=0, calibration_layers=reached))
             methods.append(_Method("routed-majority", level, path=majority, calibration_layers=reached))
         return methods

@@ -1,5 +1,8 @@
 """Router heads: what turns a layer's window means into skip / execute / repeat logits.
 
+Each head gives ``actions`` logits: 3 (skip, execute, repeat), or 5 with the sublayer units of a
+``--units sublayer`` search (3: the MLP alone, 4: the attention alone), in decision-value order.
+
 ``mlp`` (``LayerRouter``), ``linear`` (``LinearRouter``), ``shared`` (``SharedRouter``), ``knn``
 (``NeighbourRouter``) and ``static`` (``StaticRouter``, no input); ``Routers`` holds one per layer or one for
 all (see ``drllm.router.routers``).
@@ -15,16 +18,18 @@ from .pooling import window_average
 
 
 class LayerRouter(nn.Module):
-    """``Linear(d, h) -> GELU -> Linear(h, 3)`` applied to each window mean, logits averaged over windows."""
+    """``Linear(d, h) -> GELU -> Linear(h, A)`` applied to each window mean, logits averaged over windows."""
 
-    def __init__(self, hidden_size: int, bottleneck: int = 128):
+    def __init__(self, hidden_size: int, bottleneck: int = 128, actions: int = 3):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(hidden_size, bottleneck), nn.GELU(), nn.Linear(bottleneck, 3))
+        self.net = nn.Sequential(
+            nn.Linear(hidden_size, bottleneck), nn.GELU(), nn.Linear(bottleneck, actions)
+        )
 
     def forward(
         self, pooled: torch.Tensor, valid: torch.Tensor, average: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits ``[B, 3]`` from window means ``[B, W, d]`` and their validity ``[B, W]``.
+        """Logits ``[B, A]`` from window means ``[B, W, d]`` and their validity ``[B, W]``.
 
         ``average`` is ``window_average(valid)``; pass it when the same windows serve many routers.
         The last Linear is affine and each row's averaging weights sum to 1, so averaging its outputs over
@@ -37,21 +42,21 @@ class LayerRouter(nn.Module):
         if average is None:
             average = window_average(valid)
         hidden = F.gelu(F.linear(pooled.reshape(b * w, d).to(first.weight.dtype), first.weight, first.bias))
-        per_window = F.linear(hidden, last.weight, last.bias).view(b, w, 3)
+        per_window = F.linear(hidden, last.weight, last.bias).view(b, w, -1)
         return torch.bmm(average.to(per_window.dtype), per_window)[:, 0].float()
 
 
 class LinearRouter(nn.Module):
-    """``Linear(d, 3)`` on the average of the valid window means (a linear map commutes with the average)."""
+    """``Linear(d, A)`` on the average of the valid window means (a linear map commutes with the average)."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, actions: int = 3):
         super().__init__()
-        self.proj = nn.Linear(hidden_size, 3)
+        self.proj = nn.Linear(hidden_size, actions)
 
     def forward(
         self, pooled: torch.Tensor, valid: torch.Tensor, average: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits ``[B, 3]`` from window means ``[B, W, d]`` and their validity ``[B, W]``."""
+        """Logits ``[B, A]`` from window means ``[B, W, d]`` and their validity ``[B, W]``."""
         if average is None:
             average = window_average(valid)
         mean = torch.bmm(average.to(pooled.dtype), pooled)[:, 0]
@@ -59,18 +64,18 @@ class LinearRouter(nn.Module):
 
 
 class SharedRouter(nn.Module):
-    """One ``Linear(d, h) -> GELU -> Linear(h, 3)`` for all layers; layer ``i`` adds its embedding to h."""
+    """One ``Linear(d, h) -> GELU -> Linear(h, A)`` for all layers; layer ``i`` adds its embedding to h."""
 
-    def __init__(self, hidden_size: int, bottleneck: int, num_layers: int):
+    def __init__(self, hidden_size: int, bottleneck: int, num_layers: int, actions: int = 3):
         super().__init__()
         self.first = nn.Linear(hidden_size, bottleneck)
         self.layer_embedding = nn.Parameter(torch.randn(num_layers, bottleneck) * 0.02)
-        self.last = nn.Linear(bottleneck, 3)
+        self.last = nn.Linear(bottleneck, actions)
 
     def forward(
         self, index, pooled: torch.Tensor, valid: torch.Tensor, average: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits ``[..., 3]`` of layer(s) ``index`` from window means ``[..., W, d]`` and ``valid [..., W]``.
+        """Logits ``[..., A]`` of layer(s) ``index`` from window means ``[..., W, d]`` and ``valid [..., W]``.
 
         ``index`` is one layer (``pooled [B, W, d]``) or None for every layer at once (``pooled
         [B, L, W, d]``, the layers on dim 1).
@@ -78,7 +83,7 @@ class SharedRouter(nn.Module):
         weight = self.first.weight
         hidden = F.linear(pooled.to(weight.dtype), weight, self.first.bias)  # [..., W, h]
         embedding = self.layer_embedding[index] if index is not None else self.layer_embedding[:, None]
-        per_window = self.last(F.gelu(hidden + embedding))  # [..., W, 3]
+        per_window = self.last(F.gelu(hidden + embedding))  # [..., W, A]
         if average is None:
             weights = valid.to(per_window.dtype)
             average = weights / weights.sum(-1, keepdim=True).clamp(min=1)
@@ -92,15 +97,15 @@ class NeighbourRouter(nn.Module):
     A prompt's feature at layer ``i`` is the average of its valid (normalised) window means, centred with
     the training prompts' mean at that layer and scaled to unit length; neighbours are the ``k`` training
     prompts of highest cosine similarity. Its state is data, not weights: ``keys [L, N, d]``, ``centre
-    [L, d]`` and ``tables [N, L, 3]`` (each row a distribution over skip / execute / repeat), set by ``fit``.
+    [L, d]`` and ``tables [N, L, A]`` (each row a distribution over skip / execute / repeat), set by ``fit``.
     """
 
-    def __init__(self, hidden_size: int, num_layers: int, examples: int, neighbours: int):
+    def __init__(self, hidden_size: int, num_layers: int, examples: int, neighbours: int, actions: int = 3):
         super().__init__()
         self.neighbours = neighbours
         self.register_buffer("keys", torch.zeros(num_layers, examples, hidden_size))
         self.register_buffer("centre", torch.zeros(num_layers, hidden_size))
-        self.register_buffer("tables", torch.full((examples, num_layers, 3), 1 / 3))
+        self.register_buffer("tables", torch.full((examples, num_layers, actions), 1 / actions))
 
     @staticmethod
     def mean(pooled: torch.Tensor, valid: torch.Tensor, average: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,7 +120,7 @@ class NeighbourRouter(nn.Module):
     def fit(self, pooled: torch.Tensor, valid: torch.Tensor, tables: torch.Tensor) -> None:
         """Remember N training prompts.
 
-        Args: normalised window means ``[N, L, W, d]``, ``valid [N, L, W]`` and target tables ``[N, L, 3]``.
+        Args: normalised window means ``[N, L, W, d]``, ``valid [N, L, W]`` and target tables ``[N, L, A]``.
         """
         mean = self.mean(pooled.float(), valid).transpose(0, 1)  # [L, N, d]
         self.centre.copy_(mean.mean(1))
@@ -123,7 +128,7 @@ class NeighbourRouter(nn.Module):
         self.tables.copy_(tables.float() / tables.float().sum(-1, keepdim=True).clamp(min=1e-12))
 
     def forward(self, index, pooled: torch.Tensor, valid: torch.Tensor, average=None) -> torch.Tensor:
-        """Logits ``[B, 3]`` of layer ``index``; ``index=None``: ``[B, L, 3]`` from ``[B, L, W, d]``."""
+        """Logits ``[B, A]`` of layer ``index``; ``index=None``: ``[B, L, A]`` from ``[B, L, W, d]``."""
         k = min(self.neighbours, self.keys.shape[1])
         if index is None:
             feature = F.normalize(self.mean(pooled, valid) - self.centre, dim=-1)  # [B, L, d]
@@ -135,7 +140,9 @@ class NeighbourRouter(nn.Module):
             top = (feature @ self.keys[index].T).topk(k, -1).indices  # [B, k]
             probs = self.tables[:, index][top].mean(-2)
         # a tie (8 of 16 votes each, or an unfitted router's uniform tables) goes to execute, never to skip
-        probs = probs + probs.new_tensor([0.0, 1e-6, 0.0])
+        tie = probs.new_zeros(probs.shape[-1])
+        tie[1] = 1e-6
+        probs = probs + tie
         return probs.clamp(min=1e-4).log().float()
 
 
@@ -146,12 +153,12 @@ class StaticRouter(nn.Module):
     and a product of its own when the prompt says nothing about which layers it can lose.
     """
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, actions: int = 3):
         super().__init__()
-        self.logits = nn.Parameter(torch.zeros(num_layers, 3))
+        self.logits = nn.Parameter(torch.zeros(num_layers, actions))
 
     def forward(self, index, pooled: torch.Tensor, valid: torch.Tensor, average=None) -> torch.Tensor:
-        """Logits ``[B, 3]`` of layer ``index`` (``[B, L, 3]`` for ``index=None``); the input sets only B."""
+        """Logits ``[B, A]`` of layer ``index`` (``[B, L, A]`` for ``index=None``); the input sets only B."""
         batch = pooled.shape[0]
         if index is None:
             return self.logits.float()[None].expand(batch, -1, -1)

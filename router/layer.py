@@ -39,6 +39,7 @@ class RoutingState:
         self.active = False
         self.routers: nn.Module | None = None
         self.budget = 0.0
+        self.unit_costs: tuple[float, float] | None = None  # routers with 5 actions: (MLP, attention) shares
         self.relaxation = None  # a ``relaxed.Relaxation`` while gradient training runs (``relaxed.relaxed``)
         self.stand_ins = None  # a ``stand_ins.StandIns``: what skips and repeats run in place of plain ones
         self.reset()
@@ -118,6 +119,8 @@ class RoutingState:
     def _choose(self, index: int, logits: list[float] | None) -> int:
         """Argmax with the budget added to the skip logit, or a deviation from the default path.
 
+        The budget prices a layer's compute: skip earns all of it, a sublayer unit the share it saves.
+
         With a default path, the argmax replaces the default only where it beats it by more than the
         threshold in probability; protected layers (and ``logits=None``: no router read) keep the default.
         A non-finite logit keeps the default (and warns once).
@@ -135,8 +138,12 @@ class RoutingState:
                 )
                 self.warned_nonfinite = True
             return default
-        shifted = [logits[SKIP] + self.budget, logits[EXECUTE], logits[REPEAT]]
-        best = max(range(3), key=shifted.__getitem__)
+        shifted = list(logits)  # skip, execute, repeat (, MLP alone, attention alone)
+        shifted[SKIP] += self.budget
+        if len(shifted) == 5 and self.unit_costs is not None:  # a unit earns the budget for what it saves
+            shifted[3] += self.budget * (1.0 - self.unit_costs[0])
+            shifted[4] += self.budget * (1.0 - self.unit_costs[1])
+        best = max(range(len(shifted)), key=shifted.__getitem__)
         if not config.default_path or config.threshold is None or best == default:
             return best
         top = max(shifted)

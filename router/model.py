@@ -37,6 +37,7 @@ from torch import nn
 from .atomic import files_together
 from .cache import RoutedCache
 from .card import write_model_card
+from .compute import unit_shares
 from .decisions import check_budget, check_decisions
 from .fingerprint import architecture_string, base_model_name, check_compatible, weight_probe
 from .inside import InsideModel, padded_positions  # noqa: F401 - padded_positions is public here
@@ -109,6 +110,7 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
         examples: int = 0,
         hidden_size: int | None = None,
         read_layer: int | None = None,
+        actions: int = 3,
     ) -> Routers:
         """Attach fresh seeded routers on the model device.
 
@@ -120,6 +122,7 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
         the deprecated name of ``bottleneck`` (``self.hidden_size`` is the model width). ``read_layer``:
         every router reads that layer's input and all decide there at once (one router call per prompt;
         the layers before it keep the default path); None: router ``i`` reads layer ``i``'s input.
+        ``actions=5`` adds a layer's MLP alone (3) and its attention alone (4) to skip, execute, repeat.
         """
         if hidden_size is not None:
             import warnings
@@ -139,6 +142,7 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
             neighbours=neighbours,
             examples=examples,
             read_layer=read_layer,
+            actions=actions,
             norm=kind != "mlp",
             skip_first=kind != "mlp",
             fingerprint=self.fingerprint,
@@ -183,6 +187,7 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
         self.routers = routers.to(self.device)
         self.routers.eval()
         self._state.routers = self.routers
+        self._state.unit_costs = unit_shares(self.model.config) if routers.config.actions == 5 else None
 
     def save_pretrained(self, directory: str | os.PathLike, **kwargs) -> None:
         """Save the routers as ``router_config.json`` + ``routers.safetensors``, with a ``README.md`` card.

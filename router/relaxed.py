@@ -170,6 +170,11 @@ def relaxed(routed, relaxation: Relaxation) -> Iterator[Relaxation]:
     """Run the forwards inside the context with relaxed routing (``routed.backbone`` without decisions)."""
     if routed.routers is None or routed.routers is not relaxation.routers:
         raise ValueError("relaxed routing needs the model's own routers attached (routed.add_routers)")
+    if routed.routers.config.actions != 3:
+        raise ValueError(
+            "relaxed routing mixes skip, execute and repeat; routers with sublayer actions (actions=5) are "
+            "trained on search labels (drllm train --objective labels)"
+        )
     state = routed._state
     if state.relaxation is not None:
         raise RuntimeError("relaxed routing does not nest")

@@ -46,6 +46,7 @@ TRAINED_ON_NAME = "trained_on.json"
 """Beside the router files: ``{"ids": [...]}``, the examples they were fitted on (written by ``drllm train``);
 the evaluation calibrates on other examples."""
 FORMAT_VERSION = 1  # of router_config.json; the loader refuses others
+ACTIONS = (3, 5)  # logits per router: block actions, or block actions and the two sublayer units
 _IDENTITY = ("fingerprint", "weight_probe", "base_model")  # base-model records; absent in older files
 
 
@@ -67,6 +68,9 @@ class RouterConfig:
     """``knn``: how many nearest training prompts vote."""
     examples: int = 0
     """``knn``: how many training prompts it remembers."""
+    actions: int = 3
+    """Logits per router: 3 (skip, execute, repeat), or 5 to also run a layer's MLP alone (decision 3) or
+    its attention alone (4), for paths of a ``--units sublayer`` search."""
     read_layer: int | None = None
     """None: router ``i`` reads the input of layer ``i`` (Dr.LLM's). A layer index: every router reads the
     input of that layer and all decide there at once, one router call per prompt instead of one per layer;
@@ -103,18 +107,23 @@ class Routers(nn.Module):
             raise ValueError(
                 f"read_layer must be None or a layer in [0, {config.num_layers}), got {config.read_layer!r}"
             )
+        if config.actions not in ACTIONS or isinstance(config.actions, bool):
+            raise ValueError(
+                f"actions must be 3 (skip, execute, repeat) or 5 (and the MLP or the attention alone), "
+                f"got {config.actions!r}"
+            )
         self.config = config
-        d, h, L = config.hidden_size, config.bottleneck, config.num_layers
+        d, h, L, A = config.hidden_size, config.bottleneck, config.num_layers, config.actions
         if config.kind == "shared":
-            self.shared = SharedRouter(d, h, L)
+            self.shared = SharedRouter(d, h, L, A)
         elif config.kind == "static":
-            self.static = StaticRouter(L)
+            self.static = StaticRouter(L, A)
         elif config.kind == "knn":
             if config.examples < 1:
                 raise ValueError(f"a knn router needs examples >= 1, got {config.examples!r}")
-            self.knn = NeighbourRouter(d, L, config.examples, config.neighbours)
+            self.knn = NeighbourRouter(d, L, config.examples, config.neighbours, A)
         else:
-            make = (lambda: LayerRouter(d, h)) if config.kind == "mlp" else (lambda: LinearRouter(d))
+            make = (lambda: LayerRouter(d, h, A)) if config.kind == "mlp" else (lambda: LinearRouter(d, A))
             self.layers = nn.ModuleList(make() for _ in range(L))
         if config.norm:
             self.register_buffer("norm_scale", torch.ones(d))  # set from the model by RoutedModel.add_routers
@@ -126,7 +135,7 @@ class Routers(nn.Module):
         return matrix, valid, window_average(valid)
 
     def head(self, index: int, pooled: torch.Tensor, valid: torch.Tensor, average=None) -> torch.Tensor:
-        """Logits ``[B, 3]`` of router ``index`` from raw window means ``[B, W, d]`` (normalised here)."""
+        """Logits ``[B, A]`` of router ``index`` from raw window means ``[B, W, d]`` (normalised here)."""
         pooled = self.normalize(pooled)
         if self.config.kind in ("shared", "knn", "static"):
             return getattr(self, self.config.kind)(index, pooled, valid, average)
@@ -142,7 +151,7 @@ class Routers(nn.Module):
     def forward(
         self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None, weights=None
     ) -> torch.Tensor:
-        """Logits ``[B, 3]`` of router ``index`` for hidden states ``[B, T, d]`` entering layer ``index``.
+        """Logits ``[B, A]`` of router ``index`` for hidden states ``[B, T, d]`` entering layer ``index``.
 
         ``weights`` is ``self.pool_weights(...)`` for this mask (it leaves out the first token with
         ``skip_first``, as training did); precompute it once when one prompt feeds every router.
@@ -154,7 +163,7 @@ class Routers(nn.Module):
         return self.head(index, pooled, valid, average)
 
     def forward_all(self, hidden: torch.Tensor, mask: torch.Tensor | None, weights=None) -> torch.Tensor:
-        """Logits ``[B, L, 3]`` of every router from the hidden states ``[B, T, d]`` entering ``read_layer``.
+        """Logits ``[B, L, A]`` of every router from the hidden states ``[B, T, d]`` entering ``read_layer``.
 
         One router call per prompt; ``weights`` as in ``forward``.
         """
@@ -173,19 +182,22 @@ class Routers(nn.Module):
         (protected layers then execute).
 
         Raises:
-            ValueError: naming the problem, for a path of the wrong length or with values outside 0/1/2, a
+            ValueError: naming the problem, for a path of the wrong length or with values the routers cannot
+                output (0/1/2, and 3/4 with ``actions=5``), a
                 threshold outside [0, 1] or a protected layer that does not exist.
         """
         L = self.config.num_layers
         values: list = [] if path is None else list(path.tolist() if hasattr(path, "tolist") else path)
+        allowed = tuple(range(self.config.actions))
         if path is not None and (
             len(values) != L
             or any(
-                isinstance(v, bool) or not isinstance(v, numbers.Integral) or v not in (0, 1, 2)
-                for v in values
+                isinstance(v, bool) or not isinstance(v, numbers.Integral) or v not in allowed for v in values
             )
         ):
-            raise ValueError(f"default path must hold {L} values of 0, 1 or 2, got {values!r}")
+            raise ValueError(
+                f"default path must hold {L} values among {', '.join(map(str, allowed))}, got {values!r}"
+            )
         values = [int(v) for v in values]
         if threshold is not None and (
             isinstance(threshold, bool)
@@ -203,7 +215,7 @@ class Routers(nn.Module):
         self.config.protected = sorted(set(layers))
 
     def fit_neighbours(self, pooled: torch.Tensor, valid: torch.Tensor, tables: torch.Tensor) -> None:
-        """Fill a ``knn`` router from raw window means ``[N, L, W, d]`` and target tables ``[N, L, 3]``."""
+        """Fill a ``knn`` router from raw window means ``[N, L, W, d]`` and target tables ``[N, L, A]``."""
         if self.config.kind != "knn":
             raise ValueError(f"fit_neighbours is for knn routers; these are {self.config.kind}")
         c = self.config
@@ -211,7 +223,7 @@ class Routers(nn.Module):
             pooled.shape[0] != c.examples
             or tuple(pooled.shape[1:]) != (c.num_layers, c.num_windows, c.hidden_size)
             or tuple(valid.shape) != tuple(pooled.shape[:3])
-            or tuple(tables.shape) != (c.examples, c.num_layers, 3)
+            or tuple(tables.shape) != (c.examples, c.num_layers, c.actions)
         ):
             raise ValueError(
                 f"a knn router for {c.examples} examples, {c.num_layers} layers, {c.num_windows} windows and "
@@ -225,7 +237,7 @@ class Routers(nn.Module):
         )
 
     def forward_pooled(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, L, 3]`` of every router for pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``.
+        """Logits ``[N, L, A]`` of every router for pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``.
 
         With ``read_layer`` every router reads that layer's inputs (the others are ignored); a layer
         dimension of 1 holds the read layer's alone.
@@ -247,10 +259,10 @@ class Routers(nn.Module):
         )
 
     def _linear_all(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Every linear router on the same window means ``[N, W, d]``: one matrix product, ``[N, L, 3]``."""
+        """Every linear router on the same window means ``[N, W, d]``: one matrix product, ``[N, L, A]``."""
         mean = NeighbourRouter.mean(self.normalize(pooled), valid)  # [N, d]
-        weight = torch.stack([layer.proj.weight for layer in self.layers])  # [L, 3, d]
-        bias = torch.stack([layer.proj.bias for layer in self.layers])  # [L, 3]
+        weight = torch.stack([layer.proj.weight for layer in self.layers])  # [L, A, d]
+        bias = torch.stack([layer.proj.bias for layer in self.layers])  # [L, A]
         return (torch.einsum("nd,lcd->nlc", mean.to(weight.dtype), weight) + bias).float()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -345,6 +357,8 @@ def _read_config(path: Path) -> tuple[RouterConfig, set[str]]:
             raise ValueError(f"{path}: {name} must be a positive integer, got {value!r}")
     if config.kind not in KINDS:
         raise ValueError(f"{path}: kind must be one of {KINDS}, got {config.kind!r}")
+    if config.actions not in ACTIONS or isinstance(config.actions, bool):
+        raise ValueError(f"{path}: actions must be 3 or 5, got {config.actions!r}")
     if not isinstance(config.examples, int) or isinstance(config.examples, bool) or config.examples < 0:
         raise ValueError(f"{path}: examples must be a whole number >= 0, got {config.examples!r}")
     if config.kind == "knn" and config.examples < 1:

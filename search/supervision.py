@@ -289,13 +289,18 @@ def safe_paths(
         if margin is None or margin < safe_margin:
             continue
         decisions = [int(c) for c in path]
-        out.append((decisions, 2.0 ** (num_layers - sum(decisions))))
+        out.append((decisions, 2.0 ** (num_layers - path_layers(decisions))))
     return out
 
 
-def path_table(paths: list[tuple[list[int], float]], num_layers: int) -> torch.Tensor:
-    """``[L, 3]``: per layer, the weighted shares of skip / execute / repeat over ``paths``."""
-    table = torch.zeros(num_layers, 3)
+def path_layers(decisions) -> float:
+    """Layers a path runs, for weighting safe paths: a sublayer unit (3, 4) counts half a layer."""
+    return sum(d if d < 3 else 0.5 for d in decisions)
+
+
+def path_table(paths: list[tuple[list[int], float]], num_layers: int, actions: int = 3) -> torch.Tensor:
+    """``[L, A]``: per layer, the weighted share of each action (skip, execute, repeat, ...) in ``paths``."""
+    table = torch.zeros(num_layers, actions)
     for decisions, weight in paths:
         table[torch.arange(num_layers), torch.tensor(decisions)] += weight
     return table / table.sum(-1, keepdim=True)
@@ -306,6 +311,7 @@ __all__ = [
     "FIX_MARGINS",
     "Supervision",
     "format_reliability",
+    "path_layers",
     "path_table",
     "reliability",
     "safe_paths",

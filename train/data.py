@@ -65,8 +65,9 @@ class RouterDataModule(L.LightningDataModule):
         batch_size: examples per batch.
         val_fraction: share of examples held out for validation (at least one when N >= 2).
         seed: seed of the split.
-        targets: ``[N, L, 3]`` target distributions (``drllm.train.targets``); None: the labelled paths.
+        targets: ``[N, L, A]`` target distributions (``drllm.train.targets``); None: the labelled paths.
         gains: ``[N, L, 2]`` single-edit gains (``drllm.train.regret``) for the validation regret, or None.
+        actions: the routers' actions, 3 (skip, execute, repeat) or 5 (and the two sublayer units).
     """
 
     def __init__(
@@ -78,9 +79,10 @@ class RouterDataModule(L.LightningDataModule):
         seed: int = 0,
         targets: torch.Tensor | None = None,
         gains: torch.Tensor | None = None,
+        actions: int = 3,
     ):
         super().__init__()
-        self.targets, self.gains = targets, gains
+        self.targets, self.gains, self.actions = targets, gains, actions
         if (features is None) == (rows is None):
             raise ValueError("give exactly one of features (cached mode) or rows (online mode)")
         if batch_size < 1:
@@ -103,13 +105,13 @@ class RouterDataModule(L.LightningDataModule):
         return torch.tensor([self.rows[i].decisions for i in indices], dtype=torch.long)
 
     def class_counts(self) -> torch.Tensor:
-        """Counts of skip / execute / repeat ``[3]`` over every layer of the training split.
+        """Counts of each action ``[A]`` (skip, execute, repeat, ...) over every layer of the training split.
 
         With soft targets, the summed target shares.
         """
         if self.targets is not None:
-            return self.targets[self.train_indices].reshape(-1, 3).sum(0)
-        return torch.bincount(self._decisions(self.train_indices).flatten(), minlength=3)
+            return self.targets[self.train_indices].reshape(-1, self.targets.shape[-1]).sum(0)
+        return torch.bincount(self._decisions(self.train_indices).flatten(), minlength=self.actions)
 
     def _items(self, indices: list[int]) -> Dataset:
         return _Items(self.features, self.rows, indices, {"targets": self.targets, "gains": self.gains})

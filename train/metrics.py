@@ -1,11 +1,12 @@
 """Routing metrics: F1 and accuracy per decision class, and layers executed, from a confusion matrix.
 
-Classes are 0 = skip, 1 = execute, 2 = repeat. Every score is computed from one ``[3, 3]`` confusion
-matrix (rows = target, columns = prediction). Conventions for absent classes: a class with no target
-examples has recall (``acc_*``) 0; a class absent from both target and prediction has F1 0 and is left
-out of the macro F1, which averages the classes present in the target or the prediction (as
-scikit-learn does by default). :func:`metrics_from_confusion` scores a matrix accumulated elsewhere (the
-training module sums one over processes with torchmetrics). Pure torch; no Lightning.
+Classes are 0 = skip, 1 = execute, 2 = repeat (and 3 = the MLP alone, 4 = the attention alone for routers
+with sublayer actions). Every score is computed from one ``[A, A]`` confusion matrix (rows = target,
+columns = prediction). Conventions for absent classes: a class with no target examples has recall
+(``acc_*``) 0; a class absent from both target and prediction has F1 0 and is left out of the macro F1,
+which averages the classes present in the target or the prediction (as scikit-learn does by default).
+:func:`metrics_from_confusion` scores a matrix accumulated elsewhere (the training module sums one over
+processes with torchmetrics). Pure torch; no Lightning.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import torch
 from torch import Tensor
 
 CLASS_NAMES = ("skip", "execute", "repeat")
+ACTION_NAMES = (*CLASS_NAMES, "mlp_only", "attention_only")
+"""Every decision's name; routers with 3 actions use the first three."""
+
+
+def path_layers(decisions: Tensor) -> Tensor:
+    """Layers each row ``[..., L]`` runs: the sum of its decisions, a sublayer unit (3, 4) counting half."""
+    return torch.where(decisions >= 3, 0.5, decisions.double()).sum(-1)
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int = 3) -> Tensor:
@@ -43,12 +51,13 @@ def _safe_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(denominator > 0, numerator / denominator.clamp_min(1), torch.zeros_like(numerator))
 
 
-def routing_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
+def routing_metrics(pred: Tensor, target: Tensor, actions: int = 3) -> dict[str, float]:
     """Scores of predicted routing decisions against target decisions.
 
     Args:
         pred: Predicted decisions, ``[N, L]`` (one row per example) or flat ``[M]``.
         target: Target decisions, same shape as ``pred``.
+        actions: 3 (skip, execute, repeat) or 5 (and the two sublayer units).
 
     Returns:
         :func:`metrics_from_confusion`'s dict; ``layers_pred`` and ``layers_target`` for 2-D input only.
@@ -57,13 +66,13 @@ def routing_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
         raise ValueError(f"pred has shape {tuple(pred.shape)}, expected [N, L] or a flat vector")
     if pred.numel() == 0:
         raise ValueError("pred and target are empty; there is nothing to score")
-    cm = confusion_matrix(pred, target, num_classes=len(CLASS_NAMES))
+    cm = confusion_matrix(pred, target, num_classes=actions)
     if pred.dim() == 1:
         return metrics_from_confusion(cm)
     return metrics_from_confusion(
         cm,
-        layers_pred=pred.sum(dim=1).double().mean().item(),
-        layers_target=target.sum(dim=1).double().mean().item(),
+        layers_pred=path_layers(pred).mean().item(),
+        layers_target=path_layers(target).mean().item(),
     )
 
 
@@ -73,7 +82,7 @@ def metrics_from_confusion(
     """Scores from a confusion matrix (rows = target, columns = prediction) and the layers executed.
 
     Args:
-        cm: ``[3, 3]`` counts, e.g. from :func:`confusion_matrix` or a torchmetrics
+        cm: ``[A, A]`` counts (A = 3 or 5), e.g. from :func:`confusion_matrix` or a torchmetrics
             ``MulticlassConfusionMatrix`` summed over processes.
         layers_pred: Mean over examples of the predicted layers executed (row sum), added when given.
         layers_target: The same for the target decisions, added when given.
@@ -82,9 +91,9 @@ def metrics_from_confusion(
         Dict with ``macro_f1``, ``f1_{skip,execute,repeat}``, ``acc_{skip,execute,repeat}`` (recall:
         accuracy on the targets of that class), ``accuracy`` and the ``layers_*`` given.
     """
-    size = len(CLASS_NAMES)
-    if tuple(cm.shape) != (size, size):
-        raise ValueError(f"cm has shape {tuple(cm.shape)}, expected [{size}, {size}]")
+    size = cm.shape[0] if cm.dim() == 2 else 0
+    if size not in (len(CLASS_NAMES), len(ACTION_NAMES)) or tuple(cm.shape) != (size, size):
+        raise ValueError(f"cm has shape {tuple(cm.shape)}, expected [3, 3] or [5, 5]")
     cm = cm.detach().double().cpu()
     if cm.sum() <= 0:
         raise ValueError("the confusion matrix is empty; there is nothing to score")
@@ -94,7 +103,7 @@ def metrics_from_confusion(
     f1 = _safe_ratio(2 * hits, support + predicted)  # = 2PR / (P + R), 0 when the class never occurs
     present = (support + predicted) > 0
     metrics = {"macro_f1": f1[present].mean().item(), "accuracy": (hits.sum() / cm.sum()).item()}
-    for index, name in enumerate(CLASS_NAMES):
+    for index, name in enumerate(ACTION_NAMES[:size]):
         metrics[f"f1_{name}"] = f1[index].item()
         metrics[f"acc_{name}"] = recall[index].item()
     for key, value in (("layers_pred", layers_pred), ("layers_target", layers_target)):

@@ -22,7 +22,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .features import online_pooled
 from .loss import focal_loss, soft_focal_loss
-from .metrics import CLASS_NAMES, metrics_from_confusion
+from .metrics import metrics_from_confusion, path_layers
 from .regret import EDITS, regret_summary, regrets
 
 REGRET_KEYS = tuple(f"regret_{s}{name}" for s in ("", "static_") for name, _ in EDITS)
@@ -33,7 +33,7 @@ class RouterModule(L.LightningModule):
 
     Args:
         routers: the ``Routers`` to train (the only trainable parameters).
-        class_counts: ``[3]`` skip / execute / repeat counts over the training split.
+        class_counts: ``[A]`` counts of each action (skip, execute, repeat, ...) over the training split.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_fraction: share of the optimizer steps spent in linear warmup (at least one step).
@@ -69,7 +69,7 @@ class RouterModule(L.LightningModule):
         if routed is not None:
             routed.model.requires_grad_(False)
         # validation states, summed over processes when computed (torchmetrics); never in checkpoints
-        self.val_confusion = MulticlassConfusionMatrix(num_classes=len(CLASS_NAMES))
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=len(self.class_counts))
         self.val_layers_pred, self.val_layers_target, self.val_loss = MeanMetric(), MeanMetric(), MeanMetric()
         # per example, gathered over processes
         self.val_regrets = torch.nn.ModuleDict({k: CatMetric() for k in REGRET_KEYS})
@@ -81,7 +81,7 @@ class RouterModule(L.LightningModule):
         return self._routed
 
     def forward(self, pooled: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, L, 3]`` from pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``."""
+        """Logits ``[N, L, A]`` from pooled inputs ``[N, L, W, d]`` and ``valid [N, L, W]``."""
         return self.routers.forward_pooled(pooled, valid)
 
     def pooled_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +102,7 @@ class RouterModule(L.LightningModule):
         return pooled.to(self.device), valid.to(self.device)
 
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(focal loss, logits [N, L, 3])`` of one batch."""
+        """``(focal loss, logits [N, L, A])`` of one batch."""
         logits = self(*self.pooled_inputs(batch))
         if "targets" in batch:  # soft targets: distributions over the safe paths
             loss = soft_focal_loss(
@@ -134,8 +134,8 @@ class RouterModule(L.LightningModule):
         target = batch["targets"].argmax(-1) if "targets" in batch else batch["decisions"]
         pred = logits.argmax(-1)  # [N, L], as target
         self.val_confusion.update(pred, target)
-        self.val_layers_pred.update(pred.sum(dim=1).float())
-        self.val_layers_target.update(target.sum(dim=1).float())
+        self.val_layers_pred.update(path_layers(pred).float())
+        self.val_layers_target.update(path_layers(target).float())
         self.val_loss.update(loss.detach(), weight=target.shape[0])  # mean over examples, not batches
         if "gains" in batch and self.static is not None:
             for key, values in regrets(logits.detach(), batch["gains"], self.static).items():

@@ -47,10 +47,10 @@ def fit_neighbours(
     Args:
         routers: the ``Routers`` to fill.
         features: the teacher-forced ``FeatureSet`` of every example.
-        table: ``[N, L, 3]`` target tables (hard targets are one-hot).
+        table: ``[N, L, A]`` target tables (hard targets are one-hot).
         train_indices: rows to remember.
         val_indices: rows to score.
-        counts: ``[3]`` class counts of the training targets (for the focal loss, as in training).
+        counts: ``[A]`` class counts of the training targets (for the focal loss, as in training).
         gains: ``[N, L, 2]`` single-edit gains (``drllm.train.regret``); with ``static``, the validation
             regret and its verdict are added.
         static: the static choice per edit kind.
@@ -69,7 +69,7 @@ def fit_neighbours(
     device = routers.knn.keys.device
     logits = routers.forward_pooled(features.pooled[val].to(device), features.valid[val].to(device)).cpu()
     target = table[val]
-    metrics = routing_metrics(logits.argmax(-1), target.argmax(-1))
+    metrics = routing_metrics(logits.argmax(-1), target.argmax(-1), actions=logits.shape[-1])
     loss = soft_focal_loss(logits, target, [float(c) for c in counts], gamma, beta)
     out = {**metrics, "epoch": 0, "val_loss": float(loss)}
     if gains is not None and static is not None:

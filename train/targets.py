@@ -22,27 +22,32 @@ from typing import Literal
 import torch
 
 from drllm.search.records import SearchRecord
-from drllm.search.supervision import path_table, safe_paths
+from drllm.search.supervision import path_layers, path_table, safe_paths
 
 Targets = Literal["hard", "soft"]
 TARGETS = ("hard", "soft")
 
 
-def hard_targets(record: SearchRecord, num_layers: int) -> torch.Tensor:
-    """``[L, 3]`` one-hot of the record's chosen path."""
-    return torch.nn.functional.one_hot(torch.tensor(record.decisions), 3).float().reshape(num_layers, 3)
+def hard_targets(record: SearchRecord, num_layers: int, actions: int = 3) -> torch.Tensor:
+    """``[L, A]`` one-hot of the record's chosen path (``A`` actions: 3, or 5 with sublayer units)."""
+    decisions = torch.tensor(record.decisions)
+    return torch.nn.functional.one_hot(decisions, actions).float().reshape(num_layers, actions)
 
 
 def soft_targets(
-    record: SearchRecord, num_layers: int, safe_margin: float = 0.0, full_weight: float = 0.5
+    record: SearchRecord,
+    num_layers: int,
+    safe_margin: float = 0.0,
+    full_weight: float = 0.5,
+    actions: int = 3,
 ) -> torch.Tensor:
-    """``[L, 3]``: per layer, the weighted shares of skip / execute / repeat over the record's safe paths."""
+    """``[L, A]``: per layer, the weighted shares of every action over the record's safe paths."""
     info = record.supervision or {}
     evaluated = info.get("evaluated")
     if not evaluated:
-        return hard_targets(record, num_layers)
+        return hard_targets(record, num_layers, actions)
     if (record.base_reward or 0.0) >= 1.0:
-        return path_table(safe_paths(evaluated, num_layers, safe_margin, full_weight), num_layers)
+        return path_table(safe_paths(evaluated, num_layers, safe_margin, full_weight), num_layers, actions)
     paths = [([1] * num_layers, full_weight)]
     if info.get("fix"):  # the correct path with the largest gold margin
         fix = info["fix"]["path"]
@@ -51,14 +56,18 @@ def soft_targets(
     scored = any(e["path"] == fix and e.get("reward", 0.0) >= 1.0 for e in evaluated)
     if info.get("trusted_fix") and scored and fix != "1" * num_layers:  # only a trusted fix counts
         decisions = [int(c) for c in fix]
-        paths.append((decisions, 2.0 ** (num_layers - sum(decisions))))
-    return path_table(paths, num_layers)
+        paths.append((decisions, 2.0 ** (num_layers - path_layers(decisions))))
+    return path_table(paths, num_layers, actions)
 
 
 def target_table(
-    rows: list[SearchRecord], num_layers: int, mode: Targets = "hard", safe_margin: float = 0.0
+    rows: list[SearchRecord],
+    num_layers: int,
+    mode: Targets = "hard",
+    safe_margin: float = 0.0,
+    actions: int = 3,
 ) -> torch.Tensor:
-    """``[N, L, 3]`` targets of every row (see the module docstring).
+    """``[N, L, A]`` targets of every row (see the module docstring).
 
     Raises:
         ValueError: for an unknown mode.
@@ -66,5 +75,5 @@ def target_table(
     if mode not in TARGETS:
         raise ValueError(f"targets must be one of {TARGETS}, got {mode!r}")
     if mode == "hard":
-        return torch.stack([hard_targets(r, num_layers) for r in rows])
-    return torch.stack([soft_targets(r, num_layers, safe_margin) for r in rows])
+        return torch.stack([hard_targets(r, num_layers, actions) for r in rows])
+    return torch.stack([soft_targets(r, num_layers, safe_margin, actions=actions) for r in rows])

@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import WandbLogger
 from drllm.router import RoutedModel, load_routed, load_tokenizer
 from drllm.router.routers import TRAINED_ON_NAME
 from drllm.search import progress
-from drllm.search.records import check_block_paths, check_searched_with, read_records
+from drllm.search.records import check_searched_with, read_records
 
 from . import outputs
 from .arguments import CONTROLS, LOGGERS, ROUTER_KINDS, check_arguments, check_prompts  # noqa: F401
@@ -93,7 +93,7 @@ def train_routers(
 
     Args:
         model: a model name or folder (``RoutedModel.from_pretrained``), or an already built ``RoutedModel``.
-        paths: the search's JSONL output.
+        paths: the search's JSONL output (a --units sublayer search trains routers with 5 actions).
         output: folder for routers, ``metrics.json``, ``run.json``, checkpoints, logs and the feature cache;
             locked (``train.lock``) while the run writes it: a second run into it is refused.
         epochs: training epochs (a resumed run continues up to this many in all).
@@ -181,7 +181,7 @@ def train_routers(
     lr = 1e-3 if lr is None else lr
     first = read_records(paths)
     check_prompts(first, paths)  # every row is checked before the model loads
-    check_block_paths(first, paths)
+    actions = path_actions(first)
     by_regret = bool(first) and sweep_gains(first, len(first[0].decisions)) is not None
     output, leader = Path(output), outputs.is_leader()
     wandb = (wandb_project, wandb_name, wandb_tags)
@@ -195,6 +195,8 @@ def train_routers(
         check_searched_with(rows, routed, paths)
         run = _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online)
         run.update(targets=targets, safe_margin=safe_margin, router=router, control=control)
+        if actions != 3:  # sublayer paths; block runs keep the identity they always had
+            run["actions"] = actions
         # what a resumed run must share with the checkpoint it continues (epochs may grow)
         run.update(lr=lr, weight_decay=weight_decay, batch_size=batch_size, precision=precision)
         if read_layer is not None and read_layer >= routed.num_layers:
@@ -214,7 +216,7 @@ def train_routers(
             features = build_features(routed, tokenizer, rows, num_windows, batch_size, cache, skip_first)
         table = None
         if targets != "hard" or control != "none" or router == "knn":
-            table = target_table(rows, routed.num_layers, targets, safe_margin)
+            table = target_table(rows, routed.num_layers, targets, safe_margin, actions)
         gains = sweep_gains(rows, routed.num_layers) if by_regret else None
         data = RouterDataModule(
             features=features,
@@ -224,6 +226,7 @@ def train_routers(
             seed=seed,
             targets=table,
             gains=gains,
+            actions=actions,
         )
         static = static_choices(gains, data.train_indices) if gains is not None else None
         if control == "shuffled":
@@ -238,6 +241,7 @@ def train_routers(
             neighbours=neighbours,
             examples=examples,
             read_layer=read_layer,
+            actions=actions,
         ).train()
         if router == "knn":
             counts = data.class_counts().tolist()
@@ -269,6 +273,19 @@ def train_routers(
     if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
         trainer.logger.experiment.finish()  # flush the run (config, metrics, images) before returning
     return metrics
+
+
+def path_actions(rows) -> int:
+    """The routers' actions for these paths: 5 when any holds a sublayer unit, else 3."""
+    for row in rows:
+        evaluated = (row.supervision or {}).get("evaluated") or []
+        if (
+            (row.settings or {}).get("units") == "sublayer"
+            or any(d >= 3 for path in (row.decisions, *row.correct_paths) for d in path)
+            or any(c in "34" for e in evaluated for c in e["path"])
+        ):
+            return 5
+    return 3
 
 
 def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, precision, by_regret=False):

@@ -72,3 +72,30 @@ def test_a_unit_baseline_that_cannot_reach_the_level_names_itself(tmp_path, tiny
             **COMMON,
         )
     assert not (tmp_path / "e" / "results.json").exists()
+
+
+def test_routers_with_unit_actions_are_calibrated_and_priced_by_their_compute(tmp_path, eight_layers):
+    """Routers that run MLPs or attentions alone reach a level counted in multiply-adds, not in sum(d)."""
+    import torch
+
+    from drllm.router import RoutedModel
+    from drllm.router.compute import path_macs
+
+    routed = RoutedModel.from_pretrained(eight_layers)
+    routers = routed.add_routers(kind="linear", actions=5, seed=3)
+    with torch.no_grad():
+        for layer in routers.layers:
+            layer.proj.bias.copy_(torch.tensor([0.0, 0.0, -9.0, 1.0, 1.0]))  # units tempt every layer
+    routed.save_pretrained(tmp_path / "r")
+    task = choice_file(tmp_path / "mc.jsonl", n=12)
+    rows = run_eval(eight_layers, task, str(tmp_path / "e"), routers=str(tmp_path / "r"), target_layers=(6,),
+                    baselines=("block-influence",), **COMMON)  # fmt: skip
+    routed_row = next(r for r in rows if r.method.startswith("routed") and r.method != "routed-static")
+    assert abs(routed_row.layers - 6) <= 1.5, routed_row.layers
+    import json
+
+    chosen = json.loads((tmp_path / "e" / "decisions.json").read_text())
+    paths = next(m["decisions"] for m in chosen if m["method"] == "routed")
+    assert any(d >= 3 for path in paths for d in path), "the routers ran units"
+    shares = [path_macs(routed.model.config, p, 8)["fraction"] for p in paths]
+    assert min(shares) < 1.0

@@ -15,7 +15,7 @@ from test_features import synthetic_rows, tiny_tokenizer, write_rows
 from tiny_models import tiny_model
 from wandb_records import offline_record
 
-from drllm.router import RoutedModel
+from drllm.router import RoutedModel, Routers
 from drllm.train import focal_loss
 from drllm.train.data import split_indices
 from drllm.train.features import FeatureSet
@@ -298,3 +298,26 @@ def test_a_refusal_that_needs_the_model_leaves_no_output_folder(tmp_path, config
     with pytest.raises(ValueError, match=r"read_layer must be a layer in \[0, 4\), got 4"):
         train_routers(routed, str(paths), str(out), tokenizer=tiny_tokenizer(), **{**config, "read_layer": 4})
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("router", ["linear", "knn"])
+def test_paths_of_a_sublayer_search_train_routers_with_five_actions(tmp_path, config, router):
+    """A path found by ``--units sublayer`` is exactly what these routers can output (3, 4 included)."""
+    rows = synthetic_rows(16)
+    for k, row in enumerate(rows[:8]):
+        row.decisions[1 + k % 2] = 3 + k % 2  # the MLP alone or the attention alone somewhere
+        row.correct_paths = [list(row.decisions)]
+    paths = write_rows(tmp_path / "paths.jsonl", rows)
+    routed = RoutedModel.from_pretrained(tiny_model("llama"))
+    out = tmp_path / "units"
+    metrics = train_routers(
+        routed, str(paths), str(out), tokenizer=tiny_tokenizer(), **{**config, "router": router}
+    )
+    assert routed.routers.config.actions == 5
+    assert {"f1_mlp_only", "acc_attention_only"} <= set(metrics)
+    assert json.loads((out / "run.json").read_text())["actions"] == 5
+    assert Routers.from_pretrained(out).config.actions == 5
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        routed(ids)
+    assert routed.last_decisions.max() <= 4
