@@ -322,7 +322,7 @@ def test_a_default_path_survives_save_and_load_and_bad_ones_are_refused(tmp_path
     assert torch.equal(other.route(ids, mask), expected)
     routers = other.routers
     for kwargs, message in [
-        ({"path": [1, 1, 1]}, "default path must hold 4 values of 0, 1 or 2"),
+        ({"path": [1, 1, 1]}, "default path must hold 4 values among 0, 1, 2, got"),
         ({"path": [1, 3, 1, 1]}, "default path must hold 4 values"),
         ({"path": [1, True, 1, 1]}, "default path must hold 4 values"),
         ({"path": STATIC, "threshold": 1.5}, r"threshold must lie in \[0, 1\], got 1.5"),
