@@ -118,7 +118,8 @@ def test_decision_shares_rejects_bad_input():
     with pytest.raises(ValueError, match="expected"):
         plots.decision_shares(np.zeros(5, dtype=int))
     with pytest.raises(ValueError, match="values"):
-        plots.decision_shares(np.full((2, 3), 3))
+        plots.decision_shares(np.full((2, 3), 5))
+    assert plots.decision_shares(np.full((2, 3), 3)).shape == (5, 3)
 
 
 @pytest.mark.parametrize("num_layers", [12, 80])
