@@ -26,6 +26,7 @@ import importlib
 import re
 import sys
 
+from drllm.cli.config_files import blame, configs_first
 from drllm.router import DEFAULT_MODEL
 from drllm.search.progress import configure_logging
 
@@ -132,7 +133,7 @@ def adapt_argv(parser, argv: list[str]) -> list[str]:
         name = name.replace("-", "_") if name.replace("-", "_") in options else name
         kind = str(getattr(options.get(name), "_typehint", ""))
         following = argv[i + 1] if i + 1 < len(argv) else None
-        if kind in ("<class 'bool'>", "bool") and not eq:
+        if kind in ("<class 'bool'>", "bool", "bool | None", "typing.Optional[bool]") and not eq:
             if following is None or following.lower() not in _TRUE_FALSE:
                 value, eq = "true", "="
             else:
@@ -190,12 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     rest, level = _verbosity(rest)
     try:
         parser = command_parser(name)
-        rest = configs_first(rest)  # a flag overrides the file wherever it stands
+        rest = configs_first(rest, _option_names(parser))  # a flag overrides the file wherever it stands
         cfg = parser.parse_args(adapt_argv(parser, rest))
     except (ImportError, ValueError) as err:
         _fail(f"{name}: {err}" if isinstance(err, ValueError) else str(err))
     except ArgumentError as err:
-        _fail(f"{name}: {_argument_line(err)}")
+        _fail(f"{name}: {blame(_argument_line(err), rest)}")  # a value a config file set names the file
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "config"}
     configure_logging(level)
     from drllm.search.records import OutputLockedError
@@ -296,61 +297,6 @@ def _verbosity(argv: list[str]) -> tuple[list[str], int]:
     verbose = sum(a in ("-v", "--verbose") for a in argv)
     level = logging.WARNING if quiet > verbose else logging.DEBUG if verbose > quiet else logging.INFO
     return [a for a in argv if a not in ("-q", "--quiet", "-v", "--verbose")], level
-
-
-def configs_first(argv: list[str]) -> list[str]:
-    """``argv`` with every ``--config FILE`` moved to the front, each file checked for repeated keys.
-
-    jsonargparse applies arguments in order, so a flag given before ``--config`` was silently replaced by
-    the file's value; with the files first, a flag always wins, wherever it stands.
-
-    Raises:
-        ValueError: naming the file and the key, when a YAML mapping repeats a key.
-    """
-    configs, others, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv):
-            configs += [arg, argv[i + 1]]
-            _check_unique_keys(argv[i + 1])
-            i += 2
-            continue
-        if arg.startswith("--config="):
-            configs.append(arg)
-            _check_unique_keys(arg.split("=", 1)[1])
-        else:
-            others.append(arg)
-        i += 1
-    return configs + others
-
-
-def _check_unique_keys(path: str) -> None:
-    """Refuse a YAML file whose mapping names a key twice (PyYAML keeps the last value silently)."""
-    import os
-
-    import yaml
-
-    if not os.path.isfile(path):
-        return  # jsonargparse reports a missing file itself
-
-    class _Strict(yaml.SafeLoader):
-        pass
-
-    def mapping(loader, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ValueError(f"{path} line {key_node.start_mark.line + 1}: the key {key!r} appears twice")
-            seen.add(key)
-        return loader.construct_mapping(node, deep)
-
-    _Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    with open(path) as f:
-        try:
-            yaml.load(f, Loader=_Strict)  # noqa: S506 - a SafeLoader subclass
-        except yaml.YAMLError:
-            return  # jsonargparse reports malformed YAML itself
 
 
 if __name__ == "__main__":

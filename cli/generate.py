@@ -10,7 +10,7 @@ def generate(
     routers: str | None = None,
     budget: float = 0.0,
     max_new_tokens: int = 40,
-    chat: bool = True,
+    chat: bool | None = None,
     stream: bool = False,
     device: str | None = None,
     dtype: str | None = None,
@@ -27,12 +27,13 @@ def generate(
         prompt: the prompt text.
         model: model name or path; by default the base model ``--routers`` record, else the embedded
             "smollm2-135m-instruct".
-        decisions: a path such as "1,1,0,2,..." (one value per layer: 0 skip, 1 execute, 2 repeat; 3 runs
-            the layer's MLP alone, 4 its attention alone).
+        decisions: a path such as "1,1,0,2,..." or "1102..." (one value per layer: 0 skip, 1 execute,
+            2 repeat; 3 runs the layer's MLP alone, 4 its attention alone), or the path generate prints.
         routers: a router directory (router_config.json + routers.safetensors); used when no decisions.
         budget: bias added to every router's skip logit (+ skips more).
         max_new_tokens: tokens to generate.
-        chat: wrap the prompt in the tokenizer's chat template when it has one.
+        chat: wrap the prompt in the tokenizer's chat template (default: when it has one; true refuses a
+            tokenizer without one, false uses the prompt as it is).
         stream: print tokens as they are generated.
         device: where the model runs (auto: CUDA when available, else the CPU; or cpu, cuda, cuda:N).
         dtype: the model's dtype (auto or none: the checkpoint's; float32, bfloat16, float16).
@@ -58,12 +59,17 @@ def generate(
         from drllm.cli.__main__ import default_model
 
         model = default_model(routers)
+    tok = load_tokenizer(model)
+    if chat and not getattr(tok, "chat_template", None):
+        raise ValueError(
+            f"--chat true: the tokenizer of {model} has no chat template; leave --chat out (the template is "
+            "used only when there is one) or pass --chat false"
+        )
     routed = load_routed(model, device=device, routers=routers, dtype=dtype)
     routed.budget = budget
-    tok = load_tokenizer(model)
     path = parse_decisions(decisions, routed.num_layers, units=True) if decisions else None
     text = prompt
-    if chat and getattr(tok, "chat_template", None):
+    if chat is not False and getattr(tok, "chat_template", None):
         text = tok.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )

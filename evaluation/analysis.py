@@ -75,6 +75,7 @@ from drllm.router.auto import load_with_tokenizer
 from drllm.router.decisions import parse_decisions
 from drllm.search import progress
 from drllm.search.evaluator import PathEvaluator
+from drllm.search.output_files import claimed_output
 from drllm.search.records import check_block_paths, check_searched_with, read_records
 from drllm.search.tasks import Style, get_task, require_gold, same_task
 from drllm.search.tasks.style import describe, resolve_style
@@ -139,7 +140,8 @@ def run_analysis(
     Args:
         model: a model name or folder (or, from Python, a ``RoutedModel``; then pass ``tokenizer``).
         task: the task whose prompts are analysed (``arc_easy``, ``jsonl:PATH``, ...).
-        output: folder for analysis.json, the figures and report.md.
+        output: folder for analysis.json, the figures and report.md: new, empty, or an earlier analyze
+            output (whose analyze files are replaced; analyze never overwrites files it did not write).
         limit: prompts analysed (the first of the split).
         routers: folder of saved routers, overlaid with their decisions at budget 0 on the same prompts
             (None keeps the routers already on a ``RoutedModel``, or none).
@@ -159,30 +161,35 @@ def run_analysis(
         The analysis (what analysis.json holds).
 
     Raises:
-        ValueError: for a bad count, decisions of the wrong length, an unknown task or an empty split.
+        ValueError: for a bad count, decisions of the wrong length, an unknown task, an empty split, or an
+            output that is a file or a folder of files analyze did not write.
         FileNotFoundError: when the paths file or the task's data is missing.
     """
     _check_counts(limit, fidelity_tokens, batch_size)
+    analysis_plots.check_analysis_output(output)  # a file, or a folder of others' files: refused up front
     task_obj = get_task(task)  # unknown names fail here, before the model loads
     require_gold(task_obj, "drllm analyze (it measures accuracy at every depth)")
     fixed = _fixed(decisions)
-    routed, tokenizer, name = load_with_tokenizer(model, tokenizer, device, routers, "run_analysis", dtype)
-    result = analyze_depth(
-        routed,
-        tokenizer,
-        task_obj,
-        limit=limit,
-        paths=paths,
-        decisions=fixed,
-        split=split,
-        fidelity_tokens=fidelity_tokens,
-        data_dir=data_dir,
-        style=style,
-        batch_size=batch_size,
-        model_name=name,
-        task_name=task,
-    )
-    write_analysis(result, output)
+    with claimed_output(output, folder=True):  # writable; a folder it creates goes again on failure
+        routed, tokenizer, name = load_with_tokenizer(
+            model, tokenizer, device, routers, "run_analysis", dtype
+        )
+        result = analyze_depth(
+            routed,
+            tokenizer,
+            task_obj,
+            limit=limit,
+            paths=paths,
+            decisions=fixed,
+            split=split,
+            fidelity_tokens=fidelity_tokens,
+            data_dir=data_dir,
+            style=style,
+            batch_size=batch_size,
+            model_name=name,
+            task_name=task,
+        )
+        write_analysis(result, output)
     return result
 
 
@@ -272,7 +279,11 @@ def analyze_depth(
 
 
 def write_analysis(result: dict, output: str | Path) -> None:
-    """Write analysis.json, the figures and report.md into ``output``."""
+    """Write analysis.json, the figures and report.md into ``output``, replacing an earlier run's.
+
+    Raises:
+        ValueError: for an output that is a file, or a folder of files analyze did not write.
+    """
     analysis_plots.write_all(result, Path(output))
 
 

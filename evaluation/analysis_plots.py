@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from drllm.router.atomic import files_together
+
 from .analysis_report import (  # noqa: F401 - moved; importable from here as before
     _geometry_lines,
     _layers,
@@ -27,23 +29,67 @@ LAYER_AXIS = "layer (numbered from 0)"
 
 
 def write_all(result: dict, folder: Path) -> list[Path]:
-    """Write analysis.json, the figures and report.md; returns the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = [folder / "analysis.json"]
-    atomic_write_text(written[0], json.dumps(_clean(result), indent=1, allow_nan=False) + "\n")
-    for name, draw in (
-        ("residual.png", plot_residual),
-        ("angular.png", plot_angular),
-        ("logit_lens.png", plot_lens),
-        ("sensitivity.png", plot_sensitivity),
-    ):
-        draw(result, folder / name)
-        written.append(folder / name)
-    if result["overlays"]:
-        plot_overlay(result, folder / "overlay.png")
-        written.append(folder / "overlay.png")
-    atomic_write_text(folder / "report.md", report_text(result))
-    return written + [folder / "report.md"]
+    """Write analysis.json, the figures and report.md as one set; returns the paths written.
+
+    Every file is written into a staging folder before any is moved in (``files_together``); then the
+    analyze files of an earlier run that this one does not write (``overlay.png`` without an overlay) are
+    removed, so the folder never mixes two runs. Other files are never touched.
+
+    Raises:
+        ValueError: from ``check_analysis_output``, for a folder analyze did not write.
+    """
+    check_analysis_output(folder)  # again: another program may have written there since the run began
+    names = ["analysis.json", *FIGURES, *(["overlay.png"] if result["overlays"] else []), "report.md"]
+    with files_together(folder) as stage:
+        atomic_write_text(
+            stage / "analysis.json", json.dumps(_clean(result), indent=1, allow_nan=False) + "\n"
+        )
+        for name, draw in FIGURES.items():
+            draw(result, stage / name)
+        if result["overlays"]:
+            plot_overlay(result, stage / "overlay.png")
+        atomic_write_text(stage / "report.md", report_text(result))
+    for name in ANALYSIS_FILES:
+        if name not in names:
+            (folder / name).unlink(missing_ok=True)
+    return [folder / name for name in names]
+
+
+def is_analysis_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds the analysis.json of an earlier ``drllm analyze`` run."""
+    try:
+        saved = json.loads((folder / "analysis.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"num_layers", "residual_geometry", "logit_lens"} <= saved.keys()
+
+
+def check_analysis_output(output: str | Path) -> Path:
+    """Refuse, before any work, an output folder analyze would have to overwrite other files in.
+
+    analyze writes into a new or empty folder, or into an earlier analyze output (recognised by its
+    analysis.json), whose analyze files it replaces as a set.
+
+    Raises:
+        ValueError: naming the folder and what is in the way (a file, or the files at risk).
+    """
+    if not str(output).strip():
+        raise ValueError("--output is empty: name the folder for analysis.json, the figures and report.md")
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(
+            f"--output {output} is a file; drllm analyze writes a folder (analysis.json, figures and "
+            "report.md): choose a folder"
+        )
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if not present or is_analysis_folder(folder):
+        return folder
+    at_risk = [name for name in ANALYSIS_FILES if name in present]
+    what = f"its {', '.join(at_risk)} would be replaced" if at_risk else f"it holds {', '.join(present[:3])}"
+    raise ValueError(
+        f"--output {output} is not empty and holds no analysis.json of an earlier drllm analyze: {what}. "
+        "analyze never overwrites files it did not write: choose a new or empty folder"
+    )
 
 
 def _clean(value):
@@ -263,4 +309,11 @@ def plot_overlay(result: dict, path: Path) -> None:
     _save(fig, path)
 
 
-# ---------------------------------------------------------------------- report.md
+# ---------------------------------------------------------------------- the files, in the order written
+FIGURES = {
+    "residual.png": plot_residual,
+    "angular.png": plot_angular,
+    "logit_lens.png": plot_lens,
+    "sensitivity.png": plot_sensitivity,
+}
+ANALYSIS_FILES = ("analysis.json", *FIGURES, "overlay.png", "report.md")  # every file analyze writes

@@ -6,8 +6,10 @@ decision rates (for the ``routed-random`` control), and the threshold of ``route
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from drllm.router import RoutedModel
 from drllm.router.compute import unit_shares
 from drllm.router.routers import TRAINED_ON_NAME
 from drllm.search.mcts import SearchConfig, path_cost
+from drllm.search.tasks.base import same_task
 
 log = logging.getLogger("drllm.evaluation.evaluate")
 
@@ -45,8 +48,27 @@ def trained_on(routers: str | Path | None) -> frozenset[str]:
 
 
 def was_trained(trained: frozenset[str], task: str, example_id) -> bool:
-    """Whether example ``example_id`` of ``task`` is among ``trained`` (``trained_on``'s keys)."""
-    return f"{task}/{example_id}" in trained or f"*/{example_id}" in trained
+    """Whether example ``example_id`` of ``task`` is among ``trained`` (``trained_on``'s keys).
+
+    A ``jsonl:`` task matches keys of any spelling of its file (relative or absolute, ``./``), resolved
+    from the working directory.
+    """
+    if f"*/{example_id}" in trained:
+        return True
+    names = spellings(trained, task, os.getcwd())
+    return any(f"{name}/{example_id}" in trained for name in names)
+
+
+@functools.lru_cache(maxsize=64)
+def spellings(trained: frozenset[str], task: str, cwd: str = "") -> tuple[str, ...]:
+    """``task`` and the other names of its file that keys of ``trained`` begin with (``same_task``).
+
+    Cached per working directory ``cwd``, from which relative names are resolved.
+    """
+    if not task.startswith("jsonl:"):
+        return (task,)
+    prefixes = {key[:k] for key in trained if key.startswith("jsonl:") for k, c in enumerate(key) if c == "/"}
+    return (task, *sorted(p for p in prefixes if p != task and same_task(p, task)))
 
 
 def fresh_examples(pool: list, exclude: frozenset[str], wanted: int, where: str, task: str = "") -> list:

@@ -44,7 +44,6 @@ Outputs in ``output`` (one subfolder per task when several are given): ``results
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from drllm.router.auto import load_with_tokenizer
@@ -52,6 +51,17 @@ from drllm.search.records import claimed_output, folder_lock
 from drllm.search.tasks import Scoring, Style, get_task
 
 from . import report
+from .arguments import (  # noqa: F401 - importable from here
+    BASELINES,
+    baseline_names,
+    check_eval_arguments,
+    check_levels,
+    check_prompts_only,
+    level_values,
+    refuse_task_in_output,
+    slug,
+    task_names,
+)
 from .calibration import (  # noqa: F401 - importable from here
     BudgetCalibrator,
     decision_rates,
@@ -59,10 +69,9 @@ from .calibration import (  # noqa: F401 - importable from here
 )
 from .compared import compared_labels, load_compared
 from .learned import learned_static_margins
-from .pooled import pool_methods
+from .pooled import pooled_rows
 from .publish import refuse_router_folder, staged
 from .report import EvalRow
-from .results import UNIT_BASELINES, method_rows
 from .task_eval import (  # noqa: F401 - moved; importable from here as before
     _Method,
     _Settings,
@@ -71,7 +80,6 @@ from .task_eval import (  # noqa: F401 - moved; importable from here as before
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("greedy", "block-influence", "angular", "drop-last", "random")
 CONTROLS = ("routed-random", "routed-majority")
 
 
@@ -82,10 +90,10 @@ def run_eval(
     routers: str | None = None,
     split: str | None = None,
     limit: int | None = None,
-    target_layers: tuple[int, ...] | None = None,
-    target_compute: tuple[float, ...] | None = None,
+    target_layers: tuple[int, ...] | int | None = None,
+    target_compute: tuple[float, ...] | float | None = None,
     budgets: tuple[float, ...] = (),
-    baselines: tuple[str, ...] = BASELINES,
+    baselines: tuple[str, ...] | str = BASELINES,
     calibration: int = 128,
     greedy_examples: int | None = None,
     fidelity_tokens: int = 32,
@@ -110,25 +118,27 @@ def run_eval(
     Args:
         model: a model name or folder (or, from Python, a ``RoutedModel``; then pass ``tokenizer``).
         task: a task name, or several separated by commas (``arc_easy,arc_challenge,mmlu``); ``jsonl:PATH``
-            works too. Several tasks are evaluated with the same routers, each into its own subfolder;
-            ``output/results.md`` holds every task's rows and the ``pooled`` ones (all examples together).
-        output: folder for the results.
+            works too (a file whose name holds commas stays whole). Several tasks are evaluated with the same
+            routers, each into its own subfolder; ``output/results.md`` holds every task's rows and the
+            ``pooled`` ones (all examples together; beside tasks with gold answers, prompts-only tasks are
+            left out of them, see ``drllm.evaluation.pooled``). Each task is named once.
+        output: folder for the results; it must not hold a ``jsonl:`` task file (it would be replaced).
         routers: folder of saved routers; None keeps the routers already on a ``RoutedModel`` (or none).
             When the folder lists the examples the routers were trained on (``trained_on.json``, written
             by ``drllm train``), calibration leaves them out: routers are calibrated on prompts they never
             saw, as they will be evaluated.
         split: evaluation split (default: the task's validation split).
         limit: at most this many examples (default: the whole split).
-        target_layers: mean layers per prompt to compare every method at (default: L-1, L-2, L-3, L-4, L-6,
-            L-8 of the model's L layers).
+        target_layers: mean layers per prompt to compare every method at, each in ``1 .. L - 1`` (default:
+            L-1, L-2, L-3, L-4, L-6, L-8 of the model's L layers).
         target_compute: instead of ``target_layers``, shares of the full model's multiply-adds per prompt
             token (0.9, 0.8): each becomes the level ``n`` of ``n / L`` closest to it (blocks cost alike
             but for sliding windows). Every row reports its exact share (``compute``); the unit baselines
             match the block compute of their level.
         budgets: extra router budget biases to evaluate as they are, unmatched (positive skips more).
-        baselines: static baselines, among greedy, block-influence, angular, drop-last, random, and the
-            sublayer ones attention-drop (only attentions dropped) and unit-drop (attentions and MLPs),
-            which drop units by least influence per multiply-add until they save at least what the
+        baselines: static baselines, each named once, among greedy, block-influence, angular, drop-last,
+            random, and the sublayer ones attention-drop (only attentions dropped) and unit-drop (attentions
+            and MLPs), which drop units by least influence per multiply-add until they save at least what the
             level's block paths save. They are compared with the block paths of their level (KL and
             accuracy, paired), not counted among them: routers and ``routed-static`` use block paths.
         calibration: training examples the static baselines and the routers' budgets are calibrated on.
@@ -136,7 +146,7 @@ def run_eval(
             its cost grows with examples times layers squared).
         fidelity_tokens: tokens of the base model's greedy continuation checked for greedy fidelity
             (0 turns fidelity off).
-        max_new_tokens: decoding budget of exact-answer tasks scored by generation.
+        max_new_tokens: decoding budget of exact-answer tasks scored by generation (>= 1).
         data_dir: benchmark data folder.
         scoring: the task's scoring (default: option log-likelihood for multiple choice, decoding and
             grading the final answer for exact-answer tasks).
@@ -169,11 +179,23 @@ def run_eval(
         The result rows of every task, base first (with several tasks, the ``pooled`` rows follow).
 
     Raises:
-        ValueError: for an unknown baseline, a level outside ``1 .. L - 1`` or a bad count.
+        ValueError: for an unknown or repeated baseline, a level outside ``1 .. L - 1``, a bad count, a task
+            named twice or an output folder holding a task file.
     """
+    baselines = baseline_names(baselines)
     check_eval_arguments(
-        baselines, calibration, batch_size, greedy_examples, fidelity_tokens, random_seeds, limit
+        baselines,
+        calibration,
+        batch_size,
+        greedy_examples,
+        fidelity_tokens,
+        random_seeds,
+        limit,
+        max_new_tokens,
     )
+    target_layers = level_values(target_layers, "target_layers")
+    target_compute = level_values(target_compute, "target_compute")
+    check_levels(target_layers, target_compute)
     stand_in = None if stand_in in (None, "none") else stand_in
     if stand_in not in (None, "linear"):
         raise ValueError(f"stand_in must be 'linear' or none, got {stand_in!r}")
@@ -190,17 +212,8 @@ def run_eval(
         raise ValueError(
             f"stand_in_rank must be a whole number >= 1 (or None: full rank), got {stand_in_rank!r}"
         )
-    names = [t.strip() for t in task.split(",") if t.strip()]
-    if not names:
-        raise ValueError("no task given")
-    folders: dict[str, str] = {}
-    for name in names:
-        if _slug(name) in folders:
-            raise ValueError(
-                f"tasks {folders[_slug(name)]!r} and {name!r} would share the output folder {_slug(name)!r}; "
-                "evaluate them into separate outputs"
-            )
-        folders[_slug(name)] = name
+    names = task_names(task)  # one task named twice, or two names sharing a folder, are refused
+    refuse_task_in_output(output, names)
     tasks = [get_task(t) for t in names]  # unknown names fail here, before the model loads
     for name, task_obj in zip(names, tasks, strict=True):
         check_prompts_only(name, task_obj, scoring, fidelity_tokens)
@@ -248,60 +261,13 @@ def run_eval(
         with staged(Path(output)) as stage:  # every task's folder and the pooled report, published together
             for name, task_obj in zip(names, tasks, strict=True):
                 evaluation = _TaskEvaluation(routed, tokenizer, name, task_obj, settings, model_name)
-                rows += evaluation.run(stage / _slug(name))
+                rows += evaluation.run(stage / slug(name))
                 per_task.append((evaluation.methods, evaluation.ev.scoring))
-            merged, scorings = pool_methods(per_task)
-            rows += method_rows("pooled", merged, scorings)
-            n = len(scorings)
-            title = f"{task} on {model_name}; pooled: the {n} examples of all {len(names)} tasks together"
+            pooled, note = pooled_rows(names, tasks, per_task)
+            rows += pooled
+            title = f"{task} on {model_name}; {note}"
             report.write_results(rows, stage, routed.num_layers, title=title)
     return rows
-
-
-def check_eval_arguments(
-    baselines, calibration, batch_size, greedy_examples, fidelity_tokens, random_seeds, limit
-) -> None:
-    """Refuse a bad evaluation setting before anything runs (``run_eval`` and the demo, before its search)."""
-    unknown = [b for b in baselines if b not in BASELINES + UNIT_BASELINES]
-    if unknown:
-        raise ValueError(
-            f"unknown baselines {unknown}; known baselines: {', '.join(BASELINES + UNIT_BASELINES)}"
-        )
-    for name, value, least in (("calibration", calibration, 1), ("batch_size", batch_size, 1)):
-        if value < least:
-            raise ValueError(f"{name} must be >= {least}, got {value}")
-    if greedy_examples is not None and (
-        isinstance(greedy_examples, bool) or not isinstance(greedy_examples, int) or greedy_examples < 1
-    ):
-        raise ValueError(f"greedy_examples must be a whole number >= 1, got {greedy_examples!r}")
-    _check_plotting()  # before the evaluation runs, not after it, when the figures are drawn
-    for name, value, least in (("fidelity_tokens", fidelity_tokens, 0), ("random_seeds", random_seeds, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a whole number >= 1 (or None for the whole split), got {limit!r}")
-    if "random" in baselines and random_seeds == 0:
-        raise ValueError("the random baseline needs random_seeds >= 1 (or leave 'random' out of baselines)")
-
-
-def check_prompts_only(name: str, task, scoring, fidelity_tokens: int) -> None:
-    """A prompts-only task is judged on the base model's continuation: it needs one, and no gold scoring."""
-    if task.has_gold:
-        return
-    if scoring not in (None, "teacher-forced"):
-        raise ValueError(f"task {name!r} holds prompts only: scoring {scoring!r} needs gold answers")
-    if fidelity_tokens < 1:
-        raise ValueError(
-            f"task {name!r} holds prompts only: paths are judged on the base model's continuation, "
-            "so fidelity_tokens must be >= 1"
-        )
-
-
-def _check_plotting() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ImportError("drllm eval draws figures with matplotlib: pip install 'drllm[eval]'")
 
 
 def resolve_levels(target_layers, num_layers: int, target_compute=None) -> list[int]:
@@ -342,7 +308,3 @@ def _compute_levels(target_compute, num_layers: int) -> list[int]:
         levels[level] = share
         log.info("target compute %g: %d of %d layers", share, level, num_layers)
     return sorted(levels, reverse=True)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"

@@ -143,10 +143,16 @@ def write_task_files(
 
 
 def agrees(outcome: Outcome, base: Outcome, scoring: str) -> bool:
-    """Whether a path gives the base model's answer (teacher-forced exact answers: its whole continuation)."""
+    """Whether a path gives the base model's answer (teacher-forced exact answers: its whole continuation).
+
+    The base model agrees with itself; a path that, like the base model, gives no answer (none found in the
+    decoded text, or tied options) agrees with it too.
+    """
+    if outcome is base:
+        return True
     if scoring == "teacher-forced":
         return outcome.fidelity is not None and outcome.fidelity == base.fidelity
-    return outcome.answer is not None and outcome.answer == base.answer
+    return outcome.answer == base.answer
 
 
 def compare(against: str, a: list[bool], b: list[bool]) -> Comparison:

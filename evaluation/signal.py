@@ -300,6 +300,9 @@ def run_signal(
     Returns:
         The result written to ``signal.json`` (``signal_kl.json`` for ``kl``).
     """
+    if target not in ("margin", "kl"):
+        raise ValueError(f"target must be margin or kl, got {target!r}")
+    _check_target_flags(target, paths, tasks, examples_per_task, continuation_tokens, threshold)
     if target == "kl":
         from .kl_signal import DEFAULT_TASKS, run_kl_signal
 
@@ -318,9 +321,8 @@ def run_signal(
             batch_size,
             device,
             tokenizer,
+            dtype,
         )
-    if target != "margin":
-        raise ValueError(f"target must be margin or kl, got {target!r}")
     if paths is None:
         raise ValueError("the margin signal test reads a search's sweep: pass --paths (or --target kl)")
     records = read_records(paths)  # checks the file before the model loads
@@ -341,3 +343,25 @@ def run_signal(
     atomic_write_text(folder / "signal.md", format_signal(result))
     log.info(format_signal(result))
     return result
+
+
+def _check_target_flags(target, paths, tasks, examples_per_task, continuation_tokens, threshold) -> None:
+    """Refuse, by name, a flag the chosen ``target`` would silently ignore."""
+    if target == "kl" and paths is not None:
+        raise ValueError(
+            "--paths is read by --target margin only; --target kl needs no search (it runs the prompts of "
+            "--tasks): drop --paths, or use --target margin"
+        )
+    if target == "margin":
+        kl_only = (
+            ("tasks", tasks, None),
+            ("examples-per-task", examples_per_task, 100),
+            ("continuation-tokens", continuation_tokens, 16),
+            ("threshold", threshold, 0.1),
+        )
+        given = [f"--{flag}" for flag, value, default in kl_only if value != default]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} read by --target kl only; "
+                "--target margin reads the sweep of --paths: drop them, or add --target kl"
+            )

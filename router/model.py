@@ -37,6 +37,7 @@ from torch import nn
 from .atomic import files_together
 from .cache import RoutedCache
 from .card import write_model_card
+from .checks import check_inputs, check_wrappable
 from .compute import unit_shares
 from .decisions import check_budget, check_decisions
 from .fingerprint import architecture_string, base_model_name, check_compatible, weight_probe
@@ -52,6 +53,7 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
     """A causal LM whose decoder layers are skipped, executed or repeated per input (see module docstring)."""
 
     def __init__(self, model: nn.Module):
+        check_wrappable(model)
         super().__init__()
         self.__dict__["_given"] = model  # what unwrap() returns: the causal LM, or the PEFT model around it
         self.model = causal_lm(model)
@@ -359,40 +361,5 @@ class RoutedModel(InsideModel, CarriesStandIns, nn.Module):
         return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
     def _check_inputs(self, input_ids, attention_mask, inputs_embeds, packed: bool = False) -> int:
-        """Refuse bad inputs in one line; returns the batch size.
-
-        ``packed``: rows carry their own position ids (a prompt and its options side by side), so the
-        context bounds the positions, not the row length.
-        """
-        if self._unwrapped:
-            raise RuntimeError(
-                "this RoutedModel was unwrapped (routed.unwrap()); its layers are the plain model's again, "
-                "so decisions and routers would be ignored: wrap the model anew with RoutedModel(model)"
-            )
-        if isinstance(input_ids, torch.Tensor) and input_ids.numel():
-            vocab = self.model.get_input_embeddings().num_embeddings
-            low, high = int(input_ids.min()), int(input_ids.max())
-            if low < 0 or high >= vocab:
-                raise ValueError(
-                    f"input_ids hold token id {high if high >= vocab else low}, outside the model's "
-                    f"vocabulary of {vocab} (is the tokenizer this model's?)"
-                )
-        ids = input_ids if input_ids is not None else inputs_embeds
-        if ids is None:
-            raise ValueError("pass input_ids (or inputs_embeds)")
-        if ids.dim() < 2:
-            raise ValueError(f"input_ids must be [B, T], got shape {list(ids.shape)}")
-        batch, length = ids.shape[0], ids.shape[1]
-        if length == 0:
-            raise ValueError("the prompt is empty (0 tokens)")
-        limit = self.context_length
-        if limit is not None and length > limit and not packed:
-            raise ValueError(f"the prompt has {length} tokens, the model's context is {limit} tokens")
-        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:  # else a 4D mask (or dict)
-            if tuple(attention_mask.shape) != (batch, length):
-                raise ValueError(
-                    f"attention_mask has shape {list(attention_mask.shape)}, input_ids {[batch, length]}"
-                )
-            if bool((attention_mask.sum(1) == 0).any()):
-                raise ValueError("a row of attention_mask has no real tokens (an empty prompt)")
-        return batch
+        """Refuse bad inputs in one line; returns the batch size (``checks.check_inputs``)."""
+        return check_inputs(self, input_ids, attention_mask, inputs_embeds, packed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -119,7 +120,41 @@ def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
         raise ValueError(f"output {path} cannot be created: {err.strerror}") from err
     if not os.access(where, os.W_OK):
         raise ValueError(f"output {path} cannot be written: {where} is read-only")
+    check_writable(where, path)
     return path
+
+
+def check_writable(folder: Path, output) -> None:
+    """Refuse a folder no file can be created in (``os.access`` trusts root; a test file does not).
+
+    Raises:
+        ValueError: naming ``output``, ``folder`` and the system's reason.
+    """
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".drllm-write-test-")
+    except OSError as err:
+        raise ValueError(
+            f"output {output} cannot be written: no file can be created in {folder} "
+            f"({err.strerror or err}); choose another --output"
+        ) from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def _acquire(lock: filelock.FileLock, output, held: str) -> None:
+    """Take ``lock`` at once; ``OutputLockedError(held)`` only when another process really holds it.
+
+    filelock reports a lock file it cannot create (a folder where nothing can be written) as held.
+    """
+    try:
+        lock.acquire()
+    except filelock.Timeout as err:
+        if not os.path.lexists(lock.lock_file):  # nobody holds a lock that does not exist
+            raise ValueError(
+                f"output {output} cannot be written: its lock {lock.lock_file} cannot be created; "
+                "choose another --output"
+            ) from None
+        raise OutputLockedError(held) from err
 
 
 class OutputLockedError(RuntimeError):
@@ -135,15 +170,20 @@ def folder_lock(folder: str | os.PathLike, name: str, what: str):
     """
     real = Path(folder).resolve()
     created = [p for p in [real, *real.parents] if not p.exists()]  # deepest first
-    real.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(real / name), timeout=0)
     try:
-        lock.acquire()
-    except filelock.Timeout as err:
-        raise OutputLockedError(
-            f"{folder} is being written by another {what} (lock {lock.lock_file} is held); wait for it to "
-            "finish or choose another --output"
-        ) from err
+        real.mkdir(parents=True, exist_ok=True)
+        check_writable(real, folder)
+    except (OSError, ValueError) as err:
+        _remove_empty(created)
+        if isinstance(err, ValueError):
+            raise
+        raise ValueError(f"output {folder} cannot be created: {err.strerror or err}") from None
+    lock = filelock.FileLock(str(real / name), timeout=0)
+    held = (
+        f"{folder} is being written by another {what} (lock {lock.lock_file} is held); wait for it to "
+        "finish or choose another --output"
+    )
+    _acquire(lock, folder, held)
     try:
         yield
     except BaseException:

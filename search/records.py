@@ -26,12 +26,23 @@ import filelock
 
 from .output_files import (  # noqa: F401 - moved; importable from here as before
     OutputLockedError,
+    _acquire,
     check_block_paths,
     check_output,
     check_searched_with,
     claimed_output,
     folder_lock,
     set_aside,
+)
+from .record_fields import (  # noqa: F401 - DECISION_VALUES, validate_path: importable from here
+    DECISION_VALUES,
+    _count,
+    _id,
+    _layers,
+    _number,
+    _paths,
+    _text,
+    validate_path,
 )
 from .settings import (  # noqa: F401 - moved; importable from here as before
     _RECORD_FIELDS,
@@ -40,37 +51,7 @@ from .settings import (  # noqa: F401 - moved; importable from here as before
 )
 from .supervision_checks import check_supervision
 
-DECISION_VALUES = (0, 1, 2, 3, 4)  # 3, 4: a layer's MLP alone, its attention alone (``--units sublayer``)
 REQUIRED_KEYS = ("id", "prompt", "decisions")
-
-
-def validate_path(
-    values, num_layers: int | None = None, where: str = "", name: str = "decisions"
-) -> list[int]:
-    """Check one path (0 skip / 1 execute / 2 repeat / 3 MLP alone / 4 attention alone per layer); a list.
-
-    Args:
-        values: the decoded JSON value.
-        num_layers: when given, the path must have exactly this many values.
-        where: prefix of the error message (``"paths.jsonl line 3"``).
-        name: what the path is called in the message.
-
-    Raises:
-        ValueError: naming ``where``, for a value that is not a non-empty list of 0-4 (booleans are
-            refused) or that has the wrong length.
-    """
-    at = f"{where}: " if where else ""
-    if not isinstance(values, list) or not values:
-        raise ValueError(f"{at}{name} must be a non-empty list of 0-4, got {values!r}")
-    bad = [d for d in values if isinstance(d, bool) or not isinstance(d, int) or d not in DECISION_VALUES]
-    if bad:
-        raise ValueError(
-            f"{at}{name} must hold only 0 (skip), 1 (execute), 2 (repeat), 3 (MLP alone), 4 (attention "
-            f"alone); got {bad[:5]}"
-        )
-    if num_layers is not None and len(values) != num_layers:
-        raise ValueError(f"{at}{name} has {len(values)} values, the model has {num_layers} layers")
-    return list(values)
 
 
 @dataclass
@@ -83,7 +64,7 @@ class SearchRecord:
     """
 
     id: str
-    """Example id, unique in the file."""
+    """Example id, unique in the file among its task's."""
     prompt: str
     """The text fed to the model, already formatted in the search's prompt style."""
     decisions: list[int]
@@ -191,50 +172,6 @@ class SearchRecord:
 _KNOWN_KEYS = tuple(f.name for f in dataclasses.fields(SearchRecord) if f.name != "extra")
 
 
-def _id(value, at: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise ValueError(f"{at}id must be a non-empty string (or an integer), got {value!r}")
-    return str(value)
-
-
-def _text(value, key: str, at: str, empty: bool = True) -> str:
-    if not isinstance(value, str) or (not empty and not value):
-        raise ValueError(f"{at}{key} must be a {'' if empty else 'non-empty '}string, got {value!r}")
-    return value
-
-
-def _count(value, key: str, at: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{at}{key} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def _layers(value, decisions: list[int], at: str) -> float | None:
-    """A block path's layer count is a whole number; a sublayer path's cost in layers may be fractional."""
-    if value is None or max(decisions) < 3:
-        return _count(value, "layers", at)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        raise ValueError(f"{at}layers must be a non-negative number, got {value!r}")
-    return value
-
-
-def _number(value, key: str, at: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{at}{key} must be a number, got {value!r}")
-    return float(value)
-
-
-def _paths(value, num_layers: int, where: str) -> list[list[int]]:
-    if not isinstance(value, list):
-        at = f"{where}: " if where else ""
-        raise ValueError(f"{at}correct_paths must be a list of paths, got {value!r}")
-    return [validate_path(p, num_layers, where, name=f"correct_paths[{i}]") for i, p in enumerate(value)]
-
-
 @dataclass
 class _Scan:
     """What a search output file holds: its records and the state of its last line."""
@@ -252,7 +189,7 @@ def _scan(path: Path, num_layers: int | None = None) -> _Scan:
     complete = data.rfind(b"\n") + 1
     lines = data[:complete].split(b"\n")[:-1]
     tail = data[complete:]
-    records, seen, torn = [], {}, False
+    records, seen, torn, tasks = [], {}, False, {}
     for number, raw in enumerate([*lines, tail] if tail else lines, start=1):
         if not raw.strip():
             continue
@@ -270,11 +207,21 @@ def _scan(path: Path, num_layers: int | None = None) -> _Scan:
                 continue
             raise ValueError(f"{where}: malformed JSON ({err})") from err
         record = SearchRecord.from_dict(row, where, num_layers)
-        if record.id in seen:
-            raise ValueError(f"{where}: duplicate id {record.id!r} (first on line {seen[record.id]})")
-        seen[record.id] = number
+        if record.task not in tasks:
+            tasks[record.task] = _task_key(record.task)
+        key = (tasks[record.task], record.id)  # paths of two tasks may share ids (both have q0)
+        if key in seen:
+            of = f" of task {record.task!r}" if record.task else ""
+            raise ValueError(f"{where}: duplicate id {record.id!r}{of} (first on line {seen[key]})")
+        seen[key] = number
         records.append(record)
     return _Scan(records, complete, torn)
+
+
+def _task_key(task: str) -> str:
+    """One name per task: a ``jsonl:`` file under any spelling is named by its resolved path."""
+    path = Path(task.removeprefix("jsonl:")).expanduser()
+    return f"jsonl:{path.resolve()}" if task.startswith("jsonl:") and path.is_file() else task
 
 
 def read_records(
@@ -329,13 +276,11 @@ class SearchOutput:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # the lock sits beside the file itself: two names of one file (a symlink) share it
         self._lock = filelock.FileLock(f"{self.path.resolve()}.lock", timeout=0)
-        try:
-            self._lock.acquire()
-        except filelock.Timeout as err:
-            raise OutputLockedError(
-                f"{self.path} is being written by another search (lock {self._lock.lock_file} is held); "
-                "wait for it to finish or choose another --output"
-            ) from err
+        held = (
+            f"{self.path} is being written by another search (lock {self._lock.lock_file} is held); "
+            "wait for it to finish or choose another --output"
+        )
+        _acquire(self._lock, self.path, held)
         self.records: dict[str, SearchRecord] = {}
         try:
             if restart:

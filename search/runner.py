@@ -31,7 +31,7 @@ from .records import (
     read_records,
     set_aside,
 )
-from .supervision import Supervision, format_reliability, reliability, search_examples
+from .supervision import CONTROLS, Supervision, format_reliability, reliability, search_examples
 from .tasks import Scoring, Style, get_task, require_gold, same_task
 from .tasks.style import describe, resolve_style
 from .tracking import check_tags, wandb_offline
@@ -110,7 +110,7 @@ def run_search(
             GPUs, else CPU processes); each tree is seeded from its example, so the result is the same.
         sweep: score every single-layer skip and repeat first (recorded, and given to the tree).
         control: ``wrong-gold`` also searches each example with a random wrong option declared gold and
-            prints the lucky-fix rate (see :mod:`drllm.search.supervision`).
+            prints the lucky-fix rate (see :mod:`drllm.search.supervision`); ``none`` (the default) runs none.
         seeds: 2 searches each example twice and keeps the edits both seeds agree on.
         safe_margin: a path keeps a base-correct answer safely when its gold margin is at least this.
         fix_margin: a path fixes a base-wrong answer (and the wrong-gold control's) only when the gold wins
@@ -149,6 +149,9 @@ def run_search(
         raise ValueError(f"devices must be a whole number >= 1, got {devices!r}")
     if units not in UNITS:
         raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
+    control = None if control in (None, "none") else control  # "none": what the records say
+    if control is not None and control not in CONTROLS:
+        raise ValueError(f"control must be 'none' or one of {', '.join(CONTROLS)}, got {control!r}")
     if devices > 1 and "WORLD_SIZE" not in os.environ:
         if restart:
             set_aside(Path(output))  # each rank sets its own file aside

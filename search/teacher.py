@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,16 @@ from tqdm.auto import tqdm
 from drllm.router import all_execute, batch_prompts, encode_prompt
 from drllm.router.atomic import atomic_write_text
 from drllm.router.fingerprint import probe_mismatch
-from drllm.search.tasks.base import get_task
+from drllm.search.tasks.base import get_task, same_task
 
 ROWS_NAME, META_NAME = "teacher.jsonl", "teacher.json"
 _PROBE_TEXT = "Question: which layer can go?\nAnswer: 42"
+
+log = logging.getLogger(__name__)
+
+
+class TeacherMismatchError(ValueError):
+    """A teacher folder was made with another model, tokenizer, length or prompt format."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ def task_prompts(
     ``tasks`` are task names, optionally with a split (``mmlu:dev``); a task without the requested split
     uses its own training split (MMLU's ``dev``). ``limit`` caps each task's share.
     """
+    check_task_list(tasks, split)
     pool: list[Prompt] = []
     for spec in tasks:
         name, chosen = parse_task_split(spec)
@@ -74,6 +82,26 @@ def task_prompts(
     if len(set(ids)) != len(ids):
         raise ValueError("the teacher pool names one example twice: list each task once")
     return pool
+
+
+def check_task_list(tasks: list[str], split: str = "train") -> None:
+    """Refuse a task list naming one task's split twice, however spelled (``jsonl:a.jsonl,jsonl:./a.jsonl``).
+
+    Its prompts would be taken twice, and land on both sides of a training/validation split.
+
+    Raises:
+        ValueError: naming both spellings.
+    """
+    seen: list[tuple[str, str, str | None]] = []
+    for spec in tasks:
+        name, chosen = parse_task_split(spec)
+        if not name.startswith("hf:"):  # a split left out: the one task_prompts uses (no hub call)
+            task = get_task(name)
+            chosen = chosen or (split if split in task.splits else task.default_split_train)
+        for earlier, earlier_name, earlier_split in seen:
+            if earlier_split == chosen and same_task(earlier_name, name):
+                raise ValueError(f"tasks name one task twice: {earlier!r} and {spec!r}; list each task once")
+        seen.append((spec, name, chosen))
 
 
 def teacher_identity(routed, tokenizer, tokens: int, prompt_format: str = "plain") -> dict:
@@ -97,18 +125,23 @@ def build_teacher(
     tokens: int = 16,
     batch_size: int = 16,
     progress: bool = True,
+    rebuild: bool = False,
 ) -> list[dict]:
     """Generate (or reuse) the base model's greedy continuation of every prompt; the rows in prompt order.
 
+    ``rebuild``: a folder made with another identity is generated again instead of refused.
+
     Raises:
-        ValueError: for ``tokens < 1``, or a folder made with another identity (naming what differs).
+        ValueError: for ``tokens < 1``.
+        TeacherMismatchError: for a folder made with another identity (naming what differs), unless
+            ``rebuild``.
     """
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise ValueError(f"tokens must be a whole number >= 1, got {tokens!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     identity = teacher_identity(routed, tokenizer, tokens)
-    _check_identity(folder / META_NAME, identity)
+    _check_identity(folder / META_NAME, identity, rebuild)
     done = _read_rows(folder / ROWS_NAME)
     # a row is reused only for the same prompt text: an example edited under the same id is generated again
     missing = [p for p in prompts if p.id not in done or done[p.id].get("prompt") != p.text]
@@ -159,16 +192,18 @@ def _generate(routed, tokenizer, chunk: list[Prompt], tokens: int, context: int 
     return rows
 
 
-def _check_identity(path: Path, identity: dict) -> None:
+def _check_identity(path: Path, identity: dict, rebuild: bool = False) -> None:
     if not path.exists():
         atomic_write_text(path, json.dumps(identity, indent=2) + "\n")
         return
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err}); remove the teacher folder to regenerate"
-        ) from err
+        if not rebuild:
+            raise ValueError(
+                f"{path} is not valid JSON ({err}); remove the teacher folder to regenerate"
+            ) from err
+        saved = {}
 
     def same(key) -> bool:  # a probe saved before every layer was probed is compared where it reaches
         old = saved.get(key)
@@ -177,8 +212,12 @@ def _check_identity(path: Path, identity: dict) -> None:
         return old == identity[key]
 
     differ = sorted(k for k in identity if not same(k))
-    if differ:
-        raise ValueError(
+    if differ and rebuild:
+        log.warning("%s was made with another %s: generating it again", path.parent, ", ".join(differ))
+        (path.parent / ROWS_NAME).unlink(missing_ok=True)
+        atomic_write_text(path, json.dumps(identity, indent=2) + "\n")
+    elif differ:
+        raise TeacherMismatchError(
             f"{path.parent} holds teacher data made with another {', '.join(differ)} "
             f"(saved {[saved.get(k) for k in differ]}, now {[identity[k] for k in differ]}); "
             "use another folder or remove it"

@@ -9,6 +9,7 @@ import torch
 
 from drllm.router import RoutedModel
 from drllm.search.tasks.base import MAX_PROMPT_CHARS
+from drllm.search.teacher import check_task_list
 from drllm.search.tracking import check_tags
 
 from .outputs import CURRENT_NAME
@@ -19,8 +20,13 @@ CONTROLS = ("none", "shuffled")
 LOGGERS = ("csv", "wandb", "none", "", None, False)
 OBJECTIVES = ("labels", "kl")
 LABEL_ONLY = {"paths": None, "targets": "soft", "safe_margin": 0.0, "control": "none", "online": False,
-              "read_layer": 2, "cache_dir": None}  # fmt: skip
-KL_ONLY = {"target_layers": None, "min_layers": 0.0, "tasks": None}
+              "read_layer": 2, "cache_dir": None, "wandb_project": None, "wandb_name": None,
+              "wandb_tags": None, "strategy": "auto", "precision": "32-true", "devices": 1}  # fmt: skip
+# what --objective kl takes instead of a Lightning flag it has no use for
+KL_INSTEAD = {"precision": "; --dtype sets the model's dtype", "strategy": "; it trains in one process",
+              "devices": "; it trains in one process (--device picks where)"}  # fmt: skip
+KL_ONLY = {"target_layers": None, "min_layers": 0.0, "tasks": None, "examples_per_task": 400,
+           "continuation_tokens": 16}  # fmt: skip
 
 
 def check_arguments(args: dict) -> None:
@@ -43,9 +49,21 @@ def check_arguments(args: dict) -> None:
             )
         if args["tasks"] is not None and not list(args["tasks"]):
             raise ValueError("tasks is empty: name at least one task (or leave it out for the default pool)")
+        if args["tasks"] is not None:
+            check_task_list(list(args["tasks"]))
         for name, default in LABEL_ONLY.items():
             if args[name] != default:
-                raise ValueError(f"{name} is a flag of label training; --objective kl does not use it")
+                raise ValueError(
+                    f"{name} is a flag of label training; --objective kl does not use it"
+                    f"{KL_INSTEAD.get(name, '')}"
+                )
+        if args["logger"] == "wandb":
+            raise ValueError("logger wandb is a flag of label training; --objective kl logs no metrics")
+        if args["accelerator"] not in ("auto", "cpu"):
+            raise ValueError(
+                f"accelerator {args['accelerator']!r} is a flag of label training; with --objective kl "
+                "pass --device (cuda, cuda:1, cpu, ...)"
+            )
     elif any(args[name] != default for name, default in KL_ONLY.items()):
         used = [name for name, default in KL_ONLY.items() if args[name] != default]
         raise ValueError(f"{', '.join(used)}: flags of --objective kl; label training does not use them")

@@ -24,7 +24,7 @@ from drllm.router.atomic import atomic_write
 from drllm.router.routers import TRAINED_ON_NAME
 from drllm.search.closeness import heuristic_paths, path_kl
 from drllm.search.heuristics import calibration_statistics
-from drllm.search.teacher import build_teacher, task_prompts
+from drllm.search.teacher import TeacherMismatchError, build_teacher, task_prompts
 
 from . import outputs
 from .kl import KL_KINDS, KLSettings, fit_kl, protected_layers, start_routers
@@ -84,9 +84,13 @@ def train_kl(
         if not len(fixed) <= target_layers <= L:
             raise ValueError(f"target_layers must lie in [{len(fixed)}, {L}], got {target_layers!r}")
         prompts = task_prompts(list(tasks), tokenizer, limit=examples_per_task, data_dir=data_dir)
-        rows = build_teacher(
-            routed, tokenizer, prompts, teacher_dir or output / "teacher", continuation_tokens, batch_size
-        )
+        teacher = teacher_dir or output / "teacher"
+        try:  # starting over rebuilds a teacher made with other settings
+            rows = build_teacher(
+                routed, tokenizer, prompts, teacher, continuation_tokens, batch_size, rebuild=not resume
+            )
+        except TeacherMismatchError as err:
+            raise ValueError(f"{err}; or pass resume=False (--resume false) to rebuild it") from None
         random.Random(seed).shuffle(rows)
         cut = int(round(len(rows) * (1 - val_fraction)))
         train_rows, val_rows = rows[:cut], rows[cut:]
@@ -152,7 +156,8 @@ def train_kl(
             routers.save_pretrained(folder)
             outputs.write_json(folder / "metrics.json", metrics)
             outputs.write_json(folder / "run.json", run)
-            trained = {"ids": [r["id"] for r in train_rows], "qualified": True}  # task/id keys
+            ids = [outputs.trained_key(r["task"], r["id"].removeprefix(r["task"] + "/")) for r in train_rows]
+            trained = {"ids": ids, "qualified": True}  # task/id keys
             outputs.write_json(folder / TRAINED_ON_NAME, trained)
             outputs.publish(folder, output)
         return metrics

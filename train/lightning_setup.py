@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -11,6 +13,24 @@ from drllm.search.tracking import check_tags, wandb_offline
 
 MONITOR = "val/macro_f1"
 REGRET = "val/regret"
+
+
+def fit(trainer, module, data, ckpt_path: str | None) -> None:
+    """``trainer.fit``, a Ctrl-C raised again as ``KeyboardInterrupt``.
+
+    Lightning catches the interrupt, leaves SIGINT ignored and exits with status 1; raised again, the
+    ``drllm`` command says what is kept (``last.ckpt`` of the finished epochs) and exits 130, as others do.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt from None
 
 
 def checkpoints(folder: Path, by_regret: bool = False) -> tuple[ModelCheckpoint, ModelCheckpoint]:

@@ -252,3 +252,14 @@ def _link_through_current(output: Path, name: str) -> None:
     if entry.is_dir() and not entry.is_symlink():
         shutil.rmtree(entry)
     os.replace(tmp, entry)
+
+
+def trained_key(task: str, example_id: str) -> str:
+    """An example's key in ``trained_on.json``: ``task/id``, a ``jsonl:`` file named by its absolute path.
+
+    Eval then recognises the training examples from any working directory and under any spelling of the file.
+    """
+    if task.startswith("jsonl:"):
+        task = "jsonl:" + str(Path(task[len("jsonl:") :]).expanduser().resolve())
+    return f"{task}/{example_id}"
+

@@ -37,7 +37,7 @@ from .arguments import CONTROLS, LOGGERS, ROUTER_KINDS, check_arguments, check_p
 from .data import RouterDataModule
 from .features import build_features
 from .kl_run import DEFAULT_TASKS, train_kl
-from .lightning_setup import MONITOR, REGRET, checkpoints, make_logger  # noqa: F401 - importable here
+from .lightning_setup import MONITOR, REGRET, checkpoints, fit, make_logger  # noqa: F401 - importable here
 from .module import RouterModule
 from .neighbours import fit_neighbours, shuffled_targets
 from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
@@ -106,13 +106,13 @@ def train_routers(
         val_fraction: share of examples held out for validation, split by example with ``seed``.
         seed: seed of the split, the routers' initial weights and the shuffling.
         logger: ``"csv"``, ``"wandb"`` or ``None``/``"none"``; ``wandb_project`` switches to ``"wandb"``.
-        wandb_project: the W&B project (the switch ``drllm search`` shares; online with ``wandb login``).
+        wandb_project: the W&B project (labels only; the switch ``drllm search`` shares; ``wandb login``).
         wandb_name: the W&B run name.
         wandb_tags: W&B tags of the run.
-        accelerator: Lightning accelerator.
-        devices: Lightning devices.
-        strategy: Lightning strategy.
-        precision: Lightning precision.
+        accelerator: Lightning accelerator (``kl``: ``cpu`` alone, which sets ``device``).
+        devices: Lightning devices (labels only).
+        strategy: Lightning strategy (labels only).
+        precision: Lightning precision (labels only; ``dtype`` sets the model's).
         online: run the frozen model every step instead of caching its pooled hidden states.
         cache_dir: feature cache folder; defaults to ``<output>/feature_cache``.
         resume: continue from ``<output>/checkpoints/last.ckpt`` when it exists (refused when it was made
@@ -173,7 +173,7 @@ def train_routers(
             seed=seed,
             resume=resume,
             tokenizer=tokenizer,
-            device=device,
+            device=device or ("cpu" if accelerator == "cpu" else None),
             dtype=dtype,
             num_windows=num_windows,
             bottleneck=bottleneck,
@@ -264,7 +264,7 @@ def train_routers(
             trainer.logger.log_hyperparams(settings)
         with warnings.catch_warnings(), outputs.disk_errors(output):
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-            trainer.fit(module, datamodule=data, ckpt_path=str(last) if resuming else None)
+            fit(trainer, module, data, str(last) if resuming else None)  # Ctrl-C: KeyboardInterrupt
         metrics = _best_routers(routed, checkpoint, last)
         routed.routers.config.verdict = metrics.get("verdict", "")
         if trainer.is_global_zero:
@@ -327,7 +327,7 @@ def _finish(routed, metrics: dict, settings: dict, features, data, output: Path,
         routed.load_routers(folder)  # checks the saved files against the model; routers on its device, eval
         outputs.write_json(folder / "metrics.json", metrics)
         outputs.write_json(folder / "run.json", settings)
-        ids = [f"{rows[i].task}/{rows[i].id}" for i in data.train_indices]  # task/id: ids repeat across tasks
+        ids = [outputs.trained_key(rows[i].task, rows[i].id) for i in data.train_indices]  # ids repeat
         outputs.write_json(folder / TRAINED_ON_NAME, {"ids": ids, "qualified": True})
         if features is not None:
             _decision_figure(routed, features, data.val_indices, folder, logger)
