@@ -262,4 +262,3 @@ def trained_key(task: str, example_id: str) -> str:
     if task.startswith("jsonl:"):
         task = "jsonl:" + str(Path(task[len("jsonl:") :]).expanduser().resolve())
     return f"{task}/{example_id}"
-
