@@ -10,7 +10,9 @@ Each routed layer asks its router for logits ``[B, 3]`` on the hidden states ent
 prompt, as at inference), draws a hard one-hot decision per sequence with ``gumbel_softmax(hard=True)``
 (``sample=False``: the argmax, as deployed) and returns ``g_skip * h + g_execute * f(h)`` (``+ g_repeat *
 f(f(h))`` with repeats allowed). The forward value is exactly the hard path's; the gradient reaches the
-routers through the soft sample. ``fixed`` layers always execute. Without a cache only (training).
+routers through the soft sample. ``fixed`` layers always execute. ``groups`` ties rows: row b runs the
+path of row ``groups[b]`` (its logits and its noise), so a prompt's teacher row and its answer-option rows
+share one sampled path. Without a cache only (training).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Relaxation:
         generator: torch.Generator | None = None,
         budget: float = 0.0,
         straight_through: bool = True,
+        groups: torch.Tensor | None = None,
     ):
         if not tau > 0:
             raise ValueError(f"the Gumbel-softmax temperature must be > 0, got {tau!r}")
@@ -49,6 +52,8 @@ class Relaxation:
         self.generator = generator
         self.budget = float(budget)  # added to the skip logit, as ``RoutedModel.budget`` does at inference
         self.straight_through = straight_through  # False: hard gates carry no gradient (score-function)
+        # row b takes the logits and the noise of row groups[b]: rows of one prompt run one sampled path
+        self.groups = None if groups is None else torch.as_tensor(groups, dtype=torch.long)
         self.reset()
 
     def reset(self) -> None:
@@ -68,9 +73,11 @@ class Relaxation:
             logits = logits + logits.new_tensor([self.budget, 0.0, 0.0])
         if not self.allow_repeat:
             logits = logits.masked_fill(_one_hot(REPEAT, logits), float("-inf"))
+        if self.groups is not None:
+            logits = logits[self.groups.to(logits.device)]
         probs = logits.softmax(-1)
         if self.sample:
-            gate = _gumbel_hard(logits, self.tau, self.generator)
+            gate = _gumbel_hard(logits, self.tau, self.generator, self.groups)
         else:  # the deployed argmax, with the softmax's gradient
             hard = F.one_hot(logits.argmax(-1), 3).to(probs.dtype)
             gate = hard - probs.detach() + probs
@@ -186,9 +193,15 @@ def relaxed(routed, relaxation: Relaxation) -> Iterator[Relaxation]:
         state.relaxation = None
 
 
-def _gumbel_hard(logits: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
-    """``F.gumbel_softmax(logits, tau, hard=True)`` with an optional seeded generator (-inf logits stay 0)."""
-    uniform = torch.rand(logits.shape, generator=generator, device="cpu").to(logits.device)
+def _gumbel_hard(
+    logits: torch.Tensor, tau: float, generator: torch.Generator | None, groups: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.gumbel_softmax(logits, tau, hard=True)`` with an optional seeded generator (-inf logits stay 0).
+
+    With ``groups``, row b takes the noise of row ``groups[b]``.
+    """
+    uniform = torch.rand(logits.shape, generator=generator, device="cpu")
+    uniform = (uniform if groups is None else uniform[groups]).to(logits.device)
     gumbels = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
     soft = ((logits + gumbels) / tau).softmax(-1)
     hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)

@@ -26,7 +26,7 @@ LABEL_ONLY = {"paths": None, "targets": "soft", "safe_margin": 0.0, "control": "
 KL_INSTEAD = {"precision": "; --dtype sets the model's dtype", "strategy": "; it trains in one process",
               "devices": "; it trains in one process (--device picks where)"}  # fmt: skip
 KL_ONLY = {"target_layers": None, "min_layers": 0.0, "tasks": None, "examples_per_task": 400,
-           "continuation_tokens": 16}  # fmt: skip
+           "continuation_tokens": 16, "gold_weight": 0.0}  # fmt: skip
 
 
 def check_arguments(args: dict) -> None:
@@ -47,6 +47,8 @@ def check_arguments(args: dict) -> None:
                 f"min_layers must lie in [0, target_layers = {args['target_layers']}], "
                 f"got {args['min_layers']!r}"
             )
+        if not _finite(args["gold_weight"]) or args["gold_weight"] < 0:
+            raise ValueError(f"gold_weight must be a number >= 0, got {args['gold_weight']!r}")
         if args["tasks"] is not None and not list(args["tasks"]):
             raise ValueError("tasks is empty: name at least one task (or leave it out for the default pool)")
         if args["tasks"] is not None:

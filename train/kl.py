@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 from drllm.router import EXECUTE, SKIP, Relaxation, relaxed
 from drllm.search.closeness import batch_tensors, per_row_kl, teacher_log_probs
 
+from .gold_loss import forward_groups, gold_rows, step_with_gold
+
 KL_KINDS = ("static", "linear", "mlp")
 
 
@@ -56,6 +58,9 @@ class KLSettings:
     rho: float = 0.0
     floor_weight: float = 1.0
     start_margin: float = 2.0
+    gold_weight: float = 0.0
+    """Weight of the task loss added to each prompt's KL where the prompt has answer options: the
+    cross-entropy of its gold option among the options' summed log-likelihoods (``drllm.train.gold_loss``)."""
     protected: tuple[int, ...] = (0, 1, -1)
     seed: int = 0
     estimator: str = "score-function"
@@ -109,6 +114,7 @@ def fit_kl(
     pad_id: int,
     state: dict | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    gold: dict[str, dict] | None = None,
 ) -> list[dict]:
     """Train ``routed.routers`` (already attached and started) on ``rows``; the per-epoch history.
 
@@ -117,7 +123,8 @@ def fit_kl(
     runs N layers on average while the KL gradient orders the layers; at the end the shift is folded into
     the routers' skip bias, so they deploy at N with budget 0. ``state`` resumes a run: ``{"epoch",
     "shift", "history", "optimizer", "routers"}`` as ``on_epoch`` was handed it after each epoch (save it: a
-    kill then loses at most one epoch).
+    kill then loses at most one epoch). ``gold`` (``drllm.search.gold.gold_options``) gives the answer
+    options ``settings.gold_weight`` scores.
     """
     routers = routed.routers
     fixed = protected_layers(routed.num_layers, settings.protected)
@@ -132,12 +139,13 @@ def fit_kl(
     steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
     total = max(1, settings.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(settings.seed)
-    baseline = None  # the running mean KL of the score-function estimator
+    baseline = None  # the running mean cost of the score-function estimator
+    gold = gold if settings.gold_weight and gold else None
     for epoch in range(first_epoch, settings.epochs):
         order = list(range(len(rows)))
         random.Random(settings.seed * 1000 + epoch).shuffle(order)
         generator.manual_seed(settings.seed * 1000 + epoch)
-        sums = {"kl": 0.0, "layers": 0.0, "n": 0}
+        sums = {"kl": 0.0, "layers": 0.0, "n": 0, "gold_ce": 0.0, "gold_n": 0}
         bar = tqdm(range(steps_per_epoch), desc=f"kl epoch {epoch + 1}/{settings.epochs}", leave=False)
         for step in bar:
             chunk = [rows[i] for i in order[step * settings.batch_size : (step + 1) * settings.batch_size]]
@@ -146,25 +154,41 @@ def fit_kl(
             progress = (epoch * steps_per_epoch + step) / total
             tau = settings.tau_start * (settings.tau_end / settings.tau_start) ** progress
             score = settings.estimator == "score-function"
+            extra = gold_rows(chunk, gold) if gold else None
+            groups = forward_groups(len(chunk), extra) if extra is not None and extra.rows else None
             relaxation = Relaxation(
-                routers, tau=tau, fixed=fixed, generator=generator, budget=shift, straight_through=not score
+                routers,
+                tau=tau,
+                fixed=fixed,
+                generator=generator,
+                budget=shift,
+                straight_through=not score,
+                groups=groups,
             )
-            if score:  # no gradient through the frozen model: each sampled path's KL is its reward
-                kl = relaxed_step(routed, relaxation, batch, teacher).detach()
-                baseline = kl.mean() if baseline is None else 0.9 * baseline + 0.1 * kl.mean()
-                advantage = kl - baseline  # [B], lower KL than usual is rewarded
-                objective = (advantage.detach() * relaxation.path_log_prob()).mean()
+            if groups is not None:
+                kl, ce, _ = step_with_gold(routed, relaxation, chunk, extra, teacher, pad_id)
+                sums["gold_ce"] += float(ce.detach().sum())
+                sums["gold_n"] += int((extra.gold >= 0).sum())
             else:
                 kl = relaxed_step(routed, relaxation, batch, teacher)
-                objective = kl.mean()
-            expected = relaxation.expected_layers()
+                ce = torch.zeros_like(kl)
+            cost = kl + settings.gold_weight * ce
+            B = len(chunk)
+            if score:  # no gradient through the frozen model: each sampled path's cost is its reward
+                cost = cost.detach()
+                baseline = cost.mean() if baseline is None else 0.9 * baseline + 0.1 * cost.mean()
+                advantage = cost - baseline  # [B], a lower cost than usual is rewarded
+                objective = (advantage * relaxation.path_log_prob()[:B]).mean()
+            else:
+                objective = cost.mean()
+            expected = relaxation.expected_layers()[:B]
             gap = expected.mean() - settings.target_layers
             floor = F.relu(settings.min_layers - expected).mean()
             loss = objective + settings.rho / 2 * gap**2 + settings.floor_weight * floor
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            deployed = relaxation.deployed_layers()  # the argmax path under the shift: what deploys
+            deployed = relaxation.deployed_layers()[:B]  # the argmax path under the shift: what deploys
             shift += settings.dual_lr * (float(deployed.mean()) - settings.target_layers)
             sums["kl"] += float(kl.detach().sum())
             sums["layers"] += float(deployed.sum())
@@ -173,8 +197,10 @@ def fit_kl(
         bar.close()
         record = {"epoch": epoch + 1, "train_kl": sums["kl"] / max(1, sums["n"]), "skip_shift": shift}
         record["train_layers"] = sums["layers"] / max(1, sums["n"])
+        if sums["gold_n"]:
+            record["train_gold_ce"] = sums["gold_ce"] / sums["gold_n"]
         if val_rows:
-            record.update(evaluate_kl(routed, val_rows, settings.batch_size, pad_id, fixed, shift))
+            record.update(evaluate_kl(routed, val_rows, settings.batch_size, pad_id, fixed, shift, gold))
         history.append(record)
         state = {
             "epoch": epoch + 1,
@@ -189,7 +215,7 @@ def fit_kl(
         shift = calibrate_shift(routed, rows[: 4 * settings.batch_size], settings, pad_id, fixed, shift)
         history[-1]["deployed_shift"] = shift
         if val_rows:  # what deploys: validated at the calibrated shift
-            history[-1].update(evaluate_kl(routed, val_rows, settings.batch_size, pad_id, fixed, shift))
+            history[-1].update(evaluate_kl(routed, val_rows, settings.batch_size, pad_id, fixed, shift, gold))
     fold_shift(routers, shift)
     return history
 
@@ -237,23 +263,44 @@ def fold_shift(routers, shift: float) -> None:
 
 
 @torch.no_grad()
-def evaluate_kl(routed, rows: list[dict], batch_size: int, pad_id: int, fixed, shift: float = 0.0) -> dict:
-    """Validation with the deployed argmax decisions: mean KL, mean layers and the 5th/95th percentiles."""
-    kls, layers = [], []
+def evaluate_kl(
+    routed, rows: list[dict], batch_size: int, pad_id: int, fixed, shift: float = 0.0, gold=None
+) -> dict:
+    """Validation with the deployed argmax decisions: mean KL, mean layers and the 5th/95th percentiles.
+
+    With ``gold`` (answer options), also the option cross-entropy and accuracy over the prompts that have
+    options (``val_gold_ce``, ``val_gold_accuracy``, ``val_gold_prompts``).
+    """
+    kls, layers, ces, corrects = [], [], [], []
     for start in range(0, len(rows), batch_size):
-        batch = batch_tensors(rows[start : start + batch_size], pad_id, routed.device)
+        chunk = rows[start : start + batch_size]
+        batch = batch_tensors(chunk, pad_id, routed.device)
         teacher = teacher_log_probs(routed, batch)
-        relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=shift)
-        kls += relaxed_step(routed, relaxation, batch, teacher).tolist()
-        layers += relaxation.layers().tolist()
+        extra = gold_rows(chunk, gold) if gold else None
+        if extra is not None and extra.rows:
+            groups = forward_groups(len(chunk), extra)
+            relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=shift, groups=groups)
+            kl, ce, correct = step_with_gold(routed, relaxation, chunk, extra, teacher, pad_id)
+            has = extra.gold >= 0
+            ces += ce[has].tolist()
+            corrects += correct[has].tolist()
+        else:
+            relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=shift)
+            kl = relaxed_step(routed, relaxation, batch, teacher)
+        kls += kl.tolist()
+        layers += relaxation.layers()[: len(chunk)].tolist()
     ordered = sorted(layers)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {
+    out = {
         "val_kl": sum(kls) / len(kls),
         "val_layers": sum(layers) / len(layers),
         "val_layers_p5": pick(0.05),
         "val_layers_p95": pick(0.95),
     }
+    if ces:
+        out.update(val_gold_ce=sum(ces) / len(ces), val_gold_accuracy=sum(corrects) / len(corrects))
+        out["val_gold_prompts"] = len(ces)
+    return out
 
 
 def executed_share(decisions: torch.Tensor) -> list[float]:

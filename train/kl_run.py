@@ -23,6 +23,7 @@ from drllm.router import load_routed, load_tokenizer
 from drllm.router.atomic import atomic_write
 from drllm.router.routers import TRAINED_ON_NAME
 from drllm.search.closeness import heuristic_paths, path_kl
+from drllm.search.gold import gold_options
 from drllm.search.heuristics import calibration_statistics
 from drllm.search.teacher import TeacherMismatchError, build_teacher, task_prompts
 
@@ -59,6 +60,7 @@ def train_kl(
     data_dir: str | None = None,
     num_windows: int = 8,
     bottleneck: int = 128,
+    gold_weight: float = 0.0,
 ) -> dict:
     """Train routers on KL to the base model at ``target_layers`` mean layers; returns ``metrics.json``."""
     if router not in KL_KINDS:
@@ -79,11 +81,20 @@ def train_kl(
             lr=lr,
             weight_decay=weight_decay,
             seed=seed,
+            gold_weight=float(gold_weight),
         )
         fixed = protected_layers(L, settings.protected)
         if not len(fixed) <= target_layers <= L:
             raise ValueError(f"target_layers must lie in [{len(fixed)}, {L}], got {target_layers!r}")
         prompts = task_prompts(list(tasks), tokenizer, limit=examples_per_task, data_dir=data_dir)
+        gold = {}
+        if gold_weight:  # before the teacher is generated: a pool without options is refused at once
+            gold = gold_options(list(tasks), tokenizer, limit=examples_per_task, data_dir=data_dir)
+            if not any(p.id in gold for p in prompts):
+                raise ValueError(
+                    f"--gold-weight {gold_weight} needs multiple-choice tasks among --tasks; "
+                    f"{', '.join(tasks)} give no prompt with answer options"
+                )
         teacher = teacher_dir or output / "teacher"
         try:  # starting over rebuilds a teacher made with other settings
             rows = build_teacher(
@@ -137,6 +148,7 @@ def train_kl(
             pad,
             state=state,
             on_epoch=lambda s: _save_state(output / STATE_NAME, run, s),
+            gold=gold,
         )
         metrics = {
             "objective": "kl",
@@ -144,6 +156,7 @@ def train_kl(
             "target_layers": target_layers,
             "start": start,
             "validation_prompts": len(val_rows),
+            "gold_prompts": sum(r["id"] in gold for r in train_rows),
             "start_val_kl": _mean(path_kl(routed, val_rows, candidates[start], batch_size, pad))
             if val_rows
             else None,

@@ -88,6 +88,7 @@ def train_routers(
     tasks: list[str] | None = None,
     examples_per_task: int | None = 400,
     continuation_tokens: int = 16,
+    gold_weight: float = 0.0,
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -143,9 +144,11 @@ def train_routers(
         target_layers: ``kl``: the mean layers per prompt the routers must run.
         min_layers: ``kl``: a per-prompt floor (a penalty below it).
         tasks: ``kl``: the prompt pool, task names with an optional split (default ARC-Easy train, MMLU
-            dev, GSM8K train); no gold answer is used.
+            dev, GSM8K train); gold answers only with --gold-weight.
         examples_per_task: ``kl``: prompts taken from each task.
         continuation_tokens: ``kl``: tokens of the base model's greedy continuation per prompt.
+        gold_weight: ``kl``: weight of the task loss added where a prompt has answer options (the gold
+            option's cross-entropy among the options' log-likelihoods, on the same routed path).
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``; with a sweep
@@ -177,6 +180,7 @@ def train_routers(
             dtype=dtype,
             num_windows=num_windows,
             bottleneck=bottleneck,
+            gold_weight=gold_weight,
         )
     lr = 1e-3 if lr is None else lr
     first = read_records(paths)
