@@ -8,18 +8,11 @@ from pathlib import Path
 import filelock
 import pytest
 from cli_args import search_args, train_args
+from test_refusals import _fails
 
 from drllm.cli import __main__ as cli
 from drllm.search import output_files
 from drllm.search.records import OutputLockedError, SearchOutput, check_output, folder_lock
-
-
-def _fails(argv, capsys, code=2):
-    with pytest.raises(SystemExit) as err:
-        cli.main(argv)
-    text = capsys.readouterr().err.strip()
-    assert err.value.code == code and "Traceback" not in text, text
-    return text.splitlines()[-1]
 
 
 @pytest.fixture
