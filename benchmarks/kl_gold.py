@@ -28,8 +28,6 @@ from drllm.search.tasks import get_task
 from drllm.search.tasks.style import resolve_style
 from drllm.train.kl_run import train_kl
 
-PER_EXAMPLE = {27: "runs/kl_levels/per_example-27-600-session2.json"}
-
 
 def main():
     ap = argparse.ArgumentParser()
@@ -37,6 +35,7 @@ def main():
     ap.add_argument("--gold-weight", type=float, default=1.0)
     ap.add_argument("--teacher", default="runs/kl_levels")
     ap.add_argument("--per-example", default="runs/kl_static_levels/per_example-{level}.json")
+    ap.add_argument("--per-example-27", default="runs/kl_levels/per_example-27-600-session2.json")
     ap.add_argument("--eval", default="runs/eval_learned/{level}/examples.jsonl")
     ap.add_argument("--greedy", default="runs/kl_greedy/arc_easy.json")
     ap.add_argument("--threads", type=int, default=0)
@@ -69,7 +68,10 @@ def main():
         routed.routers = None
         kl = score(routed, val, pad, args.batch_size, path=path, fixed=fixed)["kl"]
         correct = _correct(ev, examples, tuple(path), 16)
-        others = json.loads(Path(PER_EXAMPLE.get(level, args.per_example.format(level=level))).read_text())
+        scores = {"path": path, "kl": kl, "correct": correct}
+        saved.with_name(f"scores-{key}.json").write_text(json.dumps(scores))  # kept if a comparison fails
+        known = args.per_example_27 if level == 27 else args.per_example.format(level=level)
+        others = json.loads(Path(known).read_text())
         methods = _eval_rows(Path(args.eval.format(level=level)))
         if str(level) in greedy:
             methods["greedy-kl"] = dict(zip(ids, greedy[str(level)]["correct"], strict=True))
