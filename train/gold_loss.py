@@ -26,9 +26,17 @@ class GoldRows:
     owner: torch.Tensor  # [R] the teacher row (index in the batch) each option row belongs to
     gold: torch.Tensor  # [B] the gold option's index among its prompt's option rows; -1 without options
 
+    @property
+    def groups(self) -> torch.Tensor:
+        """Row -> the row whose path it runs (``Relaxation(groups=...)``): option rows take their prompt's."""
+        return torch.cat([torch.arange(len(self.gold)), self.owner])
 
-def gold_rows(chunk: list[dict], gold: dict[str, dict]) -> GoldRows:
-    """The option rows of the teacher rows ``chunk`` (``gold`` from ``drllm.search.gold.gold_options``)."""
+
+def gold_rows(chunk: list[dict], gold: dict[str, dict]) -> GoldRows | None:
+    """The option rows of the teacher rows ``chunk``; None when no row has options.
+
+    ``gold`` comes from ``drllm.search.gold.gold_options``.
+    """
     rows, owner, first = [], [], []
     for b, row in enumerate(chunk):
         entry = gold.get(row["id"])
@@ -39,6 +47,8 @@ def gold_rows(chunk: list[dict], gold: dict[str, dict]) -> GoldRows:
         for option in entry["options"]:
             rows.append({"prompt_ids": row["prompt_ids"], "continuation": list(option)})
             owner.append(b)
+    if not rows:
+        return None
     return GoldRows(rows, torch.tensor(owner, dtype=torch.long), torch.tensor(first, dtype=torch.long))
 
 
@@ -46,7 +56,7 @@ def step_with_gold(routed, relaxation, chunk: list[dict], extra: GoldRows, teach
     """Per-row KL ``[B]``, option cross-entropy ``[B]`` and gold-option correctness ``[B]`` of one forward.
 
     Rows without options have cross-entropy 0 and correctness NaN. ``relaxation`` must have been built with
-    ``groups=forward_groups(len(chunk), extra)``.
+    ``groups=extra.groups``.
     """
     batch = batch_tensors(chunk + extra.rows, pad_id, routed.device)
     with relaxed(routed, relaxation):
@@ -60,11 +70,6 @@ def step_with_gold(routed, relaxation, chunk: list[dict], extra: GoldRows, teach
     return kl, ce, correct
 
 
-def forward_groups(batch: int, extra: GoldRows) -> torch.Tensor:
-    """Row -> the row whose path it runs: teacher rows their own, option rows their prompt's."""
-    return torch.cat([torch.arange(batch), extra.owner])
-
-
 def option_scores(student, ids, target, batch: int, extra: GoldRows) -> tuple[torch.Tensor, torch.Tensor]:
     """Per teacher row, ``-log softmax(option scores)[gold]`` and 1.0 where the gold option scores highest.
 
@@ -75,8 +80,6 @@ def option_scores(student, ids, target, batch: int, extra: GoldRows) -> tuple[to
     """
     ce = torch.zeros(batch, device=student.device)
     correct = torch.full((batch,), float("nan"), device=student.device)
-    if not extra.rows:
-        return ce, correct
     next_ids = torch.roll(ids, -1, dims=1)[target]  # the token each target position predicts
     token_lp = student.gather(1, next_ids[:, None]).squeeze(1)
     rows_of = target.nonzero()[:, 0]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from drllm.router import EXECUTE, SKIP, Relaxation, relaxed
 from drllm.search.closeness import batch_tensors, per_row_kl, teacher_log_probs
 
-from .gold_loss import forward_groups, gold_rows, step_with_gold
+from .gold_loss import gold_rows, step_with_gold
 
 KL_KINDS = ("static", "linear", "mlp")
 
@@ -155,7 +155,6 @@ def fit_kl(
             tau = settings.tau_start * (settings.tau_end / settings.tau_start) ** progress
             score = settings.estimator == "score-function"
             extra = gold_rows(chunk, gold) if gold else None
-            groups = forward_groups(len(chunk), extra) if extra is not None and extra.rows else None
             relaxation = Relaxation(
                 routers,
                 tau=tau,
@@ -163,9 +162,9 @@ def fit_kl(
                 generator=generator,
                 budget=shift,
                 straight_through=not score,
-                groups=groups,
+                groups=None if extra is None else extra.groups,
             )
-            if groups is not None:
+            if extra is not None:
                 kl, ce, _ = step_with_gold(routed, relaxation, chunk, extra, teacher, pad_id)
                 sums["gold_ce"] += float(ce.detach().sum())
                 sums["gold_n"] += int((extra.gold >= 0).sum())
@@ -277,8 +276,8 @@ def evaluate_kl(
         batch = batch_tensors(chunk, pad_id, routed.device)
         teacher = teacher_log_probs(routed, batch)
         extra = gold_rows(chunk, gold) if gold else None
-        if extra is not None and extra.rows:
-            groups = forward_groups(len(chunk), extra)
+        if extra is not None:
+            groups = extra.groups
             relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=shift, groups=groups)
             kl, ce, correct = step_with_gold(routed, relaxation, chunk, extra, teacher, pad_id)
             has = extra.gold >= 0

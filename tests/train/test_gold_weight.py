@@ -10,7 +10,7 @@ from drllm.router import Relaxation, RoutedModel
 from drllm.search.closeness import path_kl
 from drllm.search.gold import gold_options
 from drllm.search.teacher import build_teacher, task_prompts
-from drllm.train.gold_loss import forward_groups, gold_rows, step_with_gold
+from drllm.train.gold_loss import gold_rows, step_with_gold
 from drllm.train.trainer import train_routers
 
 KL = dict(objective="kl", target_layers=3, router="static", epochs=1, batch_size=4, device="cpu")
@@ -51,7 +51,7 @@ def test_option_rows_run_their_prompts_sampled_path_and_score_as_explicit_static
         tau=1.0,
         fixed=[0],
         generator=torch.Generator().manual_seed(0),
-        groups=forward_groups(6, extra),
+        groups=extra.groups,
     )
     kl, ce, correct = step_with_gold(routed, relaxation, rows, extra, teacher, 0)
     decisions = relaxation.decisions()
