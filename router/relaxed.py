@@ -119,6 +119,17 @@ class Relaxation:
             raise RuntimeError("no relaxed forward has run (or every layer is fixed)")
         return total
 
+    def deviated(self) -> torch.Tensor:
+        """Rows ``[B]`` (bool) whose gates left the argmax of their logits at some layer of the last forward.
+
+        A row that never did ran its deployed path: the same decisions on the same states, layer by layer.
+        """
+        out = torch.zeros(self._batch(), dtype=torch.bool)
+        for gate, probs in zip(self.gates, self.probs, strict=True):
+            if gate is not None:
+                out |= (gate.detach().argmax(-1) != probs.detach().argmax(-1)).cpu()
+        return out
+
     def expected_layers(self) -> torch.Tensor:
         """Expected layers per row ``[B]`` under the routers' softmax (the fixed layers count 1)."""
         return self._count(self.probs)

@@ -12,6 +12,8 @@ from drllm.search.tasks.base import MAX_PROMPT_CHARS
 from drllm.search.teacher import check_task_list
 from drllm.search.tracking import check_tags
 
+from .kl import BASELINES
+from .kl_run import STARTS
 from .outputs import CURRENT_NAME
 from .targets import TARGETS
 
@@ -26,7 +28,8 @@ LABEL_ONLY = {"paths": None, "targets": "soft", "safe_margin": 0.0, "control": "
 KL_INSTEAD = {"precision": "; --dtype sets the model's dtype", "strategy": "; it trains in one process",
               "devices": "; it trains in one process (--device picks where)"}  # fmt: skip
 KL_ONLY = {"target_layers": None, "min_layers": 0.0, "tasks": None, "examples_per_task": 400,
-           "continuation_tokens": 16, "gold_weight": 0.0}  # fmt: skip
+           "continuation_tokens": 16, "gold_weight": 0.0, "start": "best",
+           "reward_baseline": "running-mean"}  # fmt: skip
 
 
 def check_arguments(args: dict) -> None:
@@ -49,6 +52,9 @@ def check_arguments(args: dict) -> None:
             )
         if not _finite(args["gold_weight"]) or args["gold_weight"] < 0:
             raise ValueError(f"gold_weight must be a number >= 0, got {args['gold_weight']!r}")
+        for name, allowed in (("start", STARTS), ("reward_baseline", BASELINES)):
+            if args[name] not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {args[name]!r}")
         if args["tasks"] is not None and not list(args["tasks"]):
             raise ValueError("tasks is empty: name at least one task (or leave it out for the default pool)")
         if args["tasks"] is not None:

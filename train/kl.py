@@ -24,6 +24,7 @@ zero, so training begins on a deployable path. Protected layers (the first two a
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from drllm.search.closeness import batch_tensors, per_row_kl, teacher_log_probs
 from .gold_loss import gold_rows, step_with_gold
 
 KL_KINDS = ("static", "linear", "mlp")
+ESTIMATORS = ("score-function", "straight-through")
+BASELINES = ("running-mean", "per-prompt")
 
 
 @dataclass
@@ -64,9 +67,22 @@ class KLSettings:
     protected: tuple[int, ...] = (0, 1, -1)
     seed: int = 0
     estimator: str = "score-function"
-    """``score-function`` (REINFORCE with a running-mean baseline: the KL of each sampled path is its reward,
-    no gradient through the model) or ``straight-through`` (Gumbel-softmax gradients through the model;
-    measured on SmolLM2 to drift from its start: near the base model the KL is flat to first order)."""
+    """``score-function`` (REINFORCE: the KL of each sampled path is its reward, no gradient through the
+    model) or ``straight-through`` (Gumbel-softmax gradients through the model; measured on SmolLM2 to drift
+    from its start: near the base model the KL is flat to first order)."""
+    baseline: str = "running-mean"
+    """The score-function estimator's baseline: ``running-mean`` (of the batches' costs) or ``per-prompt``
+    (the cost of the deployed argmax path on the same prompt: a sampled path is rewarded exactly for beating
+    what would deploy; one extra forward, run only on the rows whose sample left the argmax path)."""
+
+    def check(self) -> None:
+        """Refuse a setting that cannot train, naming it."""
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.baseline != "running-mean" and self.estimator != "score-function":
+            raise ValueError(f"baseline {self.baseline!r} is for the score-function estimator")
 
     def identity(self) -> dict:
         """The settings as JSON-ready values."""
@@ -106,6 +122,48 @@ def relaxed_step(routed, relaxation: Relaxation, batch: dict, teacher: torch.Ten
     return per_row_kl(student, teacher, batch["target"])
 
 
+def path_cost(routed, relaxation_for, chunk: list[dict], teacher, pad_id: int, gold):
+    """Per-row KL ``[B]`` and option cross-entropy ``[B]`` (0 without options) of one routed forward.
+
+    ``relaxation_for(groups)`` builds the forward's ``Relaxation`` (``groups``: the option rows' ties, or
+    None). Returns ``(kl, ce, relaxation, extra)``, ``extra`` the option rows (``GoldRows``) or None.
+    """
+    extra = gold_rows(chunk, gold) if gold else None
+    relaxation = relaxation_for(groups=None if extra is None else extra.groups)
+    if extra is not None:
+        kl, ce, _ = step_with_gold(routed, relaxation, chunk, extra, teacher, pad_id)
+        return kl, ce, relaxation, extra
+    kl = relaxed_step(routed, relaxation, batch_tensors(chunk, pad_id, routed.device), teacher)
+    return kl, torch.zeros_like(kl), relaxation, None
+
+
+@torch.no_grad()
+def deployed_cost(routed, sampled: Relaxation, relaxation_for, chunk, teacher, pad_id, gold, cost, weight):
+    """Per-row cost ``[B]`` (KL + ``weight`` x option cross-entropy) of the deployed argmax path.
+
+    The per-prompt baseline. Rows whose sampled path took the argmax at every layer ran the deployed path
+    already (the same decisions on the same states, layer by layer): their cost is ``cost``, the sampled
+    one. The others run once more, without sampling.
+    """
+    reference = cost.detach().clone()
+    left = sampled.deviated()[: len(chunk)].nonzero()[:, 0].tolist()
+    if left:
+        rows = [chunk[b] for b in left]
+        sub = teacher_rows(teacher, [len(r["continuation"]) for r in chunk], left)
+        deployed = functools.partial(relaxation_for, sample=False)
+        kl, ce, _, _ = path_cost(routed, deployed, rows, sub, pad_id, gold)
+        reference[left] = (kl + weight * ce).to(reference)
+    return reference
+
+
+def teacher_rows(teacher: torch.Tensor, lengths: list[int], rows: list[int]) -> torch.Tensor:
+    """The teacher's log-probabilities ``[N, V]`` (row-major) of the batch rows ``rows`` only."""
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    return torch.cat([teacher[offsets[b] : offsets[b + 1]] for b in rows])
+
+
 def fit_kl(
     routed,
     rows: list[dict],
@@ -126,6 +184,7 @@ def fit_kl(
     kill then loses at most one epoch). ``gold`` (``drllm.search.gold.gold_options``) gives the answer
     options ``settings.gold_weight`` scores.
     """
+    settings.check()
     routers = routed.routers
     fixed = protected_layers(routed.num_layers, settings.protected)
     routers.set_default_path(None, None, protected=fixed)  # deployed, they execute whatever the logits say
@@ -154,29 +213,33 @@ def fit_kl(
             progress = (epoch * steps_per_epoch + step) / total
             tau = settings.tau_start * (settings.tau_end / settings.tau_start) ** progress
             score = settings.estimator == "score-function"
-            extra = gold_rows(chunk, gold) if gold else None
-            relaxation = Relaxation(
+
+            relaxation_for = functools.partial(  # groups=..., and sample=False for the deployed path
+                Relaxation,
                 routers,
                 tau=tau,
                 fixed=fixed,
                 generator=generator,
                 budget=shift,
                 straight_through=not score,
-                groups=None if extra is None else extra.groups,
             )
+            kl, ce, relaxation, extra = path_cost(routed, relaxation_for, chunk, teacher, pad_id, gold)
             if extra is not None:
-                kl, ce, _ = step_with_gold(routed, relaxation, chunk, extra, teacher, pad_id)
                 sums["gold_ce"] += float(ce.detach().sum())
                 sums["gold_n"] += int((extra.gold >= 0).sum())
-            else:
-                kl = relaxed_step(routed, relaxation, batch, teacher)
-                ce = torch.zeros_like(kl)
             cost = kl + settings.gold_weight * ce
             B = len(chunk)
             if score:  # no gradient through the frozen model: each sampled path's cost is its reward
                 cost = cost.detach()
-                baseline = cost.mean() if baseline is None else 0.9 * baseline + 0.1 * cost.mean()
-                advantage = cost - baseline  # [B], a lower cost than usual is rewarded
+                if settings.baseline == "per-prompt":
+                    weight = settings.gold_weight
+                    reference = deployed_cost(
+                        routed, relaxation, relaxation_for, chunk, teacher, pad_id, gold, cost, weight
+                    )
+                    advantage = cost - reference  # [B], 0 where the sample is the deployed path
+                else:
+                    baseline = cost.mean() if baseline is None else 0.9 * baseline + 0.1 * cost.mean()
+                    advantage = cost - baseline  # [B], a lower cost than usual is rewarded
                 objective = (advantage * relaxation.path_log_prob()[:B]).mean()
             else:
                 objective = cost.mean()

@@ -2,11 +2,12 @@
 
 Steps: lock the output folder; load the model; build (or reuse) the teacher continuations of a mixed prompt
 pool (``drllm.train.teacher``); split them into training and validation prompts (seeded, by prompt); choose
-the start path, the heuristic static path (angular or block influence, never skipping a protected layer)
-of least KL on calibration prompts taken from the training prompts; attach routers of ``kind`` started on
-it; fit them (``drllm.train.kl``), saving the state after every epoch (``kl_state.pt``: a rerun with the
-same settings resumes, other settings are refused); then publish ``router_config.json``,
-``routers.safetensors``, ``metrics.json``, ``run.json`` and ``trained_on.json`` together.
+the start path: of angular, block influence and the greedy path on the dense objective (never skipping a
+protected layer), the one of least KL on calibration prompts taken from the training prompts; attach
+routers of ``kind`` started on it; fit them (``drllm.train.kl``), saving the state after every epoch
+(``kl_state.pt``: a rerun with the same settings resumes, other settings are refused); then publish
+``router_config.json``, ``routers.safetensors``, ``metrics.json``, ``run.json`` and ``trained_on.json``
+together.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from drllm.router import load_routed, load_tokenizer
 from drllm.router.atomic import atomic_write
 from drllm.router.routers import TRAINED_ON_NAME
-from drllm.search.closeness import heuristic_paths, path_kl
+from drllm.search.closeness import greedy_kl_path, heuristic_paths, path_kl
 from drllm.search.gold import gold_options
 from drllm.search.heuristics import calibration_statistics
 from drllm.search.teacher import TeacherMismatchError, build_teacher, task_prompts
@@ -33,6 +34,7 @@ from .kl import KL_KINDS, KLSettings, fit_kl, protected_layers, start_routers
 log = logging.getLogger(__name__)
 
 STATE_NAME = "kl_state.pt"
+STARTS = ("best", "angular", "block-influence", "greedy-kl")
 DEFAULT_TASKS = ("arc_easy", "mmlu:dev", "gsm8k")
 
 
@@ -61,10 +63,19 @@ def train_kl(
     num_windows: int = 8,
     bottleneck: int = 128,
     gold_weight: float = 0.0,
+    start: str = "best",
+    baseline: str = "running-mean",
 ) -> dict:
-    """Train routers on KL to the base model at ``target_layers`` mean layers; returns ``metrics.json``."""
+    """Train routers on KL to the base model at ``target_layers`` mean layers; returns ``metrics.json``.
+
+    ``start``: the static path the routers start on, ``best`` (of least KL on the calibration prompts
+    among the others), ``angular``, ``block-influence`` or ``greedy-kl`` (``greedy_kl_path`` on the
+    calibration prompts). ``baseline``: the score-function estimator's (``KLSettings.baseline``).
+    """
     if router not in KL_KINDS:
         raise ValueError(f"the kl objective trains router kinds {KL_KINDS}, got {router!r}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
     output = Path(output)
@@ -82,7 +93,9 @@ def train_kl(
             weight_decay=weight_decay,
             seed=seed,
             gold_weight=float(gold_weight),
+            baseline=baseline,
         )
+        settings.check()
         fixed = protected_layers(L, settings.protected)
         if not len(fixed) <= target_layers <= L:
             raise ValueError(f"target_layers must lie in [{len(fixed)}, {L}], got {target_layers!r}")
@@ -119,8 +132,14 @@ def train_kl(
         stats = calibration_statistics(routed, tokenizer, [r["prompt"] for r in calibration], batch_size)
         level = int(round(target_layers))
         candidates = heuristic_paths(stats, L, level, fixed)
+        if start in ("best", "greedy-kl"):
+            candidates["greedy-kl"] = greedy_kl_path(routed, calibration, level, fixed, batch_size, pad)[0]
+        if start != "best":
+            if start not in candidates:
+                raise ValueError(f"no {start} path skips {L - level} layers outside the protected ones")
+            candidates = {start: candidates[start]}
         scores = {n: _mean(path_kl(routed, calibration, p, batch_size, pad)) for n, p in candidates.items()}
-        start = min(scores, key=scores.get)
+        first = min(scores, key=scores.get)
         run = {
             "objective": "kl",
             "model": str(model) if isinstance(model, (str, os.PathLike)) else routed.fingerprint,
@@ -131,7 +150,8 @@ def train_kl(
             "val_fraction": val_fraction,
             "calibration_prompts": calibration_prompts,
             "dtype": str(dtype),
-            "start_path": list(candidates[start]),
+            "start": start,
+            "start_path": list(candidates[first]),
             "num_windows": num_windows,
             "bottleneck": bottleneck,
             **settings.identity(),
@@ -139,7 +159,7 @@ def train_kl(
         state = _resume_state(output / STATE_NAME, run, resume)
         routed.model.requires_grad_(False)
         routers = routed.add_routers(num_windows, bottleneck, seed, kind=router)
-        start_routers(routers, candidates[start], settings.start_margin)
+        start_routers(routers, candidates[first], settings.start_margin)
         history = fit_kl(
             routed,
             train_rows,
@@ -154,10 +174,10 @@ def train_kl(
             "objective": "kl",
             "router": router,
             "target_layers": target_layers,
-            "start": start,
+            "start": first,
             "validation_prompts": len(val_rows),
             "gold_prompts": sum(r["id"] in gold for r in train_rows),
-            "start_val_kl": _mean(path_kl(routed, val_rows, candidates[start], batch_size, pad))
+            "start_val_kl": _mean(path_kl(routed, val_rows, candidates[first], batch_size, pad))
             if val_rows
             else None,
             "heuristic_calibration_kl": scores,

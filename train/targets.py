@@ -77,3 +77,16 @@ def target_table(
     if mode == "hard":
         return torch.stack([hard_targets(r, num_layers, actions) for r in rows])
     return torch.stack([soft_targets(r, num_layers, safe_margin, actions=actions) for r in rows])
+
+
+def path_actions(rows) -> int:
+    """The routers' actions for these paths: 5 when any holds a sublayer unit, else 3."""
+    for row in rows:
+        evaluated = (row.supervision or {}).get("evaluated") or []
+        if (
+            (row.settings or {}).get("units") == "sublayer"
+            or any(d >= 3 for path in (row.decisions, *row.correct_paths) for d in path)
+            or any(c in "34" for e in evaluated for c in e["path"])
+        ):
+            return 5
+    return 3

@@ -43,7 +43,7 @@ from .neighbours import fit_neighbours, shuffled_targets
 from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
 from .outputs import load_checkpoint, read_run_record  # noqa: F401 - readers import read_run_record here
 from .regret import static_choices, sweep_gains
-from .targets import Targets, target_table
+from .targets import Targets, path_actions, target_table
 
 RouterKind = Literal["mlp", "linear", "shared", "knn", "static"]
 Control = Literal["none", "shuffled"]
@@ -89,6 +89,8 @@ def train_routers(
     examples_per_task: int | None = 400,
     continuation_tokens: int = 16,
     gold_weight: float = 0.0,
+    start: str = "best",
+    reward_baseline: str = "running-mean",
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -149,6 +151,9 @@ def train_routers(
         continuation_tokens: ``kl``: tokens of the base model's greedy continuation per prompt.
         gold_weight: ``kl``: weight of the task loss added where a prompt has answer options (the gold
             option's cross-entropy among the options' log-likelihoods, on the same routed path).
+        start: ``kl``: the static path training starts on: ``best`` of ``angular``, ``block-influence`` and
+            ``greedy-kl`` by KL on calibration prompts, or one of them.
+        reward_baseline: ``kl``: ``running-mean`` or ``per-prompt`` (each prompt's deployed path's cost).
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``; with a sweep
@@ -181,6 +186,8 @@ def train_routers(
             num_windows=num_windows,
             bottleneck=bottleneck,
             gold_weight=gold_weight,
+            start=start,
+            baseline=reward_baseline,
         )
     lr = 1e-3 if lr is None else lr
     first = read_records(paths)
@@ -277,19 +284,6 @@ def train_routers(
     if isinstance(trainer.logger, WandbLogger) and trainer.is_global_zero:
         trainer.logger.experiment.finish()  # flush the run (config, metrics, images) before returning
     return metrics
-
-
-def path_actions(rows) -> int:
-    """The routers' actions for these paths: 5 when any holds a sublayer unit, else 3."""
-    for row in rows:
-        evaluated = (row.supervision or {}).get("evaluated") or []
-        if (
-            (row.settings or {}).get("units") == "sublayer"
-            or any(d >= 3 for path in (row.decisions, *row.correct_paths) for d in path)
-            or any(c in "34" for e in evaluated for c in e["path"])
-        ):
-            return 5
-    return 3
 
 
 def _trainer(epochs, logger, output: Path, accelerator, devices, strategy, precision, by_regret=False):

@@ -1,0 +1,108 @@
+"""The per-prompt baseline of the score-function estimator, and the greedy-KL start path."""
+
+import functools
+import json
+import random
+
+import pytest
+import torch
+from tiny_models import tiny_model, tiny_tokenizer
+
+from drllm.router import Relaxation, RoutedModel, relaxed
+from drllm.search.closeness import batch_tensors, greedy_kl_path, path_kl, teacher_log_probs
+from drllm.search.teacher import build_teacher, task_prompts
+from drllm.train.kl import KLSettings, deployed_cost, fit_kl, path_cost, start_routers, teacher_rows
+from drllm.train.trainer import train_routers
+
+
+def _setup(mc_file, tmp_path, layers=6):
+    routed, tokenizer = RoutedModel(tiny_model("llama", num_hidden_layers=layers)), tiny_tokenizer()
+    routed.model.requires_grad_(False)
+    prompts = task_prompts([f"jsonl:{mc_file}"], tokenizer)
+    rows = build_teacher(routed, tokenizer, prompts, tmp_path, tokens=3, progress=False)
+    return routed, rows
+
+
+def test_teacher_rows_are_the_subset_batchs_teacher(mc_file, tmp_path):
+    routed, rows = _setup(mc_file, tmp_path)
+    chunk = rows[:5]
+    teacher = teacher_log_probs(routed, batch_tensors(chunk, 0, "cpu"))
+    picked = [1, 3, 4]
+    alone = teacher_log_probs(routed, batch_tensors([chunk[b] for b in picked], 0, "cpu"))
+    lengths = [len(r["continuation"]) for r in chunk]
+    torch.testing.assert_close(teacher_rows(teacher, lengths, picked), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_deviated_rows_are_those_whose_sample_left_the_argmax(mc_file, tmp_path):
+    routed, rows = _setup(mc_file, tmp_path)
+    routers = routed.add_routers(kind="static")
+    batch = batch_tensors(rows[:6], 0, "cpu")
+    for margin, expect_any in ((30.0, False), (0.3, True)):
+        start_routers(routers, [1, 1, 0, 1, 0, 1], margin)
+        relaxation = Relaxation(routers, fixed=[0, 1, 5], generator=torch.Generator().manual_seed(3))
+        with relaxed(routed, relaxation):
+            routed.backbone(batch["ids"], batch["attention"], route_mask=batch["prompt"])
+        sampled = relaxation.decisions()
+        deployed = torch.tensor([1, 1, 0, 1, 0, 1])
+        assert relaxation.deviated().tolist() == (sampled != deployed).any(1).tolist()
+        assert bool(relaxation.deviated().any()) == expect_any
+
+
+def test_the_per_prompt_baseline_is_the_deployed_paths_own_kl(mc_file, tmp_path):
+    """Each row's reference is the deployed path's KL on that row, whether its sample left it or not."""
+    routed, rows = _setup(mc_file, tmp_path)
+    routers = routed.add_routers(kind="static")
+    path = [1, 1, 0, 1, 1, 1]
+    start_routers(routers, path, 1.0)  # samples leave the path often
+    chunk = rows[:8]
+    teacher = teacher_log_probs(routed, batch_tensors(chunk, 0, "cpu"))
+    make = functools.partial(Relaxation, routers, fixed=[0, 1, 5], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        kl, ce, relaxation, extra = path_cost(routed, make, chunk, teacher, 0, None)
+    assert extra is None and ce.abs().sum() == 0
+    assert relaxation.deviated().any() and not relaxation.deviated().all()
+    reference = deployed_cost(routed, relaxation, make, chunk, teacher, 0, None, kl, 0.0)
+    expected = torch.tensor(path_kl(routed, chunk, path, 8, 0))
+    torch.testing.assert_close(reference, expected, atol=1e-5, rtol=1e-4)
+    kept = ~relaxation.deviated()
+    torch.testing.assert_close(kl[kept], expected[kept], atol=1e-5, rtol=1e-4)
+
+
+def test_per_prompt_training_holds_the_level_and_settings_are_checked(mc_file, tmp_path):
+    routed, rows = _setup(mc_file, tmp_path)
+    routers = routed.add_routers(kind="static")
+    start_routers(routers, [1, 1, 0, 1, 0, 1], 1.0)
+    settings = KLSettings(kind="static", target_layers=4, epochs=2, batch_size=4, baseline="per-prompt")
+    history = fit_kl(routed, rows, rows[:4], settings, pad_id=0)
+    assert history[-1]["val_layers"] == pytest.approx(4.0) and history[-1]["val_kl"] >= 0
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        fit_kl(routed, rows, [], KLSettings(target_layers=4, baseline="median"), pad_id=0)
+    with pytest.raises(ValueError, match="is for the score-function estimator"):
+        bad = KLSettings(target_layers=4, baseline="per-prompt", estimator="straight-through")
+        fit_kl(routed, rows, [], bad, pad_id=0)
+
+
+def test_a_greedy_kl_start_is_the_greedy_path_on_the_calibration_prompts(tmp_path, tiny_model_dir, mc_file):
+    args = dict(objective="kl", tasks=[f"jsonl:{mc_file}"], target_layers=3, router="static", epochs=1)
+    args |= dict(batch_size=4, continuation_tokens=3, val_fraction=0.25, device="cpu")
+    metrics = train_routers(
+        tiny_model_dir, output=str(tmp_path / "g"), start="greedy-kl", reward_baseline="per-prompt", **args
+    )
+    assert metrics["start"] == "greedy-kl" and list(metrics["heuristic_calibration_kl"]) == ["greedy-kl"]
+    run = json.loads((tmp_path / "g" / "run.json").read_text())
+    assert run["start"] == "greedy-kl" and run["baseline"] == "per-prompt" and sum(run["start_path"]) == 3
+    teacher = [
+        json.loads(line) for line in (tmp_path / "g" / "teacher" / "teacher.jsonl").read_text().splitlines()
+    ]
+    assert teacher  # the path is greedy's on the run's calibration prompts (the shuffled training rows)
+    routed = RoutedModel.from_pretrained(tiny_model_dir)
+    random.Random(0).shuffle(teacher)
+    train = teacher[: int(round(len(teacher) * 0.75))]
+    fixed = [0, 1, routed.num_layers - 1]
+    assert list(greedy_kl_path(routed, train[:64], 3, fixed, 4, 0)[0]) == run["start_path"]
+    for bad, match in (
+        ({"start": "random"}, "start must be one of"),
+        ({"reward_baseline": "x"}, "reward_baseline"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            train_routers(tiny_model_dir, output=str(tmp_path / "bad"), **args, **bad)
