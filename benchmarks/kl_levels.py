@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from drllm.router import Relaxation, batch_prompts, load_routed, load_tokenizer, relaxed
-from drllm.search.closeness import batch_tensors, heuristic_paths, teacher_log_probs
+from drllm.search.closeness import batch_tensors, greedy_kl_path, heuristic_paths, teacher_log_probs
 from drllm.search.heuristics import calibration_statistics
 from drllm.search.teacher import build_teacher, task_prompts
 from drllm.train.kl import protected_layers
@@ -152,6 +152,14 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (1 when the cores are shared)")
     ap.add_argument("--output", default="runs/kl_levels")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument(
+        "--start", default="best", help="train_kl's start: best, angular, block-influence, greedy-kl"
+    )
+    ap.add_argument("--reward-baseline", default="running-mean", help="running-mean or per-prompt")
+    ap.add_argument(
+        "--min-layers", type=float, default=0.0, help="per-prompt floor of input-conditioned routers"
+    )
+    ap.add_argument("--no-greedy", action="store_true", help="leave the greedy-KL path out of the heuristics")
     args = ap.parse_args()
     out = Path(args.output)
     routed, tokenizer, pad, fixed = setup(args, out)
@@ -163,6 +171,9 @@ def main():
         results["levels"] = json.loads((out / "results.json").read_text()).get("levels", {})
     for level in [int(v) for v in args.levels.split(",")]:
         heuristics = heuristic_paths(stats, L, level, fixed)
+        if not args.no_greedy:  # the greedy path on the dense objective, on the same calibration prompts
+            heuristics["greedy-kl"] = greedy_kl_path(routed, calib, level, fixed, bs, pad)[0]
+        static_paths = dict(heuristics)
         methods = score_many(routed, val, pad, bs, {n: (p, None) for n, p in heuristics.items()}, fixed)
         linear_levels = {int(v) for v in args.linear_levels.split(",") if v}
         kinds = [k for k in args.kinds.split(",") if k == "static" or level in linear_levels]
@@ -181,6 +192,9 @@ def main():
                     lr=0.05 if kind == "static" else 0.01,
                     tokenizer=tokenizer,
                     val_fraction=0.05,
+                    start=args.start,
+                    baseline=args.reward_baseline,
+                    min_layers=0.0 if kind == "static" else args.min_layers,
                 )
             routed.load_routers(folder)
             budget = calibrate_budget(routed, tokenizer, [r["prompt"] for r in calib], bs, level)
@@ -191,7 +205,7 @@ def main():
                 decisions = torch.tensor(methods[f"learned-{kind}"]["decisions"])
                 order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))
                 methods[f"shuffled-{kind}"] = score(routed, val, pad, bs, path=decisions[order], fixed=fixed)
-        heuristics = [m for m in ("angular", "block-influence") if m in methods]
+        heuristics = [m for m in ("angular", "block-influence", "greedy-kl") if m in methods]
         best = min(heuristics, key=lambda m: np.mean(methods[m]["kl"]))
         row = {
             m: {
@@ -208,7 +222,8 @@ def main():
         }
         compare = {}
         if "learned-static" in methods:
-            compare["learned-static - " + best] = paired(methods["learned-static"]["kl"], methods[best]["kl"])
+            for m in heuristics:
+                compare["learned-static - " + m] = paired(methods["learned-static"]["kl"], methods[m]["kl"])
         for kind in kinds:
             if kind != "static" and "learned-static" in methods:
                 compare[f"learned-{kind} - learned-static"] = paired(
@@ -219,6 +234,7 @@ def main():
                     methods[f"learned-{kind}"]["kl"], methods[f"shuffled-{kind}"]["kl"]
                 )
         results["levels"][str(level)] = {"methods": row, "best_heuristic": best, "paired_kl": compare}
+        results["levels"][str(level)]["paths"] = {n: list(p) for n, p in static_paths.items()}
         (out / "results.json").write_text(json.dumps(results, indent=2))
         (out / f"per_example-{level}.json").write_text(json.dumps(methods))
         print(json.dumps(results["levels"][str(level)], indent=1), flush=True)

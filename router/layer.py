@@ -203,6 +203,8 @@ class RoutedLayer(nn.Module):
             if _find_cache(args, kwargs) is not None:
                 raise ValueError("relaxed routing runs without a KV cache (use_cache=False)")
             gate = state.relaxation.gate(i, hidden_states, state.pad_mask)
+            if gate is not None and not state.relaxation.straight_through:  # no gradient: run as deployed
+                return self._wrap(self._run_rows(hidden_states, gate.argmax(-1), args, kwargs))
             run = lambda h: self._call(h, args, kwargs)  # noqa: E731
             out = run_relaxed(
                 run, hidden_states, gate, state.relaxation.allow_repeat, self._skipped, self._damped

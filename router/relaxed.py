@@ -13,6 +13,12 @@ f(f(h))`` with repeats allowed). The forward value is exactly the hard path's; t
 routers through the soft sample. ``fixed`` layers always execute. ``groups`` ties rows: row b runs the
 path of row ``groups[b]`` (its logits and its noise), so a prompt's teacher row and its answer-option rows
 share one sampled path. Without a cache only (training).
+
+With ``straight_through=False`` (the score-function estimator: no gradient through the model) each layer
+runs exactly like an inference call with per-row decisions: only the rows that execute a layer compute it.
+Routers with sublayer actions (``actions=5``: the MLP alone, the attention alone) train this way only; their
+layer counts are compute, a unit costing its share of the block (``unit_costs``), and the budget prices a
+unit by the share it saves, as ``RoutedModel.budget`` does.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class Relaxation:
         self.straight_through = straight_through  # False: hard gates carry no gradient (score-function)
         # row b takes the logits and the noise of row groups[b]: rows of one prompt run one sampled path
         self.groups = None if groups is None else torch.as_tensor(groups, dtype=torch.long)
+        self.actions = routers.config.actions
+        self.unit_costs: tuple[float, float] | None = None  # (MLP, attention) shares; set by ``relaxed``
         self.reset()
 
     def reset(self) -> None:
@@ -70,7 +78,7 @@ class Relaxation:
             return None
         logits = self._logits(index, hidden, mask)
         if self.budget:
-            logits = logits + logits.new_tensor([self.budget, 0.0, 0.0])
+            logits = logits + logits.new_tensor(self._budget_row())
         if not self.allow_repeat:
             logits = logits.masked_fill(_one_hot(REPEAT, logits), float("-inf"))
         if self.groups is not None:
@@ -79,12 +87,25 @@ class Relaxation:
         if self.sample:
             gate = _gumbel_hard(logits, self.tau, self.generator, self.groups)
         else:  # the deployed argmax, with the softmax's gradient
-            hard = F.one_hot(logits.argmax(-1), 3).to(probs.dtype)
+            hard = F.one_hot(logits.argmax(-1), self.actions).to(probs.dtype)
             gate = hard - probs.detach() + probs
         if not self.straight_through:
             gate = gate.detach()  # the model runs the sampled path; only ``probs`` keeps a gradient
         self.gates[index], self.probs[index] = gate, probs
         return gate
+
+    def _budget_row(self) -> list[float]:
+        """What the budget adds to each action's logit: all of it to skip, a unit the share it saves."""
+        row = [self.budget, 0.0, 0.0]
+        if self.actions == 5:
+            mlp, attention = self._unit_costs()
+            row += [self.budget * (1.0 - mlp), self.budget * (1.0 - attention)]
+        return row
+
+    def _unit_costs(self) -> tuple[float, float]:
+        if self.unit_costs is None:
+            raise RuntimeError("routers with 5 actions need unit_costs (relaxed() sets them from the model)")
+        return self.unit_costs
 
     def _logits(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         routers = self.routers
@@ -104,7 +125,10 @@ class Relaxation:
     def deployed_layers(self) -> torch.Tensor:
         """Layers each row runs with the argmax decisions, as deployed (no noise, no gradient) ``[B]``."""
         return self._count(
-            [None if p is None else F.one_hot(p.detach().argmax(-1), 3).float() for p in self.probs]
+            [
+                None if p is None else F.one_hot(p.detach().argmax(-1), self.actions).float()
+                for p in self.probs
+            ]
         )
 
     def path_log_prob(self) -> torch.Tensor:
@@ -151,7 +175,8 @@ class Relaxation:
 
     def _count(self, values: list[torch.Tensor | None]) -> torch.Tensor:
         batch = self._batch()
-        weight = torch.tensor([0.0, 1.0, 2.0])
+        costs = [0.0, 1.0, 2.0] + (list(self._unit_costs()) if self.actions == 5 else [])
+        weight = torch.tensor(costs)
         total = None
         fixed = 0
         for v in values:
@@ -188,12 +213,14 @@ def relaxed(routed, relaxation: Relaxation) -> Iterator[Relaxation]:
     """Run the forwards inside the context with relaxed routing (``routed.backbone`` without decisions)."""
     if routed.routers is None or routed.routers is not relaxation.routers:
         raise ValueError("relaxed routing needs the model's own routers attached (routed.add_routers)")
-    if routed.routers.config.actions != 3:
-        raise ValueError(
-            "relaxed routing mixes skip, execute and repeat; routers with sublayer actions (actions=5) are "
-            "trained on search labels (drllm train --objective labels)"
-        )
     state = routed._state
+    if routed.routers.config.actions == 5:
+        if relaxation.straight_through:
+            raise ValueError(
+                "routers with sublayer actions (actions=5) train with the score-function estimator only "
+                "(straight_through=False): a straight-through gradient would run every unit of every layer"
+            )
+        relaxation.unit_costs = state.unit_costs
     if state.relaxation is not None:
         raise RuntimeError("relaxed routing does not nest")
     relaxation.reset()
@@ -220,6 +247,6 @@ def _gumbel_hard(
 
 
 def _one_hot(index: int, like: torch.Tensor) -> torch.Tensor:
-    mask = torch.zeros(3, dtype=torch.bool, device=like.device)
+    mask = torch.zeros(like.shape[-1], dtype=torch.bool, device=like.device)
     mask[index] = True
     return mask.expand_as(like)

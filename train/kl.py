@@ -101,7 +101,7 @@ def protected_layers(num_layers: int, protected) -> list[int]:
 
 def start_routers(routers, path, margin: float) -> None:
     """Make every head output ``margin`` on ``path[i]`` and ``-margin`` elsewhere, whatever its input."""
-    target = torch.full((len(path), 3), -float(margin))
+    target = torch.full((len(path), routers.config.actions), -float(margin))
     target[torch.arange(len(path)), torch.tensor(list(path))] = float(margin)
     kind = routers.config.kind
     with torch.no_grad():
@@ -278,7 +278,7 @@ def fit_kl(
         history[-1]["deployed_shift"] = shift
         if val_rows:  # what deploys: validated at the calibrated shift
             history[-1].update(evaluate_kl(routed, val_rows, settings.batch_size, pad_id, fixed, shift, gold))
-    fold_shift(routers, shift)
+    fold_shift(routers, shift, routed._state.unit_costs)
     return history
 
 
@@ -294,7 +294,9 @@ def calibrate_shift(routed, rows, settings: KLSettings, pad_id: int, fixed, star
         total = 0.0
         for begin in range(0, len(rows), settings.batch_size):
             batch = batch_tensors(rows[begin : begin + settings.batch_size], pad_id, routed.device)
-            relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=shift)
+            relaxation = Relaxation(
+                routed.routers, fixed=fixed, sample=False, budget=shift, straight_through=False
+            )
             with relaxed(routed, relaxation):
                 routed.backbone(batch["ids"], batch["attention"], route_mask=batch["prompt"])
             total += float(relaxation.deployed_layers().sum())
@@ -313,15 +315,24 @@ def calibrate_shift(routed, rows, settings: KLSettings, pad_id: int, fixed, star
     return (at_most + below) / 2 if below > at_most else at_most  # the middle of the interval at N
 
 
-def fold_shift(routers, shift: float) -> None:
-    """Add ``shift`` to every head's skip logit (its bias), so the routers deploy at budget 0 as trained."""
+def fold_shift(routers, shift: float, unit_costs: tuple[float, float] | None = None) -> None:
+    """Add ``shift`` to every head's skip logit (its bias), so the routers deploy at budget 0 as trained.
+
+    With sublayer actions, each unit's logit gets the shift times the share of the block it saves.
+    """
+    add = torch.zeros(routers.config.actions)
+    add[SKIP] = shift
+    if routers.config.actions == 5:
+        if unit_costs is None:
+            raise ValueError("routers with 5 actions fold the shift with the model's unit_costs")
+        add[3:] = torch.tensor([shift * (1.0 - unit_costs[0]), shift * (1.0 - unit_costs[1])])
     with torch.no_grad():
         if routers.config.kind == "static":
-            routers.static.logits[:, SKIP] += shift
+            routers.static.logits += add.to(routers.static.logits)
             return
         for head in routers.layers:
             last = head.proj if routers.config.kind == "linear" else head.net[2]
-            last.bias[SKIP] += shift
+            last.bias += add.to(last.bias)
 
 
 @torch.no_grad()
@@ -341,13 +352,17 @@ def evaluate_kl(
         extra = gold_rows(chunk, gold) if gold else None
         if extra is not None:
             groups = extra.groups
-            relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=shift, groups=groups)
+            relaxation = Relaxation(
+                routed.routers, fixed=fixed, sample=False, budget=shift, groups=groups, straight_through=False
+            )
             kl, ce, correct = step_with_gold(routed, relaxation, chunk, extra, teacher, pad_id)
             has = extra.gold >= 0
             ces += ce[has].tolist()
             corrects += correct[has].tolist()
         else:
-            relaxation = Relaxation(routed.routers, fixed=fixed, sample=False, budget=shift)
+            relaxation = Relaxation(
+                routed.routers, fixed=fixed, sample=False, budget=shift, straight_through=False
+            )
             kl = relaxed_step(routed, relaxation, batch, teacher)
         kls += kl.tolist()
         layers += relaxation.layers()[: len(chunk)].tolist()

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 STATE_NAME = "kl_state.pt"
 STARTS = ("best", "angular", "block-influence", "greedy-kl")
+UNITS = ("block", "sublayer")
 DEFAULT_TASKS = ("arc_easy", "mmlu:dev", "gsm8k")
 
 
@@ -65,17 +66,23 @@ def train_kl(
     gold_weight: float = 0.0,
     start: str = "best",
     baseline: str = "running-mean",
+    units: str = "block",
 ) -> dict:
     """Train routers on KL to the base model at ``target_layers`` mean layers; returns ``metrics.json``.
 
     ``start``: the static path the routers start on, ``best`` (of least KL on the calibration prompts
     among the others), ``angular``, ``block-influence`` or ``greedy-kl`` (``greedy_kl_path`` on the
     calibration prompts). ``baseline``: the score-function estimator's (``KLSettings.baseline``).
+    ``units``: ``block`` (skip, execute) or ``sublayer`` (also the MLP alone or the attention alone: routers
+    with 5 actions, score-function estimator only); with sublayers ``target_layers`` counts compute, a unit
+    costing its share of the block (``drllm.router.unit_shares``).
     """
     if router not in KL_KINDS:
         raise ValueError(f"the kl objective trains router kinds {KL_KINDS}, got {router!r}")
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, got {units!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
     output = Path(output)
@@ -154,11 +161,13 @@ def train_kl(
             "start_path": list(candidates[first]),
             "num_windows": num_windows,
             "bottleneck": bottleneck,
+            **({"units": units} if units != "block" else {}),  # block runs keep the identity they had
             **settings.identity(),
         }
         state = _resume_state(output / STATE_NAME, run, resume)
         routed.model.requires_grad_(False)
-        routers = routed.add_routers(num_windows, bottleneck, seed, kind=router)
+        actions = 5 if units == "sublayer" else 3
+        routers = routed.add_routers(num_windows, bottleneck, seed, kind=router, actions=actions)
         start_routers(routers, candidates[first], settings.start_margin)
         history = fit_kl(
             routed,

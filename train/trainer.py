@@ -91,6 +91,7 @@ def train_routers(
     gold_weight: float = 0.0,
     start: str = "best",
     reward_baseline: str = "running-mean",
+    units: str = "block",
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -154,6 +155,8 @@ def train_routers(
         start: ``kl``: the static path training starts on: ``best`` of ``angular``, ``block-influence`` and
             ``greedy-kl`` by KL on calibration prompts, or one of them.
         reward_baseline: ``kl``: ``running-mean`` or ``per-prompt`` (each prompt's deployed path's cost).
+        units: ``kl``: ``block``, or ``sublayer`` for routers that may also run a layer's MLP or attention
+            alone (5 actions; ``target_layers`` then counts compute). Label training reads it off the paths.
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``; with a sweep
@@ -188,6 +191,7 @@ def train_routers(
             gold_weight=gold_weight,
             start=start,
             baseline=reward_baseline,
+            units=units,
         )
     lr = 1e-3 if lr is None else lr
     first = read_records(paths)

@@ -69,8 +69,8 @@ def test_unit_actions_are_refused_where_they_do_not_apply(tmp_path):
         block.set_default_path([1, 3, 1, 1])
     units = routed.add_routers(kind="linear", actions=5)
     units.set_default_path([1, 3, 4, 1], threshold=1.0)
-    with pytest.raises(ValueError, match="relaxed routing mixes skip, execute and repeat"):
-        with relaxed(routed, Relaxation(units)):
+    with pytest.raises(ValueError, match="train with the score-function estimator only"):
+        with relaxed(routed, Relaxation(units)):  # straight-through, the default
             pass
     with pytest.raises(ValueError, match="actions must be 3 .* or 5 .*got 4"):
         routed.add_routers(kind="linear", actions=4)
