@@ -137,10 +137,11 @@ def run_eval(
             match the block compute of their level.
         budgets: extra router budget biases to evaluate as they are, unmatched (positive skips more).
         baselines: static baselines, each named once, among greedy, block-influence, angular, drop-last,
-            random, and the sublayer ones attention-drop (only attentions dropped) and unit-drop (attentions
-            and MLPs), which drop units by least influence per multiply-add until they save at least what the
-            level's block paths save. They are compared with the block paths of their level (KL and
-            accuracy, paired), not counted among them: routers and ``routed-static`` use block paths.
+            random, and the sublayer ones attention-drop (only attentions dropped), mlp-drop (only MLPs)
+            and unit-drop (attentions and MLPs), which drop units by least influence per multiply-add until
+            they save at least what the level's block paths save. They are compared with the block paths of
+            their level (KL and accuracy, paired), not counted among them: routers and ``routed-static`` use
+            block paths.
         calibration: training examples the static baselines and the routers' budgets are calibrated on.
         greedy_examples: training examples the greedy baseline is searched on (default: ``calibration``;
             its cost grows with examples times layers squared).

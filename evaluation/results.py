@@ -19,7 +19,7 @@ from .stats import bootstrap_interval, mcnemar_exact, paired_difference, wilson_
 
 # candidates for "the best static baseline"
 STATIC = ("greedy", "block-influence", "angular", "drop-last", "learned-static")
-UNIT_BASELINES = ("attention-drop", "unit-drop")
+UNIT_BASELINES = ("attention-drop", "mlp-drop", "unit-drop")
 """Static paths of sublayer units: compared with the block paths of their level, never counted among them."""
 LEVEL_TOLERANCE = 0.5
 """A method whose mean layers on the evaluated examples miss its level by more than this (routers that could

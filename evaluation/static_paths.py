@@ -1,9 +1,9 @@
 """Static paths an evaluation derives from others: sublayer-unit paths and linear stand-ins for skips.
 
-``paths_of_units`` gives the ``attention-drop`` and ``unit-drop`` baselines at every level: units dropped by
-least influence per multiply-add (``drllm.search.unit_heuristics``) until the path saves at least what the
-level's block paths save. ``with_stand_ins`` fits, once per distinct static path that skips, the linear maps
-its ``<name>+linear`` twin runs (``drllm.search.stand_ins``).
+``paths_of_units`` gives the ``attention-drop``, ``mlp-drop`` and ``unit-drop`` baselines at every level:
+units dropped by least influence per multiply-add (``drllm.search.unit_heuristics``) until the path saves at
+least what the level's block paths save. ``with_stand_ins`` fits, once per distinct static path that skips,
+the linear maps its ``<name>+linear`` twin runs (``drllm.search.stand_ins``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 
 from drllm.router import SKIP, StandIns, batch_prompts, path_macs
 from drllm.search.stand_ins import fit_linear_stand_ins
-from drllm.search.unit_heuristics import attention_drop_path, unit_drop_path, unit_influence
+from drllm.search.unit_heuristics import attention_drop_path, mlp_drop_path, unit_drop_path, unit_influence
 
 from .baselines import drop_last
 from .results import STATIC
@@ -34,7 +34,9 @@ def paths_of_units(routed, tokenizer, ev, calib, names, settings) -> dict[tuple[
     for level in settings.levels:
         saved = 1.0 - path_macs(config, drop_last(L, L - level), tokens)["fraction"]
         for name in names:
-            drop = attention_drop_path if name == "attention-drop" else unit_drop_path
+            drop = {"attention-drop": attention_drop_path, "mlp-drop": mlp_drop_path}.get(
+                name, unit_drop_path
+            )
             try:
                 paths[name, level] = tuple(drop(influence, config, saved, tokens))
             except ValueError as error:

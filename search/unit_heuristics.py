@@ -11,7 +11,8 @@ exact for the sum).
 
 ``unit_drop_path`` then drops units by least influence per multiply-add until a compute target is met:
 a path of decisions 3 (attention dropped) and 4 (MLP dropped), 0 when both go. ``attention_drop_path``
-drops only attentions (LLM-Drop's attention drop). Protected layers keep both units.
+drops only attentions (LLM-Drop's attention drop), ``mlp_drop_path`` only MLPs (its MLP drop). Protected
+layers keep both units.
 """
 
 from __future__ import annotations
@@ -118,3 +119,8 @@ def unit_drop_path(
 def attention_drop_path(influence, config, saved_fraction: float, prompt_tokens: int, protected=(0, 1, -1)):
     """LLM-Drop's attention drop: only attention units, least influence per multiply-add first."""
     return unit_drop_path(influence, config, saved_fraction, prompt_tokens, protected, units=("attention",))
+
+
+def mlp_drop_path(influence, config, saved_fraction: float, prompt_tokens: int, protected=(0, 1, -1)):
+    """LLM-Drop's MLP drop: only MLP units, least influence per multiply-add first."""
+    return unit_drop_path(influence, config, saved_fraction, prompt_tokens, protected, units=("mlp",))

@@ -26,7 +26,7 @@ def test_unit_baselines_match_the_block_compute_of_their_level(tmp_path, eight_l
         task,
         str(tmp_path / "e"),
         target_compute=(0.75,),
-        baselines=("block-influence", "attention-drop", "unit-drop"),
+        baselines=("block-influence", "attention-drop", "mlp-drop", "unit-drop"),
         stand_in="linear",
         **COMMON,
     )
@@ -34,6 +34,9 @@ def test_unit_baselines_match_the_block_compute_of_their_level(tmp_path, eight_l
     block, attention, units = by["block-influence"], by["attention-drop"], by["unit-drop"]
     assert block.level == attention.level == units.level == 6  # 0.75 of 8 layers
     assert set(attention.path) <= {1, MLP_ONLY} and MLP_ONLY in attention.path  # only attentions go
+    mlps = by["mlp-drop"]
+    assert set(mlps.path) <= {1, ATTENTION_ONLY} and ATTENTION_ONLY in mlps.path  # only MLPs go
+    assert mlps.compute <= block.compute + 1e-6
     assert set(units.path) <= {0, 1, MLP_ONLY, ATTENTION_ONLY}
     for row in (attention, units):  # they save at least what the block path saves, and not much more
         assert row.compute <= block.compute + 1e-6
@@ -43,7 +46,7 @@ def test_unit_baselines_match_the_block_compute_of_their_level(tmp_path, eight_l
         assert row.vs_static is not None and row.vs_static.against == "block-influence"
     assert "attention-drop+linear" not in by and "block-influence+linear" in by  # stand-ins: block paths
     text = (tmp_path / "e" / "results.md").read_text()
-    assert "| attention-drop |" in text and "| unit-drop |" in text
+    assert "| attention-drop |" in text and "| unit-drop |" in text and "| mlp-drop |" in text
 
 
 def test_target_compute_resolves_to_levels_and_bad_values_are_refused():

@@ -6,7 +6,7 @@ from tiny_models import ARCHITECTURES, tiny_model, tiny_tokenizer
 from torch.nn import functional as F
 
 from drllm.router import RoutedModel, batch_prompts, path_macs
-from drllm.search.unit_heuristics import attention_drop_path, unit_drop_path, unit_influence
+from drllm.search.unit_heuristics import attention_drop_path, mlp_drop_path, unit_drop_path, unit_influence
 
 PROMPTS = [f"a {w} and {k} more words here" for k, w in enumerate(["cat", "dog", "sun"] * 3)]
 
@@ -38,3 +38,8 @@ def test_unit_paths_meet_their_compute_target_and_keep_protected_layers():
     assert set(attention_only) <= {1, 3} and attention_only[2] == 3  # the least influential attention
     with pytest.raises(ValueError, match="saves .* less than 90.0%"):
         attention_drop_path(influence, config, 0.9, prompt_tokens=20)
+    mlp_only = mlp_drop_path(influence, config, 0.05, prompt_tokens=20)
+    assert (
+        set(mlp_only) <= {1, 4} and mlp_only[6] == 4
+    )  # the least influential droppable MLP (7 is protected)
+    assert 1 - path_macs(config, mlp_only, 20)["fraction"] >= 0.05
