@@ -4,7 +4,7 @@
 
 Per compute target (the share of the decoder stack's multiply-adds saved): the block-influence and angular
 block paths with that many blocks dropped, the unit-drop path (attentions and MLPs by least influence per
-multiply-add, LLM-Drop's criterion on each unit) and the attention-drop path, all from the same calibration
+multiply-add, LLM-Drop's criterion on each unit), the attention-drop and the mlp-drop paths, all from the same calibration
 prompts (training splits). Every method is scored on the validation prompts of ``kl_levels.py`` (mean KL
 to the base model over the teacher-forced continuation, top-1 agreement, greedy fidelity); unit paths are
 compared with the better block path, paired bootstrap 95% intervals.
@@ -24,7 +24,7 @@ from drllm.router import path_macs
 from drllm.search.closeness import heuristic_paths
 from drllm.search.heuristics import calibration_statistics
 from drllm.search.teacher import build_teacher, task_prompts
-from drllm.search.unit_heuristics import attention_drop_path, unit_drop_path, unit_influence
+from drllm.search.unit_heuristics import attention_drop_path, mlp_drop_path, unit_drop_path, unit_influence
 
 
 def main():
@@ -60,10 +60,11 @@ def main():
         level = L - int(round(saved * L))
         methods = {name: (path, None) for name, path in heuristic_paths(stats, L, level, fixed).items()}
         methods["unit-drop"] = (unit_drop_path(influence, routed.config, saved, tokens), None)
-        try:
-            methods["attention-drop"] = (attention_drop_path(influence, routed.config, saved, tokens), None)
-        except ValueError as err:
-            print(f"attention-drop at {saved:.0%}: {err}")
+        for name, drop in (("attention-drop", attention_drop_path), ("mlp-drop", mlp_drop_path)):
+            try:
+                methods[name] = (drop(influence, routed.config, saved, tokens), None)
+            except ValueError as err:
+                print(f"{name} at {saved:.0%}: {err}")
         scores = score_many(routed, val, pad, bs, methods, fixed)
         row = {
             m: {
@@ -78,7 +79,7 @@ def main():
             f"{m} - {best}": {
                 k: paired(scores[m][k], scores[best][k]) for k in ("kl", "agreement", "fidelity")
             }
-            for m in ("unit-drop", "attention-drop")
+            for m in ("unit-drop", "attention-drop", "mlp-drop")
             if m in scores
         }
         results["targets"][str(saved)] = {
