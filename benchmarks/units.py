@@ -4,10 +4,10 @@
 
 Per compute target (the share of the decoder stack's multiply-adds saved): the block-influence and angular
 block paths with that many blocks dropped, the unit-drop path (attentions and MLPs by least influence per
-multiply-add, LLM-Drop's criterion on each unit), the attention-drop and the mlp-drop paths, all from the same calibration
-prompts (training splits). Every method is scored on the validation prompts of ``kl_levels.py`` (mean KL
-to the base model over the teacher-forced continuation, top-1 agreement, greedy fidelity); unit paths are
-compared with the better block path, paired bootstrap 95% intervals.
+multiply-add, LLM-Drop's criterion on each unit), the attention-drop and the mlp-drop paths, all from the
+same calibration prompts (training splits). Every method is scored on the validation prompts of
+``kl_levels.py`` (mean KL to the base model over the teacher-forced continuation, top-1 agreement, greedy
+fidelity); unit paths are compared with the better block path, paired bootstrap 95% intervals.
 """
 
 from __future__ import annotations
