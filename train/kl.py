@@ -85,8 +85,14 @@ class KLSettings:
             raise ValueError(f"baseline {self.baseline!r} is for the score-function estimator")
 
     def identity(self) -> dict:
-        """The settings as JSON-ready values."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        """The settings as JSON-ready values.
+
+        ``baseline`` is left out at its default, so runs saved before it existed keep their identity.
+        """
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        if out["baseline"] == "running-mean":
+            del out["baseline"]
+        return out
 
 
 def protected_layers(num_layers: int, protected) -> list[int]:
@@ -287,7 +293,8 @@ def calibrate_shift(routed, rows, settings: KLSettings, pad_id: int, fixed, star
     """The skip shift whose argmax decisions run ``target_layers`` on ``rows`` on average.
 
     Two bisections find where the mean falls to N and where it falls below N; the middle of that interval
-    is robust to rounding (a static path's count is a step function of the shift).
+    is robust to rounding (a static path's count is a step function of the shift). With sublayer units the
+    counts are compute and rarely hit N exactly: N is then a ceiling, the deployed mean the largest below it.
     """
 
     def layers_at(shift: float) -> float:

@@ -72,7 +72,9 @@ def train_kl(
 
     ``start``: the static path the routers start on, ``best`` (of least KL on the calibration prompts
     among the others), ``angular``, ``block-influence`` or ``greedy-kl`` (``greedy_kl_path`` on the
-    calibration prompts). ``baseline``: the score-function estimator's (``KLSettings.baseline``).
+    calibration prompts, so ``best`` favours it: it is chosen on the prompts it is scored on; every
+    candidate's score is in ``metrics.json``, ``heuristic_calibration_kl``). ``baseline``: the
+    score-function estimator's (``KLSettings.baseline``).
     ``units``: ``block`` (skip, execute) or ``sublayer`` (also the MLP alone or the attention alone: routers
     with 5 actions, score-function estimator only); with sublayers ``target_layers`` counts compute, a unit
     costing its share of the block (``drllm.router.unit_shares``).
@@ -157,7 +159,7 @@ def train_kl(
             "val_fraction": val_fraction,
             "calibration_prompts": calibration_prompts,
             "dtype": str(dtype),
-            "start": start,
+            **({"start": start} if start != "best" else {}),  # the default keeps older runs' identity
             "start_path": list(candidates[first]),
             "num_windows": num_windows,
             "bottleneck": bottleneck,

@@ -98,6 +98,7 @@ def test_kl_training_writes_routers_at_the_level_and_refuses_a_changed_resume(
     assert routers.config.kind == "static"
     run = json.loads((out / "run.json").read_text())
     assert run["target_layers"] == 3 and run["lr"] == 0.05
+    assert not {"start", "baseline", "units"} & set(run)  # defaults: the identity older runs were saved with
     assert json.loads((out / "trained_on.json").read_text())["ids"]
     with pytest.raises(ValueError, match="other settings .*lr"):
         train_routers(tiny_model_dir, output=str(out), lr=0.5, **common)
@@ -107,8 +108,10 @@ def test_kl_training_writes_routers_at_the_level_and_refuses_a_changed_resume(
         train_routers(tiny_model_dir, paths=str(mc_file), output=str(out), router="static")
 
 
-def test_settings_identity_is_json():
-    assert json.loads(json.dumps(KLSettings(target_layers=27).identity()))["protected"] == [0, 1, -1]
+def test_settings_identity_is_json_and_defaults_of_new_settings_stay_out():
+    identity = json.loads(json.dumps(KLSettings(target_layers=27).identity()))
+    assert identity["protected"] == [0, 1, -1] and "baseline" not in identity  # older runs still resume
+    assert KLSettings(target_layers=27, baseline="per-prompt").identity()["baseline"] == "per-prompt"
 
 
 def test_the_skip_shift_holds_the_deployed_level_and_is_folded_into_the_routers(mc_file, tmp_path):

@@ -10,6 +10,7 @@ from tiny_models import tiny_model, tiny_tokenizer
 
 from drllm.router import Relaxation, RoutedModel, relaxed
 from drllm.search.closeness import batch_tensors, greedy_kl_path, path_kl, teacher_log_probs
+from drllm.search.gold import gold_options
 from drllm.search.teacher import build_teacher, task_prompts
 from drllm.train.kl import KLSettings, deployed_cost, fit_kl, path_cost, start_routers, teacher_rows
 from drllm.train.trainer import train_routers
@@ -66,6 +67,41 @@ def test_the_per_prompt_baseline_is_the_deployed_paths_own_kl(mc_file, tmp_path)
     torch.testing.assert_close(reference, expected, atol=1e-5, rtol=1e-4)
     kept = ~relaxation.deviated()
     torch.testing.assert_close(kl[kept], expected[kept], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kind, read_layer, actions", [("linear", None, 3), ("mlp", 2, 3), ("linear", None, 5)]
+)
+def test_the_per_prompt_baseline_with_option_rows_input_routers_and_a_shift(
+    mc_file, tmp_path, kind, read_layer, actions
+):
+    """Against a full rerun of every row on its deployed path (no sampling), with the gold loss weighed in."""
+    routed, rows = _setup(mc_file, tmp_path)
+    tokenizer = tiny_tokenizer()
+    gold = gold_options([f"jsonl:{mc_file}"], tokenizer)
+    routers = routed.add_routers(kind=kind, seed=2, read_layer=read_layer, actions=actions)
+    with torch.no_grad():
+        for head in routers.layers:
+            last = head.proj if kind == "linear" else head.net[2]
+            last.weight.mul_(20.0)  # decisions that depend on the prompt
+    chunk = rows[:8]
+    teacher = teacher_log_probs(routed, batch_tensors(chunk, 0, "cpu"))
+    make = functools.partial(
+        Relaxation,
+        routers,
+        fixed=[0, 5],
+        budget=0.7,
+        straight_through=False,
+        generator=torch.Generator().manual_seed(4),
+    )
+    with torch.no_grad():
+        kl, ce, relaxation, extra = path_cost(routed, make, chunk, teacher, 0, gold)
+        assert extra is not None and relaxation.deviated().any()
+        reference = deployed_cost(routed, relaxation, make, chunk, teacher, 0, gold, kl + 0.5 * ce, 0.5)
+        full_kl, full_ce, _, _ = path_cost(
+            routed, functools.partial(make, sample=False), chunk, teacher, 0, gold
+        )
+    torch.testing.assert_close(reference, full_kl + 0.5 * full_ce, atol=1e-4, rtol=1e-4)
 
 
 def test_per_prompt_training_holds_the_level_and_settings_are_checked(mc_file, tmp_path):

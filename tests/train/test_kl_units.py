@@ -86,3 +86,22 @@ def test_a_five_action_run_starts_on_its_block_path(mc_file, tmp_path):
     prompts = task_prompts([f"jsonl:{mc_file}"], tokenizer)
     rows = build_teacher(routed, tokenizer, prompts, tmp_path, tokens=2, progress=False)
     assert routed.route(torch.tensor([rows[0]["prompt_ids"]])).tolist() == [[1, 1, 0, 1, 0, 1]]
+
+
+def test_folded_five_action_routers_deploy_the_validated_compute(mc_file, tmp_path):
+    """After training, routed at budget 0 one prompt at a time, the routers run the compute validation saw."""
+    from drllm.train.kl import KLSettings, fit_kl
+
+    routed, tokenizer = RoutedModel(tiny_model("llama", num_hidden_layers=6)), tiny_tokenizer()
+    routed.model.requires_grad_(False)
+    prompts = task_prompts([f"jsonl:{mc_file}"], tokenizer)
+    rows = build_teacher(routed, tokenizer, prompts, tmp_path, tokens=2, progress=False)
+    routers = routed.add_routers(kind="linear", actions=5, seed=1)
+    start_routers(routers, [1, 1, 0, 1, 1, 1], 1.0)
+    settings = KLSettings(kind="linear", target_layers=4.5, epochs=1, batch_size=4, baseline="per-prompt")
+    history = fit_kl(routed, rows, rows[:6], settings, pad_id=0)
+    costs = [0.0, 1.0, 2.0, *unit_shares(routed.model.config)]
+    deployed = [
+        sum(costs[d] for d in routed.route(torch.tensor([r["prompt_ids"]]))[0].tolist()) for r in rows[:6]
+    ]
+    assert sum(deployed) / 6 == pytest.approx(history[-1]["val_layers"], abs=1e-4)
