@@ -27,7 +27,7 @@ from drllm.search.closeness import batch_tensors, greedy_kl_path, heuristic_path
 from drllm.search.heuristics import calibration_statistics
 from drllm.search.teacher import build_teacher, task_prompts
 from drllm.train.kl import protected_layers
-from drllm.train.kl_run import train_kl
+from drllm.train.kl_run import GREEDY_NAME, train_kl
 
 VAL_TASKS = ["arc_easy:validation", "mmlu:validation", "gsm8k:validation"]
 TRAIN_TASKS = ["arc_easy", "mmlu:dev", "gsm8k"]
@@ -133,6 +133,21 @@ def teacher_rows(routed, tokenizer, folder: Path, per_task: int, val_per_task: i
     return val, train, shuffled[:64]
 
 
+def nested_greedy(routed, calib, level, fixed, bs, pad, out: Path, found: dict) -> tuple:
+    """The greedy-KL path at ``level``, continued from the nearest higher level found so far (greedy paths
+    are nested), and written where ``train_kl`` looks for it in each kind's folder (``greedy_kl.json``)."""
+    above = [n for n in found if n > level]
+    start = found[min(above)] if above else None
+    path, trace = greedy_kl_path(routed, calib, level, fixed, bs, pad, start=start)
+    found[level] = path
+    key = {"fingerprint": routed.fingerprint, "calibration": [r["id"] for r in calib], "level": level}
+    for kind in ("static", "linear", "mlp"):
+        (out / f"{kind}-{level}").mkdir(parents=True, exist_ok=True)
+        record = {**key, "fixed": list(fixed), "path": list(path), "trace": trace}
+        (out / f"{kind}-{level}" / GREEDY_NAME).write_text(json.dumps(record))
+    return path
+
+
 def paired(a, b, seed=0, resamples=4000):
     """Mean of a - b with a paired percentile bootstrap 95% interval."""
     d = np.asarray(a) - np.asarray(b)
@@ -169,10 +184,11 @@ def main():
     results = {"validation_prompts": len(val), "training_prompts": len(train), "levels": {}}
     if (out / "results.json").exists():  # levels from earlier runs stay
         results["levels"] = json.loads((out / "results.json").read_text()).get("levels", {})
-    for level in [int(v) for v in args.levels.split(",")]:
+    greedy = {}  # level -> greedy-KL path, so a lower level continues from a higher one
+    for level in sorted((int(v) for v in args.levels.split(",")), reverse=True):
         heuristics = heuristic_paths(stats, L, level, fixed)
         if not args.no_greedy:  # the greedy path on the dense objective, on the same calibration prompts
-            heuristics["greedy-kl"] = greedy_kl_path(routed, calib, level, fixed, bs, pad)[0]
+            heuristics["greedy-kl"] = nested_greedy(routed, calib, level, fixed, bs, pad, out, greedy)
         static_paths = dict(heuristics)
         methods = score_many(routed, val, pad, bs, {n: (p, None) for n, p in heuristics.items()}, fixed)
         linear_levels = {int(v) for v in args.linear_levels.split(",") if v}

@@ -93,16 +93,20 @@ def per_row_mean(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_kl_path(routed, rows: list[dict], level: int, fixed, batch_size: int, pad_id: int):
+def greedy_kl_path(routed, rows: list[dict], level: int, fixed, batch_size: int, pad_id: int, start=None):
     """The greedy static path on the dense objective: skip, one at a time, the layer that least raises KL.
 
-    From the full path, each round tries skipping every executed layer that is not ``fixed`` and keeps the
-    skip of least mean KL on ``rows`` (ties: the lower layer), until ``level`` layers remain. The base model's
-    log-probabilities are computed once. Returns the path and the mean KL after each round.
+    From the full path (or ``start``, a greedy path at a higher level: greedy paths are nested, so a lower
+    level continues from a higher one), each round tries skipping every executed layer that is not ``fixed``
+    and keeps the skip of least mean KL on ``rows`` (ties: the lower layer), until ``level`` layers remain.
+    The base model's log-probabilities are computed once. Returns the path and the mean KL after each round.
     """
     L = routed.num_layers
     if not 1 <= level <= L:
         raise ValueError(f"level must lie in 1..{L}, got {level}")
+    path, trace = [1] * L if start is None else [int(d) for d in start], []
+    if len(path) != L or set(path) - {0, 1} or sum(path) < level:
+        raise ValueError(f"start must be a 0/1 path of {L} layers running at least {level}, got {start!r}")
     batches = [
         batch_tensors(rows[s : s + batch_size], pad_id, routed.device)
         for s in range(0, len(rows), batch_size)
@@ -117,7 +121,6 @@ def greedy_kl_path(routed, rows: list[dict], level: int, fixed, batch_size: int,
             total += float(per_row_kl(student, teacher, batch["target"]).sum())
         return total / len(rows)
 
-    path, trace = [1] * L, []
     while sum(path) > level:
         free = [i for i in range(L) if path[i] == 1 and i not in fixed]
         if not free:

@@ -34,6 +34,7 @@ from .kl import KL_KINDS, KLSettings, fit_kl, protected_layers, start_routers
 log = logging.getLogger(__name__)
 
 STATE_NAME = "kl_state.pt"
+GREEDY_NAME = "greedy_kl.json"
 STARTS = ("best", "angular", "block-influence", "greedy-kl")
 UNITS = ("block", "sublayer")
 DEFAULT_TASKS = ("arc_easy", "mmlu:dev", "gsm8k")
@@ -142,7 +143,7 @@ def train_kl(
         level = int(round(target_layers))
         candidates = heuristic_paths(stats, L, level, fixed)
         if start in ("best", "greedy-kl"):
-            candidates["greedy-kl"] = greedy_kl_path(routed, calibration, level, fixed, batch_size, pad)[0]
+            candidates["greedy-kl"] = greedy_start(routed, calibration, level, fixed, batch_size, pad, output)
         if start != "best":
             if start not in candidates:
                 raise ValueError(f"no {start} path skips {L - level} layers outside the protected ones")
@@ -205,6 +206,34 @@ def train_kl(
             outputs.write_json(folder / TRAINED_ON_NAME, trained)
             outputs.publish(folder, output)
         return metrics
+
+
+def greedy_start(routed, calibration, level: int, fixed, batch_size: int, pad: int, output: Path) -> tuple:
+    """``greedy_kl_path`` on the calibration prompts, kept in ``<output>/greedy_kl.json`` for reruns.
+
+    The file records what the path was searched on (model, calibration prompt ids, level, protected
+    layers); a file that does not match is searched again and replaced.
+    """
+    key = {
+        "fingerprint": routed.fingerprint,
+        "calibration": [r["id"] for r in calibration],
+        "level": level,
+        "fixed": list(fixed),
+    }
+    path = output / GREEDY_NAME
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        if {k: saved.get(k) for k in key} == key and isinstance(saved.get("path"), list):
+            return tuple(saved["path"])
+    found, trace = greedy_kl_path(routed, calibration, level, fixed, batch_size, pad)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        path, lambda tmp: Path(tmp).write_text(json.dumps({**key, "path": list(found), "trace": trace}))
+    )
+    return found
 
 
 def _mean(values: list[float]) -> float:

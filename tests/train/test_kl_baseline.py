@@ -142,3 +142,24 @@ def test_a_greedy_kl_start_is_the_greedy_path_on_the_calibration_prompts(tmp_pat
     ):
         with pytest.raises(ValueError, match=match):
             train_routers(tiny_model_dir, output=str(tmp_path / "bad"), **args, **bad)
+
+
+def test_greedy_paths_nest_and_the_start_is_kept_for_reruns(mc_file, tmp_path):
+    from drllm.train.kl_run import GREEDY_NAME, greedy_start
+
+    routed, rows = _setup(mc_file, tmp_path)
+    calib, fixed = rows[:8], [0, 1, 5]
+    four, _ = greedy_kl_path(routed, calib, 4, fixed, 4, 0)
+    three, _ = greedy_kl_path(routed, calib, 3, fixed, 4, 0)
+    assert greedy_kl_path(routed, calib, 3, fixed, 4, 0, start=four)[0] == three  # one more round from 4
+    with pytest.raises(ValueError, match="start must be a 0/1 path of 6 layers running at least 4"):
+        greedy_kl_path(routed, calib, 4, fixed, 4, 0, start=three)
+    out = tmp_path / "run"
+    assert greedy_start(routed, calib, 3, fixed, 4, 0, out) == three
+    saved = json.loads((out / GREEDY_NAME).read_text())
+    assert saved["path"] == list(three) and saved["calibration"] == [r["id"] for r in calib]
+    (out / GREEDY_NAME).write_text(json.dumps({**saved, "path": [1, 1, 0, 0, 1, 1]}))
+    assert greedy_start(routed, calib, 3, fixed, 4, 0, out) == (1, 1, 0, 0, 1, 1)  # reused, not searched
+    other = greedy_start(routed, rows[2:10], 3, fixed, 4, 0, out)  # other prompts: searched again
+    assert json.loads((out / GREEDY_NAME).read_text())["path"] == list(other)
+    assert json.loads((out / GREEDY_NAME).read_text())["calibration"] == [r["id"] for r in rows[2:10]]
