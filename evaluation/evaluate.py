@@ -166,7 +166,8 @@ def run_eval(
             execute-minus-skip margin (the first two and the last always run). It competes as a static
             baseline: routers are compared with the best static path, this one included.
         stand_in: ``linear``: also every static path (but ``random``) with linear stand-ins for its skipped
-            layers, fitted in closed form on the calibration examples (``drllm.search.stand_ins``), as
+            layers and, for the unit baselines, its switched-off units, fitted in closed form on the
+            calibration examples (``drllm.search.stand_ins``, ``drllm.search.unit_stand_ins``), as
             ``<name>+linear``; they are compared with the static paths of their level, not counted among
             them. Routers always run the stand-ins saved with them, the static paths never do.
         stand_in_rank: rank of those maps (None: full rank).

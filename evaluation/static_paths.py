@@ -1,9 +1,10 @@
-"""Static paths an evaluation derives from others: sublayer-unit paths and linear stand-ins for skips.
+"""Static paths an evaluation derives from others: sublayer-unit paths and linear stand-ins.
 
 ``paths_of_units`` gives the ``attention-drop``, ``mlp-drop`` and ``unit-drop`` baselines at every level:
 units dropped by least influence per multiply-add (``drllm.search.unit_heuristics``) until the path saves at
-least what the level's block paths save. ``with_stand_ins`` fits, once per distinct static path that skips,
-the linear maps its ``<name>+linear`` twin runs (``drllm.search.stand_ins``).
+least what the level's block paths save. ``with_stand_ins`` fits, once per distinct static path that skips
+layers or switches units off, the linear maps its ``<name>+linear`` twin runs (``drllm.search.stand_ins``,
+``drllm.search.unit_stand_ins``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import logging
 
 from drllm.router import SKIP, StandIns, batch_prompts, path_macs
+from drllm.router.decisions import UNIT_OFF
 from drllm.search.stand_ins import fit_linear_stand_ins
 from drllm.search.unit_heuristics import attention_drop_path, mlp_drop_path, unit_drop_path, unit_influence
+from drllm.search.unit_stand_ins import fit_unit_stand_ins
 
 from .baselines import drop_last
-from .results import STATIC
+from .results import STATIC, UNIT_BASELINES
 
 log = logging.getLogger("drllm.evaluation.evaluate")
+DROPS = {SKIP, *UNIT_OFF}  # what a stand-in can replace: a skipped layer, a switched-off unit
 
 
 def paths_of_units(routed, tokenizer, ev, calib, names, settings) -> dict[tuple[str, int], tuple[int, ...]]:
@@ -45,9 +49,12 @@ def paths_of_units(routed, tokenizer, ev, calib, names, settings) -> dict[tuple[
 
 
 def with_stand_ins(routed, tokenizer, ev, calib, methods, settings, task) -> list[tuple]:
-    """``(name+linear, level, path, stand-ins)`` per static path that skips; one fit per distinct path.
+    """``(name+linear, level, path, stand-ins)`` per static path that drops something; one fit per path.
 
-    ``random`` and the unit baselines are left out (their paths are not among ``STATIC``).
+    A block path's skipped layers get linear maps (``fit_linear_stand_ins``). A unit baseline's switched-off
+    units get unit maps (``fit_unit_stand_ins``) and then, where both units of a layer go (a skip), block
+    maps fitted along the path with those unit maps in place. ``random`` is left out (its paths are not
+    paired).
     """
     if settings.stand_in != "linear":
         return []
@@ -55,17 +62,21 @@ def with_stand_ins(routed, tokenizer, ev, calib, methods, settings, task) -> lis
     fitted: dict[tuple[int, ...], StandIns] = {}
     out = []
     for m in methods:
-        if m.name not in STATIC or m.level is None or SKIP not in m.path:
+        if m.name not in STATIC + UNIT_BASELINES or m.level is None or not set(m.path) & DROPS:
             continue
         if m.path not in fitted:
             log.info("%s: linear stand-ins for %s at %d layers", task, m.name, m.level)
-            fitted[m.path] = fit_linear_stand_ins(
-                routed,
-                tokenizer,
-                prompts,
-                m.path,
-                rank=settings.stand_in_rank,
-                batch_size=settings.batch_size,
-            )
+            fitted[m.path] = _fit(routed, tokenizer, prompts, m.path, settings)
         out.append((f"{m.name}+linear", m.level, m.path, fitted[m.path]))
     return out
+
+
+def _fit(routed, tokenizer, prompts, path, settings) -> StandIns:
+    """The unit maps of ``path`` (if it switches units off), then the block maps of its skipped layers."""
+    kw = dict(rank=settings.stand_in_rank, batch_size=settings.batch_size)
+    maps = None
+    if set(path) & set(UNIT_OFF):
+        maps = fit_unit_stand_ins(routed, tokenizer, prompts, path, **kw)
+    if SKIP in path:
+        maps = fit_linear_stand_ins(routed, tokenizer, prompts, path, stand_ins=maps, **kw)
+    return maps

@@ -9,13 +9,13 @@ One decoder block costs, per token:
 - MLP: ``3 * d * f`` for the gated MLPs (llama, mistral, qwen, gemma, phi3, olmo2) and ``2 * d * f`` for
   gpt2 and gpt_neox, with ``f`` the intermediate size.
 Norms, activations, rotary embeddings and biases are left out (a few ``d`` per token). A linear stand-in
-costs ``d * d`` (full rank) or ``2 * d * r``. The embedding and the LM head are the same for every path
-and are left out, so a fraction is one of the decoder stack.
+(of a skipped layer, or of a switched-off unit) costs ``d * d`` (full rank) or ``2 * d * r``. The embedding
+and the LM head are the same for every path and are left out, so a fraction is one of the decoder stack.
 """
 
 from __future__ import annotations
 
-from .decisions import check_decisions
+from .decisions import UNIT_OFF, check_decisions
 
 UNGATED = ("gpt2", "gpt_neox")
 
@@ -88,8 +88,10 @@ def path_macs(config, decisions, prompt_tokens: int, stand_ins=None) -> dict[str
     for i, n in enumerate(decisions):  # 0/1/2 blocks; 3 the MLP alone, 4 the attention alone
         blocks += {3: parts[i]["mlp"], 4: attention[i]}.get(n, n * block[i])
     extra = 0.0
-    if stand_ins is not None:
+    if stand_ins is not None:  # a skipped layer's map; a switched-off unit's (3: the attention, 4: the MLP)
         extra = float(sum(stand_ins.macs_per_token(i) for i, n in enumerate(decisions) if n == 0))
+        units = [(UNIT_OFF[n], i) for i, n in enumerate(decisions) if n in UNIT_OFF]
+        extra += float(sum(stand_ins.unit_macs_per_token(unit, i) for unit, i in units))
     full = sum(block)
     total = blocks + extra
     return {"blocks": blocks, "stand_ins": extra, "total": total, "full": full, "fraction": total / full}

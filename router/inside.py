@@ -4,6 +4,8 @@
         hidden = routed.backbone(ids, mask, d)  # final hidden states (after the final norm)
     with routed.starting_at(layers, states_in): # rows begin at a layer from given states (prefix reuse)
         hidden = routed.backbone(ids, routed.attention_mask_4d(allowed, positions), d, positions)
+    with routed.watching_units(units, fn):      # fn((unit, i), x, y): a sublayer unit's input and output
+        routed.backbone(ids, mask, d)
     logits = routed.lm_logits(hidden)           # LM head with the model's final logit softcapping
 
 No other package touches the routing state or transformers internals.
@@ -20,7 +22,7 @@ import torch
 from .decisions import SKIP
 from .layer import layer_input, put_rows
 from .pooling import pooling_mask, window_pool, window_weights
-from .surgery import additive_masks, layer_list, softcap_logits
+from .surgery import additive_masks, layer_list, softcap_logits, sublayer
 
 
 def padded_positions(attention_mask):
@@ -136,6 +138,31 @@ class InsideModel:
         handles.append(layers[-1].register_forward_hook(leave))
         try:
             yield states
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextlib.contextmanager
+    def watching_units(self, units, fn) -> Iterator[None]:
+        """Show ``fn`` the input and output of sublayer units in every forward inside the context.
+
+        Args:
+            units: ``(unit, layer)`` pairs, ``unit`` being ``"attention"`` or ``"mlp"``.
+            fn: called as ``fn((unit, layer), x, y)`` each time that unit runs: ``x`` ``[B, T, d]`` is the
+                module's input (after the layer's input norm where it has one) and ``y`` its output (an
+                attention's first output), before the layer adds it to the residual stream (or post-norms
+                it). A unit switched off by the decisions is not run, so not shown.
+        """
+        layers, handles = layer_list(self.model), []
+
+        def watch(key, module, args, kwargs, output):
+            fn(key, layer_input(args, kwargs), output[0] if isinstance(output, tuple) else output)
+
+        try:
+            for unit, i in units:
+                module = sublayer(layers[i].layer, unit)
+                handles.append(module.register_forward_hook(partial(watch, (unit, i)), with_kwargs=True))
+            yield
         finally:
             for handle in handles:
                 handle.remove()

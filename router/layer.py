@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from transformers.cache_utils import Cache
 from .cache import RoutedCache
 from .decisions import EXECUTE, REPEAT, SKIP, UNIT_OFF
 from .relaxed import run_relaxed
+from .unit_stand_ins import UNITS
 from .units import units_off
 
 # transformers >= 5.24 passes the cache to decoder layers as ``cache``; older releases as ``past_key_values``
@@ -215,7 +217,7 @@ class RoutedLayer(nn.Module):
         if plan == SKIP:
             return self._wrap(self._skipped(hidden_states))
         if plan in UNIT_OFF:  # every row runs one sublayer unit
-            with units_off(self.layer, {UNIT_OFF[plan]: True}):
+            with units_off(self.layer, {UNIT_OFF[plan]: True}, self._unit_maps()):
                 return self._wrap(self._call(hidden_states, args, kwargs))
         if plan is not None:
             out = self._call(hidden_states, args, kwargs)
@@ -246,6 +248,13 @@ class RoutedLayer(nn.Module):
         stand_ins = self.state.stand_ins
         return hidden if stand_ins is None else stand_ins.apply(self.routed_index, hidden)
 
+    def _unit_maps(self) -> dict:
+        """Per unit of this layer with a linear stand-in, its map (``units_off``): the rest return zeros."""
+        stand_ins, i = self.state.stand_ins, self.routed_index
+        if stand_ins is None:
+            return {}
+        return {u: partial(stand_ins.apply_unit, u, i) for u in UNITS if stand_ins.has_unit_map(u, i)}
+
     def _damped(self, once: torch.Tensor, twice: torch.Tensor) -> torch.Tensor:
         """What a repeat leaves: the second pass, or the damped second pass."""
         stand_ins = self.state.stand_ins
@@ -261,7 +270,7 @@ class RoutedLayer(nn.Module):
             if rows.numel() == 0:
                 continue
             sub_args, sub_kwargs = _gather((args, kwargs), rows, batch)
-            with units_off(self.layer, off):
+            with units_off(self.layer, off, self._unit_maps()):
                 new = self._call(out[rows], sub_args, sub_kwargs)
             if n == 1:  # the repeat pass
                 new = self._damped(out[rows], new)
@@ -276,13 +285,14 @@ class RoutedLayer(nn.Module):
     def _run_batch(self, hidden: torch.Tensor, decisions: torch.Tensor, args, kwargs) -> torch.Tensor:
         """With a cache: run the full batch, keep per row the input, the first or the second pass.
 
-        Rows running one unit zero the other's output (it runs for the batch, and its cache entries for those
-        rows are never read, since a row's decisions hold for the whole generation).
+        Rows running one unit replace the other's output by zeros or its stand-in (it runs for the batch, and
+        its cache entries for those rows are never read, since a row's decisions hold for the whole
+        generation).
         """
         off = {
             unit: decisions == value for value, unit in UNIT_OFF.items() if bool((decisions == value).any())
         }
-        with units_off(self.layer, off):
+        with units_off(self.layer, off, self._unit_maps()):
             once = self._call(hidden, args, kwargs)
         keep = decisions.view(-1, *([1] * (hidden.dim() - 1)))
         out = torch.where(keep == SKIP, self._skipped(hidden), once)

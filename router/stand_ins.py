@@ -7,10 +7,12 @@
   ``[d, r]`` and ``[r, d]``. A layer without a map is skipped plainly. A run of skipped layers applies each
   layer's map in turn, so one set of maps serves a static path and per-input routers alike. A stand-in acts
   on each position alone, so it writes no KV cache entry and routed generation with a cache stays exact.
+- **Linear stand-in of a switched-off unit.** The attention or MLP of layer ``i`` switched off (decisions 3
+  and 4) returns a linear map of its own input instead of zeros (``unit_stand_ins``).
 - **Damped repeat of layer i.** A repeat runs the block a second time on its own output ``h1`` and keeps
   ``h1 + alpha_i * (f(h1) - h1)``; ``alpha_i = 1`` is the plain repeat, ``0`` a single execution.
 
-Both are saved as one ``stand_ins.safetensors`` (no pickle) whose header records the base model's
+All are saved as one ``stand_ins.safetensors`` (no pickle) whose header records the base model's
 fingerprint, so they are refused on another model, as routers are.
 """
 
@@ -25,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .atomic import atomic_write
+from .unit_stand_ins import CarriesUnitMaps
 from .weights_file import read_weights
 
 STAND_INS_NAME = "stand_ins.safetensors"
@@ -32,8 +35,8 @@ HEADER = "stand_ins"
 FORMAT_VERSION = 1
 
 
-class StandIns(nn.Module):
-    """Per-layer linear stand-ins for skips and per-layer repeat scales (see the module docstring)."""
+class StandIns(CarriesUnitMaps, nn.Module):
+    """Linear stand-ins for skipped layers and switched-off units, and repeat scales (see the docstring)."""
 
     def __init__(self, num_layers: int, hidden_size: int, rank: int | None = None, info: dict | None = None):
         super().__init__()
@@ -46,24 +49,51 @@ class StandIns(nn.Module):
         self.info = dict(info or {})  # fingerprint, weight_probe, how they were fitted
         self.register_buffer("repeat_scale", torch.ones(num_layers))
         self.mapped: list[int] = []
+        self.unit_mapped: dict[str, list[int]] = {"attention": [], "mlp": []}
 
     def set_map(self, index: int, down: torch.Tensor, bias: torch.Tensor, up: torch.Tensor | None = None):
         """Give layer ``index`` the stand-in ``h + h @ down @ up + bias`` (``up`` None: full rank)."""
+        self._check_layer(index)
+        self._store(f"layer {index}", "", index, down, bias, up)
+        if index not in self.mapped:
+            self.mapped = sorted([*self.mapped, index])
+
+    def _check_layer(self, index: int) -> None:
         if not (_whole(index) and 0 <= index < self.num_layers):
             raise ValueError(f"layer {index!r} is not in 0..{self.num_layers - 1}")
+
+    def _store(self, where: str, prefix: str, index: int, down, bias, up) -> None:
+        """Check one map's shapes and values (``where`` names it in errors), then keep it as buffers."""
         d, r = self.hidden_size, self.rank or self.hidden_size
         want = {"down": (d, r), "bias": (d,), "up": (r, d) if self.rank else None}
         for name, tensor in (("down", down), ("bias", bias), ("up", up)):
             shape = None if tensor is None else tuple(tensor.shape)
             if shape != want[name]:
-                raise ValueError(f"stand-in {name} of layer {index} must be {want[name]}, got {shape}")
+                raise ValueError(f"stand-in {name} of {where} must be {want[name]}, got {shape}")
             if tensor is not None and not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"stand-in {name} of layer {index} holds non-finite values (NaN or inf)")
+                raise ValueError(f"stand-in {name} of {where} holds non-finite values (NaN or inf)")
         for name, tensor in (("down", down), ("bias", bias), ("up", up)):
             if tensor is not None:
-                self.register_buffer(f"{name}_{index}", tensor.detach().float().clone())
-        if index not in self.mapped:
-            self.mapped = sorted([*self.mapped, index])
+                self.register_buffer(f"{prefix}{name}_{index}", tensor.detach().float().clone())
+
+    def _map(self, prefix: str, index: int, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
+        """``x @ down @ up + bias`` of one stored map (``up`` at low rank only), in ``x``'s dtype.
+
+        With ``residual``, ``x + x @ down @ up + bias`` (a skipped layer's stand-in), summed in that order.
+        """
+        if x.shape[-1] != self.hidden_size:
+            raise ValueError(f"stand-ins of hidden size {self.hidden_size} got states of size {x.shape[-1]}")
+        out = x @ getattr(self, f"{prefix}down_{index}").to(x.dtype)
+        if self.rank:
+            out = out @ getattr(self, f"{prefix}up_{index}").to(x.dtype)
+        if residual:
+            out = x + out
+        return out + getattr(self, f"{prefix}bias_{index}").to(x.dtype)
+
+    def _map_macs(self) -> int:
+        """Multiply-adds per token of one map: ``d * d`` at full rank, ``2 * d * r`` at rank ``r``."""
+        d = self.hidden_size
+        return 2 * d * self.rank if self.rank else d * d
 
     def has_map(self, index: int) -> bool:
         """Whether a skip of layer ``index`` runs a linear stand-in."""
@@ -73,15 +103,7 @@ class StandIns(nn.Module):
         """Skipped layer ``index``'s stand-in on ``hidden`` ``[..., d]`` (``hidden`` itself without a map)."""
         if index not in self.mapped:
             return hidden
-        if hidden.shape[-1] != self.hidden_size:
-            raise ValueError(
-                f"stand-ins of hidden size {self.hidden_size} got states of size {hidden.shape[-1]}"
-            )
-        down = getattr(self, f"down_{index}").to(hidden.dtype)
-        update = hidden @ down
-        if self.rank:
-            update = update @ getattr(self, f"up_{index}").to(hidden.dtype)
-        return hidden + update + getattr(self, f"bias_{index}").to(hidden.dtype)
+        return self._map("", index, hidden, residual=True)
 
     def damp(self, index: int, once: torch.Tensor, twice: torch.Tensor) -> torch.Tensor:
         """A repeat's result: ``once + alpha * (twice - once)`` (``twice`` itself when alpha is 1)."""
@@ -90,19 +112,17 @@ class StandIns(nn.Module):
 
     def macs_per_token(self, index: int) -> int:
         """Multiply-adds per token of layer ``index``'s stand-in (0 without one)."""
-        if index not in self.mapped:
-            return 0
-        d = self.hidden_size
-        return 2 * d * self.rank if self.rank else d * d
+        return self._map_macs() if index in self.mapped else 0
 
     def config(self) -> dict:
-        """What the file header records: shapes, the mapped layers and the base model's identity."""
+        """What the file header records: shapes, the mapped layers and units, the base model's identity."""
         return {
             "format_version": FORMAT_VERSION,
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
             "rank": self.rank,
             "mapped": self.mapped,
+            **self._unit_header(),
             **self.info,
         }
 
@@ -130,13 +150,14 @@ class StandIns(nn.Module):
             got = config.get("format_version")
             raise ValueError(f"{path}: stand-in format {got!r}, this drllm reads {FORMAT_VERSION}")
         info = {k: v for k, v in config.items() if k not in ("format_version", "num_layers", "hidden_size")}
-        rank, mapped = info.pop("rank"), info.pop("mapped")
+        rank, mapped, units = info.pop("rank"), info.pop("mapped"), info.pop("unit_mapped", None)
         if not isinstance(mapped, list) or not all(_whole(i) for i in mapped):
             raise ValueError(f"{path}: the header's 'mapped' must be a list of layer numbers, got {mapped!r}")
         try:
             out = cls(config["num_layers"], config["hidden_size"], rank, info)
             for i in mapped:
                 out.set_map(i, state.pop(f"down_{i}"), state.pop(f"bias_{i}"), state.pop(f"up_{i}", None))
+            out._load_unit_maps(units, state)
             scale = state.pop("repeat_scale")
             if scale.shape != out.repeat_scale.shape or not bool(((scale >= 0) & (scale <= 1)).all()):
                 raise ValueError(f"repeat scales must be {out.num_layers} values in [0, 1]")

@@ -52,7 +52,10 @@ def _states(routed, ids, mask, decisions) -> list[torch.Tensor]:
 
 
 def _solve(xtx: torch.Tensor, xty: torch.Tensor, ridge: float, rank: int | None):
-    """``(down, bias, up)`` solving ``[x, 1] W = y - x`` (ridge); low rank by reduced-rank regression."""
+    """``(down, bias, up)`` solving ``[x, 1] W = target`` (ridge) from the sums of ``_accumulate``.
+
+    Low rank by reduced-rank regression.
+    """
     n = xtx.shape[0]
     lam = ridge * float(torch.diagonal(xtx).mean())
     w = torch.linalg.solve(xtx + lam * torch.eye(n, dtype=xtx.dtype), xty)  # [d + 1, d]
@@ -64,11 +67,14 @@ def _solve(xtx: torch.Tensor, xty: torch.Tensor, ridge: float, rank: int | None)
     return (w[:-1] @ v).float(), (w[-1] @ v @ v.T).float(), v.T.contiguous().float()
 
 
-def _accumulate(sums: dict, i: int, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Add one batch's kept tokens (``x``, ``y`` ``[N, d]``) to layer ``i``'s sums."""
+def _accumulate(sums: dict, i, x: torch.Tensor, y: torch.Tensor, residual: bool = True) -> None:
+    """Add one batch's kept tokens (``x``, ``y`` ``[N, d]``) to the sums of ``i`` (a layer, or any key).
+
+    The target is ``y - x`` (a layer's update) with ``residual``, else ``y`` itself.
+    """
     xs = x.double()
     xs = torch.cat([xs, torch.ones(xs.shape[0], 1, dtype=xs.dtype, device=xs.device)], 1)
-    delta = y.to(x.device).double() - x.double()
+    delta = y.to(x.device).double() - x.double() if residual else y.to(x.device).double()
     xtx, xty = (xs.T @ xs).cpu(), (xs.T @ delta).cpu()
     if i in sums:
         sums[i][0].add_(xtx)
@@ -101,7 +107,8 @@ def fit_linear_stand_ins(
         routed: a ``RoutedModel``; its routers are not used, its own stand-ins are set aside meanwhile.
         tokenizer: its tokenizer (prompts are encoded as everywhere in drllm and left-padded).
         prompts: calibration prompts (a training split; never the evaluated examples).
-        path: one decision per layer; None: a map for every layer outside ``protected``.
+        path: one decision per layer (sublayer units 3 and 4 too: they run, with the unit maps of
+            ``stand_ins`` if given); None: a map for every layer outside ``protected``.
         rank: None for full-rank maps, else the rank of each map (``1 .. d - 1``).
         ridge: ridge strength, relative to the mean diagonal of ``X^T X``.
         protected: layers that get no map (only with ``path=None``).
@@ -118,7 +125,7 @@ def fit_linear_stand_ins(
     if any(not -L <= p < L for p in protected):
         raise ValueError(f"protected layers must lie in -{L}..{L - 1}, got {list(protected)}")
     full = all_execute(L)
-    plan = None if path is None else check_decisions(path, L)[0].tolist()
+    plan = None if path is None else check_decisions(path, L, units=True)[0].tolist()
     if plan is None:
         layers = [i for i in range(L) if i not in {p % L for p in protected}]
     else:

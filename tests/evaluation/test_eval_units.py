@@ -44,9 +44,20 @@ def test_unit_baselines_match_the_block_compute_of_their_level(tmp_path, eight_l
         assert row.layers == pytest.approx(8 * row.compute, abs=0.01)  # blocks their compute would buy
         assert row.kl_static == "block-influence" and row.kl_vs_static is not None
         assert row.vs_static is not None and row.vs_static.against == "block-influence"
-    assert "attention-drop+linear" not in by and "block-influence+linear" in by  # stand-ins: block paths
+    assert "block-influence+linear" in by
+    for name in ("attention-drop", "mlp-drop", "unit-drop"):  # unit baselines with unit maps, paired too
+        plain, twin = by[name], by[f"{name}+linear"]
+        assert twin.path == plain.path and twin.level == plain.level == 6
+        assert plain.compute < twin.compute < 1.0  # each switched-off unit's map costs d^2 a token
+        assert twin.kl_static == "block-influence" and twin.vs_static.against == "block-influence"
+    assert by["attention-drop+linear"].kl.value < by["attention-drop"].kl.value
     text = (tmp_path / "e" / "results.md").read_text()
     assert "| attention-drop |" in text and "| unit-drop |" in text and "| mlp-drop |" in text
+    assert (
+        text.index("| attention-drop |")
+        < text.index("| attention-drop+linear |")
+        < text.index("| mlp-drop |")
+    )
 
 
 def test_target_compute_resolves_to_levels_and_bad_values_are_refused():
