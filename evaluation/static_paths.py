@@ -13,9 +13,8 @@ import logging
 
 from drllm.router import SKIP, StandIns, batch_prompts, path_macs
 from drllm.router.decisions import UNIT_OFF
-from drllm.search.stand_ins import fit_linear_stand_ins
 from drllm.search.unit_heuristics import attention_drop_path, mlp_drop_path, unit_drop_path, unit_influence
-from drllm.search.unit_stand_ins import fit_unit_stand_ins
+from drllm.search.unit_stand_ins import fit_path_stand_ins
 
 from .baselines import drop_last
 from .results import STATIC, UNIT_BASELINES
@@ -66,17 +65,7 @@ def with_stand_ins(routed, tokenizer, ev, calib, methods, settings, task) -> lis
             continue
         if m.path not in fitted:
             log.info("%s: linear stand-ins for %s at %d layers", task, m.name, m.level)
-            fitted[m.path] = _fit(routed, tokenizer, prompts, m.path, settings)
+            kw = dict(rank=settings.stand_in_rank, batch_size=settings.batch_size)
+            fitted[m.path] = fit_path_stand_ins(routed, tokenizer, prompts, m.path, **kw)
         out.append((f"{m.name}+linear", m.level, m.path, fitted[m.path]))
     return out
-
-
-def _fit(routed, tokenizer, prompts, path, settings) -> StandIns:
-    """The unit maps of ``path`` (if it switches units off), then the block maps of its skipped layers."""
-    kw = dict(rank=settings.stand_in_rank, batch_size=settings.batch_size)
-    maps = None
-    if set(path) & set(UNIT_OFF):
-        maps = fit_unit_stand_ins(routed, tokenizer, prompts, path, **kw)
-    if SKIP in path:
-        maps = fit_linear_stand_ins(routed, tokenizer, prompts, path, stand_ins=maps, **kw)
-    return maps

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from drllm.router import all_execute, check_decisions
+from drllm.router import SKIP, all_execute, check_decisions
 from drllm.router.decisions import UNIT_OFF
 from drllm.router.stand_ins import StandIns
 from drllm.router.unit_stand_ins import UNITS
 
-from .stand_ins import _accumulate, _batches, _kept, _solve
+from .stand_ins import _accumulate, _batches, _kept, _solve, fit_linear_stand_ins
 
 
 def units_to_fit(path, num_layers: int, protected: tuple[int, ...] = ()) -> list[tuple[str, int]]:
@@ -106,3 +106,22 @@ def fit_unit_stand_ins(
         "skip_first": skip_first,
     }
     return out
+
+
+def fit_path_stand_ins(
+    routed, tokenizer, prompts: list[str], path, rank=None, batch_size: int = 16
+) -> StandIns:
+    """Every stand-in a static path needs: its switched-off units' maps, then its skipped layers' block maps.
+
+    The block maps are fitted along the path with the unit maps in place (``fit_linear_stand_ins``).
+    """
+    maps = None
+    if set(path) & set(UNIT_OFF):
+        maps = fit_unit_stand_ins(routed, tokenizer, prompts, path, rank=rank, batch_size=batch_size)
+    if SKIP in path:
+        maps = fit_linear_stand_ins(
+            routed, tokenizer, prompts, path, rank, batch_size=batch_size, stand_ins=maps
+        )
+    if maps is None:
+        raise ValueError(f"path {list(path)} drops nothing: it needs no stand-ins")
+    return maps
