@@ -25,6 +25,7 @@ from drllm.search.closeness import heuristic_paths
 from drllm.search.heuristics import calibration_statistics
 from drllm.search.teacher import build_teacher, task_prompts
 from drllm.search.unit_heuristics import attention_drop_path, mlp_drop_path, unit_drop_path, unit_influence
+from drllm.search.unit_stand_ins import fit_path_stand_ins
 
 
 def main():
@@ -36,6 +37,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--output", default="runs/units")
+    ap.add_argument("--stand-ins", action="store_true", help="also every path with its linear stand-ins")
+    ap.add_argument("--rank", type=int, default=64, help="stand-in rank (0: full)")
     args = ap.parse_args()
     out = Path(args.output)
     routed, tokenizer, pad, fixed = setup(args, out)
@@ -65,26 +68,36 @@ def main():
                 methods[name] = (drop(influence, routed.config, saved, tokens), None)
             except ValueError as err:
                 print(f"{name} at {saved:.0%}: {err}")
+        if args.stand_ins:  # each path beside itself with linear stand-ins (units' maps, then blocks')
+            for name, (path, _) in list(methods.items()):
+                maps = fit_path_stand_ins(routed, tokenizer, calib, path, args.rank or None, bs)
+                methods[f"{name}+linear"] = (path, None, maps)
         scores = score_many(routed, val, pad, bs, methods, fixed)
         row = {
             m: {
                 **{k: float(np.mean(scores[m][k])) for k in ("kl", "agreement", "fidelity")},
-                "macs_saved": 1 - path_macs(routed.config, p, tokens)["fraction"],
+                "macs_saved": 1 - path_macs(routed.config, p, tokens, *rest[1:])["fraction"],
                 "path": list(p),
             }
-            for m, (p, _) in methods.items()
+            for m, (p, *rest) in methods.items()
         }
-        best = min(("block-influence", "angular"), key=lambda m: row[m]["kl"])
-        compare = {
-            f"{m} - {best}": {
-                k: paired(scores[m][k], scores[best][k]) for k in ("kl", "agreement", "fidelity")
+        compare = {}
+        for suffix in ("", "+linear") if args.stand_ins else ("",):
+            best = min((b + suffix for b in ("block-influence", "angular")), key=lambda m: row[m]["kl"])
+            for m in ("unit-drop", "attention-drop", "mlp-drop"):
+                if m + suffix in scores:
+                    compare[f"{m}{suffix} - {best}"] = {
+                        k: paired(scores[m + suffix][k], scores[best][k])
+                        for k in ("kl", "agreement", "fidelity")
+                    }
+        for m in [m for m in methods if m.endswith("+linear")]:  # what the maps change, path by path
+            plain = m.removesuffix("+linear")
+            compare[f"{m} - {plain}"] = {
+                k: paired(scores[m][k], scores[plain][k]) for k in ("kl", "fidelity")
             }
-            for m in ("unit-drop", "attention-drop", "mlp-drop")
-            if m in scores
-        }
         results["targets"][str(saved)] = {
             "level": level,
-            "best_block": best,
+            "best_block": min(("block-influence", "angular"), key=lambda m: row[m]["kl"]),
             "methods": row,
             "paired": compare,
         }
