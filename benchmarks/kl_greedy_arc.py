@@ -53,7 +53,7 @@ def main():
         if level in results:
             continue
         correct = _correct(ev, examples, tuple(row["path"]), args.batch_size)
-        methods = _eval_rows(Path(args.eval.format(level=level)))
+        methods = _eval_rows(Path(args.eval.format(level=level.split("-")[0])))  # "27-x": another path at 27
         base_match = np.mean([methods["base"][i] == c for i, c in zip(ids, results["base"], strict=True)])
         entry = {"path": row["path"], "accuracy": float(np.mean(correct)), "correct": correct}
         entry["base_rows_matching_eval"] = float(base_match)
