@@ -171,6 +171,7 @@ def main():
         "--start", default="best", help="train_kl's start: best, angular, block-influence, greedy-kl"
     )
     ap.add_argument("--reward-baseline", default="running-mean", help="running-mean or per-prompt")
+    ap.add_argument("--budget-by", default="shift", help="shift (of the skip logits) or price (per layer)")
     ap.add_argument(
         "--min-layers", type=float, default=0.0, help="per-prompt floor of input-conditioned routers"
     )
@@ -210,6 +211,7 @@ def main():
                     val_fraction=0.05,
                     start=args.start,
                     baseline=args.reward_baseline,
+                    budget_by=args.budget_by,
                     min_layers=0.0 if kind == "static" else args.min_layers,
                 )
             routed.load_routers(folder)

@@ -12,7 +12,7 @@ from drllm.search.tasks.base import MAX_PROMPT_CHARS
 from drllm.search.teacher import check_task_list
 from drllm.search.tracking import check_tags
 
-from .kl import BASELINES
+from .kl import BASELINES, BUDGETS
 from .kl_run import STARTS, UNITS
 from .outputs import CURRENT_NAME
 from .targets import TARGETS
@@ -29,7 +29,7 @@ KL_INSTEAD = {"precision": "; --dtype sets the model's dtype", "strategy": "; it
               "devices": "; it trains in one process (--device picks where)"}  # fmt: skip
 KL_ONLY = {"target_layers": None, "min_layers": 0.0, "tasks": None, "examples_per_task": 400,
            "continuation_tokens": 16, "gold_weight": 0.0, "start": "best",
-           "reward_baseline": "running-mean", "units": "block"}  # fmt: skip
+           "reward_baseline": "running-mean", "units": "block", "budget_by": "shift"}  # fmt: skip
 
 
 def check_arguments(args: dict) -> None:
@@ -52,7 +52,13 @@ def check_arguments(args: dict) -> None:
             )
         if not _finite(args["gold_weight"]) or args["gold_weight"] < 0:
             raise ValueError(f"gold_weight must be a number >= 0, got {args['gold_weight']!r}")
-        for name, allowed in (("start", STARTS), ("reward_baseline", BASELINES), ("units", UNITS)):
+        choices = (
+            ("start", STARTS),
+            ("reward_baseline", BASELINES),
+            ("units", UNITS),
+            ("budget_by", BUDGETS),
+        )
+        for name, allowed in choices:
             if args[name] not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {args[name]!r}")
         if args["tasks"] is not None and not list(args["tasks"]):

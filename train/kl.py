@@ -34,14 +34,16 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from drllm.router import EXECUTE, SKIP, Relaxation, relaxed
-from drllm.search.closeness import batch_tensors, per_row_kl, teacher_log_probs
+from drllm.router import SKIP, Relaxation, relaxed
+from drllm.search.closeness import batch_tensors, teacher_log_probs
 
 from .gold_loss import gold_rows, step_with_gold
+from .kl_validation import evaluate_kl, executed_share, relaxed_step  # noqa: F401 - importable here
 
 KL_KINDS = ("static", "linear", "mlp")
 ESTIMATORS = ("score-function", "straight-through")
 BASELINES = ("running-mean", "per-prompt")
+BUDGETS = ("shift", "price")
 
 
 @dataclass
@@ -70,6 +72,11 @@ class KLSettings:
     """``score-function`` (REINFORCE: the KL of each sampled path is its reward, no gradient through the
     model) or ``straight-through`` (Gumbel-softmax gradients through the model; measured on SmolLM2 to drift
     from its start: near the base model the KL is flat to first order)."""
+    budget: str = "shift"
+    """How training holds the level: ``shift`` (a shift of every skip logit moved by dual ascent; the routers'
+    own logits are free to drift toward executing, the shift chasing them) or ``price`` (a price per layer
+    moved by dual ascent and added to each sampled path's cost, so the estimator itself trades KL against
+    layers; score-function only). Either way the deployed shift is calibrated exactly at the end, folded."""
     baseline: str = "running-mean"
     """The score-function estimator's baseline: ``running-mean`` (of the batches' costs) or ``per-prompt``
     (the cost of the deployed argmax path on the same prompt: a sampled path is rewarded exactly for beating
@@ -81,17 +88,21 @@ class KLSettings:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
-        if self.baseline != "running-mean" and self.estimator != "score-function":
-            raise ValueError(f"baseline {self.baseline!r} is for the score-function estimator")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+        for name, default in (("baseline", "running-mean"), ("budget", "shift")):
+            if getattr(self, name) != default and self.estimator != "score-function":
+                raise ValueError(f"{name} {getattr(self, name)!r} is for the score-function estimator")
 
     def identity(self) -> dict:
         """The settings as JSON-ready values.
 
-        ``baseline`` is left out at its default, so runs saved before it existed keep their identity.
+        ``baseline`` and ``budget`` are left out at their defaults: runs saved before they existed resume.
         """
         out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-        if out["baseline"] == "running-mean":
-            del out["baseline"]
+        for name, default in (("baseline", "running-mean"), ("budget", "shift")):
+            if out[name] == default:
+                del out[name]
         return out
 
 
@@ -120,14 +131,6 @@ def start_routers(routers, path, margin: float) -> None:
             last.bias.copy_(target[i])
 
 
-def relaxed_step(routed, relaxation: Relaxation, batch: dict, teacher: torch.Tensor) -> torch.Tensor:
-    """Per-row KL ``[B]`` of a relaxed routed forward (the gates stay in ``relaxation``)."""
-    with relaxed(routed, relaxation):
-        hidden = routed.backbone(batch["ids"], batch["attention"], route_mask=batch["prompt"])
-    student = F.log_softmax(routed.lm_logits(hidden[batch["target"].bool()]).float(), -1)
-    return per_row_kl(student, teacher, batch["target"])
-
-
 def path_cost(routed, relaxation_for, chunk: list[dict], teacher, pad_id: int, gold):
     """Per-row KL ``[B]`` and option cross-entropy ``[B]`` (0 without options) of one routed forward.
 
@@ -144,8 +147,19 @@ def path_cost(routed, relaxation_for, chunk: list[dict], teacher, pad_id: int, g
 
 
 @torch.no_grad()
-def deployed_cost(routed, sampled: Relaxation, relaxation_for, chunk, teacher, pad_id, gold, cost, weight):
-    """Per-row cost ``[B]`` (KL + ``weight`` x option cross-entropy) of the deployed argmax path.
+def deployed_cost(
+    routed,
+    sampled: Relaxation,
+    relaxation_for,
+    chunk,
+    teacher,
+    pad_id,
+    gold,
+    cost,
+    weight,
+    price: float = 0.0,
+):
+    """Per-row cost ``[B]`` (KL + ``weight`` x option cross-entropy + ``price`` x layers), deployed path.
 
     The per-prompt baseline. Rows whose sampled path took the argmax at every layer ran the deployed path
     already (the same decisions on the same states, layer by layer): their cost is ``cost``, the sampled
@@ -157,8 +171,9 @@ def deployed_cost(routed, sampled: Relaxation, relaxation_for, chunk, teacher, p
         rows = [chunk[b] for b in left]
         sub = teacher_rows(teacher, [len(r["continuation"]) for r in chunk], left)
         deployed = functools.partial(relaxation_for, sample=False)
-        kl, ce, _, _ = path_cost(routed, deployed, rows, sub, pad_id, gold)
-        reference[left] = (kl + weight * ce).to(reference)
+        kl, ce, relaxation, _ = path_cost(routed, deployed, rows, sub, pad_id, gold)
+        layers = relaxation.layers()[: len(rows)].to(kl)
+        reference[left] = (kl + weight * ce + price * layers).to(reference)
     return reference
 
 
@@ -196,11 +211,12 @@ def fit_kl(
     routers.set_default_path(None, None, protected=fixed)  # deployed, they execute whatever the logits say
     params = [p for p in routers.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    shift, first_epoch, history = 0.0, 0, []
+    shift, price, first_epoch, history = 0.0, 0.0, 0, []
     if state is not None:
         routers.load_state_dict(state["routers"])
         optimizer.load_state_dict(state["optimizer"])
         shift, first_epoch, history = state["shift"], state["epoch"], state["history"]
+        price = state.get("price", 0.0)
     steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
     total = max(1, settings.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -233,14 +249,14 @@ def fit_kl(
             if extra is not None:
                 sums["gold_ce"] += float(ce.detach().sum())
                 sums["gold_n"] += int((extra.gold >= 0).sum())
-            cost = kl + settings.gold_weight * ce
             B = len(chunk)
+            cost = kl + settings.gold_weight * ce + price * relaxation.layers()[:B].detach().to(kl)
             if score:  # no gradient through the frozen model: each sampled path's cost is its reward
                 cost = cost.detach()
                 if settings.baseline == "per-prompt":
                     weight = settings.gold_weight
                     reference = deployed_cost(
-                        routed, relaxation, relaxation_for, chunk, teacher, pad_id, gold, cost, weight
+                        routed, relaxation, relaxation_for, chunk, teacher, pad_id, gold, cost, weight, price
                     )
                     advantage = cost - reference  # [B], 0 where the sample is the deployed path
                 else:
@@ -257,13 +273,18 @@ def fit_kl(
             loss.backward()
             optimizer.step()
             deployed = relaxation.deployed_layers()[:B]  # the argmax path under the shift: what deploys
-            shift += settings.dual_lr * (float(deployed.mean()) - settings.target_layers)
+            excess = float(deployed.mean()) - settings.target_layers
+            if settings.budget == "price":  # the price per layer rises while the deployed path runs too many
+                price += settings.dual_lr * excess
+            else:
+                shift += settings.dual_lr * excess
             sums["kl"] += float(kl.detach().sum())
             sums["layers"] += float(deployed.sum())
             sums["n"] += len(chunk)
             bar.set_postfix(kl=f"{sums['kl'] / sums['n']:.3f}", layers=f"{sums['layers'] / sums['n']:.2f}")
         bar.close()
         record = {"epoch": epoch + 1, "train_kl": sums["kl"] / max(1, sums["n"]), "skip_shift": shift}
+        record |= {"layer_price": price} if settings.budget == "price" else {}
         record["train_layers"] = sums["layers"] / max(1, sums["n"])
         if sums["gold_n"]:
             record["train_gold_ce"] = sums["gold_ce"] / sums["gold_n"]
@@ -273,6 +294,7 @@ def fit_kl(
         state = {
             "epoch": epoch + 1,
             "shift": shift,
+            "price": price,
             "history": history,
             "optimizer": optimizer.state_dict(),
             "routers": {k: v.detach().clone() for k, v in routers.state_dict().items()},
@@ -340,53 +362,3 @@ def fold_shift(routers, shift: float, unit_costs: tuple[float, float] | None = N
         for head in routers.layers:
             last = head.proj if routers.config.kind == "linear" else head.net[2]
             last.bias += add.to(last.bias)
-
-
-@torch.no_grad()
-def evaluate_kl(
-    routed, rows: list[dict], batch_size: int, pad_id: int, fixed, shift: float = 0.0, gold=None
-) -> dict:
-    """Validation with the deployed argmax decisions: mean KL, mean layers and the 5th/95th percentiles.
-
-    With ``gold`` (answer options), also the option cross-entropy and accuracy over the prompts that have
-    options (``val_gold_ce``, ``val_gold_accuracy``, ``val_gold_prompts``).
-    """
-    kls, layers, ces, corrects = [], [], [], []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        batch = batch_tensors(chunk, pad_id, routed.device)
-        teacher = teacher_log_probs(routed, batch)
-        extra = gold_rows(chunk, gold) if gold else None
-        if extra is not None:
-            groups = extra.groups
-            relaxation = Relaxation(
-                routed.routers, fixed=fixed, sample=False, budget=shift, groups=groups, straight_through=False
-            )
-            kl, ce, correct = step_with_gold(routed, relaxation, chunk, extra, teacher, pad_id)
-            has = extra.gold >= 0
-            ces += ce[has].tolist()
-            corrects += correct[has].tolist()
-        else:
-            relaxation = Relaxation(
-                routed.routers, fixed=fixed, sample=False, budget=shift, straight_through=False
-            )
-            kl = relaxed_step(routed, relaxation, batch, teacher)
-        kls += kl.tolist()
-        layers += relaxation.layers()[: len(chunk)].tolist()
-    ordered = sorted(layers)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    out = {
-        "val_kl": sum(kls) / len(kls),
-        "val_layers": sum(layers) / len(layers),
-        "val_layers_p5": pick(0.05),
-        "val_layers_p95": pick(0.95),
-    }
-    if ces:
-        out.update(val_gold_ce=sum(ces) / len(ces), val_gold_accuracy=sum(corrects) / len(corrects))
-        out["val_gold_prompts"] = len(ces)
-    return out
-
-
-def executed_share(decisions: torch.Tensor) -> list[float]:
-    """Share of rows that execute each layer (for reports)."""
-    return (decisions == EXECUTE).float().mean(0).tolist()

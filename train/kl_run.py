@@ -68,6 +68,7 @@ def train_kl(
     start: str = "best",
     baseline: str = "running-mean",
     units: str = "block",
+    budget_by: str = "shift",
 ) -> dict:
     """Train routers on KL to the base model at ``target_layers`` mean layers; returns ``metrics.json``.
 
@@ -78,7 +79,7 @@ def train_kl(
     score-function estimator's (``KLSettings.baseline``).
     ``units``: ``block`` (skip, execute) or ``sublayer`` (also the MLP alone or the attention alone: routers
     with 5 actions, score-function estimator only); with sublayers ``target_layers`` counts compute, a unit
-    costing its share of the block (``drllm.router.unit_shares``).
+    costing its share of the block (``drllm.router.unit_shares``). ``budget_by``: ``KLSettings.budget``.
     """
     if router not in KL_KINDS:
         raise ValueError(f"the kl objective trains router kinds {KL_KINDS}, got {router!r}")
@@ -104,6 +105,7 @@ def train_kl(
             seed=seed,
             gold_weight=float(gold_weight),
             baseline=baseline,
+            budget=budget_by,
         )
         settings.check()
         fixed = protected_layers(L, settings.protected)

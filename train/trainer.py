@@ -92,6 +92,7 @@ def train_routers(
     start: str = "best",
     reward_baseline: str = "running-mean",
     units: str = "block",
+    budget_by: str = "shift",
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -157,6 +158,7 @@ def train_routers(
         reward_baseline: ``kl``: ``running-mean`` or ``per-prompt`` (each prompt's deployed path's cost).
         units: ``kl``: ``block``, or ``sublayer`` for routers that may also run a layer's MLP or attention
             alone (5 actions; ``target_layers`` then counts compute). Label training reads it off the paths.
+        budget_by: ``kl``: ``shift`` (of the skip logits) or ``price`` (per layer, in each path's cost).
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``; with a sweep
@@ -192,6 +194,7 @@ def train_routers(
             start=start,
             baseline=reward_baseline,
             units=units,
+            budget_by=budget_by,
         )
     lr = 1e-3 if lr is None else lr
     first = read_records(paths)

@@ -97,11 +97,12 @@ def test_the_per_prompt_baseline_with_option_rows_input_routers_and_a_shift(
     with torch.no_grad():
         kl, ce, relaxation, extra = path_cost(routed, make, chunk, teacher, 0, gold)
         assert extra is not None and relaxation.deviated().any()
-        reference = deployed_cost(routed, relaxation, make, chunk, teacher, 0, gold, kl + 0.5 * ce, 0.5)
-        full_kl, full_ce, _, _ = path_cost(
-            routed, functools.partial(make, sample=False), chunk, teacher, 0, gold
-        )
-    torch.testing.assert_close(reference, full_kl + 0.5 * full_ce, atol=1e-4, rtol=1e-4)
+        cost = kl + 0.5 * ce + 0.3 * relaxation.layers()[:8]
+        reference = deployed_cost(routed, relaxation, make, chunk, teacher, 0, gold, cost, 0.5, price=0.3)
+        deployed = functools.partial(make, sample=False)
+        full_kl, full_ce, full, _ = path_cost(routed, deployed, chunk, teacher, 0, gold)
+    expected = full_kl + 0.5 * full_ce + 0.3 * full.layers()[:8]
+    torch.testing.assert_close(reference, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_per_prompt_training_holds_the_level_and_settings_are_checked(mc_file, tmp_path):
@@ -163,3 +164,18 @@ def test_greedy_paths_nest_and_the_start_is_kept_for_reruns(mc_file, tmp_path):
     other = greedy_start(routed, rows[2:10], 3, fixed, 4, 0, out)  # other prompts: searched again
     assert json.loads((out / GREEDY_NAME).read_text())["path"] == list(other)
     assert json.loads((out / GREEDY_NAME).read_text())["calibration"] == [r["id"] for r in rows[2:10]]
+
+
+def test_a_layer_price_enters_the_cost_and_holds_the_level(mc_file, tmp_path):
+    """``budget="price"``: the price rises while too many layers run, and the deployed level is exact."""
+    routed, rows = _setup(mc_file, tmp_path)
+    routers = routed.add_routers(kind="linear", seed=1)
+    start_routers(routers, [1] * 6, 1.0)  # starts above the level: the price must rise
+    settings = KLSettings(kind="linear", target_layers=4, epochs=2, batch_size=4, lr=0.01, dual_lr=0.5)
+    settings.baseline, settings.budget = "per-prompt", "price"
+    history = fit_kl(routed, rows, rows[:4], settings, pad_id=0)
+    assert history[0]["layer_price"] > 0 and history[-1]["skip_shift"] == 0.0
+    assert history[-1]["val_layers"] == pytest.approx(4.0)
+    assert KLSettings(target_layers=4, budget="price").identity()["budget"] == "price"
+    with pytest.raises(ValueError, match="budget 'price' is for the score-function estimator"):
+        fit_kl(routed, rows, [], KLSettings(target_layers=4, budget="price", estimator="straight-through"), 0)
