@@ -175,6 +175,8 @@ def main():
     ap.add_argument(
         "--min-layers", type=float, default=0.0, help="per-prompt floor of input-conditioned routers"
     )
+    ap.add_argument("--start-margin", type=float, default=2.0, help="train_kl's start_margin")
+    ap.add_argument("--static-lr", type=float, default=0.05, help="learning rate of static routers")
     ap.add_argument("--no-greedy", action="store_true", help="leave the greedy-KL path out of the heuristics")
     args = ap.parse_args()
     out = Path(args.output)
@@ -206,13 +208,14 @@ def main():
                     teacher_dir=str(out / "teacher"),
                     epochs=args.epochs,
                     batch_size=bs,
-                    lr=0.05 if kind == "static" else 0.01,
+                    lr=args.static_lr if kind == "static" else 0.01,
                     tokenizer=tokenizer,
                     val_fraction=0.05,
                     start=args.start,
                     baseline=args.reward_baseline,
                     budget_by=args.budget_by,
                     min_layers=0.0 if kind == "static" else args.min_layers,
+                    start_margin=args.start_margin,
                 )
             routed.load_routers(folder)
             budget = calibrate_budget(routed, tokenizer, [r["prompt"] for r in calib], bs, level)

@@ -179,3 +179,26 @@ def test_a_layer_price_enters_the_cost_and_holds_the_level(mc_file, tmp_path):
     assert KLSettings(target_layers=4, budget="price").identity()["budget"] == "price"
     with pytest.raises(ValueError, match="budget 'price' is for the score-function estimator"):
         fit_kl(routed, rows, [], KLSettings(target_layers=4, budget="price", estimator="straight-through"), 0)
+
+
+def test_the_start_margin_sets_the_start_logits_and_is_part_of_the_run(tmp_path, tiny_model_dir, mc_file):
+    """``train_kl(start_margin=m)``: a fresh run's static logits start at +m on the start path and -m
+    elsewhere, and a rerun with another margin is another run (refused on resume)."""
+    from drllm.train.kl_run import train_kl
+
+    args = dict(tasks=[f"jsonl:{mc_file}"], router="static", epochs=1, batch_size=4, continuation_tokens=3)
+    args |= dict(val_fraction=0.25, device="cpu", lr=1e-9, start="angular")  # lr ~0: the logits stay put
+    train_kl(tiny_model_dir, str(tmp_path / "m"), 3, start_margin=0.75, **args)
+    run = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert run["start_margin"] == 0.75
+    routed = RoutedModel.from_pretrained(tiny_model_dir)
+    routed.load_routers(tmp_path / "m")
+    logits = routed.routers.static.logits.detach()
+    start = torch.tensor(run["start_path"])
+    # the folded shift moves only the skip column; the execute (1) and repeat (2) columns keep +-0.75
+    assert torch.allclose(logits[start == 1, 1], torch.full_like(logits[start == 1, 1], 0.75), atol=1e-4)
+    assert torch.allclose(logits[:, 2], torch.full_like(logits[:, 2], -0.75), atol=1e-4)
+    skip = logits[:, 0]  # +-0.75 plus one shift: skipped layers lead executed ones by twice the margin
+    assert torch.allclose(skip[start == 0].min() - skip[start == 1].max(), torch.tensor(1.5), atol=1e-3)
+    with pytest.raises(ValueError, match="start_margin"):
+        train_kl(tiny_model_dir, str(tmp_path / "m"), 3, start_margin=2.0, **args)
