@@ -1,6 +1,8 @@
 """The learned static path with the task loss (``--gold-weight``) against the one trained on KL alone, paired.
 
     .venv/bin/python benchmarks/kl_gold.py --levels 27 --gold-weight 1 --threads 1
+    .venv/bin/python benchmarks/kl_gold.py --gold-weight 1 --epochs 2 --reward-baseline per-prompt \
+        --start-margin 1 --teacher runs/kl_v2 --per-example-27 runs/kl_v2/per_example-27.json
 
 Per level, ``train_kl`` fits the ``static`` path exactly as ``kl_levels.py`` did for its learned static
 path (the same 954 training prompts and teacher continuations, start, seed, one epoch, lr 0.05), adding
@@ -41,6 +43,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--output", default="runs/kl_gold")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--reward-baseline", default="running-mean", help="running-mean or per-prompt")
+    ap.add_argument("--start-margin", type=float, default=2.0)
     args = ap.parse_args()
     out = Path(args.output)
     routed, tokenizer, pad, fixed = setup(args, out)
@@ -55,13 +60,16 @@ def main():
     results = json.loads(saved.read_text()) if saved.exists() else {}
     for level in [int(v) for v in args.levels.split(",")]:
         key = f"{level}-w{args.gold_weight:g}"
+        if (args.epochs, args.reward_baseline, args.start_margin) != (1, "running-mean", 2.0):
+            key += f"-e{args.epochs}-{args.reward_baseline}-m{args.start_margin:g}"
         if key in results:
             continue
         folder = out / f"static-{key}"
         metrics = train_kl(
             routed, str(folder), level, router="static", examples_per_task=360,
-            teacher_dir=str(Path(args.teacher) / "teacher"), epochs=1, batch_size=args.batch_size, lr=0.05,
-            tokenizer=tokenizer, val_fraction=0.05, gold_weight=args.gold_weight,
+            teacher_dir=str(Path(args.teacher) / "teacher"), epochs=args.epochs, batch_size=args.batch_size,
+            lr=0.05, tokenizer=tokenizer, val_fraction=0.05, gold_weight=args.gold_weight,
+            baseline=args.reward_baseline, start_margin=args.start_margin,
         )  # fmt: skip
         routed.load_routers(folder)
         path = routed.route(torch.tensor([val[0]["prompt_ids"]]))[0].tolist()
