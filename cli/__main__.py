@@ -26,7 +26,7 @@ import importlib
 import re
 import sys
 
-from drllm.cli.config_files import blame, configs_first
+from drllm.cli.config_files import blame, blame_value, configs_first
 from drllm.router import DEFAULT_MODEL
 from drllm.search.progress import configure_logging
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         result = command_function(name)(**kwargs)
         print_result(name, result)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:  # a bad argument or input file
-        _fail(_one_line(err))
+        _fail(blame_value(_one_line(err), rest))  # a value a config file set names the file
     except (OSError, OutputLockedError, RuntimeError) as err:  # files, disks, locks, state: runtime
         _fail(_one_line(err), RUNTIME_ERROR)
     except KeyboardInterrupt:

@@ -63,6 +63,48 @@ def blame(message: str, argv: list[str]) -> str:
     return f"config file {holders[-1]}: {message}" if holders else message  # the last file wins
 
 
+def blame_value(message: str, argv: list[str]) -> str:
+    """``message`` of a value a command refused, prefixed with the config file that set it.
+
+    The command's checks name the setting and the value (``epochs must be ..., got 0``) but cannot know where
+    the value came from. A key that a file sets and no flag overrides is blamed on the last file setting it
+    when the message names the key as a whole word and shows the file's value; the key named first wins.
+    """
+    flags = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    found = []  # (position in the message, file)
+    for path in config_files(argv):
+        data = _read(path) if os.path.isfile(path) else None
+        for key, value in data.items() if isinstance(data, dict) else ():
+            name = str(key).replace("-", "_")
+            if name in flags or not _shows(message, value):
+                continue
+            hits = [_word(message, s) for s in (name, "--" + name.replace("_", "-"))]
+            hits = [h for h in hits if h is not None]
+            if hits:
+                found.append((min(hits), path))
+    if not found:
+        return message
+    first = min(pos for pos, _ in found)
+    return f"config file {[f for pos, f in found if pos == first][-1]}: {message}"
+
+
+def _word(message: str, text: str) -> int | None:
+    """Where ``text`` first stands in ``message`` as a whole word (not inside a longer name), or None."""
+    hit = re.search(rf"(?<![\w-]){re.escape(text)}(?![\w-])", message)
+    return hit.start() if hit else None
+
+
+def _shows(message: str, value) -> bool:
+    """Whether ``message`` shows a config value (every item of a list), as YAML or Python spells it."""
+    items = value if isinstance(value, list) else [value]
+    spell = {True: ("true", "True"), False: ("false", "False"), None: ("null", "None")}
+    for item in items:
+        forms = spell.get(item, (str(item),)) if isinstance(item, (bool, type(None))) else (str(item),)
+        if not any(_word(message, form) is not None or repr(form) in message for form in forms):
+            return False
+    return True
+
+
 def check_config(path: str, options=None) -> None:
     """Refuse a config file that is not valid YAML, not a mapping, repeats a key or names no flag.
 

@@ -95,3 +95,34 @@ def test_search_accepts_control_none_and_names_the_controls(tiny_model_dir, mc_f
     capsys.readouterr()
     argv = search_args("no-model-loads", mc_file, tmp_path / "q.jsonl", "--control", "wrong_gold")
     assert "control must be 'none' or one of wrong-gold, got 'wrong_gold'" in _fails(argv, capsys)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("epochs: 0\n", r"^config file .*c\.yaml: epochs must be a whole number >= 1, got 0"),
+        ("val_fraction: 1.5\n", r"^config file .*c\.yaml: val_fraction must be .*got 1\.5"),
+    ],
+)
+def test_an_out_of_range_value_from_a_config_file_names_the_file(tmp_path, text, expected, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    argv = train_args("no-model-loads", tmp_path / "paths.jsonl", tmp_path / "r")
+    line = _fails([*argv, "--config", str(config)], capsys).removeprefix("drllm: error: ")
+    assert re.search(expected, line), line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_refused_value_is_blamed_on_a_file_only_when_the_file_set_it(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 3\nseed: 0\n")  # the file sets epochs, but the flag overrides it
+    argv = train_args("no-model-loads", tmp_path / "paths.jsonl", tmp_path / "r", "--epochs", "0")
+    line = _fails([*argv, "--config", str(config)], capsys)
+    assert "epochs must be a whole number >= 1, got 0" in line and "config file" not in line
+    config.write_text("epochs: 2\n")  # a file that sets another value of the key named is not blamed
+    from drllm.cli.config_files import blame_value
+
+    message = "epochs must be a whole number >= 1, got 0"
+    assert blame_value(message, ["--config", str(config)]) == message
+    config.write_text("epochs: 0\nseed: 0\n")  # two keys shown: the one named first is the culprit
+    assert blame_value(message, ["--config", str(config)]) == f"config file {config}: {message}"
