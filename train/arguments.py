@@ -29,7 +29,8 @@ KL_INSTEAD = {"precision": "; --dtype sets the model's dtype", "strategy": "; it
               "devices": "; it trains in one process (--device picks where)"}  # fmt: skip
 KL_ONLY = {"target_layers": None, "min_layers": 0.0, "tasks": None, "examples_per_task": 400,
            "continuation_tokens": 16, "gold_weight": 0.0, "start": "best",
-           "reward_baseline": "running-mean", "units": "block", "budget_by": "shift"}  # fmt: skip
+           "reward_baseline": "running-mean", "units": "block", "budget_by": "shift",
+           "start_margin": 2.0}  # fmt: skip
 
 
 def check_arguments(args: dict) -> None:
@@ -52,6 +53,8 @@ def check_arguments(args: dict) -> None:
             )
         if not _finite(args["gold_weight"]) or args["gold_weight"] < 0:
             raise ValueError(f"gold_weight must be a number >= 0, got {args['gold_weight']!r}")
+        if not _finite(args["start_margin"]) or args["start_margin"] <= 0:
+            raise ValueError(f"start_margin must be a number > 0, got {args['start_margin']!r}")
         choices = (
             ("start", STARTS),
             ("reward_baseline", BASELINES),

@@ -1,4 +1,4 @@
-"""Lightning's side of label training: the checkpoint callbacks and the logger ``drllm train`` uses."""
+"""Lightning's side of label training: checkpoint callbacks, the logger and the logged decisions figure."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import signal
 import threading
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -78,3 +79,21 @@ def make_logger(kind: str | None, output: Path, project: str | None = None, name
             offline=wandb_offline(),
         )
     return False
+
+
+def decision_figure(routed, features, val_indices, output: Path, logger) -> None:
+    """``decisions.png``: what the exported routers decide per layer on the validation paths (also to W&B)."""
+    from drllm.evaluation.plots import plot_decisions
+
+    rows = torch.as_tensor(val_indices, dtype=torch.long)
+    if rows.numel() == 0:
+        return
+    device = routed.device
+    with torch.no_grad():
+        logits = routed.routers.forward_pooled(
+            features.pooled[rows].to(device), features.valid[rows].to(device)
+        )
+    path = output / "decisions.png"
+    plot_decisions(logits.argmax(-1).cpu().numpy(), path, title="router decisions on validation paths")
+    if isinstance(logger, WandbLogger):
+        logger.log_image(key="val/decisions", images=[str(path)])

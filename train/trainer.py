@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
@@ -37,7 +36,7 @@ from .arguments import CONTROLS, LOGGERS, ROUTER_KINDS, check_arguments, check_p
 from .data import RouterDataModule
 from .features import build_features
 from .kl_run import DEFAULT_TASKS, train_kl
-from .lightning_setup import MONITOR, REGRET, checkpoints, fit, make_logger  # noqa: F401 - importable here
+from .lightning_setup import MONITOR, REGRET, checkpoints, decision_figure, fit, make_logger  # noqa: F401
 from .module import RouterModule
 from .neighbours import fit_neighbours, shuffled_targets
 from .outputs import check_resume as _check_resume  # noqa: F401 - tests call it by this name
@@ -93,6 +92,7 @@ def train_routers(
     reward_baseline: str = "running-mean",
     units: str = "block",
     budget_by: str = "shift",
+    start_margin: float = 2.0,
 ) -> dict:
     """Train routers on the paths found by search and save the best epoch's routers in ``output``.
 
@@ -159,6 +159,8 @@ def train_routers(
         units: ``kl``: ``block``, or ``sublayer`` for routers that may also run a layer's MLP or attention
             alone (5 actions; ``target_layers`` then counts compute). Label training reads it off the paths.
         budget_by: ``kl``: ``shift`` (of the skip logits) or ``price`` (per layer, in each path's cost).
+        start_margin: ``kl``: the start path's lead in every router logit (smaller: more exploration, a path
+            that moves sooner; ``drllm.train.kl_run.train_kl``).
 
     Returns:
         The best epoch's validation metrics (``routing_metrics`` keys, ``epoch``, ``val_loss``; with a sweep
@@ -195,6 +197,7 @@ def train_routers(
             baseline=reward_baseline,
             units=units,
             budget_by=budget_by,
+            start_margin=start_margin,
         )
     lr = 1e-3 if lr is None else lr
     first = read_records(paths)
@@ -335,29 +338,11 @@ def _finish(routed, metrics: dict, settings: dict, features, data, output: Path,
         ids = [outputs.trained_key(rows[i].task, rows[i].id) for i in data.train_indices]  # ids repeat
         outputs.write_json(folder / TRAINED_ON_NAME, {"ids": ids, "qualified": True})
         if features is not None:
-            _decision_figure(routed, features, data.val_indices, folder, logger)
+            decision_figure(routed, features, data.val_indices, folder, logger)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # a half-written staging folder frees its space at once
         raise
     outputs.publish(folder, output)
-
-
-def _decision_figure(routed, features, val_indices, output: Path, logger) -> None:
-    """``decisions.png``: what the exported routers decide per layer on the validation paths (also to W&B)."""
-    from drllm.evaluation.plots import plot_decisions
-
-    rows = torch.as_tensor(val_indices, dtype=torch.long)
-    if rows.numel() == 0:
-        return
-    device = routed.device
-    with torch.no_grad():
-        logits = routed.routers.forward_pooled(
-            features.pooled[rows].to(device), features.valid[rows].to(device)
-        )
-    path = output / "decisions.png"
-    plot_decisions(logits.argmax(-1).cpu().numpy(), path, title="router decisions on validation paths")
-    if isinstance(logger, WandbLogger):
-        logger.log_image(key="val/decisions", images=[str(path)])
 
 
 def _run_identity(routed, paths, num_windows, bottleneck, val_fraction, seed, online) -> dict:

@@ -202,3 +202,16 @@ def test_the_start_margin_sets_the_start_logits_and_is_part_of_the_run(tmp_path,
     assert torch.allclose(skip[start == 0].min() - skip[start == 1].max(), torch.tensor(1.5), atol=1e-3)
     with pytest.raises(ValueError, match="start_margin"):
         train_kl(tiny_model_dir, str(tmp_path / "m"), 3, start_margin=2.0, **args)
+
+
+def test_train_routers_passes_the_start_margin_and_refuses_a_bad_one(tmp_path, tiny_model_dir, mc_file):
+    args = dict(objective="kl", tasks=[f"jsonl:{mc_file}"], target_layers=3, router="static", epochs=1)
+    args |= dict(batch_size=4, continuation_tokens=3, val_fraction=0.25, device="cpu", start="angular")
+    train_routers(tiny_model_dir, output=str(tmp_path / "a"), start_margin=0.5, **args)
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["start_margin"] == 0.5
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="start_margin must be a number > 0"):
+            train_routers(tiny_model_dir, output=str(tmp_path / "b"), start_margin=bad, **args)
+    with pytest.raises(ValueError, match="start_margin: flags of --objective kl"):
+        train_routers(tiny_model_dir, "p.jsonl", str(tmp_path / "c"), start_margin=1.0)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
