@@ -54,7 +54,7 @@ def blame(message: str, argv: list[str]) -> str:
         return message
     name = (key.group(1) or key.group(2)).replace("-", "_")
     got = re.search(r"got (.+)$", message)
-    flags = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    flags = _flag_names(argv)
     holders = []
     for path in config_files(argv):
         data = _read(path) or {}
@@ -70,10 +70,10 @@ def blame_value(message: str, argv: list[str]) -> str:
     the value came from. A key that a file sets and no flag overrides is blamed on the last file setting it
     when the message names the key as a whole word and shows the file's value; the key named first wins.
     """
-    flags = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    flags = _flag_names(argv)
     found = []  # (position in the message, file)
     for path in config_files(argv):
-        data = _read(path) if os.path.isfile(path) else None
+        data = _read(path)
         for key, value in data.items() if isinstance(data, dict) else ():
             name = str(key).replace("-", "_")
             if name in flags or not _shows(message, value):
@@ -88,6 +88,11 @@ def blame_value(message: str, argv: list[str]) -> str:
     return f"config file {[f for pos, f in found if pos == first][-1]}: {message}"
 
 
+def _flag_names(argv: list[str]) -> set[str]:
+    """The flags ``argv`` sets, as keys (``--max-new-tokens=2`` gives ``max_new_tokens``)."""
+    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
 def _word(message: str, text: str) -> int | None:
     """Where ``text`` first stands in ``message`` as a whole word (not inside a longer name), or None."""
     hit = re.search(rf"(?<![\w-]){re.escape(text)}(?![\w-])", message)
@@ -96,11 +101,10 @@ def _word(message: str, text: str) -> int | None:
 
 def _shows(message: str, value) -> bool:
     """Whether ``message`` shows a config value (every item of a list), as YAML or Python spells it."""
-    items = value if isinstance(value, list) else [value]
-    spell = {True: ("true", "True"), False: ("false", "False"), None: ("null", "None")}
-    for item in items:
-        forms = spell.get(item, (str(item),)) if isinstance(item, (bool, type(None))) else (str(item),)
-        if not any(_word(message, form) is not None or repr(form) in message for form in forms):
+    spellings = {True: ("true", "True"), False: ("false", "False"), None: ("null", "None")}
+    for item in value if isinstance(value, list) else [value]:
+        forms = spellings[item] if item is None or isinstance(item, bool) else (str(item),)
+        if all(_word(message, form) is None for form in forms):
             return False
     return True
 
